@@ -1,0 +1,207 @@
+/* hstu.h - the public C API of the hstu inference engine.
+ *
+ * An HSTU model (config + weights) is loaded once; an engine binds it to a
+ * backend (plain reference loops, fast CPU, later CUDA), a per-user KV cache
+ * and a workspace sized for the largest batch. Requests are jagged: each user
+ * brings its whole history; the engine reuses cached K/V of the history
+ * prefix it has seen before and computes only the new rows.
+ *
+ * Errors: every fallible call returns an hstu_status and, when err is not
+ * NULL, fills err->msg with a sentence that says what was wrong and where.
+ * Tools and the server include only this header.
+ */
+#ifndef HSTU_H
+#define HSTU_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status and errors ------------------------------------------------ */
+
+typedef enum hstu_status {
+    HSTU_OK = 0,
+    HSTU_ERR_ARG,          /* a bad argument or request field */
+    HSTU_ERR_IO,           /* a file could not be opened, read or written */
+    HSTU_ERR_FORMAT,       /* a config or checkpoint is malformed */
+    HSTU_ERR_NOMEM,        /* an allocation failed */
+    HSTU_ERR_UNSUPPORTED,  /* a valid input this build cannot run */
+} hstu_status;
+
+#define HSTU_MSG_MAX 512
+
+typedef struct hstu_error {
+    hstu_status status;
+    char msg[HSTU_MSG_MAX];
+} hstu_error;
+
+const char *hstu_status_name(hstu_status s);
+
+/* ---- configuration (spec/model.md section 2) -------------------------- */
+
+typedef enum hstu_family { HSTU_FAMILY_RANKING = 0, HSTU_FAMILY_RETRIEVAL } hstu_family;
+typedef enum hstu_silu { HSTU_SILU_ALL = 0, HSTU_SILU_U } hstu_silu;
+typedef enum hstu_rab { HSTU_RAB_NONE = 0, HSTU_RAB_POS_TIME } hstu_rab;
+
+#define HSTU_MAX_CONTEXT 64  /* contextual feature tables */
+#define HSTU_MAX_HIDDEN 16   /* hidden layers of the ranking head MLP */
+#define HSTU_MAX_TASKS 64
+#define HSTU_NAME_MAX 32
+
+typedef struct hstu_config {
+    hstu_family family;
+    int d_model;          /* d */
+    int n_layers;         /* L */
+    int n_heads;          /* H */
+    int d_qk;             /* Dqk per head */
+    int d_v;              /* Dv per head */
+    int attn_scale_len;   /* N: the constant divisor of attention scores */
+    int max_positions;    /* rows of the position table */
+    int64_t item_rows;
+    int64_t action_rows;  /* ranking only; 0 in retrieval */
+    int n_context;        /* k: contextual tables (ranking) */
+    int64_t context_rows[HSTU_MAX_CONTEXT];
+    int n_hidden;         /* ranking head: hidden layer widths */
+    int hidden[HSTU_MAX_HIDDEN];
+    int n_tasks;          /* ranking head: T task logits */
+    char task_names[HSTU_MAX_TASKS][HSTU_NAME_MAX];
+    float alpha;          /* default 1/sqrt(d_qk) */
+    float ln_eps;         /* default 1e-5 */
+    bool ln_affine;       /* default true */
+    bool uvqk_bias;       /* default true */
+    bool proj_bias;       /* default false */
+    hstu_silu silu_uvqk;  /* default all */
+    hstu_rab rab;         /* default none (ranking), pos_time (retrieval) */
+    int rab_buckets;      /* default 128 */
+    int max_history;      /* items per user (n); see docs/config.md for defaults */
+    int max_candidates;   /* candidates per user (m), ranking */
+} hstu_config;
+
+/* Parses a config.json text. Unknown keys and out-of-range values are
+ * errors that name the key. */
+hstu_status hstu_config_parse(const char *json, size_t len, hstu_config *cfg, hstu_error *err);
+hstu_status hstu_config_load(const char *path, hstu_config *cfg, hstu_error *err);
+/* Returns a malloc'd JSON text (caller frees) that hstu_config_parse reads back. */
+char *hstu_config_to_json(const hstu_config *cfg);
+/* Presets: kuairand-1k, bench-8x1024, ml-1m, ml-1m-large. */
+hstu_status hstu_config_preset(const char *name, hstu_config *cfg, hstu_error *err);
+/* NULL-terminated list of preset names. */
+const char *const *hstu_preset_names(void);
+
+/* Derived sizes. */
+int hstu_config_uvqk_width(const hstu_config *cfg);        /* 2*H*Dv + 2*H*Dqk */
+int hstu_config_history_tokens(const hstu_config *cfg, int n_items); /* h for n items */
+int hstu_config_max_user_tokens(const hstu_config *cfg);   /* h + m at the maxima */
+
+/* ---- model (weights) -------------------------------------------------- */
+
+typedef enum hstu_dtype { HSTU_DTYPE_F32 = 0, HSTU_DTYPE_BF16, HSTU_DTYPE_F16 } hstu_dtype;
+
+typedef struct hstu_model hstu_model;
+
+/* Loads DIR/config.json and DIR/model.safetensors, validating every tensor. */
+hstu_status hstu_model_load(const char *dir, hstu_model **out, hstu_error *err);
+/* Seeded random weights (deterministic for a seed, whatever the machine). */
+hstu_status hstu_model_create_random(const hstu_config *cfg, uint64_t seed, hstu_model **out,
+                                     hstu_error *err);
+/* Writes DIR/config.json and DIR/model.safetensors (DIR is created). */
+hstu_status hstu_model_save(const hstu_model *m, const char *dir, hstu_dtype dtype, hstu_error *err);
+void hstu_model_destroy(hstu_model *m);
+const hstu_config *hstu_model_config(const hstu_model *m);
+size_t hstu_model_param_count(const hstu_model *m);
+
+/* ---- engine ------------------------------------------------------------ */
+
+typedef enum hstu_backend { HSTU_BACKEND_REF = 0, HSTU_BACKEND_CPU, HSTU_BACKEND_CUDA } hstu_backend;
+
+const char *hstu_backend_name(hstu_backend b);
+hstu_status hstu_backend_parse(const char *name, hstu_backend *out, hstu_error *err);
+
+typedef struct hstu_engine_options {
+    hstu_backend backend;   /* default CPU */
+    bool use_cache;         /* default true */
+    int page_size;          /* KV page size in tokens, default 32 */
+    size_t cache_bytes;     /* KV page pool budget, default 1 GiB */
+    int max_batch_tokens;   /* workspace rows; default max(16384, one user at the maxima) */
+    int threads;            /* 0 = all cores */
+} hstu_engine_options;
+
+void hstu_engine_options_default(hstu_engine_options *o);
+
+typedef struct hstu_engine hstu_engine;
+
+/* The engine keeps a pointer to the model: the model must outlive it. */
+hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o,
+                               hstu_engine **out, hstu_error *err);
+void hstu_engine_destroy(hstu_engine *e);
+
+/* One user's request. Arrays are borrowed for the duration of the call.
+ * Ranking: context[n_context] (n_context must equal the config's), items and
+ * actions [n_items], candidates [n_candidates].
+ * Retrieval: items and timestamps [n_items] (n_items >= 1), query_time,
+ * top_k >= 1, exclude_history (default true). */
+typedef struct hstu_request {
+    int64_t user_id;
+    int n_context;
+    const int64_t *context;
+    int n_items;
+    const int64_t *items;
+    const int64_t *actions;
+    const int64_t *timestamps;
+    int64_t query_time;
+    int n_candidates;
+    const int64_t *candidates;
+    int top_k;
+    bool exclude_history;
+} hstu_request;
+
+typedef enum hstu_cache_tier { HSTU_TIER_MISS = 0, HSTU_TIER_DEVICE, HSTU_TIER_HOST } hstu_cache_tier;
+
+/* Outputs, in caller storage. Ranking: scores [n_candidates * n_tasks],
+ * row-major per candidate (probabilities, or logits when asked). Retrieval:
+ * topk_ids / topk_scores [top_k]; n_topk says how many were filled (fewer
+ * than top_k when the table has fewer eligible items). */
+typedef struct hstu_result {
+    float *scores;
+    int64_t *topk_ids;
+    float *topk_scores;
+    int n_topk;
+    /* filled by the engine */
+    hstu_cache_tier tier;  /* where the reused prefix came from */
+    int cached_tokens;     /* history rows reused from the cache */
+    int computed_tokens;   /* rows computed in this call (new history + candidates) */
+} hstu_result;
+
+/* Checks one request against the model (ids in range, lengths within the
+ * maxima, family fields present). Changes nothing. */
+hstu_status hstu_engine_check(const hstu_engine *e, const hstu_request *r, hstu_error *err);
+
+/* Runs a batch of requests of distinct users. Every request is checked
+ * first; if any is bad, nothing runs and nothing changes. logits=true
+ * returns ranking logits instead of probabilities. */
+hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hstu_result *res,
+                            bool logits, hstu_error *err);
+
+typedef struct hstu_cache_stats {
+    uint64_t device_hits, host_hits, misses;
+    uint64_t tokens_reused, tokens_computed;
+    uint64_t evictions, rewrites;  /* rewrites: prefix-hash mismatches */
+    uint64_t degraded;             /* users run uncached because no page was free */
+    int pages_total, pages_in_use, page_size, users;
+    size_t page_bytes, pool_bytes;
+} hstu_cache_stats;
+
+void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s);
+/* Drops every cached entry. */
+void hstu_engine_cache_clear(hstu_engine *e);
+/* Bytes the engine holds (workspace + cache pool), excluding the model. */
+size_t hstu_engine_bytes(const hstu_engine *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,351 @@
+/* engine.c - engine lifetime, request checks, batch planning with the cache.
+ *
+ * Sizes are fixed at create: the workspace holds max_batch_tokens rows, the
+ * cache pool holds cache_bytes of pages. A run checks every request first
+ * (a bad request changes nothing), then per sub-batch:
+ *   kv_begin; per user: keys of its cacheable rows, kv_lookup (cached rows
+ *   c, prefix hash checked), kv_reserve for the rows it will add (or run it
+ *   without appending when no page can be had); forward_run; kv_commit;
+ *   kv_end.
+ * Cacheable rows: every history row (ranking); all but the newest
+ * (retrieval: row r's K/V depend on ts_{r+1}). Candidates never.
+ */
+#include "model/engine.h"
+
+#include "core/status.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__has_include)
+#if __has_include(<cblas.h>)
+#include <cblas.h>
+#define HAVE_OPENBLAS_THREADS 1
+#endif
+#endif
+
+const char *hstu_backend_name(hstu_backend b)
+{
+    switch (b) {
+    case HSTU_BACKEND_REF: return "ref";
+    case HSTU_BACKEND_CPU: return "cpu";
+    case HSTU_BACKEND_CUDA: return "cuda";
+    }
+    return "?";
+}
+
+hstu_status hstu_backend_parse(const char *name, hstu_backend *out, hstu_error *err)
+{
+    if (!strcmp(name, "ref"))
+        *out = HSTU_BACKEND_REF;
+    else if (!strcmp(name, "cpu"))
+        *out = HSTU_BACKEND_CPU;
+    else if (!strcmp(name, "cuda"))
+        *out = HSTU_BACKEND_CUDA;
+    else
+        return hstu_fail(err, HSTU_ERR_ARG, "unknown backend \"%s\" (choose cpu, ref or cuda)", name);
+    return HSTU_OK;
+}
+
+void hstu_engine_options_default(hstu_engine_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->backend = HSTU_BACKEND_CPU;
+    o->use_cache = true;
+    o->page_size = 32;
+    o->cache_bytes = (size_t)1 << 30;
+    o->max_batch_tokens = 0;
+    o->threads = 0;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o, hstu_engine **out,
+                               hstu_error *err)
+{
+    const hstu_config *cfg = &m->cfg;
+    const hstu_ops *ops = ops_for(o->backend);
+    if (!ops)
+        return hstu_fail(err, HSTU_ERR_UNSUPPORTED,
+                         "backend %s is not available in this build (use cpu or ref)",
+                         hstu_backend_name(o->backend));
+    if (o->page_size < 1 || o->page_size > 65536)
+        return hstu_fail(err, HSTU_ERR_ARG, "page size %d: must be in 1..65536", o->page_size);
+    if (o->max_batch_tokens < 0 || o->threads < 0)
+        return hstu_fail(err, HSTU_ERR_ARG, "max batch tokens and threads must not be negative");
+    int user_max = hstu_config_max_user_tokens(cfg);
+    int T = o->max_batch_tokens ? o->max_batch_tokens : (user_max > 16384 ? user_max : 16384);
+    if (T < user_max)
+        return hstu_fail(err, HSTU_ERR_ARG,
+                         "max batch tokens %d is below one user at the model's maxima (%d tokens); "
+                         "raise it or lower max_history/max_candidates",
+                         T, user_max);
+
+    hstu_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "out of memory");
+    e->model = m;
+    e->opt = *o;
+    e->ops = ops;
+    e->max_tokens = T;
+    e->max_pages = T / o->page_size + ENGINE_MAX_USERS + 1;
+
+    if (o->threads > 0) {
+        omp_set_num_threads(o->threads);
+#ifdef HAVE_OPENBLAS_THREADS
+        openblas_set_num_threads(o->threads);
+#endif
+    }
+
+    int d = cfg->d_model, W = hstu_config_uvqk_width(cfg), vw = cfg->n_heads * cfg->d_v;
+    int head_w = d;
+    for (int j = 0; j < cfg->n_hidden; j++)
+        head_w = cfg->hidden[j] > head_w ? cfg->hidden[j] : head_w;
+    head_w = cfg->n_tasks > head_w ? cfg->n_tasks : head_w;
+    bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
+    size_t Tz = (size_t)T;
+    size_t sizes[] = {
+        Tz * d * 4, Tz * d * 4, Tz * W * 4, Tz * vw * 4, Tz * vw * 4,
+        retr ? 0 : Tz * head_w * 4, retr ? 0 : Tz * head_w * 4,
+        retr ? (size_t)ENGINE_MAX_USERS * TOPK_CHUNK * 4 : 0,
+        retr ? (size_t)ENGINE_MAX_USERS * d * 4 : 0,
+        Tz * sizeof(uint64_t), retr ? Tz * sizeof(int64_t) : 0,
+        (size_t)e->max_pages * sizeof(int), (size_t)e->max_pages * sizeof(float *),
+        ENGINE_MAX_USERS * sizeof(user_plan), ENGINE_MAX_USERS * sizeof(attn_seq),
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        total += align64(sizes[i]);
+    e->arena = aligned_alloc(64, total);
+    if (!e->arena) {
+        free(e);
+        return hstu_fail(err, HSTU_ERR_NOMEM,
+                         "out of memory: the workspace for %d tokens needs %.1f MiB; lower --max-tokens", T,
+                         total / 1048576.0);
+    }
+    e->arena_bytes = total;
+    char *p = e->arena;
+    void **slots[] = {
+        (void **)&e->x, (void **)&e->xn, (void **)&e->uvqk, (void **)&e->attn, (void **)&e->y,
+        (void **)&e->head_a, (void **)&e->head_b, (void **)&e->topk_scratch, (void **)&e->users,
+        (void **)&e->keys, (void **)&e->exclude, (void **)&e->page_idx, (void **)&e->page_ptr,
+        (void **)&e->plans, (void **)&e->seqs,
+    };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        *slots[i] = sizes[i] ? p : NULL;
+        p += align64(sizes[i]);
+    }
+
+    if (o->use_cache) {
+        kv_options ko = {
+            .n_layers = cfg->n_layers, .page_size = o->page_size,
+            .k_width = cfg->n_heads * cfg->d_qk, .v_width = vw, .budget_bytes = o->cache_bytes,
+        };
+        hstu_status st = kv_create(&ko, &e->kv, err);
+        if (st != HSTU_OK) {
+            free(e->arena);
+            free(e);
+            return st;
+        }
+    }
+    e->stats.page_size = o->page_size;
+    *out = e;
+    return HSTU_OK;
+}
+
+void hstu_engine_destroy(hstu_engine *e)
+{
+    if (!e)
+        return;
+    kv_destroy(e->kv);
+    free(e->arena);
+    free(e);
+}
+
+size_t hstu_engine_bytes(const hstu_engine *e)
+{
+    size_t pool = 0;
+    if (e->kv) {
+        kv_stats ks;
+        kv_get_stats(e->kv, &ks);
+        pool = (size_t)ks.pages_total * kv_page_bytes(e->kv);
+    }
+    return e->arena_bytes + pool;
+}
+
+static hstu_status check_ids(const int64_t *ids, int n, int64_t rows, const char *what, hstu_error *err)
+{
+    if (n > 0 && !ids)
+        return hstu_fail(err, HSTU_ERR_ARG, "%s: missing", what);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= rows)
+            return hstu_fail(err, HSTU_ERR_ARG, "%s[%d] = %lld is outside the table (0..%lld)", what, i,
+                             (long long)ids[i], (long long)rows - 1);
+    return HSTU_OK;
+}
+
+hstu_status hstu_engine_check(const hstu_engine *e, const hstu_request *r, hstu_error *err)
+{
+    const hstu_config *c = &e->model->cfg;
+    hstu_status st;
+    if (r->n_items < 0 || r->n_items > c->max_history)
+        return hstu_fail(err, HSTU_ERR_ARG, "history of %d items: must be in 0..%d (max_history)",
+                         r->n_items, c->max_history);
+    if ((st = check_ids(r->items, r->n_items, c->item_rows, "items", err)) != HSTU_OK)
+        return st;
+    if (c->family == HSTU_FAMILY_RANKING) {
+        if (r->n_context != c->n_context)
+            return hstu_fail(err, HSTU_ERR_ARG, "context: %d ids given, the model has %d contextual tables",
+                             r->n_context, c->n_context);
+        for (int j = 0; j < r->n_context; j++) {
+            char what[32];
+            snprintf(what, sizeof what, "context[%d]", j);
+            if ((st = check_ids(r->context + j, 1, c->context_rows[j], what, err)) != HSTU_OK)
+                return st;
+        }
+        if ((st = check_ids(r->actions, r->n_items, c->action_rows, "actions", err)) != HSTU_OK)
+            return st;
+        if (r->n_candidates < 0 || r->n_candidates > c->max_candidates)
+            return hstu_fail(err, HSTU_ERR_ARG, "%d candidates: must be in 0..%d (max_candidates)",
+                             r->n_candidates, c->max_candidates);
+        if ((st = check_ids(r->candidates, r->n_candidates, c->item_rows, "candidates", err)) != HSTU_OK)
+            return st;
+    } else {
+        if (r->n_items < 1)
+            return hstu_fail(err, HSTU_ERR_ARG, "retrieval needs a history of at least 1 item");
+        if (!r->timestamps)
+            return hstu_fail(err, HSTU_ERR_ARG, "timestamps: missing (one per history item)");
+        if (r->top_k < 1 || r->top_k > 100000)
+            return hstu_fail(err, HSTU_ERR_ARG, "top_k %d: must be in 1..100000", r->top_k);
+    }
+    return HSTU_OK;
+}
+
+static int user_tokens(const hstu_config *c, const hstu_request *r)
+{
+    return hstu_config_history_tokens(c, r->n_items) +
+           (c->family == HSTU_FAMILY_RANKING ? r->n_candidates : 0);
+}
+
+/* Plans users [0, B) against the cache and runs them. */
+static void run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits)
+{
+    const hstu_config *cfg = &e->model->cfg;
+    int key_off = 0;
+    if (e->kv)
+        kv_begin(e->kv);
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        const hstu_request *r = p->req;
+        p->hist = hstu_config_history_tokens(cfg, r->n_items);
+        p->cand = cfg->family == HSTU_FAMILY_RANKING ? r->n_candidates : 0;
+        p->cacheable = cfg->family == HSTU_FAMILY_RANKING ? p->hist : p->hist - 1;
+        p->c = 0;
+        p->paged = 0;
+        p->key0 = key_off;
+        if (!e->kv)
+            continue;
+        for (int i = 0; i < p->cacheable; i++)
+            e->keys[key_off + i] = forward_row_key(cfg, r, i);
+        key_off += p->cacheable;
+        p->c = kv_lookup(e->kv, r->user_id, e->keys + p->key0, p->cacheable);
+        if (p->c > 0)
+            e->stats.device_hits++;
+        else
+            e->stats.misses++;
+        if (kv_reserve(e->kv, r->user_id, p->cacheable))
+            p->paged = p->cacheable;
+        else {
+            p->paged = p->c; /* no room: reuse what is cached, add nothing */
+            e->stats.degraded++;
+        }
+    }
+    /* Page tables, after every reserve (a reserve may evict only unpinned users). */
+    int page_off = 0;
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        p->page0 = page_off;
+        if (p->paged == 0)
+            continue;
+        int n = kv_pages(e->kv, p->req->user_id, e->page_idx + page_off, e->max_pages - page_off);
+        HSTU_ASSERT((int64_t)n * kv_page_size(e->kv) >= p->paged);
+        for (int i = 0; i < n; i++)
+            e->page_ptr[page_off + i] = kv_page_ptr(e->kv, e->page_idx[page_off + i]);
+        page_off += n;
+    }
+    forward_run(e, plans, B, logits);
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        p->res->tier = p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
+        p->res->cached_tokens = p->c;
+        p->res->computed_tokens = p->hist - p->c + p->cand;
+        e->stats.tokens_reused += (uint64_t)p->c;
+        e->stats.tokens_computed += (uint64_t)(p->hist - p->c + p->cand);
+        if (e->kv && p->paged > 0)
+            kv_commit(e->kv, p->req->user_id, p->paged, e->keys + p->key0);
+    }
+    if (e->kv)
+        kv_end(e->kv);
+}
+
+hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hstu_result *res,
+                            bool logits, hstu_error *err)
+{
+    if (n < 0)
+        return hstu_fail(err, HSTU_ERR_ARG, "negative batch size %d", n);
+    for (int i = 0; i < n; i++) {
+        hstu_status st = hstu_engine_check(e, &reqs[i], err);
+        if (st != HSTU_OK) {
+            hstu_error_prefix(err, "request %d (user %lld)", i, (long long)reqs[i].user_id);
+            return st;
+        }
+        for (int j = 0; j < i; j++)
+            if (reqs[j].user_id == reqs[i].user_id)
+                return hstu_fail(err, HSTU_ERR_ARG,
+                                 "user %lld appears twice in one batch (requests %d and %d); "
+                                 "send the second after the first",
+                                 (long long)reqs[i].user_id, j, i);
+    }
+    /* Split into sub-batches that fit the workspace (each user fits: checked
+     * against max_history/max_candidates at create). */
+    const hstu_config *cfg = &e->model->cfg;
+    int start = 0;
+    while (start < n) {
+        int B = 0, tokens = 0;
+        while (start + B < n && B < ENGINE_MAX_USERS) {
+            int t = user_tokens(cfg, &reqs[start + B]);
+            if (B > 0 && tokens + t > e->max_tokens)
+                break;
+            tokens += t;
+            e->plans[B].req = &reqs[start + B];
+            e->plans[B].res = &res[start + B];
+            B++;
+        }
+        run_sub_batch(e, e->plans, B, logits);
+        start += B;
+    }
+    return HSTU_OK;
+}
+
+void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
+{
+    *s = e->stats;
+    if (e->kv) {
+        kv_stats ks;
+        kv_get_stats(e->kv, &ks);
+        s->evictions = ks.evictions;
+        s->rewrites = ks.rewrites;
+        s->pages_total = ks.pages_total;
+        s->pages_in_use = ks.pages_in_use;
+        s->users = ks.users;
+        s->page_bytes = kv_page_bytes(e->kv);
+        s->pool_bytes = (size_t)ks.pages_total * s->page_bytes;
+    }
+}
+
+void hstu_engine_cache_clear(hstu_engine *e)
+{
+    if (e->kv)
+        kv_clear(e->kv);
+}

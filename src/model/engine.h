@@ -1,0 +1,69 @@
+/* engine.h - the engine's internals: workspace, batch plan, forward pass.
+ *
+ * hstu_engine_run (engine.c) checks a batch, splits it into sub-batches that
+ * fit the workspace, plans each user against the KV cache (cached rows c,
+ * rows kept in pages after this call), and hands the plan to forward_run
+ * (forward.c), which computes only the rows after the cached prefix.
+ */
+#ifndef HSTU_MODEL_ENGINE_H
+#define HSTU_MODEL_ENGINE_H
+
+#include "hstu.h"
+#include "kernels/ops.h"
+#include "kvcache/kv_cache.h"
+#include "model/model.h"
+
+/* Users per sub-batch; larger batches are split. */
+#define ENGINE_MAX_USERS 1024
+
+/* One user's plan for this call (absolute row numbers of its sequence). */
+typedef struct user_plan {
+    const hstu_request *req;
+    hstu_result *res;
+    int hist;       /* history rows h */
+    int cand;       /* candidate rows m */
+    int cacheable;  /* history rows whose K/V may be cached */
+    int c;          /* rows reused from the cache (not computed) */
+    int paged;      /* rows held in pages during this call (c <= paged <= cacheable) */
+    int q0;         /* first dense row of this user's computed rows */
+    int key0;       /* offset of this user's row keys in the keys scratch */
+    int page0;      /* offset of this user's page pointers */
+} user_plan;
+
+struct hstu_engine {
+    const hstu_model *model;
+    hstu_engine_options opt;
+    const hstu_ops *ops;
+    kv_cache *kv;          /* NULL without cache */
+    int max_tokens;        /* workspace rows */
+    int max_pages;         /* page pointers per sub-batch */
+
+    /* Workspace (one allocation), rows = max_tokens. */
+    float *x;              /* [T, d] residual stream */
+    float *xn;             /* [T, d] LN(x) */
+    float *uvqk;           /* [T, W] u|v|q|k */
+    float *attn;           /* [T, H*Dv] attention output */
+    float *y;              /* [T, H*Dv] u * LN(attn) */
+    float *head_a, *head_b;/* [T, head_width] MLP ping-pong */
+    float *topk_scratch;   /* [ENGINE_MAX_USERS * TOPK_CHUNK] (retrieval) */
+    float *users;          /* [ENGINE_MAX_USERS, d] (retrieval) */
+    uint64_t *keys;        /* [T] row keys for the prefix hash */
+    int64_t *exclude;      /* [T] sorted history ids (retrieval) */
+    int *page_idx;         /* [max_pages] */
+    float **page_ptr;      /* [max_pages] */
+    user_plan *plans;      /* [ENGINE_MAX_USERS] */
+    attn_seq *seqs;        /* [ENGINE_MAX_USERS] */
+    void *arena;
+    size_t arena_bytes;
+
+    hstu_cache_stats stats;
+};
+
+/* Computes the sub-batch plans[0..B) (c, paged, q0, pages set) and writes
+ * results. Allocates nothing. */
+void forward_run(hstu_engine *e, user_plan *plans, int B, bool logits);
+
+/* The key of one cacheable row (what its K/V depend on beyond earlier rows). */
+uint64_t forward_row_key(const hstu_config *cfg, const hstu_request *r, int row);
+
+#endif

@@ -1,0 +1,75 @@
+/* harness.c - see harness.h. */
+#include "harness.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+static int n_pass, n_fail, n_skip;
+static int case_failures;
+
+void t_fail_at(const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stdout, "    %s:%d: ", file, line);
+    va_start(ap, fmt);
+    vfprintf(stdout, fmt, ap);
+    va_end(ap);
+    fputc('\n', stdout);
+    case_failures++;
+}
+
+bool t_case_failed(void) { return case_failures > 0; }
+
+void t_run(const char *name, void (*fn)(void))
+{
+    case_failures = 0;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    fn();
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double ms = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+    if (case_failures) {
+        n_fail++;
+        printf("FAIL  %s (%.0f ms)\n", name, ms);
+    } else {
+        n_pass++;
+        printf("ok    %s (%.0f ms)\n", name, ms);
+    }
+    fflush(stdout);
+}
+
+void t_skip(const char *name, const char *why)
+{
+    n_skip++;
+    printf("skip  %s: %s\n", name, why);
+    fflush(stdout);
+}
+
+int t_summary(void)
+{
+    printf("%d passed, %d failed, %d skipped\n", n_pass, n_fail, n_skip);
+    return n_fail ? 1 : 0;
+}
+
+double t_rel_err(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > num || isnan(d))
+            num = isnan(d) ? INFINITY : d;
+        if (fabs((double)b[i]) > den)
+            den = fabs((double)b[i]);
+    }
+    return num / (den > 1e-30 ? den : 1e-30);
+}
+
+bool t_has_nonfinite(const float *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(a[i]))
+            return true;
+    return false;
+}

@@ -1,0 +1,40 @@
+/* harness.h - the test harness: one line per case, a closing count.
+ *
+ * A test binary's main runs cases with t_run and returns t_summary(), which
+ * prints "N passed, N failed, N skipped" and gives a non-zero exit code when
+ * anything failed. Inside a case, T_CHECK records a failure (with file:line
+ * and a message) and lets the case go on; T_REQUIRE also returns from it.
+ */
+#ifndef HSTU_TESTS_HARNESS_H
+#define HSTU_TESTS_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+void t_fail_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void t_run(const char *name, void (*fn)(void));
+void t_skip(const char *name, const char *why);
+int t_summary(void);
+bool t_case_failed(void);
+
+/* max|a-b| / max(max|b|, tiny): the spec's per-tensor relative error. */
+double t_rel_err(const float *a, const float *b, size_t n);
+/* True when any value is NaN or Inf. */
+bool t_has_nonfinite(const float *a, size_t n);
+
+#define T_CHECK(cond, ...)                                     \
+    do {                                                       \
+        if (!(cond))                                           \
+            t_fail_at(__FILE__, __LINE__, __VA_ARGS__);        \
+    } while (0)
+
+#define T_REQUIRE(cond, ...)                                   \
+    do {                                                       \
+        if (!(cond)) {                                         \
+            t_fail_at(__FILE__, __LINE__, __VA_ARGS__);        \
+            return;                                            \
+        }                                                      \
+    } while (0)
+
+#endif

@@ -1,0 +1,54 @@
+/* main.c - the hstu command: dispatch to subcommands. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: hstu <command> [options]   (hstu <command> --help for each)\n"
+            "\n"
+            "HSTU generative-recommender inference on the CPU (and GPU where built).\n"
+            "\n"
+            "commands:\n"
+            "  init    write a model directory with seeded random weights\n"
+            "  infer   run JSON-lines requests through one engine, results to stdout\n"
+            "  demo    a small model and returning users: scores, cache hits, latency\n"
+            "  bench   CPU latency and throughput, full and cached forward\n");
+}
+
+int main(int argc, char **argv)
+{
+    /* OpenMP threads that spin while waiting collapse when the cores are
+     * shared (a server's own threads, other processes): measured 50x slower
+     * on a busy 2-core machine. libgomp reads its policy when it loads, so
+     * choose passive waiting by re-executing once, unless the user chose.
+     * See docs/perf.md. */
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        execv("/proc/self/exe", argv); /* on failure, go on as we are */
+    }
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "init"))
+        return cmd_init(argc - 1, argv + 1);
+    if (!strcmp(cmd, "infer"))
+        return cmd_infer(argc - 1, argv + 1);
+    if (!strcmp(cmd, "demo"))
+        return cmd_demo(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench"))
+        return cmd_bench(argc - 1, argv + 1);
+    fprintf(stderr, "hstu: unknown command \"%s\"\n\n", cmd);
+    usage(stderr);
+    return 2;
+}
