@@ -104,19 +104,24 @@ static void check_out(const char *op, const char *shape, const float *cpu, const
 
 typedef struct gemm_shape { int M, N, K, pad_a, pad_b, pad_c; } gemm_shape;
 
-static const gemm_shape gemm_shapes[] = {
-    {1, 1, 1, 0, 0, 0},         {1, 3, 50, 0, 0, 0},       {3, 129, 1, 0, 0, 0},
-    {50, 3, 129, 0, 0, 0},      {129, 50, 3, 2, 5, 7},     {1, 129, 50, 3, 1, 11},
-    {37, 129, 129, 1, 3, 2},
-    {300, 1024, 512, 0, 0, 0},  /* 300 rows, K = kuairand d 512, N = bench d 1024 */
-    {300, 512, 512, 16, 8, 24}, /* kuairand proj: H*Dv 512 -> d 512, strided */
-    {64, 2048, 512, 0, 0, 0},   /* kuairand uvqk */
+/* Edge shapes: one row, widths 1, 3, 50, 129, strided operands. */
+static const gemm_shape gemm_small[] = {
+    {1, 1, 1, 0, 0, 0},    {1, 3, 50, 0, 0, 0},   {3, 129, 1, 0, 0, 0}, {50, 3, 129, 0, 0, 0},
+    {129, 50, 3, 2, 5, 7}, {1, 129, 50, 3, 1, 11}, {37, 129, 129, 1, 3, 2},
+};
+/* Preset sizes; the reference takes ~0.5 s on each, so each runs with one beta. */
+static const gemm_shape gemm_big_beta0[] = {
+    {300, 1024, 512, 0, 0, 0}, /* 300 rows, K = kuairand d 512, N = bench d 1024 */
+};
+static const gemm_shape gemm_big_beta1[] = {
+    {300, 512, 512, 16, 8, 24}, /* kuairand proj + residual: H*Dv 512 -> d 512, strided */
+    {64, 2048, 512, 0, 0, 0},   /* kuairand uvqk: d 512 -> 2048 */
 };
 
-static void run_gemm(float beta, bool nan_c)
+static void run_gemm(const gemm_shape *shapes, size_t n, float beta, bool nan_c)
 {
-    for (size_t s = 0; s < sizeof gemm_shapes / sizeof gemm_shapes[0]; s++) {
-        gemm_shape g = gemm_shapes[s];
+    for (size_t s = 0; s < n; s++) {
+        gemm_shape g = shapes[s];
         int lda = g.K + g.pad_a, ldb = g.N + g.pad_b, ldc = g.N + g.pad_c;
         float *A = rand_buf((size_t)g.M * lda, -1, 1);
         float *B = rand_buf((size_t)g.K * ldb, -1, 1);
@@ -139,12 +144,15 @@ static void run_gemm(float beta, bool nan_c)
     }
 }
 
-static void test_gemm_beta0(void) { run_gemm(0.0f, false); }
-static void test_gemm_beta1(void) { run_gemm(1.0f, false); }
-static void test_gemm_beta_half(void) { run_gemm(0.5f, false); }
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+static void test_gemm_beta0(void) { run_gemm(gemm_small, COUNT(gemm_small), 0.0f, false); }
+static void test_gemm_beta1(void) { run_gemm(gemm_small, COUNT(gemm_small), 1.0f, false); }
+static void test_gemm_beta_half(void) { run_gemm(gemm_small, COUNT(gemm_small), 0.5f, false); }
+static void test_gemm_big_beta0(void) { run_gemm(gemm_big_beta0, COUNT(gemm_big_beta0), 0.0f, false); }
+static void test_gemm_big_beta1(void) { run_gemm(gemm_big_beta1, COUNT(gemm_big_beta1), 1.0f, false); }
 /* beta 0 overwrites C without reading it (the BLAS convention): a workspace
  * holding NaN from an earlier use must not leak into the result. */
-static void test_gemm_beta0_nan_c(void) { run_gemm(0.0f, true); }
+static void test_gemm_beta0_nan_c(void) { run_gemm(gemm_small, COUNT(gemm_small), 0.0f, true); }
 
 /* M or N of 0: nothing to do, C untouched. K of 0: C = beta * C. */
 static void test_gemm_empty(void)
@@ -231,12 +239,13 @@ static const row_shape row_shapes[] = {
 };
 #define N_ROW_SHAPES (sizeof row_shapes / sizeof row_shapes[0])
 
-/* Rows with an offset, so the mean matters, and a spread per row. */
+/* Rows with an offset, so the mean matters, and a spread per row
+ * (|mean| / std at most about 3.5; test_layernorm_offset goes further). */
 static float *rand_rows(int rows, int ld)
 {
     float *x = rand_buf((size_t)rows * ld, -2, 2);
     for (int r = 0; r < rows; r++) {
-        float off = rng_range(&g_rng, -5, 5), scale = rng_range(&g_rng, 0.1f, 3);
+        float off = rng_range(&g_rng, -2, 2), scale = rng_range(&g_rng, 0.5f, 3);
         for (int c = 0; c < ld; c++)
             x[(size_t)r * ld + c] = x[(size_t)r * ld + c] * scale + off;
     }
@@ -309,6 +318,56 @@ static void test_layernorm_hand(void)
     }
 }
 
+/* Rows whose mean is far from zero next to their spread (offset 5, std
+ * about 0.17 to 0.29: |mean| / std 17 to 29), width 1024 and 2048: both
+ * twins against LayerNorm computed in double. Rounding the mean to fp32
+ * alone moves outputs by ulp(5) / 2 / std, under 1.5e-6 here, so fp32 done
+ * with care stays well inside the row-wise tolerance; a running fp32 sum of
+ * 2048 values near 5 does not. */
+static void test_layernorm_offset(void)
+{
+    const int widths[2] = {1024, 2048};
+    for (int wi = 0; wi < 2; wi++) {
+        int R = 32, W = widths[wi];
+        size_t n = (size_t)R * W;
+        float *x = malloc(sizeof *x * n), *u = rand_buf(n, -3, 3);
+        float *y[4] = {malloc(sizeof(float) * n), malloc(sizeof(float) * n), malloc(sizeof(float) * n),
+                       malloc(sizeof(float) * n)};
+        float *want_ln = malloc(sizeof *want_ln * n), *want_mul = malloc(sizeof *want_mul * n);
+        T_REQUIRE(x && y[0] && y[1] && y[2] && y[3] && want_ln && want_mul, "oom");
+        for (int r = 0; r < R; r++) {
+            float scale = rng_range(&g_rng, 0.15f, 0.25f);
+            for (int c = 0; c < W; c++)
+                x[(size_t)r * W + c] = 5.0f + scale * rng_range(&g_rng, -2, 2);
+            double m = 0, v = 0;
+            for (int c = 0; c < W; c++)
+                m += x[(size_t)r * W + c];
+            m /= W;
+            for (int c = 0; c < W; c++)
+                v += (x[(size_t)r * W + c] - m) * (x[(size_t)r * W + c] - m);
+            v /= W;
+            for (int c = 0; c < W; c++) {
+                size_t i = (size_t)r * W + c;
+                want_ln[i] = (float)((x[i] - m) / sqrt(v + 1e-5));
+                want_mul[i] = (float)((x[i] - m) / sqrt(v + 1e-5) * u[i]);
+            }
+        }
+        layernorm_ref(R, W, x, W, NULL, NULL, 1e-5f, y[0], W);
+        layernorm_cpu(R, W, x, W, NULL, NULL, 1e-5f, y[1], W);
+        ln_mul_ref(R, W, x, W, u, W, NULL, NULL, 1e-5f, y[2], W);
+        ln_mul_cpu(R, W, x, W, u, W, NULL, NULL, 1e-5f, y[3], W);
+        const char *who[4] = {"layernorm_ref", "layernorm_cpu", "ln_mul_ref", "ln_mul_cpu"};
+        for (int t = 0; t < 4; t++) {
+            double e = t_rel_err(y[t], t < 2 ? want_ln : want_mul, n);
+            T_CHECK(e <= TOL_ROW, "%s %dx%d, |mean|/std ~ 20: rel err %.3g against double > %.1g", who[t], R, W,
+                    e, TOL_ROW);
+        }
+        free(x), free(u), free(want_ln), free(want_mul);
+        for (int t = 0; t < 4; t++)
+            free(y[t]);
+    }
+}
+
 /* ---- bias_silu ----------------------------------------------------------- */
 
 static void run_bias_silu(bool bias_on, int silu_mode /* 0 all, 1 prefix, 2 none */)
@@ -349,13 +408,14 @@ static void test_bias_silu_prefix_bias(void) { run_bias_silu(true, 1); }
 static void test_bias_silu_prefix_nobias(void) { run_bias_silu(false, 1); }
 static void test_bias_silu_none(void) { run_bias_silu(true, 2); }
 
-/* SiLU(1) = 1 / (1 + e^-1) = 0.7310586, SiLU(-1) = -0.2689414, SiLU(2.5) = 2.3103690;
+/* SiLU(1) = 1 / (1 + e^-1) = 0.7310586, SiLU(-1) = -0.2689414,
+ * SiLU(2.5) = 2.5 / (1 + e^-2.5) = 2.3103545;
  * x = [1, -1, 2, 3] + bias [0, 0, 0.5, 0.5], silu on the first 3 columns:
- * [0.7310586, -0.2689414, 2.3103690, 3.5]. */
+ * [0.7310586, -0.2689414, 2.3103545, 3.5]. */
 static void test_bias_silu_hand(void)
 {
     const float x0[4] = {1, -1, 2, 3}, bias[4] = {0, 0, 0.5f, 0.5f};
-    const double want[4] = {0.7310585786, -0.2689414214, 2.3103690182, 3.5};
+    const double want[4] = {0.7310585786, -0.2689414214, 2.3103545499, 3.5};
     for (int t = 0; t < 2; t++) {
         float x[4];
         memcpy(x, x0, sizeof x);
@@ -571,15 +631,18 @@ int main(void)
 {
     t_run("gemm: hand-computed 2x3 @ 3x2, beta 0 and 1", test_gemm_hand);
     t_run("gemm_ref against a double-precision product", test_gemm_ref_vs_double);
-    t_run("gemm cpu vs ref, beta 0 (C preloaded random)", test_gemm_beta0);
-    t_run("gemm cpu vs ref, beta 1 (C preloaded random)", test_gemm_beta1);
-    t_run("gemm cpu vs ref, beta 0.5", test_gemm_beta_half);
+    t_run("gemm cpu vs ref, edge shapes, beta 0 (C preloaded random)", test_gemm_beta0);
+    t_run("gemm cpu vs ref, edge shapes, beta 1 (C preloaded random)", test_gemm_beta1);
+    t_run("gemm cpu vs ref, edge shapes, beta 0.5", test_gemm_beta_half);
+    t_run("gemm cpu vs ref, 300x1024x512, beta 0", test_gemm_big_beta0);
+    t_run("gemm cpu vs ref, 300x512x512 strided and 64x2048x512, beta 1", test_gemm_big_beta1);
     t_run("gemm beta 0 ignores NaN in C", test_gemm_beta0_nan_c);
     t_run("gemm M, N or K of 0", test_gemm_empty);
     t_run("layernorm: hand-computed [1,2,3,4]", test_layernorm_hand);
     t_run("layernorm cpu vs ref, affine", test_layernorm_affine);
     t_run("layernorm cpu vs ref, no affine", test_layernorm_plain);
     t_run("layernorm cpu vs ref, in place (y == x)", test_layernorm_in_place);
+    t_run("layernorm, ln_mul: both twins vs double, |mean| >> std", test_layernorm_offset);
     t_run("bias_silu: hand-computed SiLU(1) = 0.7310586, prefix", test_bias_silu_hand);
     t_run("bias_silu cpu vs ref, all columns, bias", test_bias_silu_all_bias);
     t_run("bias_silu cpu vs ref, all columns, no bias", test_bias_silu_all_nobias);

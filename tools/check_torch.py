@@ -334,8 +334,9 @@ def is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def compare(cfg, req, ref, got):
-    """None when the answer `got` (a parsed JSON object) matches, else why not."""
+def compare(cfg, req, ref, got, worst=None):
+    """None when the answer `got` (a parsed JSON object) matches, else why not.
+    worst, a list of one float, collects the largest relative error seen."""
     if not isinstance(got, dict):
         return f"answer is not an object: {str(got)[:80]}"
     if "error" in got:
@@ -354,6 +355,8 @@ def compare(cfg, req, ref, got):
             return None
         out = np.array(scores, dtype=np.float64)
         err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)
+        if worst is not None:
+            worst[0] = max(worst[0], err)
         if not err <= LOGIT_RTOL:
             return f"max|out-ref|/max|ref| = {err:.3g} > {LOGIT_RTOL:g}"
         return None
@@ -374,6 +377,8 @@ def compare(cfg, req, ref, got):
     order = np.lexsort((np.arange(len(ref_scores)), -np.where(eligible, ref_scores, -np.inf)))
     top = order[:want]
     scale = max(np.abs(ref_scores[top]).max(), 1e-30)
+    if worst is not None and want:
+        worst[0] = max(worst[0], np.abs(np.array(scores) - ref_scores[top]).max() / scale)
     for r, (i, s) in enumerate(zip(ids, scores)):
         if abs(s - ref_scores[top[r]]) > SCORE_RTOL * scale:
             return f"rank {r}: score {s:.7g}, reference {ref_scores[top[r]]:.7g}"
@@ -411,7 +416,7 @@ def run_hstu(cmd, model_dir, req_path, backend, flags, logits=True):
     return answers, None
 
 
-def check_answers(cfg, cases, refs, answers):
+def check_answers(cfg, cases, refs, answers, worst=None):
     """cases: [(label, line, request or None)]; None when all match, else why not."""
     if len(answers) != len(cases):
         return f"{len(answers)} answer lines for {len(cases)} requests"
@@ -420,7 +425,7 @@ def check_answers(cfg, cases, refs, answers):
             if not (isinstance(got, dict) and isinstance(got.get("error"), str) and got["error"]):
                 return f"line {n + 1} ({label}): expected an error, got {str(got)[:80]}"
             continue
-        why = compare(cfg, req, ref, got)
+        why = compare(cfg, req, ref, got, worst)
         if why:
             return f"line {n + 1} (user {req['user_id']}, {label}): {why}"
     return None
@@ -428,11 +433,13 @@ def check_answers(cfg, cases, refs, answers):
 
 # ---------------------------------------------------------------- cases
 
-def report(tally, name, why):
-    """Print one case's line and count it in tally {"passed": n, "failed": n}."""
+def report(tally, name, why, worst=None):
+    """Print one case's line and count it in tally {"passed": n, "failed": n};
+    with --verbose an ok line also shows the largest relative error."""
     if why is None:
         tally["passed"] += 1
-        print(f"ok    {name}", flush=True)
+        extra = f"  (max rel err {worst[0]:.2g})" if worst and tally["verbose"] else ""
+        print(f"ok    {name}{extra}", flush=True)
     else:
         tally["failed"] += 1
         print(f"FAIL  {name}: {why}", flush=True)
@@ -500,11 +507,12 @@ def main():
     ap.add_argument("--hstu", required=True, help="path to the hstu binary (or a command line)")
     ap.add_argument("--keep", help="write models, requests and answers here and keep them")
     ap.add_argument("--only", help="run only configs whose name contains this")
+    ap.add_argument("--verbose", action="store_true", help="show the largest error of each case")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
 
-    tally = {"passed": 0, "failed": 0}
+    tally = {"passed": 0, "failed": 0, "verbose": args.verbose}
     cmd = shlex.split(args.hstu)
     workdir = args.keep or tempfile.mkdtemp(prefix="check_torch.")
     os.makedirs(workdir, exist_ok=True)
@@ -568,13 +576,14 @@ def check_config(tally, cmd, workdir, seed, name, dtype, config, first):
                 report(tally, case, "no hstu binary")
                 continue
             answers, why = run_hstu(cmd, model_dir, path, backend, flags)
+            worst = [0.0]
             if answers is not None:
-                why = check_answers(cfg, cases, refs, answers)
+                why = check_answers(cfg, cases, refs, answers, worst)
                 if why:
                     write_lines(os.path.join(model_dir, f"answers{suffix.replace(' ', '_')}."
                                              f"{label.replace(' ', '_')}.jsonl"),
                                 [json.dumps(a) for a in answers])
-            report(tally, case, why)
+            report(tally, case, why, worst)
     if ranking:
         # probabilities (no --logits): sigmoid moves by at most 1/4 of the logit error
         cases = files[0][1]

@@ -254,7 +254,12 @@ static void run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits)
             e->stats.device_hits++;
         else
             e->stats.misses++;
-        if (kv_reserve(e->kv, r->user_id, p->cacheable))
+    }
+    /* Reserve only after every lookup has pinned its user, so that making
+     * room for one user never evicts another user of this batch. */
+    for (int b = 0; b < B && e->kv; b++) {
+        user_plan *p = &plans[b];
+        if (kv_reserve(e->kv, p->req->user_id, p->cacheable))
             p->paged = p->cacheable;
         else {
             p->paged = p->c; /* no room: reuse what is cached, add nothing */
@@ -269,6 +274,7 @@ static void run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits)
         if (p->paged == 0)
             continue;
         int n = kv_pages(e->kv, p->req->user_id, e->page_idx + page_off, e->max_pages - page_off);
+        HSTU_ASSERT(n <= e->max_pages - page_off);
         HSTU_ASSERT((int64_t)n * kv_page_size(e->kv) >= p->paged);
         for (int i = 0; i < n; i++)
             e->page_ptr[page_off + i] = kv_page_ptr(e->kv, e->page_idx[page_off + i]);
