@@ -56,6 +56,7 @@ FUZZ_CC  ?= clang
 FUZZ     := $(BUILD)/fuzz_safetensors
 
 .PHONY: all test demo bench clean setup fuzz
+.SECONDARY:  # keep objects make would treat as intermediate (tests' .o)
 all: $(BUILD)/hstu $(TESTS) fuzz
 
 $(BUILD)/%.o: %.c

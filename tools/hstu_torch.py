@@ -450,10 +450,15 @@ def ranking_head(model, x):
 def forward_ranking_fast(model, requests, block=256):
     """Batched ranking forward for speed (float32 or whatever the model holds).
     requests: list of (context_ids, items, actions, candidates), ids already
-    validated.  Users are padded to the longest history and the largest
-    candidate count; history attention runs in row blocks that touch only
-    the columns a causal row can see, candidates attend to the history in
-    one product plus their own diagonal term.  Returns a list of logits [m_b, T]."""
+    validated.  Returns a list of logits [m_b, T].
+
+    Users are padded to the longest history Hx and the largest candidate
+    count M (rows [0, Hx) history, [Hx, Hx+M) candidates).  History attention
+    runs in row blocks that touch only the columns a causal row can see, into
+    one reused score buffer (fresh large tensors cost page faults here); the
+    candidates attend to the history in one product plus their own diagonal
+    term.  alpha is folded into q and 1/N into a, so the scores are SiLU'd
+    and masked in place."""
     cfg, w = model["config"], model["w"]
     d, H, Dqk, Dv = cfg["d_model"], cfg["n_heads"], cfg["d_qk"], cfg["d_v"]
     B = len(requests)
@@ -462,7 +467,7 @@ def forward_ranking_fast(model, requests, block=256):
     Hx, M = max(hs), max(ms)
     T = Hx + M
     dtype = w["pos"].dtype
-    # token ids per table; padding points at row 0 and never reaches a valid row
+    # padding rows hold row 0 of the item table; no valid row ever sees them
     x = torch.zeros(B, T, d, dtype=dtype)
     pos_idx = torch.zeros(B, T, dtype=torch.long)
     for b, (ctx, items, actions, cands) in enumerate(requests):
@@ -477,10 +482,12 @@ def forward_ranking_fast(model, requests, block=256):
         pos_idx[b, :h] = torch.clamp(torch.arange(h), max=cfg["max_positions"] - 1)
         pos_idx[b, Hx:] = min(h, cfg["max_positions"] - 1)
     x = x * math.sqrt(d) + w["pos"][pos_idx]
-    hist_len = torch.tensor(hs)
-    inv_n = 1.0 / cfg["attn_scale_len"]
-    col = torch.arange(Hx)
-    cand_mask = ((col[None, :] < hist_len[:, None]).to(dtype) * inv_n)[:, None, None, :]
+    block = max(1, min(block, Hx))
+    tri = torch.tril(torch.ones(block, block, dtype=dtype))     # causal part of a block
+    scores = torch.empty(B * H * block * max(Hx, 1), dtype=dtype)  # reused score buffer
+    cand_cols = torch.ones(B, 1, 1, Hx, dtype=dtype)
+    for b in range(B):
+        cand_cols[b, :, :, hs[b]:] = 0
     for l in range(cfg["n_layers"]):
         p = f"layers.{l}."
         xn = F.layer_norm(x, (d,), w.get(p + "ln_in.weight"), w.get(p + "ln_in.bias"),
@@ -489,32 +496,37 @@ def forward_ranking_fast(model, requests, block=256):
         if cfg["uvqk_bias"]:
             z += w[p + "uvqk.bias"]
         if cfg["silu_uvqk"] == "all":
-            z = F.silu(z, inplace=True)
+            F.silu(z, inplace=True)
         u, v, q, kk = torch.split(z, [H * Dv, H * Dv, H * Dqk, H * Dqk], dim=-1)
         if cfg["silu_uvqk"] != "all":
             u = F.silu(u)
-        q = q.reshape(B, T, H, Dqk).transpose(1, 2)     # [B, H, T, Dqk]
-        kk = kk.reshape(B, T, H, Dqk).transpose(1, 2)
-        v = v.reshape(B, T, H, Dv).transpose(1, 2)      # [B, H, T, Dv]
+        q = (q.reshape(B, T, H, Dqk).transpose(1, 2) * cfg["alpha"]).contiguous()
+        kt = kk.reshape(B, T, H, Dqk).permute(0, 2, 3, 1).contiguous()   # [B, H, Dqk, T]
+        v = v.reshape(B, T, H, Dv).transpose(1, 2).contiguous()          # [B, H, T, Dv]
         a = torch.empty(B, H, T, Dv, dtype=dtype)
         for r0 in range(0, Hx, block):
             r1 = min(r0 + block, Hx)
-            s = torch.matmul(q[:, :, r0:r1], kk[:, :, :r1].transpose(2, 3)).mul_(cfg["alpha"])
-            rr = torch.arange(r0, r1)[:, None]
-            cc = torch.arange(r1)[None, :]
-            m_blk = ((cc <= rr)[None] & (cc < hist_len[:, None, None])).to(dtype) * inv_n
-            s = F.silu(s, inplace=True).mul_(m_blk[:, None])
-            a[:, :, r0:r1] = torch.matmul(s, v[:, :, :r1])
+            s = scores[:B * H * (r1 - r0) * r1].view(B, H, r1 - r0, r1)
+            torch.matmul(q[:, :, r0:r1], kt[:, :, :, :r1], out=s)
+            F.silu(s, inplace=True)
+            s[:, :, :, r0:r1].mul_(tri[:r1 - r0, :r1 - r0])
+            for b in range(B):
+                if hs[b] < r1:
+                    s[b, :, :, hs[b]:].zero_()
+                for h in range(H):   # a[b, h, r0:r1] is contiguous: no copy
+                    torch.mm(s[b, h], v[b, h, :r1], out=a[b, h, r0:r1])
         if M:
-            qc, kc, vc = q[:, :, Hx:], kk[:, :, Hx:], v[:, :, Hx:]
-            s = torch.matmul(qc, kk[:, :, :Hx].transpose(2, 3)).mul_(cfg["alpha"])
-            s = F.silu(s, inplace=True).mul_(cand_mask)
-            self_s = F.silu(cfg["alpha"] * (qc * kc).sum(-1, keepdim=True)) * inv_n
+            qc, vc = q[:, :, Hx:], v[:, :, Hx:]
+            s = torch.matmul(qc, kt[:, :, :, :Hx])
+            F.silu(s, inplace=True)
+            s.mul_(cand_cols)
+            self_s = F.silu((qc * kt[:, :, :, Hx:].transpose(2, 3)).sum(-1, keepdim=True))
             a[:, :, Hx:] = torch.matmul(s, v[:, :, :Hx]) + self_s * vc
-        a = a.transpose(1, 2).reshape(B, T, H * Dv)
+        a = a.transpose(1, 2).reshape(B, T, H * Dv).mul_(1.0 / cfg["attn_scale_len"])
         y = u * F.layer_norm(a, (H * Dv,), w.get(p + "ln_out.weight"),
                              w.get(p + "ln_out.bias"), cfg["ln_eps"])
-        x = x + y @ w[p + "proj.weight"]
+        x = torch.addmm(x.reshape(B * T, d), y.reshape(B * T, H * Dv),
+                        w[p + "proj.weight"]).reshape(B, T, d)
         if cfg["proj_bias"]:
             x += w[p + "proj.bias"]
     out = ranking_head(model, x[:, Hx:])

@@ -10,7 +10,8 @@
 
 #include <stdbool.h>
 
-/* C[M,N] = A[M,K] @ B[K,N] + beta * C. beta = 1 adds into C (the residual). */
+/* C[M,N] = A[M,K] @ B[K,N] + beta * C. beta = 1 adds into C (the residual);
+ * beta = 0 ignores what C held (even NaN), as BLAS does. */
 void gemm_ref(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta,
               float *C, int ldc);
 void gemm_cpu(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta,

@@ -101,7 +101,7 @@ void bias_act_cpu(int rows, int width, float *x, int ldx, const float *bias, boo
 #pragma omp simd
         for (int c = 0; c < width; c++) {
             float v = xr[c] + (bias ? bias[c] : 0.0f);
-            xr[c] = relu ? fmaxf(v, 0.0f) : v;
+            xr[c] = relu && v < 0.0f ? 0.0f : v; /* NaN stays NaN */
         }
     }
 }

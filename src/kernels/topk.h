@@ -4,6 +4,7 @@
  * 0 is padding) not in exclude[b]; return the k best in order of score
  * descending, ties toward the smaller id. users and items rows are already
  * L2-normalised. exclude[b] is sorted ascending (duplicates allowed).
+ * k[b] may be 0 (nothing is written).
  */
 #ifndef HSTU_KERNELS_TOPK_H
 #define HSTU_KERNELS_TOPK_H

@@ -60,6 +60,8 @@ void topk_cpu(const topk_params *p)
                 int64_t id = j0 + c;
                 if (id == 0)
                     continue;
+                if (p->k[b] == 0)
+                    break;
                 if (p->n_out[b] == p->k[b] && !topk_before(row[c], id, p->scores[b][0], p->ids[b][0]))
                     continue; /* cheaper than the exclusion search for most items */
                 if (p->exclude[b] && topk_excluded(p->exclude[b], p->n_exclude[b], id))
