@@ -79,11 +79,12 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(HARNESS) $(LIB)
 
 # libFuzzer target for the safetensors reader (clang from Debian).
 fuzz: $(FUZZ)
-$(FUZZ): tests/fuzz/fuzz_safetensors.c src/core/safetensors.c src/core/status.c
+FUZZ_SRCS := tests/fuzz/fuzz_safetensors.c src/core/safetensors.c src/core/status.c
+$(FUZZ): $(FUZZ_SRCS) src/core/safetensors.h src/core/status.h include/hstu.h
 	@mkdir -p $(dir $@)
 	@if command -v $(FUZZ_CC) >/dev/null; then \
-	  $(FUZZ_CC) -g -O1 -std=c17 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
-	    $^ -ljansson -o $@; \
+	  $(FUZZ_CC) -g -O1 -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter \
+	    -fsanitize=fuzzer,address,undefined -Iinclude -Isrc $(FUZZ_SRCS) -ljansson -o $@; \
 	else echo "note: $(FUZZ_CC) not found, fuzz target not built"; fi
 
 test: all

@@ -453,14 +453,16 @@ def forward_ranking_fast(model, requests, block=256):
     validated.  Returns a list of logits [m_b, T].
 
     Users are padded to the longest history Hx and the largest candidate
-    count M (rows [0, Hx) history, [Hx, Hx+M) candidates).  History attention
-    runs in row blocks that touch only the columns a causal row can see, into
-    one reused score buffer (fresh large tensors cost page faults here); the
-    candidates attend to the history in one product plus their own diagonal
-    term.  alpha is folded into q and 1/N into a, so the scores are SiLU'd
-    and masked in place."""
+    count M (rows [0, Hx) history, [Hx, Hx+M) candidates); the projections run
+    on the whole padded batch.  Attention runs per user and head as plain
+    matrix products on strided views of the u|v|q|k activations (no copies):
+    history rows in blocks that touch only the columns a causal row can see,
+    into one reused score buffer; candidates against the history in one
+    product plus their own diagonal term.  alpha goes into the GEMM and 1/N
+    onto a, so scores are SiLU'd and masked in place."""
     cfg, w = model["config"], model["w"]
     d, H, Dqk, Dv = cfg["d_model"], cfg["n_heads"], cfg["d_qk"], cfg["d_v"]
+    alpha = cfg["alpha"]
     B = len(requests)
     hs = [len(c) + 2 * len(i) for c, i, _, _ in requests]
     ms = [len(t) for _, _, _, t in requests]
@@ -483,48 +485,44 @@ def forward_ranking_fast(model, requests, block=256):
         pos_idx[b, Hx:] = min(h, cfg["max_positions"] - 1)
     x = x * math.sqrt(d) + w["pos"][pos_idx]
     block = max(1, min(block, Hx))
-    tri = torch.tril(torch.ones(block, block, dtype=dtype))     # causal part of a block
-    scores = torch.empty(B * H * block * max(Hx, 1), dtype=dtype)  # reused score buffer
-    cand_cols = torch.ones(B, 1, 1, Hx, dtype=dtype)
-    for b in range(B):
-        cand_cols[b, :, :, hs[b]:] = 0
+    scores = torch.empty(max(block, M) * max(Hx, 1), dtype=dtype)  # reused score buffer
+    qo, ko = 2 * H * Dv, 2 * H * Dv + H * Dqk                 # column offsets in u|v|q|k
     for l in range(cfg["n_layers"]):
         p = f"layers.{l}."
         xn = F.layer_norm(x, (d,), w.get(p + "ln_in.weight"), w.get(p + "ln_in.bias"),
                           cfg["ln_eps"])
-        z = xn @ w[p + "uvqk.weight"]
+        z = xn @ w[p + "uvqk.weight"]                         # [B, T, 2HDv + 2HDqk]
         if cfg["uvqk_bias"]:
             z += w[p + "uvqk.bias"]
         if cfg["silu_uvqk"] == "all":
             F.silu(z, inplace=True)
-        u, v, q, kk = torch.split(z, [H * Dv, H * Dv, H * Dqk, H * Dqk], dim=-1)
-        if cfg["silu_uvqk"] != "all":
-            u = F.silu(u)
-        q = (q.reshape(B, T, H, Dqk).transpose(1, 2) * cfg["alpha"]).contiguous()
-        kt = kk.reshape(B, T, H, Dqk).permute(0, 2, 3, 1).contiguous()   # [B, H, Dqk, T]
-        v = v.reshape(B, T, H, Dv).transpose(1, 2).contiguous()          # [B, H, T, Dv]
-        a = torch.empty(B, H, T, Dv, dtype=dtype)
-        for r0 in range(0, Hx, block):
-            r1 = min(r0 + block, Hx)
-            s = scores[:B * H * (r1 - r0) * r1].view(B, H, r1 - r0, r1)
-            torch.matmul(q[:, :, r0:r1], kt[:, :, :, :r1], out=s)
-            F.silu(s, inplace=True)
-            s[:, :, :, r0:r1].mul_(tri[:r1 - r0, :r1 - r0])
-            for b in range(B):
-                if hs[b] < r1:
-                    s[b, :, :, hs[b]:].zero_()
-                for h in range(H):   # a[b, h, r0:r1] is contiguous: no copy
-                    torch.mm(s[b, h], v[b, h, :r1], out=a[b, h, r0:r1])
-        if M:
-            qc, vc = q[:, :, Hx:], v[:, :, Hx:]
-            s = torch.matmul(qc, kt[:, :, :, :Hx])
-            F.silu(s, inplace=True)
-            s.mul_(cand_cols)
-            self_s = F.silu((qc * kt[:, :, :, Hx:].transpose(2, 3)).sum(-1, keepdim=True))
-            a[:, :, Hx:] = torch.matmul(s, v[:, :, :Hx]) + self_s * vc
-        a = a.transpose(1, 2).reshape(B, T, H * Dv).mul_(1.0 / cfg["attn_scale_len"])
-        y = u * F.layer_norm(a, (H * Dv,), w.get(p + "ln_out.weight"),
-                             w.get(p + "ln_out.bias"), cfg["ln_eps"])
+        else:
+            F.silu(z[:, :, :H * Dv], inplace=True)
+        a = torch.zeros(B, T, H * Dv, dtype=dtype)   # padding rows stay 0
+        for b in range(B):
+            hb = hs[b]
+            for hd in range(H):
+                q = z[b, :, qo + hd * Dqk:qo + (hd + 1) * Dqk]  # [T, Dqk] views
+                kk = z[b, :, ko + hd * Dqk:ko + (hd + 1) * Dqk]
+                v = z[b, :, H * Dv + hd * Dv:H * Dv + (hd + 1) * Dv]
+                out = a[b, :, hd * Dv:(hd + 1) * Dv]
+                for r0 in range(0, hb, block):
+                    r1 = min(r0 + block, hb)
+                    s = scores[:(r1 - r0) * r1].view(r1 - r0, r1)
+                    torch.addmm(s, q[r0:r1], kk[:r1].t(), beta=0, alpha=alpha, out=s)
+                    F.silu(s, inplace=True)
+                    s[:, r0:r1].tril_()              # causal inside the block
+                    torch.mm(s, v[:r1], out=out[r0:r1])
+                if ms[b]:
+                    c0, c1 = Hx, Hx + ms[b]
+                    s = scores[:ms[b] * hb].view(ms[b], hb)
+                    torch.addmm(s, q[c0:c1], kk[:hb].t(), beta=0, alpha=alpha, out=s)
+                    F.silu(s, inplace=True)
+                    self_s = F.silu(alpha * (q[c0:c1] * kk[c0:c1]).sum(-1, keepdim=True))
+                    torch.addcmul(torch.mm(s, v[:hb]), self_s, v[c0:c1], out=out[c0:c1])
+        a.mul_(1.0 / cfg["attn_scale_len"])
+        y = z[:, :, :H * Dv] * F.layer_norm(a, (H * Dv,), w.get(p + "ln_out.weight"),
+                                            w.get(p + "ln_out.bias"), cfg["ln_eps"])
         x = torch.addmm(x.reshape(B * T, d), y.reshape(B * T, H * Dv),
                         w[p + "proj.weight"]).reshape(B, T, d)
         if cfg["proj_bias"]:

@@ -21,7 +21,7 @@
 
 #define ST_MAX_DIMS 8
 #define ST_NAME_MAX 256
-#define ST_HEADER_MAX (100u << 20) /* 100 MiB, the format's own limit */
+#define ST_HEADER_MAX 100000000u /* the format's own limit (huggingface/safetensors) */
 
 typedef enum st_dtype { ST_F32 = 0, ST_BF16, ST_F16 } st_dtype;
 
