@@ -34,11 +34,13 @@ CU_SRCS := $(shell find src -name '*.cu' 2>/dev/null | sort)
 ifeq ($(CUDA),1)
 ifneq ($(CU_SRCS),)
   CUDA_HOME   ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-  NVCCFLAGS   ?= -O3 -arch=sm_90a -lineinfo
-  NVCCFLAGS   += -std=c++17 -Iinclude -Isrc -Xcompiler -fPIC
+  # sm_90a: Hopper (H100/H200) with its own instructions (wgmma).
+  NVCCFLAGS   ?= -O3 -gencode=arch=compute_90a,code=sm_90a -lineinfo
+  NVCCFLAGS   += -std=c++17 -Iinclude -Isrc -DHSTU_HAVE_CUDA -Xcompiler -fPIC
   CFLAGS      += -DHSTU_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS      += -L$(CUDA_HOME)/lib64 -lcublasLt_static -lcublas_static -lcudart_static \
-                 -lculibos -ldl -lrt -lstdc++
+  # cudart static; cuBLASLt from the toolkit or the GPU machine's CUDA.
+  LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,-rpath,/usr/local/cuda/lib64 \
+                 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lstdc++
   CU_OBJS     := $(CU_SRCS:%.cu=$(BUILD)/%.o)
 endif
 endif
@@ -99,4 +101,4 @@ bench: $(BUILD)/hstu
 clean:
 	rm -rf $(BUILD)
 
--include $(OBJS:.o=.d) $(CLI_OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TESTS:=.d) $(HARNESS:.o=.d)

@@ -41,6 +41,14 @@ typedef struct hstu_error {
 
 const char *hstu_status_name(hstu_status s);
 
+/* ---- process setup ----------------------------------------------------- */
+
+/* Call first in main(argv). Chooses settings that libraries read when they
+ * load (OpenMP passive waiting; OpenBLAS's AVX-512 kernels on CPUs it does
+ * not recognise) and re-executes the program once if they must change. A
+ * variable the user set is kept; HSTU_RUNTIME_SET=1 skips all of it. */
+void hstu_runtime_init(char **argv);
+
 /* ---- configuration (spec/model.md section 2) -------------------------- */
 
 typedef enum hstu_family { HSTU_FAMILY_RANKING = 0, HSTU_FAMILY_RETRIEVAL } hstu_family;

@@ -2,11 +2,18 @@
 
 Loads a ranking model (tools/hstu_torch.py reads the checkpoint), makes random
 requests of N history items and M candidates per user, and times the whole
-forward (embedding lookup to logits) in float32 under torch.inference_mode()
-with torch.set_num_threads(threads).  The forward is hstu_torch's batched
-version (tools/check_torch.py holds it against the per-user oracle): history
-attention in row blocks that skip the columns a causal row cannot see,
-candidates against the history in one product plus their own diagonal term.
+forward (embedding lookup to logits) in float32 under torch.inference_mode().
+The forward is hstu_torch.forward_ranking_fast (tools/check_torch.py holds it
+against the per-user oracle): projections over the batch, attention per user
+and head as GEMMs on strided views, history rows in blocks that skip the
+columns a causal row cannot see.
+
+Threads: Debian's torch calls a pthreads OpenBLAS for its GEMMs and OpenMP
+for everything else.  Left alone, the OpenMP workers spin after each
+elementwise op while OpenBLAS's own workers want the same two cores, which
+made a 2-thread forward 6x slower than a 1-thread one here.  So this sets
+OMP_WAIT_POLICY=PASSIVE (unless already set) before torch loads, and gives
+OpenBLAS the same thread count as torch.set_num_threads.
 
 Two ways to run a batch of B users: one padded batch, or a loop over users.
 --mode auto (the default) times both during warm-up and keeps the faster.
@@ -20,6 +27,7 @@ Prints the median latency of one batch in ms and the peak RSS; with --json,
 one JSON object.
 """
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -28,7 +36,8 @@ import statistics
 import sys
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads, with torch
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hstu_torch as ht  # noqa: E402
@@ -55,6 +64,17 @@ def run_loop(model, requests):
     return [out for r in requests for out in ht.forward_ranking_fast(model, [r])]
 
 
+def set_blas_threads(n):
+    """OpenBLAS ignores torch.set_num_threads; returns whether it was told."""
+    for name in ("libopenblas.so.0", "libopenblas.so"):
+        try:
+            ctypes.CDLL(name).openblas_set_num_threads(n)
+            return True
+        except (OSError, AttributeError):
+            continue
+    return False
+
+
 def time_once(fn, model, requests):
     t0 = time.perf_counter()
     fn(model, requests)
@@ -76,6 +96,7 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    blas_threads = set_blas_threads(args.threads)
     model = ht.load_model(args.model, torch.float32)
     cfg = model["config"]
     if cfg["family"] != "ranking":
@@ -95,6 +116,7 @@ def main():
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = {
         "engine": "pytorch", "torch": torch.__version__, "threads": args.threads,
+        "openblas_threads_set": blas_threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "mode": mode, "batch": args.batch, "history": args.history,
         "candidates": args.candidates, "tokens_per_user": len(cfg["tables"]["context"])
         + 2 * args.history + args.candidates, "iters": args.iters,
@@ -102,6 +124,7 @@ def main():
         "ms_per_user": round(statistics.median(times) / args.batch, 3),
         "warmup_ms": {k: round(v, 3) for k, v in warm.items()},
         "peak_rss_mb": round(peak_mb, 1),
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
     }
     if args.json:
         print(json.dumps(result))
@@ -109,7 +132,7 @@ def main():
         print(f"pytorch {torch.__version__}, {args.threads} threads, mode {mode}: "
               f"batch {args.batch} x (history {args.history}, candidates {args.candidates}) "
               f"median {result['median_ms']:.1f} ms ({result['ms_per_user']:.1f} ms/user), "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB")
+              f"peak RSS {result['peak_rss_mb']:.0f} MB (load average {result['loadavg_1m']})")
     return 0
 
 

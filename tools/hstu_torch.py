@@ -206,14 +206,14 @@ def encode_values(a, dtype):
     raise ValueError(f"unknown dtype {dtype!r}")
 
 
-def decode_values(raw, dtype, count, offset):
-    """Bytes of a safetensors tensor -> float32 numpy array (exact)."""
+def decode_values(f, dtype, count):
+    """Read count values of dtype at f's position -> float32 numpy array (exact)."""
     if dtype == "F32":
-        return np.frombuffer(raw, dtype="<f4", count=count, offset=offset).astype(np.float32)
+        return np.fromfile(f, dtype="<f4", count=count).astype(np.float32, copy=False)
     if dtype == "F16":
-        return np.frombuffer(raw, dtype="<f2", count=count, offset=offset).astype(np.float32)
+        return np.fromfile(f, dtype="<f2", count=count).astype(np.float32)
     if dtype == "BF16":
-        half = np.frombuffer(raw, dtype="<u2", count=count, offset=offset).astype(np.uint32)
+        half = np.fromfile(f, dtype="<u2", count=count).astype(np.uint32)
         return (half << 16).view(np.float32)
     raise ValueError(f"unsupported dtype {dtype!r}")
 
@@ -239,37 +239,40 @@ def write_safetensors(path, tensors, dtype):
 
 
 def read_safetensors(path):
-    """-> {name: float32 numpy array}; raises ValueError naming what is wrong."""
+    """-> {name: float32 numpy array}; raises ValueError naming what is wrong.
+    Reads tensor by tensor, so memory holds one copy of the weights."""
     with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 8:
-        raise ValueError(f"{path}: shorter than the 8-byte header length")
-    (hlen,) = struct.unpack("<Q", raw[:8])
-    if hlen > len(raw) - 8:
-        raise ValueError(f"{path}: header length {hlen} runs past the end of the file")
-    try:
-        header = json.loads(raw[8:8 + hlen])
-    except ValueError as e:
-        raise ValueError(f"{path}: header is not JSON ({e})")
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is not a JSON object")
-    base, size = 8 + hlen, len(raw) - 8 - hlen
-    out, spans = {}, []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
+        file_size = os.fstat(f.fileno()).st_size
+        if file_size < 8:
+            raise ValueError(f"{path}: shorter than the 8-byte header length")
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        if hlen > file_size - 8:
+            raise ValueError(f"{path}: header length {hlen} runs past the end of the file")
         try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: tensor {name} has a malformed header entry")
-        if dtype not in DTYPE_BYTES:
-            raise ValueError(f"{path}: tensor {name} has dtype {dtype}, expected F32, BF16 or F16")
-        count = int(np.prod(shape)) if shape else 1
-        if not (0 <= begin <= end <= size) or end - begin != count * DTYPE_BYTES[dtype]:
-            raise ValueError(f"{path}: tensor {name} has data offsets [{begin},{end}] that "
-                             f"do not fit its shape {shape} or the file")
-        spans.append((begin, end, name))
-        out[name] = decode_values(raw, dtype, count, base + begin).reshape(shape)
+            header = json.loads(f.read(hlen))
+        except ValueError as e:
+            raise ValueError(f"{path}: header is not JSON ({e})")
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: header is not a JSON object")
+        base, size = 8 + hlen, file_size - 8 - hlen
+        out, spans = {}, []
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+                count = int(np.prod(shape)) if shape else 1
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}: tensor {name} has a malformed header entry")
+            if dtype not in DTYPE_BYTES:
+                raise ValueError(f"{path}: tensor {name} has dtype {dtype}, "
+                                 "expected F32, BF16 or F16")
+            if not (0 <= begin <= end <= size) or end - begin != count * DTYPE_BYTES[dtype]:
+                raise ValueError(f"{path}: tensor {name} has data offsets [{begin},{end}] "
+                                 f"that do not fit its shape {shape} or the file")
+            spans.append((begin, end, name))
+            f.seek(base + begin)
+            out[name] = decode_values(f, dtype, count).reshape(shape)
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
@@ -295,7 +298,7 @@ def load_model(model_dir, dtype=torch.float32):
     for name in arrays:
         if name not in shapes:
             raise ValueError(f"model.safetensors: unexpected tensor {name}")
-    w = {name: torch.from_numpy(np.array(a)).to(dtype) for name, a in arrays.items()}
+    w = {name: torch.from_numpy(a).to(dtype) for name, a in arrays.items()}
     return {"config": cfg, "w": w}
 
 

@@ -65,11 +65,8 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
                                hstu_error *err)
 {
     const hstu_config *cfg = &m->cfg;
-    const hstu_ops *ops = ops_for(o->backend);
-    if (!ops)
-        return hstu_fail(err, HSTU_ERR_UNSUPPORTED,
-                         "backend %s is not available in this build (use cpu or ref)",
-                         hstu_backend_name(o->backend));
+    bool gpu = o->backend == HSTU_BACKEND_CUDA;
+    const hstu_ops *ops = gpu ? NULL : ops_for(o->backend);
     if (o->page_size < 1 || o->page_size > 65536)
         return hstu_fail(err, HSTU_ERR_ARG, "page size %d: must be in 1..65536", o->page_size);
     if (o->max_batch_tokens < 0 || o->threads < 0)
@@ -104,13 +101,13 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         head_w = cfg->hidden[j] > head_w ? cfg->hidden[j] : head_w;
     head_w = cfg->n_tasks > head_w ? cfg->n_tasks : head_w;
     bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
-    size_t Tz = (size_t)T;
+    size_t Tz = gpu ? 0 : (size_t)T; /* activations live on the GPU for cuda */
     size_t sizes[] = {
         Tz * d * 4, Tz * d * 4, Tz * W * 4, Tz * vw * 4, Tz * vw * 4,
         retr ? 0 : Tz * head_w * 4, retr ? 0 : Tz * head_w * 4,
-        retr ? (size_t)ENGINE_MAX_USERS * TOPK_CHUNK * 4 : 0,
-        retr ? (size_t)ENGINE_MAX_USERS * d * 4 : 0,
-        Tz * sizeof(uint64_t), retr ? Tz * sizeof(int64_t) : 0,
+        retr && !gpu ? (size_t)ENGINE_MAX_USERS * TOPK_CHUNK * 4 : 0,
+        retr && !gpu ? (size_t)ENGINE_MAX_USERS * d * 4 : 0,
+        (size_t)T * sizeof(uint64_t), retr ? (size_t)T * sizeof(int64_t) : 0,
         (size_t)e->max_pages * sizeof(int), (size_t)e->max_pages * sizeof(float *),
         ENGINE_MAX_USERS * sizeof(user_plan), ENGINE_MAX_USERS * sizeof(attn_seq),
     };
@@ -137,7 +134,17 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         p += align64(sizes[i]);
     }
 
-    if (o->use_cache) {
+    if (gpu) {
+        /* The GPU KV cache is issue 4: until then the CUDA backend computes
+         * every request in full (e->opt.use_cache says so to callers). */
+        e->opt.use_cache = false;
+        hstu_status st = cuda_backend_create(m, T, ENGINE_MAX_USERS, &e->cuda, err);
+        if (st != HSTU_OK) {
+            free(e->arena);
+            free(e);
+            return st;
+        }
+    } else if (o->use_cache) {
         kv_options ko = {
             .n_layers = cfg->n_layers, .page_size = o->page_size,
             .k_width = cfg->n_heads * cfg->d_qk, .v_width = vw, .budget_bytes = o->cache_bytes,
@@ -159,6 +166,7 @@ void hstu_engine_destroy(hstu_engine *e)
     if (!e)
         return;
     kv_destroy(e->kv);
+    cuda_backend_destroy(e->cuda);
     free(e->arena);
     free(e);
 }
@@ -171,7 +179,7 @@ size_t hstu_engine_bytes(const hstu_engine *e)
         kv_get_stats(e->kv, &ks);
         pool = (size_t)ks.pages_total * kv_page_bytes(e->kv);
     }
-    return e->arena_bytes + pool;
+    return e->arena_bytes + pool + (e->cuda ? cuda_backend_bytes(e->cuda) : 0);
 }
 
 static hstu_status check_ids(const int64_t *ids, int n, int64_t rows, const char *what, hstu_error *err)
@@ -229,7 +237,7 @@ static int user_tokens(const hstu_config *c, const hstu_request *r)
 }
 
 /* Plans users [0, B) against the cache and runs them. */
-static void run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits)
+static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits, hstu_error *err)
 {
     const hstu_config *cfg = &e->model->cfg;
     int key_off = 0;
@@ -280,8 +288,12 @@ static void run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits)
             e->page_ptr[page_off + i] = kv_page_ptr(e->kv, e->page_idx[page_off + i]);
         page_off += n;
     }
-    forward_run(e, plans, B, logits);
-    for (int b = 0; b < B; b++) {
+    hstu_status st = HSTU_OK;
+    if (e->cuda)
+        st = cuda_forward_run(e->cuda, plans, B, logits, err);
+    else
+        forward_run(e, plans, B, logits);
+    for (int b = 0; b < B && st == HSTU_OK; b++) {
         user_plan *p = &plans[b];
         p->res->tier = p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
         p->res->cached_tokens = p->c;
@@ -293,6 +305,7 @@ static void run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits)
     }
     if (e->kv)
         kv_end(e->kv);
+    return st;
 }
 
 hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hstu_result *res,
@@ -328,7 +341,9 @@ hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hst
             e->plans[B].res = &res[start + B];
             B++;
         }
-        run_sub_batch(e, e->plans, B, logits);
+        hstu_status st = run_sub_batch(e, e->plans, B, logits, err);
+        if (st != HSTU_OK)
+            return st;
         start += B;
     }
     return HSTU_OK;

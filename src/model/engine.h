@@ -9,6 +9,7 @@
 #define HSTU_MODEL_ENGINE_H
 
 #include "hstu.h"
+#include "cuda/cuda_backend.h"
 #include "kernels/ops.h"
 #include "kvcache/kv_cache.h"
 #include "model/model.h"
@@ -33,12 +34,14 @@ typedef struct user_plan {
 struct hstu_engine {
     const hstu_model *model;
     hstu_engine_options opt;
-    const hstu_ops *ops;
+    const hstu_ops *ops;   /* CPU backends: the kernel table (NULL for cuda) */
+    cuda_backend *cuda;    /* the CUDA backend (NULL for CPU backends) */
     kv_cache *kv;          /* NULL without cache */
     int max_tokens;        /* workspace rows */
     int max_pages;         /* page pointers per sub-batch */
 
-    /* Workspace (one allocation), rows = max_tokens. */
+    /* Workspace (one allocation), rows = max_tokens. The activation buffers
+     * (x .. users) exist only for CPU backends. */
     float *x;              /* [T, d] residual stream */
     float *xn;             /* [T, d] LN(x) */
     float *uvqk;           /* [T, W] u|v|q|k */

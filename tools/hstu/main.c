@@ -2,9 +2,7 @@
 #include "cli.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static void usage(FILE *f)
 {
@@ -22,15 +20,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    /* OpenMP threads that spin while waiting collapse when the cores are
-     * shared (a server's own threads, other processes): measured 50x slower
-     * on a busy 2-core machine. libgomp reads its policy when it loads, so
-     * choose passive waiting by re-executing once, unless the user chose.
-     * See docs/perf.md. */
-    if (!getenv("OMP_WAIT_POLICY")) {
-        setenv("OMP_WAIT_POLICY", "passive", 1);
-        execv("/proc/self/exe", argv); /* on failure, go on as we are */
-    }
+    hstu_runtime_init(argv); /* may re-execute once: see src/core/runtime.c */
     if (argc < 2) {
         usage(stderr);
         return 2;
