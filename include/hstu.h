@@ -43,10 +43,9 @@ const char *hstu_status_name(hstu_status s);
 
 /* ---- process setup ----------------------------------------------------- */
 
-/* Call first in main(argv). Chooses settings that libraries read when they
- * load (OpenMP passive waiting; OpenBLAS's AVX-512 kernels on CPUs it does
- * not recognise) and re-executes the program once if they must change. A
- * variable the user set is kept; HSTU_RUNTIME_SET=1 skips all of it. */
+/* Call first in main(argv). Sets OMP_WAIT_POLICY=passive (unless the user
+ * set a policy) and re-executes the program once, since libgomp reads it
+ * when it loads. HSTU_RUNTIME_SET=1 skips it. */
 void hstu_runtime_init(char **argv);
 
 /* ---- configuration (spec/model.md section 2) -------------------------- */

@@ -15,6 +15,12 @@ made a 2-thread forward 6x slower than a 1-thread one here.  So this sets
 OMP_WAIT_POLICY=PASSIVE (unless already set) before torch loads, and gives
 OpenBLAS the same thread count as torch.set_num_threads.
 
+GEMM kernels: OpenBLAS picks them from OPENBLAS_CORETYPE when set (this
+machine's environment sets Haswell, AVX2), else from the CPU (AVX-512 kernels
+here, about 2x the sgemm rate).  This script leaves the variable alone, like
+`hstu`, and reports the core OpenBLAS used: run both sides under the same
+setting, e.g. `env -u OPENBLAS_CORETYPE` or OPENBLAS_CORETYPE=SkylakeX.
+
 Two ways to run a batch of B users: one padded batch, or a loop over users.
 --mode auto (the default) times both during warm-up and keeps the faster.
 torch.compile does not exist in this torch (1.13); torch.jit would not touch
@@ -65,14 +71,17 @@ def run_loop(model, requests):
 
 
 def set_blas_threads(n):
-    """OpenBLAS ignores torch.set_num_threads; returns whether it was told."""
+    """OpenBLAS ignores torch.set_num_threads.  Tells it n threads and
+    returns the name of its kernel set ("" when no OpenBLAS is found)."""
     for name in ("libopenblas.so.0", "libopenblas.so"):
         try:
-            ctypes.CDLL(name).openblas_set_num_threads(n)
-            return True
+            lib = ctypes.CDLL(name)
+            lib.openblas_set_num_threads(n)
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            return lib.openblas_get_corename().decode()
         except (OSError, AttributeError):
             continue
-    return False
+    return ""
 
 
 def time_once(fn, model, requests):
@@ -96,7 +105,7 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    blas_threads = set_blas_threads(args.threads)
+    blas_core = set_blas_threads(args.threads)
     model = ht.load_model(args.model, torch.float32)
     cfg = model["config"]
     if cfg["family"] != "ranking":
@@ -116,7 +125,7 @@ def main():
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = {
         "engine": "pytorch", "torch": torch.__version__, "threads": args.threads,
-        "openblas_threads_set": blas_threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "openblas_core": blas_core, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "mode": mode, "batch": args.batch, "history": args.history,
         "candidates": args.candidates, "tokens_per_user": len(cfg["tables"]["context"])
         + 2 * args.history + args.candidates, "iters": args.iters,
@@ -129,7 +138,8 @@ def main():
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"pytorch {torch.__version__}, {args.threads} threads, mode {mode}: "
+        print(f"pytorch {torch.__version__}, {args.threads} threads, OpenBLAS {blas_core}, "
+              f"mode {mode}: "
               f"batch {args.batch} x (history {args.history}, candidates {args.candidates}) "
               f"median {result['median_ms']:.1f} ms ({result['ms_per_user']:.1f} ms/user), "
               f"peak RSS {result['peak_rss_mb']:.0f} MB (load average {result['loadavg_1m']})")

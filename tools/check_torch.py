@@ -23,8 +23,11 @@ the safetensors writer against torch's own rounding, the batched torch
 forward against the per-user one, and the comparator rejecting wrong output.
 
 Usage: /usr/bin/python3 tools/check_torch.py --hstu build/hstu [--keep DIR]
+           [--only NAME] [--verbose]
 (--hstu may also be a quoted command line, e.g. "/usr/bin/python3
-tools/hstu_torch.py", to test this harness against the torch CLI itself.)
+tools/hstu_torch.py", to test this harness against the torch CLI itself;
+--keep saves models, requests and answers; --verbose shows each case's
+largest relative error.)
 Prints `ok    name` or `FAIL  name: details` per case, then
 `N passed, N failed, 0 skipped`; exits 1 on any failure.
 """

@@ -1,0 +1,71 @@
+/* attention_cuda.h - the HSTU attention on NVIDIA GPUs (bf16, fp32 accumulation).
+ *
+ * The same function as attention.h (read its contract: rows, masks, rab,
+ * pages), on device memory:
+ *   a_i = sum_{j visible from i} SiLU(alpha * <q_i, k_j> + rab_ij) / N * v_j
+ * q, k, v and out are bf16; scores and sums are fp32; no T x T matrix is
+ * ever stored. Jagged: per-sequence metadata in a device array. History
+ * K/V rows [0, paged) come from a bf16 page pool (the GPU KV cache, issue 4;
+ * paged = 0 until then), rows [paged, hist) and the candidates' own K/V from
+ * the dense rows.
+ *
+ * Supported head widths: Dqk and Dv multiples of 16, at most 256
+ * (attn_cuda_supported says so for a config, with the reason).
+ * Launches on `stream` and returns; errors of the launch are returned as a
+ * cudaError_t value (0 = success) so the caller can report them.
+ */
+#ifndef HSTU_KERNELS_ATTENTION_CUDA_H
+#define HSTU_KERNELS_ATTENTION_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct attn_cuda_seq {
+    int c;          /* first computed history row */
+    int hist;       /* history rows */
+    int cand;       /* candidate rows */
+    int paged;      /* history rows read from pages */
+    int q0;         /* dense row of the first computed row */
+    int page0;      /* this sequence's first entry in page_table */
+    int ts0;        /* this sequence's first entry in ts (rab) */
+    int pad_;
+    int64_t ts_q;   /* query time (rab) */
+} attn_cuda_seq;
+
+typedef struct attn_cuda_params {
+    int B, H, Dqk, Dv;
+    const attn_cuda_seq *seqs;   /* device [B] */
+    int max_rows;                /* max over seqs of (hist - c) + cand: grid sizing */
+    const void *q, *k, *v;       /* device bf16, row stride ld_qkv elements */
+    int ld_qkv;
+    /* Page pool (bf16), page p at pages + p * page_elems; layer block K at
+     * + k_off, V at + v_off; rows H*Dqk (K) and H*Dv (V) wide. */
+    const void *pages;
+    const int *page_table;       /* device: page ids, per sequence from page0 */
+    int page_size;
+    size_t page_elems, k_off, v_off;
+    float alpha;
+    int N;                       /* attn_scale_len */
+    const float *pos_w;          /* device [2N-1] or NULL (no rab) */
+    const float *ts_w;           /* device [n_buckets+1] */
+    int n_buckets;
+    const int64_t *ts;           /* device timestamps, per sequence from ts0 */
+    void *out;                   /* device bf16 [rows, H*Dv], stride ld_out */
+    int ld_out;
+} attn_cuda_params;
+
+/* True when the kernel handles these head widths; otherwise writes why. */
+bool attn_cuda_supported(int Dqk, int Dv, char *why, size_t n);
+
+/* Launches the attention; returns a cudaError_t (0 on success). */
+int attn_fwd_cuda(const attn_cuda_params *p, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
