@@ -1,10 +1,11 @@
 /* cmd_bench.c - `hstu bench`: CPU latency and throughput, full and cached.
  *
- * For each batch size: the full forward (no cache) of users with H history
- * items and M candidates, and the cached forward of the same users returning
- * with N new items on top of a cached history of H (the cache is warmed,
- * untimed, before each timed call, with fresh user ids each iteration so no
- * timed call sees a longer cache than intended). Prints medians, the FLOP
+ * For each batch size three cases: the full forward (no cache) of users with
+ * H history items and M candidates; the full forward at H + N items (what a
+ * returning user with N new items costs without the cache); and that user
+ * cached: H + N items on a cached history of H (the cache is warmed, untimed,
+ * before each timed call, with fresh user ids each iteration so no timed
+ * call sees a longer cache than intended). Prints medians, the FLOP
  * count of each case (the floor: useful work only, masked pairs excluded),
  * the achieved GFLOP/s, and the peak resident memory.
  */
@@ -196,33 +197,34 @@ int cmd_bench(int argc, char **argv)
         printf("hstu bench: backend %s, %d layers, d %d, %d heads x %d, history %d items (+%d new), "
                "%d candidates\n", hstu_backend_name(eo.backend), cfg->n_layers, cfg->d_model,
                cfg->n_heads, cfg->d_qk, history, new_items, cands);
-        printf("%-6s %-8s %12s %12s %12s %10s\n", "batch", "case", "median ms", "users/s", "GFLOP", "GFLOP/s");
+        printf("%-6s %-9s %8s %8s %11s %10s %9s %9s\n", "batch", "case", "items", "cached", "median ms",
+               "users/s", "GFLOP", "GFLOP/s");
     }
+    /* Three cases per batch: full at N, full at N+new (what a returning user
+     * would cost without the cache), and cached: N+new on a cached N. */
+    struct { const char *name; int items; int cached_items; } cases[3] = {
+        {"full", history, 0}, {"full+new", total, 0}, {"cached", total, history}};
     for (int bi = 0; bi < nb && rc == 0; bi++) {
         bu.B = blist[bi];
-        for (int cs = 0; cs < 2 && rc == 0; cs++) {
-            bool is_cached = cs == 1;
-            double flops = 0;
+        double med_full_new = 0;
+        for (int cs = 0; cs < 3 && rc == 0; cs++) {
+            bool is_cached = cases[cs].cached_items > 0;
+            int h = hstu_config_history_tokens(cfg, cases[cs].items);
+            int hc = is_cached ? hstu_config_history_tokens(cfg, cases[cs].cached_items) : 0;
+            double flops = bu.B * user_flops(cfg, h, hc, cands);
             for (int it = 0; it < warmup + iters && rc == 0; it++) {
                 for (int b = 0; b < bu.B; b++)
-                    reqs[b].user_id = next_user++;
+                    reqs[b].user_id = next_user++; /* fresh users: nothing cached */
                 double ms;
                 if (is_cached) {
                     for (int b = 0; b < bu.B; b++)
-                        reqs[b].n_items = history; /* first visit: warms the cache */
+                        reqs[b].n_items = cases[cs].cached_items; /* first visit warms the cache */
                     rc = run_case(cached, &bu, &ms, &err);
-                    for (int b = 0; b < bu.B; b++)
-                        reqs[b].n_items = total;
-                    if (rc == 0)
-                        rc = run_case(cached, &bu, &ms, &err);
-                    int h = hstu_config_history_tokens(cfg, total);
-                    flops = bu.B * user_flops(cfg, h, hstu_config_history_tokens(cfg, history), cands);
-                } else {
-                    for (int b = 0; b < bu.B; b++)
-                        reqs[b].n_items = total;
-                    rc = run_case(plain, &bu, &ms, &err);
-                    flops = bu.B * user_flops(cfg, hstu_config_history_tokens(cfg, total), 0, cands);
                 }
+                for (int b = 0; b < bu.B; b++)
+                    reqs[b].n_items = cases[cs].items;
+                if (rc == 0)
+                    rc = run_case(is_cached ? cached : plain, &bu, &ms, &err);
                 if (it >= warmup)
                     times[it - warmup] = ms;
             }
@@ -230,25 +232,31 @@ int cmd_bench(int argc, char **argv)
                 fprintf(stderr, "hstu bench: %s\n", err.msg);
                 break;
             }
-            if (is_cached && res[0].cached_tokens != hstu_config_history_tokens(cfg, history)) {
-                fprintf(stderr, "hstu bench: expected %d cached tokens, got %d (cache too small?)\n",
-                        hstu_config_history_tokens(cfg, history), res[0].cached_tokens);
+            if (is_cached && res[0].cached_tokens != hc) {
+                fprintf(stderr, "hstu bench: expected %d cached tokens, got %d (cache too small?)\n", hc,
+                        res[0].cached_tokens);
                 rc = 1;
                 break;
             }
             qsort(times, (size_t)iters, sizeof *times, cmp_double);
             double med = times[iters / 2];
-            const char *name = is_cached ? "cached" : "full";
+            if (cs == 1)
+                med_full_new = med;
+            double speedup = is_cached ? med_full_new / med : 0;
             if (json)
-                printf("{\"backend\":\"%s\",\"batch\":%d,\"case\":\"%s\",\"history\":%d,\"new\":%d,"
-                       "\"candidates\":%d,\"median_ms\":%.3f,\"min_ms\":%.3f,\"gflop\":%.3f,"
-                       "\"gflops\":%.2f,\"peak_rss_mib\":%.1f}\n",
-                       hstu_backend_name(eo.backend), bu.B, name, is_cached ? history : total,
-                       is_cached ? new_items : 0, cands, med, times[0], flops / 1e9,
-                       flops / 1e9 / (med / 1e3), cli_peak_rss_mib());
+                printf("{\"backend\":\"%s\",\"batch\":%d,\"case\":\"%s\",\"history\":%d,"
+                       "\"cached_history\":%d,\"candidates\":%d,\"median_ms\":%.3f,\"min_ms\":%.3f,"
+                       "\"gflop\":%.3f,\"gflops\":%.2f,\"speedup_vs_full\":%.2f,\"peak_rss_mib\":%.1f}\n",
+                       hstu_backend_name(eo.backend), bu.B, cases[cs].name, cases[cs].items,
+                       cases[cs].cached_items, cands, med, times[0], flops / 1e9,
+                       flops / 1e9 / (med / 1e3), speedup, cli_peak_rss_mib());
             else
-                printf("%-6d %-8s %12.2f %12.1f %12.2f %10.1f\n", bu.B, name, med, bu.B / (med / 1e3),
-                       flops / 1e9, flops / 1e9 / (med / 1e3));
+                printf("%-6d %-9s %8d %8d %11.2f %10.1f %9.2f %9.1f\n", bu.B, cases[cs].name,
+                       cases[cs].items, cases[cs].cached_items, med, bu.B / (med / 1e3), flops / 1e9,
+                       flops / 1e9 / (med / 1e3));
+            if (!json && is_cached)
+                printf("       cached is %.1fx faster than full+new (FLOP ratio %.1fx)\n", speedup,
+                       user_flops(cfg, h, 0, cands) / user_flops(cfg, h, hc, cands));
             fflush(stdout);
         }
     }
