@@ -29,23 +29,33 @@ for B in $BATCHES; do
     echo "== batch $B: hstu"
     "$BUILD/hstu" bench --model "$tmp/model" --batch "$B" --history "$HISTORY" --new "$NEW" \
         --candidates "$CANDIDATES" --iters "$ITERS" --warmup 1 --threads "$THREADS" --json | tee -a "$tmp/hstu.jsonl"
-    echo "== batch $B: pytorch"
+    echo "== batch $B: pytorch, blocked causal attention (our optimised torch forward)"
     "$PYTHON" tools/bench_torch.py --model "$tmp/model" --batch "$B" --history "$HISTORY" \
         --candidates "$CANDIDATES" --iters "$ITERS" --warmup 1 --threads "$THREADS" --json | tee -a "$tmp/torch.jsonl"
+    echo "== batch $B: pytorch, dense masked attention (the plain implementation)"
+    "$PYTHON" tools/bench_torch.py --model "$tmp/model" --batch "$B" --history "$HISTORY" --mode dense \
+        --candidates "$CANDIDATES" --iters "$ITERS" --warmup 1 --threads "$THREADS" --json | tee -a "$tmp/dense.jsonl"
 done
 
-"$PYTHON" - "$tmp/hstu.jsonl" "$tmp/torch.jsonl" <<'PY'
+"$PYTHON" - "$tmp/hstu.jsonl" "$tmp/torch.jsonl" "$tmp/dense.jsonl" <<'PY'
 import json, sys
-hstu = [json.loads(l) for l in open(sys.argv[1])]
-torch = {r["batch"]: r for r in (json.loads(l) for l in open(sys.argv[2]))}
+rows = lambda f: [json.loads(l) for l in open(f)]
+hstu = rows(sys.argv[1])
+blocked = {r["batch"]: r for r in rows(sys.argv[2])}
+dense = {r["batch"]: r for r in rows(sys.argv[3])}
 print()
-print(f"{'batch':>5} {'case':<9} {'hstu ms':>9} {'torch ms':>9} {'speedup':>8} {'GFLOP/s':>8} {'hstu RSS MiB':>12} {'torch RSS MiB':>13}")
+print(f"{'batch':>5} {'case':<9} {'hstu ms':>8} {'GFLOP/s':>8} {'RSS MiB':>8} | {'torch blocked ms':>16} {'x':>6} "
+      f"{'RSS':>5} | {'torch dense ms':>14} {'x':>6} {'RSS':>5}")
 for r in hstu:
-    t = torch.get(r["batch"])
-    if r["case"] == "full" and t:
-        print(f"{r['batch']:>5} {'full':<9} {r['median_ms']:>9.1f} {t['median_ms']:>9.1f} "
-              f"{t['median_ms'] / r['median_ms']:>7.2f}x {r['gflops']:>8.1f} {r['peak_rss_mib']:>12.0f} {t['peak_rss_mb']:>13.0f}")
+    b, t, d = r["batch"], blocked.get(r["batch"]), dense.get(r["batch"])
+    if r["case"] == "full" and t and d:
+        print(f"{b:>5} {'full':<9} {r['median_ms']:>8.1f} {r['gflops']:>8.1f} {r['peak_rss_mib']:>8.0f} | "
+              f"{t['median_ms']:>16.1f} {t['median_ms'] / r['median_ms']:>5.2f}x {t['peak_rss_mb']:>5.0f} | "
+              f"{d['median_ms']:>14.1f} {d['median_ms'] / r['median_ms']:>5.2f}x {d['peak_rss_mb']:>5.0f}")
+    elif r["case"] == "full+new":
+        print(f"{b:>5} {'full+new':<9} {r['median_ms']:>8.1f} {r['gflops']:>8.1f} {r['peak_rss_mib']:>8.0f}")
     elif r["case"] == "cached":
-        print(f"{r['batch']:>5} {'cached':<9} {r['median_ms']:>9.1f} {'':>9} {r['speedup_vs_full']:>7.2f}x "
-              f"{r['gflops']:>8.1f} {r['peak_rss_mib']:>12.0f}   (vs hstu full at history+new)")
+        print(f"{b:>5} {'cached':<9} {r['median_ms']:>8.1f} {r['gflops']:>8.1f} {r['peak_rss_mib']:>8.0f} | "
+              f"{r['speedup_vs_full']:.2f}x faster than full+new (history {r['history']} on {r['cached_history']} cached)")
+print("x: how many times longer PyTorch takes than hstu. RSS: peak resident MiB of the process.")
 PY

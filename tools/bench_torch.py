@@ -23,6 +23,8 @@ setting, e.g. `env -u OPENBLAS_CORETYPE` or OPENBLAS_CORETYPE=SkylakeX.
 
 Two ways to run a batch of B users: one padded batch, or a loop over users.
 --mode auto (the default) times both during warm-up and keeps the faster.
+--mode dense times the straightforward implementation instead: per user, the
+full (h+m) x (h+m) masked attention of the spec (the oracle's math in fp32).
 torch.compile does not exist in this torch (1.13); torch.jit would not touch
 the matmuls that dominate, so it is not used.
 
@@ -70,6 +72,13 @@ def run_loop(model, requests):
     return [out for r in requests for out in ht.forward_ranking_fast(model, [r])]
 
 
+def run_dense(model, requests):
+    """The straightforward forward of the spec: per user, the full (h+m) x
+    (h+m) masked attention (hstu_torch.forward_ranking, the oracle's math),
+    as a plain PyTorch HSTU implementation computes it."""
+    return [ht.forward_ranking(model, *r) for r in requests]
+
+
 def set_blas_threads(n):
     """OpenBLAS ignores torch.set_num_threads.  Tells it n threads and
     returns the name of its kernel set ("" when no OpenBLAS is found)."""
@@ -99,7 +108,9 @@ def main():
     ap.add_argument("--iters", type=int, default=5, help="timed iterations")
     ap.add_argument("--warmup", type=int, default=1, help="untimed iterations (per mode)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--mode", choices=("auto", "batch", "loop"), default="auto")
+    ap.add_argument("--mode", choices=("auto", "batch", "loop", "dense"), default="auto",
+                    help="auto: the faster of batch and loop (blocked causal attention); "
+                         "dense: the full masked attention per user")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
@@ -113,7 +124,7 @@ def main():
               file=sys.stderr)
         return 1
     requests = random_requests(cfg, args.batch, args.history, args.candidates, args.seed)
-    modes = {"batch": run_batch, "loop": run_loop}
+    modes = {"batch": run_batch, "loop": run_loop, "dense": run_dense}
     with torch.inference_mode():
         warm = {}
         for name in (("batch", "loop") if args.mode == "auto" and args.batch > 1
