@@ -24,7 +24,7 @@ static void usage(FILE *f)
             "          -> {\"user_id\":7,\"scores\":[[T probabilities] per candidate]}\n"
             "  retrieval: {\"user_id\":7,\"items\":[..],\"timestamps\":[..],\"query_time\":t,\"top_k\":10}\n"
             "          -> {\"user_id\":7,\"items\":[ids],\"scores\":[..]}\n"
-            "  a bad line -> {\"error\":\"what was wrong\"}; the others go on.\n"
+            "  a bad line -> {\"error\":\"line N: what was wrong\"}; the others go on.\n"
             "\n"
             "  --backend B      cpu (default, OpenBLAS + OpenMP) or ref (plain loops)\n"
             "  --no-cache       recompute every request in full\n"
@@ -41,7 +41,7 @@ typedef struct pending {
     cli_request creq;
     hstu_result res;
     bool bad;
-    char msg[HSTU_MSG_MAX];
+    char msg[HSTU_MSG_MAX + 32]; /* "line N: " + the engine's message */
 } pending;
 
 static void flush_batch(hstu_engine *e, const hstu_config *cfg, pending *p, int n, bool logits)
@@ -141,8 +141,10 @@ int cmd_infer(int argc, char **argv)
     }
     const hstu_config *cfg = hstu_model_config(m);
     int n = 0;
+    long lineno = 0;
     ssize_t len;
     while ((len = getline(&line, &cap, in)) != -1) {
+        lineno++;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             line[--len] = 0;
         if (len == 0)
@@ -153,7 +155,7 @@ int cmd_infer(int argc, char **argv)
             hstu_engine_check(e, &q->creq.req, &err) != HSTU_OK ||
             cli_result_alloc(cfg, &q->creq.req, &q->res, &err) != HSTU_OK) {
             q->bad = true;
-            snprintf(q->msg, sizeof q->msg, "%s", err.msg);
+            snprintf(q->msg, sizeof q->msg, "line %ld: %s", lineno, err.msg);
         }
         /* A user already in this batch must wait for it: flush first. */
         bool repeat = false;
