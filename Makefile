@@ -3,6 +3,7 @@
 #   make test     everything above, then the whole test suite (tests/run_all.sh)
 #   make demo     the demo: a small model and returning users, no GPU, no download
 #   make bench    the CPU benchmark against PyTorch (bench/cpu_vs_torch.sh)
+#   make soak     the server under ASan/LSan/UBSan: thousands of requests (tests/soak.sh)
 # CPU-only when nvcc is absent; with nvcc the CUDA sources compile too (a GPU
 # is needed only to run them). Set CUDA=0 to skip them, ARCH=x86-64-v3 for a
 # portable binary.
@@ -25,7 +26,7 @@ endif
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c17 -D_GNU_SOURCE -march=$(ARCH) -fopenmp -Wall -Wextra -Wno-unused-parameter \
            -Iinclude -Isrc $(BLAS_CFLAGS) -MMD -MP
-LDLIBS  := $(BLAS_LIBS) -ljansson -lm -lpthread
+LDLIBS  := $(BLAS_LIBS) -ljansson -lmicrohttpd -lm -lpthread
 
 # CUDA: compiled when nvcc exists (CI has nvcc and no GPU).
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -36,7 +37,7 @@ ifneq ($(CU_SRCS),)
   CUDA_HOME   ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   # sm_90a: Hopper (H100/H200) with its own instructions (wgmma).
   NVCCFLAGS   ?= -O3 -gencode=arch=compute_90a,code=sm_90a -lineinfo
-  NVCCFLAGS   += -std=c++17 -Iinclude -Isrc -DHSTU_HAVE_CUDA -Xcompiler -fPIC
+  NVCCFLAGS   += -std=c++17 -Iinclude -Isrc -DHSTU_HAVE_CUDA -Xcompiler -fPIC -MMD -MP
   CFLAGS      += -DHSTU_HAVE_CUDA -I$(CUDA_HOME)/include
   # cudart static; cuBLASLt from the toolkit or the GPU machine's CUDA.
   LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,-rpath,/usr/local/cuda/lib64 \
@@ -57,15 +58,22 @@ HARNESS  := $(BUILD)/tests/harness.o
 FUZZ_CC  ?= clang
 FUZZ     := $(BUILD)/fuzz_safetensors
 
-.PHONY: all test demo bench clean setup fuzz
+.PHONY: all test demo bench clean setup fuzz soak
 .SECONDARY:  # keep objects make would treat as intermediate (tests' .o)
 all: $(BUILD)/hstu $(TESTS) fuzz
 
-$(BUILD)/%.o: %.c
+# Objects depend on the flags they were built with: the stamp changes when
+# they do (CUDA on/off, ARCH, CFLAGS), so nothing stale is linked.
+FLAGS_STAMP := $(BUILD)/.flags
+FLAGS_NOW   := $(CC) $(CFLAGS) | $(NVCC) $(NVCCFLAGS) | $(LDLIBS)
+$(shell mkdir -p $(BUILD) && (printf '%s\n' '$(FLAGS_NOW)' | cmp -s - $(FLAGS_STAMP) || \
+        printf '%s\n' '$(FLAGS_NOW)' > $(FLAGS_STAMP)))
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -98,7 +106,14 @@ demo: $(BUILD)/hstu
 bench: $(BUILD)/hstu
 	PYTHON=$(PYTHON) BUILD=$(BUILD) sh bench/cpu_vs_torch.sh
 
+# The server under the sanitizers, in its own build directory (CPU only).
+SOAK_BUILD ?= $(BUILD)/asan
+soak:
+	CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined" \
+	  $(MAKE) BUILD=$(SOAK_BUILD) CUDA=0 $(SOAK_BUILD)/hstu $(SOAK_BUILD)/tests/test_serve
+	BUILD=$(SOAK_BUILD) sh tests/soak.sh
+
 clean:
 	rm -rf $(BUILD)
 
--include $(OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TESTS:=.d) $(HARNESS:.o=.d)
+-include $(OBJS:.o=.d) $(CU_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TESTS:=.d) $(HARNESS:.o=.d)

@@ -3,14 +3,15 @@
 # Idempotent: installs only what is missing (apt-get update runs only then).
 # Run as root (or through sudo) on Debian 12 / Ubuntu 22.04 or later.
 #
-#   build:  gcc, make (build-essential), OpenBLAS (OpenMP variant), jansson
+#   build:  gcc, make (build-essential), OpenBLAS (OpenMP variant), jansson,
+#           libmicrohttpd (hstu serve)
 #   tests:  clang + its libFuzzer runtime (the safetensors fuzzer),
 #           python3-torch + numpy (the independent PyTorch reference)
 # CUDA (nvcc) is not a Debian package here: when /usr/local/cuda/bin/nvcc or
 # nvcc on PATH exists, `make` also compiles the CUDA sources.
 set -eu
 
-PACKAGES="build-essential libopenblas-dev libopenblas-openmp-dev libjansson-dev"
+PACKAGES="build-essential libopenblas-dev libopenblas-openmp-dev libjansson-dev libmicrohttpd-dev"
 case "${1:-all}" in
     build) ;;
     all|test) PACKAGES="$PACKAGES clang libclang-rt-14-dev python3 python3-torch python3-numpy" ;;

@@ -13,6 +13,16 @@
  * (attn_cuda_supported says so for a config, with the reason).
  * Launches on `stream` and returns; errors of the launch are returned as a
  * cudaError_t value (0 = success) so the caller can report them.
+ *
+ * Alignment (checked; cudaErrorInvalidValue otherwise): q, k, v and pages
+ * 16-byte aligned, ld_qkv, page_elems, k_off and v_off multiples of 8
+ * elements; out 4-byte aligned with ld_out even. Every sequence needs
+ * c <= paged <= hist (c == 0 allowed with any paged) and, when pages is
+ * NULL, paged == 0. max_rows must be at least every sequence's row count
+ * (rows past it are not computed) and at most 65535 x 128. Each sequence's
+ * rows [q0, q0 + rows) of out are fully written, nothing else. Needs an
+ * sm_90 device (the build is sm_90a). Design and numbers:
+ * docs/attention_cuda.md.
  */
 #ifndef HSTU_KERNELS_ATTENTION_CUDA_H
 #define HSTU_KERNELS_ATTENTION_CUDA_H
@@ -64,6 +74,25 @@ bool attn_cuda_supported(int Dqk, int Dv, char *why, size_t n);
 
 /* Launches the attention; returns a cudaError_t (0 on success). */
 int attn_fwd_cuda(const attn_cuda_params *p, void *stream);
+
+/* True when a usable device (sm_90) is present; otherwise writes why.
+ * Tests skip on false. */
+bool attn_cuda_device_present(char *why, size_t n);
+
+/* The kernels behind attn_fwd_cuda; tests and benchmarks force one
+ * (process-wide setting, not thread-safe; AUTO restores the default, WS). */
+enum {
+    ATTN_CUDA_KERNEL_AUTO = 0,
+    ATTN_CUDA_KERNEL_MMA = 1,   /* mma.sync m16n8k16 + ldmatrix, 8 warps */
+    ATTN_CUDA_KERNEL_WGMMA = 2, /* Hopper wgmma, 2 warpgroups, one tile at a time */
+    ATTN_CUDA_KERNEL_WS = 3,    /* wgmma, warp-specialized: a loading warpgroup, two computing */
+};
+void attn_cuda_force_kernel(int kind);
+
+/* The time-bucket boundaries the kernel uses: thr[b] is the smallest |dt|
+ * with bucket >= b before the clamp (thr[0] = 0). Copies min(n, count)
+ * entries and returns the count; tests check them against attn_time_bucket. */
+int attn_cuda_time_thresholds(uint64_t *thr, int n);
 
 #ifdef __cplusplus
 }

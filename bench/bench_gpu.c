@@ -1,0 +1,527 @@
+/* bench_gpu.c - the CUDA backend's full forward on the bench-8x1024 preset.
+ *
+ * For batch 1 and 8 users of 1024, 2048 and 4096 history tokens (512, 1024,
+ * 2048 item/action pairs) and 256 candidates each, times hstu_engine_run with
+ * backend cuda (random weights, no cache): warm-up, then the median of
+ * repeated runs, bracketed by CUDA events (the call is synchronous, so this
+ * is the end-to-end latency a caller sees: staging, every launch, the copy
+ * back). Beside it:
+ *   - the useful FLOPs (GEMMs, and attention over the visible pairs only)
+ *     and the achieved TFLOP/s;
+ *   - two ceilings measured in the same process: a large bf16 GEMM through
+ *     cuBLASLt (8192^3) and a device-to-device copy (1 GiB, read + write);
+ *   - the floor: max(FLOPs / GEMM ceiling, minimal bytes / copy ceiling),
+ *     minimal bytes being the weights and the embedding rows read once;
+ *   - where the time goes: each stage of the forward timed alone on the same
+ *     shapes (GEMMs, attention, row-wise kernels), summed over the layers;
+ *   - per kernel, for the 4096+256 cases: time, and TFLOP/s or TB/s;
+ *   - the GEMM shapes swept over cuBLASLt's candidate algorithms (does its
+ *     heuristic's first choice leave time on the table?).
+ * Every timed buffer holds random data (never zeros or constants).
+ *
+ * Build: scripts/gpu_pack.sh (links against build/libhstu.a).
+ * Usage: bench_gpu [--iters N] [--warmup N] [--quick]
+ */
+#include "hstu.h"
+#include "kernels/attention_cuda.h"
+#include "kernels/dense_cuda.h"
+#include "kernels/gemm_cuda.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CANDS 256
+#define MAX_B 8
+
+static const int hist_tokens[] = {1024, 2048, 4096};
+static const int batches[] = {1, 8};
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void die(const char *what, const char *msg)
+{
+    fprintf(stderr, "bench_gpu: %s: %s\n", what, msg);
+    exit(1);
+}
+
+static void cuda_ok(cudaError_t e, const char *what)
+{
+    if (e != cudaSuccess)
+        die(what, cudaGetErrorString(e));
+}
+
+/* ---- random device buffers ---------------------------------------------- */
+
+static uint64_t g_seed = 88172645463325252ull;
+
+static float rnd_unit(void) /* uniform in [-1, 1) */
+{
+    g_seed ^= g_seed << 13, g_seed ^= g_seed >> 7, g_seed ^= g_seed << 17;
+    return (float)((int32_t)(g_seed >> 40) - 0x800000) / (float)0x800000;
+}
+
+/* n elements of random values in [-1, 1): fp32 (f32) or bf16. */
+static void *dev_rand(size_t n, int f32)
+{
+    size_t es = f32 ? 4 : 2, chunk = (size_t)16 << 20;
+    void *p = NULL;
+    cuda_ok(cudaMalloc(&p, n * es), "cudaMalloc");
+    unsigned char *h = malloc(chunk * es);
+    if (!h)
+        die("malloc", "out of host memory");
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t m = n - off < chunk ? n - off : chunk;
+        for (size_t i = 0; i < m; i++) {
+            float v = rnd_unit();
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            if (f32)
+                memcpy(h + 4 * i, &u, 4);
+            else {
+                uint16_t b = (uint16_t)(u >> 16);
+                memcpy(h + 2 * i, &b, 2);
+            }
+        }
+        cuda_ok(cudaMemcpy((char *)p + off * es, h, m * es, cudaMemcpyHostToDevice), "fill");
+    }
+    free(h);
+    return p;
+}
+
+/* ---- timing ------------------------------------------------------------- */
+
+/* Median ms of `iters` timed calls of fn(arg) on `stream`, after `warmup`. */
+typedef void (*timed_fn)(void *arg);
+static float time_median(timed_fn fn, void *arg, cudaStream_t stream, int warmup, int iters)
+{
+    cudaEvent_t a, b;
+    cuda_ok(cudaEventCreate(&a), "event");
+    cuda_ok(cudaEventCreate(&b), "event");
+    float *t = malloc(sizeof(float) * iters);
+    for (int i = 0; i < warmup; i++)
+        fn(arg);
+    for (int i = 0; i < iters; i++) {
+        cuda_ok(cudaEventRecord(a, stream), "event record");
+        fn(arg);
+        cuda_ok(cudaEventRecord(b, stream), "event record");
+        cuda_ok(cudaEventSynchronize(b), "event sync");
+        cuda_ok(cudaEventElapsedTime(&t[i], a, b), "event time");
+    }
+    qsort(t, iters, sizeof *t, cmp_float);
+    float med = t[iters / 2];
+    free(t);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return med;
+}
+
+/* ---- ceilings ------------------------------------------------------------ */
+
+typedef struct gemm_arg {
+    gemm_cuda *g;
+    int M, N, K, c_f32;
+    void *A, *B, *C;
+    float beta;
+    cudaStream_t s;
+} gemm_arg;
+
+static void run_gemm(void *p)
+{
+    gemm_arg *a = p;
+    char why[256];
+    if (gemm_cuda_run(a->g, a->M, a->N, a->K, a->A, a->K, a->B, a->N, 0, a->beta, a->C, a->c_f32, a->N,
+                      GEMM_EPI_NONE, NULL, a->s, why, sizeof why))
+        die("gemm", why);
+}
+
+typedef struct copy_arg {
+    void *dst, *src;
+    size_t bytes;
+    cudaStream_t s;
+} copy_arg;
+
+static void run_copy(void *p)
+{
+    copy_arg *a = p;
+    cuda_ok(cudaMemcpyAsync(a->dst, a->src, a->bytes, cudaMemcpyDeviceToDevice, a->s), "copy");
+}
+
+/* ---- the engine ------------------------------------------------------------ */
+
+typedef struct engine_arg {
+    hstu_engine *e;
+    hstu_request *reqs;
+    hstu_result *res;
+    int B;
+} engine_arg;
+
+static void run_engine(void *p)
+{
+    engine_arg *a = p;
+    hstu_error err = {0};
+    if (hstu_engine_run(a->e, a->reqs, a->B, a->res, false, &err) != HSTU_OK)
+        die("hstu_engine_run", err.msg);
+}
+
+/* ---- stages and kernels alone -------------------------------------------- */
+
+enum { K_EMBED, K_LN, K_UVQK, K_SILU, K_ATTN, K_LNMUL, K_PROJ, K_PROJ_BF16, K_ALL_GEMM, K_ALL_ROWS, K_ALL_ATTN };
+
+typedef struct stage_arg {
+    int kind, reps; /* what to run, how many times (layers) */
+    int T, d, W, vw;
+    gemm_cuda *g;
+    attn_cuda_params ap;
+    float *x;
+    bf16_t *x16, *xn, *uvqk, *attn, *y, *w_uvqk, *w_proj, *emb, *pos;
+    int *rows, *positions;
+    float *ln_w, *ln_b, *bias;
+    cudaStream_t s;
+} stage_arg;
+
+static void gemm_or_die(int rc, const char *why)
+{
+    if (rc)
+        die("gemm", why);
+}
+
+static void run_kernel(stage_arg *a, int kind)
+{
+    char why[256];
+    switch (kind) {
+    case K_EMBED:
+        cuda_ok((cudaError_t)embed_cuda(a->T, a->d, a->emb, a->d, a->rows, a->pos, a->d, a->positions, 32.0f, a->x,
+                                        a->d, a->s),
+                "embed");
+        break;
+    case K_LN:
+        cuda_ok((cudaError_t)layernorm_cuda(a->T, a->d, a->x, a->d, a->ln_w, a->ln_b, 1e-5f, a->xn, a->d, a->s),
+                "layernorm");
+        break;
+    case K_UVQK:
+        gemm_or_die(gemm_cuda_run(a->g, a->T, a->W, a->d, a->xn, a->d, a->w_uvqk, a->W, 0, 0.0f, a->uvqk, 0, a->W,
+                                  GEMM_EPI_NONE, NULL, a->s, why, sizeof why),
+                    why);
+        break;
+    case K_SILU:
+        cuda_ok((cudaError_t)bias_silu_cuda(a->T, a->W - a->vw, a->uvqk + a->vw, a->W, a->bias, 1, a->s),
+                "bias_silu");
+        break;
+    case K_ATTN: cuda_ok((cudaError_t)attn_fwd_cuda(&a->ap, a->s), "attention"); break;
+    case K_LNMUL:
+        cuda_ok((cudaError_t)ln_mul_cuda(a->T, a->vw, a->attn, a->vw, a->uvqk, a->W, a->bias, a->ln_w, a->ln_b, 1e-5f,
+                                         a->y, a->vw, a->s),
+                "ln_mul");
+        break;
+    case K_PROJ:
+        gemm_or_die(gemm_cuda_run(a->g, a->T, a->d, a->vw, a->y, a->vw, a->w_proj, a->d, 0, 1.0f, a->x, 1, a->d,
+                                  GEMM_EPI_NONE, NULL, a->s, why, sizeof why),
+                    why);
+        break;
+    case K_PROJ_BF16: /* the same with a bf16 residual, for comparison */
+        gemm_or_die(gemm_cuda_run(a->g, a->T, a->d, a->vw, a->y, a->vw, a->w_proj, a->d, 0, 1.0f, a->x16, 0, a->d,
+                                  GEMM_EPI_NONE, NULL, a->s, why, sizeof why),
+                    why);
+        break;
+    }
+}
+
+static void run_stage(void *p)
+{
+    stage_arg *a = p;
+    for (int l = 0; l < a->reps; l++) {
+        if (a->kind == K_ALL_GEMM) {
+            run_kernel(a, K_UVQK);
+            run_kernel(a, K_PROJ);
+        } else if (a->kind == K_ALL_ROWS) {
+            run_kernel(a, K_LN);
+            run_kernel(a, K_SILU);
+            run_kernel(a, K_LNMUL);
+        } else if (a->kind == K_ALL_ATTN) {
+            run_kernel(a, K_ATTN);
+        } else {
+            run_kernel(a, a->kind);
+        }
+    }
+}
+
+/* ---- cuBLASLt algorithm sweep -------------------------------------------- */
+
+typedef struct sweep_arg {
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    const cublasLtMatmulAlgo_t *algo;
+    void *A, *B, *C, *ws;
+    size_t ws_bytes;
+    float beta;
+    cudaStream_t s;
+    int failed;
+} sweep_arg;
+
+static void run_sweep(void *p)
+{
+    sweep_arg *a = p;
+    float alpha = 1.0f;
+    if (cublasLtMatmul(a->lt, a->desc, &alpha, a->B, a->la, a->A, a->lb, &a->beta, a->C, a->lc, a->C, a->lc, a->algo,
+                       a->ws, a->ws_bytes, a->s) != CUBLAS_STATUS_SUCCESS)
+        a->failed = 1;
+}
+
+/* Row-major C[M,N] (+)= A[M,K] @ B[K,N]: times every algorithm cuBLASLt's
+ * heuristic offers (up to 16) and prints the first choice and the best. */
+static void sweep(const char *name, int M, int N, int K, int c_f32, float beta, cudaStream_t s, int iters)
+{
+    cublasLtHandle_t lt;
+    if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS)
+        die("cublasLtCreate", "failed");
+    size_t ws_bytes = (size_t)32 << 20;
+    void *ws = NULL;
+    cuda_ok(cudaMalloc(&ws, ws_bytes), "cudaMalloc");
+    void *A = dev_rand((size_t)M * K, 0), *B = dev_rand((size_t)K * N, 0), *C = dev_rand((size_t)M * N, c_f32);
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, N, K, N);
+    cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K);
+    cublasLtMatrixLayoutCreate(&lc, c_f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, N);
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes);
+    cublasLtMatmulHeuristicResult_t res[16];
+    int found = 0;
+    cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 16, res, &found);
+    double flops = 2.0 * M * (double)N * K;
+    float first = 0, best = 1e30f;
+    int best_i = -1;
+    for (int i = 0; i < found; i++) {
+        sweep_arg sa = {lt, desc, la, lb, lc, &res[i].algo, A, B, C, ws, ws_bytes, beta, s, 0};
+        float ms = time_median(run_sweep, &sa, s, 2, iters);
+        if (sa.failed)
+            continue;
+        if (i == 0)
+            first = ms;
+        if (ms < best)
+            best = ms, best_i = i;
+    }
+    printf("%-22s %6d %5d %5d %-4s %3d algos: first %.3f ms (%.0f TFLOP/s), best #%d %.3f ms (%.0f TFLOP/s)\n",
+           name, M, N, K, c_f32 ? "f32" : "bf16", found, first, flops / (first * 1e-3) / 1e12, best_i, best,
+           flops / (best * 1e-3) / 1e12);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(desc);
+    cudaFree(A), cudaFree(B), cudaFree(C), cudaFree(ws);
+    cublasLtDestroy(lt);
+}
+
+int main(int argc, char **argv)
+{
+    int iters = 20, warmup = 3;
+    bool quick = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--iters") && i + 1 < argc)
+            iters = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc)
+            warmup = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            quick = true;
+        else {
+            fprintf(stderr, "usage: bench_gpu [--iters N] [--warmup N] [--quick]\n");
+            return 2;
+        }
+    }
+    if (iters < 1)
+        iters = 1;
+    hstu_error err = {0};
+    hstu_config cfg;
+    if (hstu_config_preset("bench-8x1024", &cfg, &err) != HSTU_OK)
+        die("preset", err.msg);
+    int d = cfg.d_model, L = cfg.n_layers, H = cfg.n_heads, W = hstu_config_uvqk_width(&cfg);
+    int vw = H * cfg.d_v;
+    struct cudaDeviceProp prop;
+    cuda_ok(cudaGetDeviceProperties(&prop, 0), "device properties");
+    cudaStream_t s;
+    cuda_ok(cudaStreamCreate(&s), "stream");
+
+    /* Ceilings. */
+    gemm_cuda *g = NULL;
+    char why[256];
+    if (gemm_cuda_create((size_t)32 << 20, &g, why, sizeof why))
+        die("gemm_cuda_create", why);
+    int n = 8192;
+    gemm_arg ga = {g, n, n, n, 0, dev_rand((size_t)n * n, 0), dev_rand((size_t)n * n, 0),
+                   dev_rand((size_t)n * n, 0), 0.0f, s};
+    float gemm_ms = time_median(run_gemm, &ga, s, 3, 10);
+    double gemm_tflops = 2.0 * n * n * (double)n / (gemm_ms * 1e-3) / 1e12;
+    cudaFree(ga.A), cudaFree(ga.B), cudaFree(ga.C);
+    size_t cb = (size_t)1 << 30;
+    copy_arg ca = {dev_rand(cb / 2, 0), dev_rand(cb / 2, 0), cb, s};
+    float copy_ms = time_median(run_copy, &ca, s, 3, 10);
+    double copy_tbs = 2.0 * cb / (copy_ms * 1e-3) / 1e12;
+    cudaFree(ca.dst), cudaFree(ca.src);
+    printf("device: %s, %d SMs; ceilings: bf16 GEMM %d^3 %.0f TFLOP/s (cuBLASLt), device copy %.2f TB/s "
+           "(read + write)\n",
+           prop.name, prop.multiProcessorCount, n, gemm_tflops, copy_tbs);
+
+    /* The model and one engine sized for the largest case. */
+    hstu_model *m = NULL;
+    if (hstu_model_create_random(&cfg, 1, &m, &err) != HSTU_OK)
+        die("model", err.msg);
+    int max_tok = MAX_B * (hist_tokens[2] + CANDS);
+    hstu_engine_options eo;
+    hstu_engine_options_default(&eo);
+    eo.backend = HSTU_BACKEND_CUDA;
+    eo.use_cache = false;
+    eo.max_batch_tokens = max_tok;
+    hstu_engine *e = NULL;
+    if (hstu_engine_create(m, &eo, &e, &err) != HSTU_OK)
+        die("engine", err.msg);
+
+    int max_items = hist_tokens[2] / 2;
+    int64_t *items = malloc(sizeof(int64_t) * max_items), *actions = malloc(sizeof(int64_t) * max_items);
+    int64_t *cands = malloc(sizeof(int64_t) * CANDS);
+    uint64_t r = 12345;
+    for (int i = 0; i < max_items; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        items[i] = (int64_t)((r >> 33) % (uint64_t)cfg.item_rows);
+        actions[i] = (int64_t)((r >> 20) % (uint64_t)cfg.action_rows);
+    }
+    for (int i = 0; i < CANDS; i++)
+        cands[i] = (int64_t)((i * 7919 + 13) % cfg.item_rows);
+    hstu_request reqs[MAX_B];
+    hstu_result res[MAX_B];
+    float *scores = malloc(sizeof(float) * MAX_B * CANDS * cfg.n_tasks);
+
+    /* Buffers for the stages timed alone (the largest case). */
+    stage_arg sa = {.g = g, .d = d, .W = W, .vw = vw, .s = s};
+    sa.x = dev_rand((size_t)max_tok * d, 1);
+    sa.x16 = dev_rand((size_t)max_tok * d, 0);
+    sa.xn = dev_rand((size_t)max_tok * d, 0);
+    sa.uvqk = dev_rand((size_t)max_tok * W, 0);
+    sa.attn = dev_rand((size_t)max_tok * vw, 0);
+    sa.y = dev_rand((size_t)max_tok * vw, 0);
+    sa.w_uvqk = dev_rand((size_t)d * W, 0);
+    sa.w_proj = dev_rand((size_t)vw * d, 0);
+    sa.emb = dev_rand((size_t)1000 * d, 0);
+    sa.pos = dev_rand((size_t)(hist_tokens[2] + 1) * d, 0);
+    sa.ln_w = dev_rand((size_t)W, 1);
+    sa.ln_b = dev_rand((size_t)W, 1);
+    sa.bias = dev_rand((size_t)W, 1);
+    int *h_rows = malloc(sizeof(int) * max_tok), *h_pos = malloc(sizeof(int) * max_tok);
+    for (int i = 0; i < max_tok; i++)
+        h_rows[i] = (i * 37) % 1000, h_pos[i] = i % (hist_tokens[2] + 1);
+    cuda_ok(cudaMalloc((void **)&sa.rows, sizeof(int) * max_tok), "cudaMalloc");
+    cuda_ok(cudaMalloc((void **)&sa.positions, sizeof(int) * max_tok), "cudaMalloc");
+    cuda_ok(cudaMemcpy(sa.rows, h_rows, sizeof(int) * max_tok, cudaMemcpyHostToDevice), "copy");
+    cuda_ok(cudaMemcpy(sa.positions, h_pos, sizeof(int) * max_tok, cudaMemcpyHostToDevice), "copy");
+    /* the same GEMM tuning the engine does at create (src/cuda/cuda_backend.cu) */
+    for (int M = max_tok; M >= 64; M /= 2)
+        if (gemm_cuda_tune(g, M, W, d, sa.xn, d, sa.w_uvqk, W, 0, 0.0f, sa.uvqk, 0, W, GEMM_EPI_NONE, NULL, s, why,
+                           sizeof why) ||
+            gemm_cuda_tune(g, M, d, vw, sa.y, vw, sa.w_proj, d, 0, 1.0f, sa.x, 1, d, GEMM_EPI_NONE, NULL, s, why,
+                           sizeof why) ||
+            gemm_cuda_tune(g, M, d, vw, sa.y, vw, sa.w_proj, d, 0, 1.0f, sa.x16, 0, d, GEMM_EPI_NONE, NULL, s, why,
+                           sizeof why))
+            die("gemm_cuda_tune", why);
+    attn_cuda_seq *h_seqs = malloc(sizeof(attn_cuda_seq) * MAX_B);
+    attn_cuda_seq *d_seqs = NULL;
+    cuda_ok(cudaMalloc((void **)&d_seqs, sizeof(attn_cuda_seq) * MAX_B), "cudaMalloc");
+
+    printf("\n%-5s %-10s %7s %9s %8s %8s %8s %7s | %7s %7s %7s\n", "batch", "tokens", "rows", "median_ms",
+           "TFLOP", "TFLOP/s", "floor_ms", "floor%", "gemm_ms", "attn_ms", "rows_ms");
+    int n_hist = quick ? 1 : 3;
+    char detail[2][4096];
+    for (int bi = 0; bi < 2; bi++)
+        for (int hi = 3 - n_hist; hi < 3; hi++) {
+            int B = batches[bi], ht = hist_tokens[hi], n_items = ht / 2;
+            for (int b = 0; b < B; b++) {
+                reqs[b] = (hstu_request){.user_id = b + 1, .n_items = n_items, .items = items, .actions = actions,
+                                         .n_candidates = CANDS, .candidates = cands};
+                memset(&res[b], 0, sizeof res[b]);
+                res[b].scores = scores + (size_t)b * CANDS * cfg.n_tasks;
+            }
+            engine_arg ea = {e, reqs, res, B};
+            float ms = time_median(run_engine, &ea, s, warmup, iters);
+            int T = B * (ht + CANDS);
+            /* useful work: GEMMs on every row, attention on visible pairs */
+            double pairs = (double)ht * (ht + 1) / 2 + (double)CANDS * (ht + 1);
+            double gemm_fl = (double)T * (2.0 * d * W + 2.0 * vw * d);
+            double attn_fl = B * pairs * H * 2.0 * (cfg.d_qk + cfg.d_v);
+            double flops = L * (gemm_fl + attn_fl);
+            flops += (double)B * CANDS * 2.0 * (d * cfg.hidden[0] + cfg.hidden[0] * cfg.n_tasks);
+            double bytes = L * 2.0 * ((double)d * W + (double)vw * d) + (double)T * d * 2 * 2; /* weights, rows */
+            double floor_ms = fmax(flops / (gemm_tflops * 1e12), bytes / (copy_tbs * 1e12)) * 1e3;
+            /* stages alone, on this case's shapes */
+            sa.T = T;
+            for (int b = 0; b < B; b++)
+                h_seqs[b] = (attn_cuda_seq){.hist = ht, .cand = CANDS, .q0 = b * (ht + CANDS)};
+            cuda_ok(cudaMemcpy(d_seqs, h_seqs, sizeof(attn_cuda_seq) * B, cudaMemcpyHostToDevice), "seqs");
+            sa.ap = (attn_cuda_params){.B = B, .H = H, .Dqk = cfg.d_qk, .Dv = cfg.d_v, .seqs = d_seqs,
+                                       .max_rows = ht + CANDS, .q = sa.uvqk + 2 * vw,
+                                       .k = sa.uvqk + 2 * vw + H * cfg.d_qk, .v = sa.uvqk + vw, .ld_qkv = W,
+                                       .page_size = 1, .alpha = cfg.alpha, .N = cfg.attn_scale_len,
+                                       .out = sa.attn, .ld_out = vw};
+            float st_ms[3];
+            int kinds[3] = {K_ALL_GEMM, K_ALL_ATTN, K_ALL_ROWS};
+            for (int k = 0; k < 3; k++) {
+                sa.kind = kinds[k];
+                sa.reps = L;
+                st_ms[k] = time_median(run_stage, &sa, s, 2, iters);
+            }
+            printf("%-5d %4d+%-5d %7d %9.3f %8.2f %8.1f %8.3f %6.0f%% | %7.3f %7.3f %7.3f\n", B, ht, CANDS, T, ms,
+                   flops / 1e12, flops / (ms * 1e-3) / 1e12, floor_ms, 100.0 * floor_ms / ms, st_ms[0], st_ms[1],
+                   st_ms[2]);
+            fflush(stdout);
+            if (hi != 2)
+                continue;
+            /* per kernel, one call each (a layer's worth) */
+            static const char *names[] = {"embed", "layernorm", "uvqk GEMM", "bias+SiLU v|q|k", "attention",
+                                          "SiLU(u)*LN(attn)", "proj GEMM (f32 x)", "proj GEMM (bf16 x)"};
+            double kb[8] = {
+                (double)T * d * (2 + 2 + 4),        (double)T * d * (4 + 2),
+                0,                                  2.0 * T * (W - vw) * 2,
+                0,                                  (double)T * vw * 2 * 3,
+                0,                                  0,
+            };
+            double kf[8] = {0, 0, (double)T * 2.0 * d * W, 0, attn_fl, 0, (double)T * 2.0 * vw * d,
+                            (double)T * 2.0 * vw * d};
+            int len = snprintf(detail[bi], sizeof detail[bi], "batch %d, %d+%d tokens (T = %d), one call each:\n",
+                               B, ht, CANDS, T);
+            for (int k = 0; k < 8; k++) {
+                sa.kind = k;
+                sa.reps = 1;
+                float t = time_median(run_stage, &sa, s, 2, iters);
+                if (kf[k] > 0)
+                    len += snprintf(detail[bi] + len, sizeof detail[bi] - len, "  %-20s %8.3f ms %7.0f TFLOP/s\n",
+                                    names[k], t, kf[k] / (t * 1e-3) / 1e12);
+                else
+                    len += snprintf(detail[bi] + len, sizeof detail[bi] - len,
+                                    "  %-20s %8.3f ms %7.2f TB/s (%.0f%% of copy)\n", names[k], t,
+                                    kb[k] / (t * 1e-3) / 1e12, 100.0 * kb[k] / (t * 1e-3) / 1e12 / copy_tbs);
+            }
+        }
+    printf("\n%s\n%s", detail[0], detail[1]);
+    if (!quick) {
+        printf("\ncuBLASLt algorithms (row-major C[M,N] = A[M,K] @ B[K,N]):\n");
+        int Ms[2] = {MAX_B * (hist_tokens[2] + CANDS), hist_tokens[2] + CANDS};
+        for (int i = 0; i < 2; i++) {
+            sweep("uvqk", Ms[i], W, d, 0, 0.0f, s, 10);
+            sweep("proj, f32 residual", Ms[i], d, vw, 1, 1.0f, s, 10);
+            sweep("proj, bf16 residual", Ms[i], d, vw, 0, 1.0f, s, 10);
+        }
+    }
+    printf("\ntargets (issue, H100): batch 8 at 4096+256 <= 11 ms, batch 1 at 4096+256 <= 3 ms; "
+           "Meta's reference: 16.7 ms (b8), 10.3 ms (b1)\n");
+    hstu_engine_destroy(e);
+    hstu_model_destroy(m);
+    gemm_cuda_destroy(g);
+    return 0;
+}

@@ -1,0 +1,103 @@
+#!/bin/sh
+# gpu_check.sh - the GPU check, run on the GPU machine from the repository root.
+#
+# Build here first (scripts/gpu_pack.sh), then in one device call:
+#   run(carry: [".device/bin", ".device/lib"], command: "sh scripts/gpu_check.sh")
+# It runs every test binary (the CUDA ones must report 0 skipped on a GPU;
+# the CPU ones are cheap and run too), a compute-sanitizer memcheck of
+# test_cuda on small shapes (HSTU_TEST_SMALL=1), and the GPU benchmark, then
+# prints a short table last. Logs go to $OUT (the device tool brings them
+# back) or /tmp/gpu_check. Exit status: non-zero when anything failed.
+# GPU_CHECK_SKIP="bench sanitizer cpu" leaves parts out.
+set -u
+BIN=${BIN:-.device/bin}
+LOGS=${OUT:-/tmp/gpu_check}
+SKIP=${GPU_CHECK_SKIP:-}
+mkdir -p "$LOGS"
+
+# Libraries from gpu_pack.sh (OpenBLAS arrives xz-compressed).
+LIB=/tmp/hstu_lib
+mkdir -p "$LIB"
+for f in .device/lib/*; do
+    case "$f" in
+    *.xz) name=$(basename "$f" .xz)
+          xz -dc "$f" >"$LIB/$name" 2>/dev/null ||
+              python3 -c "import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())" "$f" >"$LIB/$name" ;;
+    *) cp "$f" "$LIB/" ;;
+    esac
+done
+export LD_LIBRARY_PATH="$LIB:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export OMP_WAIT_POLICY=passive
+export HSTU_RUNTIME_SET=1
+
+# Tests that run the hstu command look for it at build/hstu.
+if [ ! -e build/hstu ] && [ -x "$BIN/hstu" ]; then
+    mkdir -p build && ln -s "$PWD/$BIN/hstu" build/hstu
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | head -n 2
+table=$(mktemp)
+failed=0
+
+summary() { # $1 log -> "P F S" from its closing line
+    grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$1" | tail -n 1 | awk '{print $1, $3, $5}'
+}
+
+for t in "$BIN"/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    case "$name" in
+    *cuda*) gpu=1 ;;
+    *) gpu=0; case " $SKIP " in *" cpu "*) continue ;; esac ;;
+    esac
+    echo "== $name"
+    start=$(date +%s)
+    "$t" >"$LOGS/$name.log" 2>&1
+    rc=$?
+    secs=$(( $(date +%s) - start ))
+    grep -E '^(ok|FAIL|skip) |^    ' "$LOGS/$name.log" | head -n 80
+    s=$(summary "$LOGS/$name.log")
+    set -- ${s:-0 1 0}
+    verdict=ok
+    if [ "$rc" -ne 0 ] || [ "$2" -ne 0 ] || [ -z "$s" ]; then verdict=FAIL; fi
+    if [ "$gpu" -eq 1 ] && [ "$3" -ne 0 ]; then verdict=FAIL; fi # a GPU run skips nothing
+    [ "$verdict" = ok ] || failed=1
+    printf '%-22s %6s %6s %7s %5ss  %s\n' "$name" "$1" "$2" "$3" "$secs" "$verdict" >>"$table"
+done
+
+san_line="not run"
+case " $SKIP " in *" sanitizer "*) ;; *)
+    SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    if [ -x "$SAN" ] && [ -x "$BIN/test_cuda" ]; then
+        echo "== compute-sanitizer memcheck: test_cuda (HSTU_TEST_SMALL=1)"
+        start=$(date +%s)
+        HSTU_TEST_SMALL=1 timeout 200 "$SAN" --tool memcheck --error-exitcode 3 "$BIN/test_cuda" \
+            >"$LOGS/sanitizer.log" 2>&1
+        rc=$?
+        secs=$(( $(date +%s) - start ))
+        tail -n 6 "$LOGS/sanitizer.log"
+        errs=$(grep -E 'ERROR SUMMARY' "$LOGS/sanitizer.log" | tail -n 1)
+        s=$(summary "$LOGS/sanitizer.log")
+        san_line="${errs:-no summary} | tests ${s:-?} (p f s) | rc $rc | ${secs}s"
+        [ "$rc" -eq 0 ] || failed=1
+    else
+        san_line="compute-sanitizer not found"
+    fi
+;; esac
+
+case " $SKIP " in *" bench "*) ;; *)
+    if [ -x "$BIN/bench_gpu" ]; then
+        echo "== bench_gpu"
+        "$BIN/bench_gpu" >"$LOGS/bench.log" 2>&1 || failed=1
+        cat "$LOGS/bench.log"
+    fi
+;; esac
+
+echo
+echo "==== summary ===================================================="
+printf '%-22s %6s %6s %7s %6s  %s\n' binary passed failed skipped time verdict
+cat "$table"
+echo "sanitizer: $san_line"
+[ -f "$LOGS/bench.log" ] && grep -E '^(device|batch|[18] )' "$LOGS/bench.log"
+rm -f "$table"
+exit $failed

@@ -1,0 +1,847 @@
+/* cuda_backend.cu - the CUDA backend: weights on the GPU, the forward pass of
+ * a planned sub-batch in bf16 with fp32 accumulation (spec 1, 5).
+ *
+ * Memory plan. Everything is sized at create and carved out of one device
+ * allocation and one pinned host allocation (layout() walks the same list
+ * twice: once to size, once to point), so a forward allocates nothing:
+ *   weights   bf16 matrices (every embedding table in one [rows, d8] table,
+ *             positions, uvqk and proj weights, head weights, the normalised
+ *             item table); LayerNorm parameters, biases and rab tables fp32;
+ *   activations for max_tokens rows: x fp32 (the residual stream stays
+ *             fp32: the output projection adds into it with beta = 1), xn,
+ *             uvqk, attn, y bf16; the head's buffers; retrieval's score rows;
+ *   staging   per-batch metadata (token rows, positions, attention
+ *             sequences, timestamps, head rows, top-k bookkeeping) packed on
+ *             the host and sent in one copy; results come back the same way.
+ * Widths: d is padded to d8 (a multiple of 8) with zero weight rows and
+ * columns so every GEMM operand is 16-byte aligned; head widths likewise.
+ * At create, the two layer GEMMs are tuned (cuBLASLt's candidates timed)
+ * for M = max_tokens, max_tokens / 2, ... on the scratch activations.
+ *
+ * A forward, on one stream: embedding gather (x = e * sqrt(d) + pos), then
+ * per layer LN -> uvqk GEMM -> bias+SiLU on v|q|k -> attention ->
+ * SiLU(u + b_u) * LN(attn) -> proj GEMM into x (beta = 1, bias epilogue);
+ * then the head. Ranking: candidate rows gathered and L2-normalised, the MLP
+ * as GEMMs with bias(+ReLU) epilogues, logits copied back, sigmoid on the
+ * host. Retrieval: each user's newest row normalised, scores against the
+ * whole normalised item table by one GEMM, exact top-k on the GPU
+ * (topk.cu), ids and scores copied back. One synchronisation per forward
+ * (per group of users when retrieval's score rows must be split).
+ */
+#include "cuda/cuda_backend.h"
+
+#include "kernels/attention_cuda.h"
+#include "kernels/dense_cuda.h"
+#include "kernels/gemm_cuda.h"
+#include "kernels/topk_cuda.h"
+
+extern "C" {
+#include "core/status.h"
+#include "model/engine.h"
+#include "model/model.h"
+}
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GEMM_WORKSPACE ((size_t)32 << 20) /* cuBLASLt's suggestion for Hopper */
+#define SCORE_FLOATS ((size_t)64 << 20)   /* retrieval score rows: 256 MiB, or one row if larger */
+#define TOPK_OUT_MIN ((size_t)1 << 20)    /* retrieval results held per group */
+#define TOPK_MAX_K 100000                 /* the engine's bound on top_k */
+#define UPLOAD_CHUNK ((size_t)4 << 20)    /* elements converted per upload step at create */
+
+typedef struct layer_dev {
+    float *ln_in_w, *ln_in_b;   /* [d8] (NULL without ln_affine) */
+    bf16_t *uvqk_w;             /* [d8, W] (rows d..d8 zero) */
+    float *uvqk_b;              /* [W] (NULL without uvqk_bias) */
+    float *ln_out_w, *ln_out_b; /* [vw] (NULL without ln_affine) */
+    bf16_t *proj_w;             /* [vw, d8] (columns d..d8 zero) */
+    float *proj_b;              /* [d8] (NULL without proj_bias) */
+    float *rab_pos, *rab_time;  /* [2N-1], [buckets+1] (NULL without rab) */
+} layer_dev;
+
+struct cuda_backend {
+    const hstu_model *model;
+    int max_tokens, max_users;
+    int d, d8, W, vw, kw, n_tasks8, head_w8;
+    int64_t emb_rows, action_off, ctx_off[HSTU_MAX_CONTEXT];
+    int n_items8;      /* item_unit rows, padded (retrieval) */
+    int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
+    size_t topk_cap;   /* result slots per top-k group */
+    cudaStream_t stream;
+    gemm_cuda *gemm;
+
+    /* device memory: one allocation */
+    void *d_arena;
+    size_t d_bytes;
+    bf16_t *d_emb;        /* [emb_rows, d8]: item | action | context 0 | ... */
+    bf16_t *d_pos;        /* [max_positions, d8] */
+    layer_dev *layers;    /* host array [L] of device pointers */
+    bf16_t *d_head_w[HSTU_MAX_HIDDEN + 1]; /* [in8, out8] */
+    void *d_head_b[HSTU_MAX_HIDDEN + 1];   /* [out8]: bf16 (hidden, ReLU epilogue on bf16), fp32 (last) */
+    int head_in8[HSTU_MAX_HIDDEN + 1], head_out8[HSTU_MAX_HIDDEN + 1];
+    bf16_t *d_item_unit;  /* [n_items8, d8] normalised items (retrieval) */
+    float *d_x;           /* [T, d8] residual stream */
+    bf16_t *d_xn;         /* [T, d8] LN(x) */
+    bf16_t *d_uvqk;       /* [T, W] u|v|q|k */
+    bf16_t *d_attn;       /* [T, vw] */
+    bf16_t *d_y;          /* [T, vw] SiLU(u) * LN(attn) */
+    bf16_t *d_mlp_a, *d_mlp_b;   /* [T, head_w8] ranking MLP ping-pong */
+    float *d_logits;      /* [T, n_tasks8] */
+    bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
+    float *d_scores;      /* [score_rows, n_items8] */
+    int *d_topk_ids;      /* [topk_cap] */
+    float *d_topk_vals;   /* [topk_cap] */
+    int *d_topk_n;        /* [max_users] */
+    char *d_stage;        /* [stage_cap] device mirror of h_stage */
+
+    /* pinned host memory: one allocation */
+    void *h_arena;
+    size_t h_bytes;
+    char *h_stage;        /* [stage_cap] per-batch metadata */
+    size_t stage_cap;
+    float *h_logits;      /* [T, n_tasks8] */
+    int *h_topk_ids;      /* [topk_cap] */
+    float *h_topk_vals;   /* [topk_cap] */
+    int *h_topk_n;        /* [max_users] */
+};
+
+/* One batch's metadata, packed in h_stage (device copy at the same offsets). */
+typedef struct staged {
+    int *tok_row;        /* [T] embedding-table row of each token (retrieval: the item id) */
+    int *tok_pos;        /* [T] position */
+    attn_cuda_seq *seqs; /* [B] */
+    int64_t *ts;         /* [T] timestamps (retrieval) */
+    int *rows;           /* head rows: [M] candidates (ranking), [B] newest rows (retrieval) */
+    int *k, *off;        /* [B] top-k wanted, offset in its group's results (retrieval) */
+    int *excl_b, *excl_e;/* [B] the user's exclusion list in tok_row (retrieval) */
+} staged;
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static int pad8(int64_t n) { return (int)((n + 7) / 8 * 8); }
+
+static hstu_status cuda_fail(hstu_error *err, const char *what, int code)
+{
+    return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: %s failed: %s", what,
+                     cudaGetErrorString((cudaError_t)code));
+}
+
+/* Checks a launch's or a CUDA call's return code. */
+static hstu_status ck(int code, const char *what, hstu_error *err)
+{
+    return code == 0 ? HSTU_OK : cuda_fail(err, what, code);
+}
+
+static hstu_status ck_gemm(cuda_backend *cb, int M, int N, int K, const bf16_t *A, int lda, const bf16_t *B,
+                           int ldb, int b_trans, float beta, void *C, int c_f32, int ldc, gemm_epilogue epi,
+                           const void *bias, const char *what, hstu_error *err)
+{
+    char why[256];
+    if (gemm_cuda_run(cb->gemm, M, N, K, A, lda, B, ldb, b_trans, beta, C, c_f32, ldc, epi, bias, cb->stream, why,
+                      sizeof why) == 0)
+        return HSTU_OK;
+    return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: %s GEMM: %s", what, why);
+}
+
+static uint16_t f2bf_host(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);     /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* Bump allocator over a base address: run once with base 0 to size, then
+ * with the real base to point. 256-byte alignment (cuBLASLt's default). */
+typedef struct carver {
+    uintptr_t base;
+    size_t used;
+} carver;
+
+static void *carve(carver *c, size_t bytes)
+{
+    size_t off = (c->used + 255) & ~(size_t)255;
+    c->used = off + bytes;
+    return bytes ? (void *)(c->base + off) : NULL;
+}
+
+/* ---- memory layout ------------------------------------------------------ */
+
+static void layout_device(cuda_backend *cb, carver *c)
+{
+    const hstu_config *cfg = &cb->model->cfg;
+    size_t T = (size_t)cb->max_tokens, U = (size_t)cb->max_users;
+    int d8 = cb->d8, W = cb->W, vw = cb->vw;
+    bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
+    cb->d_emb = (bf16_t *)carve(c, (size_t)cb->emb_rows * d8 * 2);
+    cb->d_pos = (bf16_t *)carve(c, (size_t)cfg->max_positions * d8 * 2);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        layer_dev *L = &cb->layers[l];
+        L->ln_in_w = cfg->ln_affine ? (float *)carve(c, (size_t)d8 * 4) : NULL;
+        L->ln_in_b = cfg->ln_affine ? (float *)carve(c, (size_t)d8 * 4) : NULL;
+        L->uvqk_w = (bf16_t *)carve(c, (size_t)d8 * W * 2);
+        L->uvqk_b = cfg->uvqk_bias ? (float *)carve(c, (size_t)W * 4) : NULL;
+        L->ln_out_w = cfg->ln_affine ? (float *)carve(c, (size_t)vw * 4) : NULL;
+        L->ln_out_b = cfg->ln_affine ? (float *)carve(c, (size_t)vw * 4) : NULL;
+        L->proj_w = (bf16_t *)carve(c, (size_t)vw * d8 * 2);
+        L->proj_b = cfg->proj_bias ? (float *)carve(c, (size_t)d8 * 4) : NULL;
+        bool rab = cfg->rab == HSTU_RAB_POS_TIME;
+        L->rab_pos = rab ? (float *)carve(c, (size_t)(2 * cfg->attn_scale_len - 1) * 4) : NULL;
+        L->rab_time = rab ? (float *)carve(c, (size_t)(cfg->rab_buckets + 1) * 4) : NULL;
+    }
+    int n_head = retr ? 0 : cb->model->n_head;
+    for (int j = 0; j < n_head; j++) {
+        bool last = j == n_head - 1;
+        cb->d_head_w[j] = (bf16_t *)carve(c, (size_t)cb->head_in8[j] * cb->head_out8[j] * 2);
+        cb->d_head_b[j] = carve(c, (size_t)cb->head_out8[j] * (last ? 4 : 2));
+    }
+    cb->d_item_unit = retr ? (bf16_t *)carve(c, (size_t)cb->n_items8 * d8 * 2) : NULL;
+    cb->d_x = (float *)carve(c, T * d8 * 4);
+    cb->d_xn = (bf16_t *)carve(c, T * d8 * 2);
+    cb->d_uvqk = (bf16_t *)carve(c, T * W * 2);
+    cb->d_attn = (bf16_t *)carve(c, T * vw * 2);
+    cb->d_y = (bf16_t *)carve(c, T * vw * 2);
+    cb->d_mlp_a = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
+    cb->d_mlp_b = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
+    cb->d_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
+    cb->d_users = retr ? (bf16_t *)carve(c, U * d8 * 2) : NULL;
+    cb->d_scores = retr ? (float *)carve(c, (size_t)cb->score_rows * cb->n_items8 * 4) : NULL;
+    cb->d_topk_ids = retr ? (int *)carve(c, cb->topk_cap * 4) : NULL;
+    cb->d_topk_vals = retr ? (float *)carve(c, cb->topk_cap * 4) : NULL;
+    cb->d_topk_n = retr ? (int *)carve(c, U * 4) : NULL;
+    cb->d_stage = (char *)carve(c, cb->stage_cap);
+}
+
+static void layout_host(cuda_backend *cb, carver *c)
+{
+    bool retr = cb->model->cfg.family == HSTU_FAMILY_RETRIEVAL;
+    size_t T = (size_t)cb->max_tokens, U = (size_t)cb->max_users;
+    cb->h_stage = (char *)carve(c, cb->stage_cap);
+    cb->h_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
+    cb->h_topk_ids = retr ? (int *)carve(c, cb->topk_cap * 4) : NULL;
+    cb->h_topk_vals = retr ? (float *)carve(c, cb->topk_cap * 4) : NULL;
+    cb->h_topk_n = retr ? (int *)carve(c, U * 4) : NULL;
+}
+
+/* Per-batch staging: sub-arrays packed from the start of h_stage, each
+ * 16-byte aligned; the device copy has the same offsets. */
+typedef struct stage {
+    char *base;
+    size_t used, cap;
+} stage;
+
+static void *stage_take(stage *s, size_t bytes)
+{
+    size_t off = (s->used + 15) & ~(size_t)15;
+    HSTU_ASSERT(off + bytes <= s->cap); /* sized at create for max_tokens / max_users */
+    s->used = off + bytes;
+    return s->base + off;
+}
+
+static size_t stage_capacity(size_t T, size_t U)
+{
+    /* tok_row, tok_pos, ts, head rows (T or U), seqs, 4 top-k arrays, alignment */
+    return T * (4 + 4 + 8 + 4) + U * 4 + U * sizeof(attn_cuda_seq) + U * 4 * 4 + 16 * 16;
+}
+
+#define DEV(cb, hp) ((cb)->d_stage + ((const char *)(hp) - (cb)->h_stage))
+
+/* ---- weight upload ------------------------------------------------------ */
+
+/* dst [rows_pad, ld] bf16 <- src [rows, cols] fp32 (row stride ld_src), zero
+ * elsewhere. Converted through a bounded host buffer. */
+static hstu_status upload_bf16(bf16_t *dst, int64_t rows, int cols, int64_t rows_pad, int ld, const float *src,
+                               int ld_src, uint16_t *buf, hstu_error *err)
+{
+    int64_t rows_per = (int64_t)(UPLOAD_CHUNK / (size_t)ld); /* the buffer holds max(UPLOAD_CHUNK, ld) */
+    if (rows_per < 1)
+        rows_per = 1;
+    for (int64_t r0 = 0; r0 < rows_pad; r0 += rows_per) {
+        int64_t n = rows_pad - r0 < rows_per ? rows_pad - r0 : rows_per;
+        for (int64_t r = 0; r < n; r++)
+            for (int c = 0; c < ld; c++)
+                buf[r * ld + c] = (r0 + r < rows && c < cols) ? f2bf_host(src[(r0 + r) * ld_src + c]) : 0;
+        hstu_status st = ck(cudaMemcpy(dst + r0 * ld, buf, (size_t)n * ld * 2, cudaMemcpyHostToDevice),
+                            "weight upload (cudaMemcpy)", err);
+        if (st != HSTU_OK)
+            return st;
+    }
+    return HSTU_OK;
+}
+
+/* dst [n_pad] fp32 <- src [n], zero padded, through the same buffer. */
+static hstu_status upload_f32(float *dst, const float *src, int64_t n, int64_t n_pad, uint16_t *buf,
+                              hstu_error *err)
+{
+    float *f = (float *)buf;
+    int64_t per = (int64_t)(UPLOAD_CHUNK / 2); /* the buffer holds UPLOAD_CHUNK bf16 = UPLOAD_CHUNK / 2 floats */
+    for (int64_t i0 = 0; i0 < n_pad; i0 += per) {
+        int64_t m = n_pad - i0 < per ? n_pad - i0 : per;
+        for (int64_t i = 0; i < m; i++)
+            f[i] = i0 + i < n ? src[i0 + i] : 0.0f;
+        hstu_status st = ck(cudaMemcpy(dst + i0, f, (size_t)m * 4, cudaMemcpyHostToDevice),
+                            "weight upload (cudaMemcpy)", err);
+        if (st != HSTU_OK)
+            return st;
+    }
+    return HSTU_OK;
+}
+
+static hstu_status upload_weights(cuda_backend *cb, hstu_error *err)
+{
+    const hstu_model *m = cb->model;
+    const hstu_config *cfg = &m->cfg;
+    int d = cb->d, d8 = cb->d8, W = cb->W, vw = cb->vw;
+    /* A conversion buffer of UPLOAD_CHUNK elements, or one row of the widest matrix. */
+    size_t widest = (size_t)(W > d8 ? W : d8);
+    for (int j = 0; cfg->family == HSTU_FAMILY_RANKING && j < m->n_head; j++)
+        widest = (size_t)cb->head_out8[j] > widest ? (size_t)cb->head_out8[j] : widest;
+    uint16_t *buf = (uint16_t *)malloc((widest > UPLOAD_CHUNK ? widest : UPLOAD_CHUNK) * 2);
+    if (!buf)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory for the weight upload");
+    hstu_status st = upload_bf16(cb->d_emb, cfg->item_rows, d, cfg->item_rows, d8, m->item, d, buf, err);
+    if (st == HSTU_OK && cfg->family == HSTU_FAMILY_RANKING) {
+        st = upload_bf16(cb->d_emb + cb->action_off * d8, cfg->action_rows, d, cfg->action_rows, d8, m->action, d,
+                         buf, err);
+        for (int j = 0; j < cfg->n_context && st == HSTU_OK; j++)
+            st = upload_bf16(cb->d_emb + cb->ctx_off[j] * d8, cfg->context_rows[j], d, cfg->context_rows[j], d8,
+                             m->context[j], d, buf, err);
+    }
+    if (st == HSTU_OK)
+        st = upload_bf16(cb->d_pos, cfg->max_positions, d, cfg->max_positions, d8, m->pos, d, buf, err);
+    for (int l = 0; l < cfg->n_layers && st == HSTU_OK; l++) {
+        const layer_weights *w = &m->layers[l];
+        layer_dev *L = &cb->layers[l];
+        st = upload_bf16(L->uvqk_w, d, W, d8, W, w->uvqk_w, W, buf, err);
+        if (st == HSTU_OK)
+            st = upload_bf16(L->proj_w, vw, d, vw, d8, w->proj_w, d, buf, err);
+        if (st == HSTU_OK && L->ln_in_w)
+            st = upload_f32(L->ln_in_w, w->ln_in_w, d, d8, buf, err);
+        if (st == HSTU_OK && L->ln_in_b)
+            st = upload_f32(L->ln_in_b, w->ln_in_b, d, d8, buf, err);
+        if (st == HSTU_OK && L->uvqk_b)
+            st = upload_f32(L->uvqk_b, w->uvqk_b, W, W, buf, err);
+        if (st == HSTU_OK && L->ln_out_w)
+            st = upload_f32(L->ln_out_w, w->ln_out_w, vw, vw, buf, err);
+        if (st == HSTU_OK && L->ln_out_b)
+            st = upload_f32(L->ln_out_b, w->ln_out_b, vw, vw, buf, err);
+        if (st == HSTU_OK && L->proj_b)
+            st = upload_f32(L->proj_b, w->proj_b, d, d8, buf, err);
+        if (st == HSTU_OK && L->rab_pos)
+            st = upload_f32(L->rab_pos, w->rab_pos, 2 * cfg->attn_scale_len - 1, 2 * cfg->attn_scale_len - 1, buf,
+                            err);
+        if (st == HSTU_OK && L->rab_time)
+            st = upload_f32(L->rab_time, w->rab_time, cfg->rab_buckets + 1, cfg->rab_buckets + 1, buf, err);
+    }
+    if (cfg->family == HSTU_FAMILY_RANKING) {
+        int in_w = d;
+        for (int j = 0; j < m->n_head && st == HSTU_OK; j++) {
+            int out_w = j < cfg->n_hidden ? cfg->hidden[j] : cfg->n_tasks;
+            st = upload_bf16(cb->d_head_w[j], in_w, out_w, cb->head_in8[j], cb->head_out8[j], m->head_w[j], out_w,
+                             buf, err);
+            if (st != HSTU_OK)
+                break;
+            if (j == m->n_head - 1)
+                st = upload_f32((float *)cb->d_head_b[j], m->head_b[j], out_w, cb->head_out8[j], buf, err);
+            else
+                st = upload_bf16((bf16_t *)cb->d_head_b[j], 1, out_w, 1, cb->head_out8[j], m->head_b[j], out_w, buf,
+                                 err);
+            in_w = out_w;
+        }
+    } else if (st == HSTU_OK) {
+        st = upload_bf16(cb->d_item_unit, cfg->item_rows, d, cb->n_items8, d8, m->item_unit, d, buf, err);
+    }
+    free(buf);
+    return st;
+}
+
+/* ---- GEMM tuning at create ---------------------------------------------- */
+
+/* x[i] = a uniform value in [-1, 1) from a hash of (seed, i), as bf16. */
+__global__ void fill_uniform_kernel(bf16_t *x, size_t n, uint32_t seed)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 0x9e3779b1u ^ (uint32_t)(i >> 32) * 0x85ebca6bu ^ seed;
+        h ^= h >> 16, h *= 0x7feb352du, h ^= h >> 15, h *= 0x846ca68bu, h ^= h >> 16;
+        float v = (float)(h >> 8) * (2.0f / 16777216.0f) - 1.0f;
+        x[i] = (bf16_t)(__float_as_uint(v) >> 16);
+    }
+}
+
+/* Times cuBLASLt's candidates for the two layer GEMMs at M = max_tokens,
+ * max_tokens / 2, ... (one choice per power-of-two bucket of M; see gemm.cu)
+ * on the activation buffers, filled with random values for the purpose (they
+ * are scratch until the first forward), then clears them again. */
+static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
+{
+    const layer_dev *L = &cb->layers[0];
+    size_t T = (size_t)cb->max_tokens;
+    int d8 = cb->d8, W = cb->W, vw = cb->vw;
+    cudaStream_t s = cb->stream;
+    fill_uniform_kernel<<<1024, 256, 0, s>>>(cb->d_xn, T * d8, 1u);
+    fill_uniform_kernel<<<1024, 256, 0, s>>>(cb->d_y, T * vw, 2u);
+    hstu_status st = ck(cudaGetLastError(), "GEMM tuning (fill)", err);
+    char why[256];
+    for (int M = cb->max_tokens; M >= 64 && st == HSTU_OK; M /= 2) {
+        if (gemm_cuda_tune(cb->gemm, M, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
+                           NULL, s, why, sizeof why) ||
+            gemm_cuda_tune(cb->gemm, M, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, 1, d8,
+                           L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, s, why, sizeof why))
+            st = hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: GEMM tuning: %s", why);
+    }
+    size_t act = (size_t)((char *)(cb->d_y + T * vw) - (char *)cb->d_x); /* x, xn, uvqk, attn, y: contiguous */
+    if (st == HSTU_OK)
+        st = ck(cudaMemsetAsync(cb->d_x, 0, act, s), "cudaMemset", err);
+    if (st == HSTU_OK)
+        st = ck(cudaStreamSynchronize(s), "GEMM tuning", err);
+    return st;
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+bool cuda_available(char *why, size_t n)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        snprintf(why, n, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return false;
+    }
+    cudaDeviceProp prop;
+    e = cudaGetDeviceProperties(&prop, 0);
+    if (e != cudaSuccess) {
+        snprintf(why, n, "cannot read the CUDA device's properties (%s)", cudaGetErrorString(e));
+        return false;
+    }
+    if (prop.major != 9 || prop.minor != 0) {
+        snprintf(why, n, "this build's kernels are for sm_90a (H100/H200); device 0 (%s) is sm_%d%d", prop.name,
+                 prop.major, prop.minor);
+        return false;
+    }
+    return true;
+}
+
+void cuda_backend_destroy(cuda_backend *cb)
+{
+    if (!cb)
+        return;
+    gemm_cuda_destroy(cb->gemm);
+    cudaFree(cb->d_arena);
+    cudaFreeHost(cb->h_arena);
+    if (cb->stream)
+        cudaStreamDestroy(cb->stream);
+    free(cb->layers);
+    free(cb);
+}
+
+size_t cuda_backend_bytes(const cuda_backend *cb)
+{
+    return cb ? cb->d_bytes + cb->h_bytes + gemm_cuda_bytes(cb->gemm) : 0;
+}
+
+hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, cuda_backend **out,
+                                hstu_error *err)
+{
+    *out = NULL;
+    const hstu_config *cfg = &m->cfg;
+    char why[256];
+    if (!cuda_available(why, sizeof why))
+        return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: %s", why);
+    if (!attn_cuda_supported(cfg->d_qk, cfg->d_v, why, sizeof why))
+        return hstu_fail(err, HSTU_ERR_UNSUPPORTED,
+                         "backend cuda: this model's head widths (d_qk %d, d_v %d) are not supported by the CUDA "
+                         "attention: %s; use --backend cpu",
+                         cfg->d_qk, cfg->d_v, why);
+    int W = hstu_config_uvqk_width(cfg), vw = cfg->n_heads * cfg->d_v;
+    if (W % 8 || vw % 8)
+        return hstu_fail(err, HSTU_ERR_UNSUPPORTED,
+                         "backend cuda: uvqk width %d and H*d_v %d must be multiples of 8", W, vw);
+    int64_t emb_rows = cfg->item_rows + (cfg->family == HSTU_FAMILY_RANKING ? cfg->action_rows : 0);
+    for (int j = 0; cfg->family == HSTU_FAMILY_RANKING && j < cfg->n_context; j++)
+        emb_rows += cfg->context_rows[j];
+    if (emb_rows > INT32_MAX - 8)
+        return hstu_fail(err, HSTU_ERR_UNSUPPORTED,
+                         "backend cuda: %lld embedding rows in all tables; at most %d are supported",
+                         (long long)emb_rows, INT32_MAX - 8);
+    if (cudaSetDevice(0) != cudaSuccess)
+        return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: cannot use device 0");
+
+    cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
+    if (!cb)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
+    hstu_status st = HSTU_OK;
+    cb->model = m;
+    cb->max_tokens = max_tokens;
+    cb->max_users = max_users;
+    cb->d = cfg->d_model;
+    cb->d8 = pad8(cfg->d_model);
+    cb->W = W;
+    cb->vw = vw;
+    cb->kw = cfg->n_heads * cfg->d_qk;
+    cb->emb_rows = emb_rows;
+    if (cfg->family == HSTU_FAMILY_RANKING) {
+        cb->action_off = cfg->item_rows;
+        int64_t off = cfg->item_rows + cfg->action_rows;
+        for (int j = 0; j < cfg->n_context; j++) {
+            cb->ctx_off[j] = off;
+            off += cfg->context_rows[j];
+        }
+        int in_w = cfg->d_model;
+        cb->head_w8 = cb->d8;
+        for (int j = 0; j < m->n_head; j++) {
+            int out_w = j < cfg->n_hidden ? cfg->hidden[j] : cfg->n_tasks;
+            cb->head_in8[j] = pad8(in_w);
+            cb->head_out8[j] = pad8(out_w);
+            if (cb->head_out8[j] > cb->head_w8)
+                cb->head_w8 = cb->head_out8[j];
+            in_w = out_w;
+        }
+        cb->n_tasks8 = pad8(cfg->n_tasks);
+    } else {
+        cb->n_items8 = pad8(cfg->item_rows);
+        size_t rows = SCORE_FLOATS / (size_t)cb->n_items8;
+        cb->score_rows = rows < 1 ? 1 : rows > (size_t)max_users ? max_users : (int)rows;
+        size_t k_one = (size_t)(cfg->item_rows - 1 < TOPK_MAX_K ? cfg->item_rows - 1 : TOPK_MAX_K);
+        size_t all = (size_t)max_users * k_one;
+        cb->topk_cap = all < TOPK_OUT_MIN ? all : TOPK_OUT_MIN;
+        if (cb->topk_cap < k_one)
+            cb->topk_cap = k_one;
+        if (cb->topk_cap < 1)
+            cb->topk_cap = 1;
+    }
+    cb->stage_cap = stage_capacity((size_t)max_tokens, (size_t)max_users);
+    cb->layers = (layer_dev *)calloc((size_t)cfg->n_layers, sizeof *cb->layers);
+    if (!cb->layers) {
+        st = hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
+        goto fail;
+    }
+
+    {
+        carver c = {0, 0};
+        layout_device(cb, &c);
+        cb->d_bytes = c.used;
+        cudaError_t e = cudaMalloc(&cb->d_arena, cb->d_bytes);
+        if (e != cudaSuccess) {
+            st = hstu_fail(err, HSTU_ERR_NOMEM,
+                           "backend cuda: cannot allocate %.1f MiB of GPU memory for the weights and activations "
+                           "of %d tokens (%s); lower --max-tokens",
+                           cb->d_bytes / 1048576.0, max_tokens, cudaGetErrorString(e));
+            goto fail;
+        }
+        c.base = (uintptr_t)cb->d_arena;
+        c.used = 0;
+        layout_device(cb, &c);
+
+        carver h = {0, 0};
+        layout_host(cb, &h);
+        cb->h_bytes = h.used;
+        e = cudaMallocHost(&cb->h_arena, cb->h_bytes);
+        if (e != cudaSuccess) {
+            st = hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: cannot allocate %.1f MiB of pinned host memory (%s)",
+                           cb->h_bytes / 1048576.0, cudaGetErrorString(e));
+            goto fail;
+        }
+        h.base = (uintptr_t)cb->h_arena;
+        h.used = 0;
+        layout_host(cb, &h);
+    }
+    /* Padding columns of the activations must hold finite values (zeros):
+     * GEMMs read them against zero weight rows. */
+    if ((st = ck(cudaMemset(cb->d_arena, 0, cb->d_bytes), "cudaMemset", err)) != HSTU_OK)
+        goto fail;
+    if ((st = ck(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate", err)) !=
+        HSTU_OK)
+        goto fail;
+    if (gemm_cuda_create(GEMM_WORKSPACE, &cb->gemm, why, sizeof why) != 0) {
+        st = hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: %s", why);
+        goto fail;
+    }
+    if ((st = upload_weights(cb, err)) != HSTU_OK)
+        goto fail;
+    /* The uploads and the memset ran on the legacy stream (a pageable
+     * cudaMemcpy may return before its DMA lands); the forward's stream does
+     * not wait for it, so wait here, once. */
+    if ((st = ck(cudaDeviceSynchronize(), "weight upload", err)) != HSTU_OK)
+        goto fail;
+    if ((st = tune_gemms(cb, err)) != HSTU_OK)
+        goto fail;
+    *out = cb;
+    return HSTU_OK;
+fail:
+    cuda_backend_destroy(cb);
+    return st;
+}
+
+/* ---- the forward pass --------------------------------------------------- */
+
+static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base,
+                                 hstu_error *err)
+{
+    const hstu_config *cfg = &cb->model->cfg;
+    const layer_dev *L = &cb->layers[l];
+    int d = cb->d, d8 = cb->d8, W = cb->W, vw = cb->vw, kw = cb->kw;
+    cudaStream_t s = cb->stream;
+    hstu_status st;
+    if ((st = ck(layernorm_cuda(T, d, cb->d_x, d8, L->ln_in_w, L->ln_in_b, cfg->ln_eps, cb->d_xn, d8, s),
+                 "LayerNorm", err)) != HSTU_OK)
+        return st;
+    if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE, NULL,
+                      "uvqk", err)) != HSTU_OK)
+        return st;
+    /* v|q|k: bias, and SiLU when silu_uvqk = all; u's bias and SiLU are
+     * applied where u is read (ln_mul). */
+    if ((st = ck(bias_silu_cuda(T, W - vw, cb->d_uvqk + vw, W, L->uvqk_b ? L->uvqk_b + vw : NULL,
+                                cfg->silu_uvqk == HSTU_SILU_ALL, s),
+                 "bias+SiLU", err)) != HSTU_OK)
+        return st;
+    attn_cuda_params ap = *ap_base;
+    ap.q = cb->d_uvqk + 2 * vw;
+    ap.k = cb->d_uvqk + 2 * vw + kw;
+    ap.v = cb->d_uvqk + vw;
+    ap.ld_qkv = W;
+    ap.pos_w = L->rab_pos;
+    ap.ts_w = L->rab_time;
+    ap.out = cb->d_attn;
+    ap.ld_out = vw;
+    if ((st = ck(attn_fwd_cuda(&ap, s), "attention", err)) != HSTU_OK)
+        return st;
+    if ((st = ck(ln_mul_cuda(T, vw, cb->d_attn, vw, cb->d_uvqk, W, L->uvqk_b, L->ln_out_w, L->ln_out_b,
+                             cfg->ln_eps, cb->d_y, vw, s),
+                 "u * LN(attn)", err)) != HSTU_OK)
+        return st;
+    return ck_gemm(cb, T, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, 1, d8,
+                   L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, "proj", err);
+}
+
+static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M, const staged *sg, bool logits,
+                                hstu_error *err)
+{
+    const hstu_model *m = cb->model;
+    const hstu_config *cfg = &m->cfg;
+    cudaStream_t s = cb->stream;
+    hstu_status st;
+    if ((st = ck(gather_l2norm_cuda(M, cb->d, cb->d_x, cb->d8, (const int *)DEV(cb, sg->rows), cb->d_mlp_a,
+                                    cb->head_in8[0], s),
+                 "candidate gather + L2 norm", err)) != HSTU_OK)
+        return st;
+    bf16_t *in = cb->d_mlp_a, *out = cb->d_mlp_b;
+    for (int j = 0; j < m->n_head; j++) {
+        bool last = j == m->n_head - 1;
+        if (last)
+            st = ck_gemm(cb, M, cb->head_out8[j], cb->head_in8[j], in, cb->head_in8[j], cb->d_head_w[j],
+                         cb->head_out8[j], 0, 0.0f, cb->d_logits, 1, cb->n_tasks8, GEMM_EPI_BIAS, cb->d_head_b[j],
+                         "head", err);
+        else
+            st = ck_gemm(cb, M, cb->head_out8[j], cb->head_in8[j], in, cb->head_in8[j], cb->d_head_w[j],
+                         cb->head_out8[j], 0, 0.0f, out, 0, cb->head_out8[j], GEMM_EPI_RELU_BIAS, cb->d_head_b[j],
+                         "head", err);
+        if (st != HSTU_OK)
+            return st;
+        bf16_t *t = in;
+        in = out;
+        out = t;
+    }
+    size_t bytes = (size_t)M * cb->n_tasks8 * 4;
+    if ((st = ck(cudaMemcpyAsync(cb->h_logits, cb->d_logits, bytes, cudaMemcpyDeviceToHost, s), "logits copy",
+                 err)) != HSTU_OK)
+        return st;
+    if ((st = ck(cudaStreamSynchronize(s), "the forward pass", err)) != HSTU_OK)
+        return st;
+    int nt = cfg->n_tasks, row = 0;
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        for (int i = 0; i < p->cand; i++, row++)
+            for (int t = 0; t < nt; t++) {
+                float z = cb->h_logits[(size_t)row * cb->n_tasks8 + t];
+                p->res->scores[(size_t)i * nt + t] = logits ? z : 1.0f / (1.0f + expf(-z));
+            }
+    }
+    return HSTU_OK;
+}
+
+/* Top-k for users [0, B): groups of at most score_rows users whose results
+ * fit topk_cap; one GEMM, one selection and one copy back per group. */
+static hstu_status head_retrieval(cuda_backend *cb, user_plan *plans, int B, const staged *sg, hstu_error *err)
+{
+    const int *h_k = sg->k, *h_off = sg->off;
+    const hstu_config *cfg = &cb->model->cfg;
+    cudaStream_t s = cb->stream;
+    hstu_status st;
+    int d8 = cb->d8;
+    if ((st = ck(gather_l2norm_cuda(B, cb->d, cb->d_x, d8, (const int *)DEV(cb, sg->rows), cb->d_users, d8, s),
+                 "user gather + L2 norm", err)) != HSTU_OK)
+        return st;
+    for (int g0 = 0; g0 < B;) {
+        int g1 = g0 + 1;
+        size_t total = (size_t)h_k[g0];
+        while (g1 < B && g1 - g0 < cb->score_rows && h_off[g1] != 0) {
+            total += (size_t)h_k[g1];
+            g1++;
+        }
+        int G = g1 - g0;
+        if ((st = ck_gemm(cb, G, cb->n_items8, d8, cb->d_users + (size_t)g0 * d8, d8, cb->d_item_unit, d8, 1, 0.0f,
+                          cb->d_scores, 1, cb->n_items8, GEMM_EPI_NONE, NULL, "top-k scores", err)) != HSTU_OK)
+            return st;
+        topk_cuda_params tp = {
+            .B = G, .n_items = (int)cfg->item_rows, .ld = cb->n_items8, .scores = cb->d_scores,
+            .exclude = (const int *)DEV(cb, sg->tok_row), /* token rows are item ids in this family */
+            .excl_begin = (const int *)DEV(cb, sg->excl_b + g0), .excl_end = (const int *)DEV(cb, sg->excl_e + g0),
+            .k = (const int *)DEV(cb, h_k + g0), .out_off = (const int *)DEV(cb, h_off + g0),
+            .ids = cb->d_topk_ids, .vals = cb->d_topk_vals, .n_out = cb->d_topk_n,
+        };
+        if ((st = ck(topk_cuda(&tp, s), "top-k", err)) != HSTU_OK)
+            return st;
+        if ((st = ck(cudaMemcpyAsync(cb->h_topk_ids, cb->d_topk_ids, total * 4, cudaMemcpyDeviceToHost, s),
+                     "top-k copy", err)) != HSTU_OK ||
+            (st = ck(cudaMemcpyAsync(cb->h_topk_vals, cb->d_topk_vals, total * 4, cudaMemcpyDeviceToHost, s),
+                     "top-k copy", err)) != HSTU_OK ||
+            (st = ck(cudaMemcpyAsync(cb->h_topk_n, cb->d_topk_n, (size_t)G * 4, cudaMemcpyDeviceToHost, s),
+                     "top-k copy", err)) != HSTU_OK)
+            return st;
+        if ((st = ck(cudaStreamSynchronize(s), "the forward pass", err)) != HSTU_OK)
+            return st;
+        for (int b = g0; b < g1; b++) {
+            hstu_result *r = plans[b].res;
+            int n = cb->h_topk_n[b - g0];
+            int *ids = cb->h_topk_ids + h_off[b];
+            float *vals = cb->h_topk_vals + h_off[b];
+            if (n > TOPK_CUDA_SORT_MAX)
+                topk_cuda_sort_host(ids, vals, n);
+            for (int i = 0; i < n; i++) {
+                r->topk_ids[i] = ids[i];
+                r->topk_scores[i] = vals[i];
+            }
+            r->n_topk = n;
+        }
+        g0 = g1;
+    }
+    return HSTU_OK;
+}
+
+/* Embedding-table row of sequence row `row` (history) of a ranking user. */
+static int ranking_row(const cuda_backend *cb, const hstu_request *r, int row)
+{
+    int k = cb->model->cfg.n_context;
+    if (row < k)
+        return (int)(cb->ctx_off[row] + r->context[row]);
+    int t = row - k;
+    return t % 2 == 0 ? (int)r->items[t / 2] : (int)(cb->action_off + r->actions[t / 2]);
+}
+
+hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool logits, hstu_error *err)
+{
+    const hstu_config *cfg = &cb->model->cfg;
+    bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
+    HSTU_ASSERT(B >= 0 && B <= cb->max_users);
+    int T = 0, M = 0, max_rows = 0;
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        HSTU_ASSERT(p->c == 0 && p->paged == 0); /* no GPU KV cache yet (issue 4) */
+        p->q0 = T;
+        int rows = p->hist + p->cand;
+        T += rows;
+        M += p->cand;
+        max_rows = rows > max_rows ? rows : max_rows;
+    }
+    HSTU_ASSERT(T <= cb->max_tokens);
+    if (T == 0 || (!retr && M == 0))
+        return HSTU_OK; /* nothing to score */
+    /* A call that failed midway may have left work in flight that reads the
+     * staging buffer; it must be done before the buffer is rewritten. */
+    hstu_status st = ck(cudaStreamSynchronize(cb->stream), "an earlier forward pass", err);
+    if (st != HSTU_OK)
+        return st;
+
+    /* Stage the batch's metadata. */
+    stage sgb = {cb->h_stage, 0, cb->stage_cap};
+    staged sg;
+    memset(&sg, 0, sizeof sg);
+    sg.tok_row = (int *)stage_take(&sgb, (size_t)T * 4);
+    sg.tok_pos = (int *)stage_take(&sgb, (size_t)T * 4);
+    sg.seqs = (attn_cuda_seq *)stage_take(&sgb, (size_t)B * sizeof *sg.seqs);
+    sg.rows = (int *)stage_take(&sgb, (size_t)(retr ? B : M) * 4);
+    if (retr) {
+        sg.ts = (int64_t *)stage_take(&sgb, (size_t)T * 8);
+        sg.k = (int *)stage_take(&sgb, (size_t)B * 4);
+        sg.off = (int *)stage_take(&sgb, (size_t)B * 4);
+        sg.excl_b = (int *)stage_take(&sgb, (size_t)B * 4);
+        sg.excl_e = (int *)stage_take(&sgb, (size_t)B * 4);
+    }
+    int max_pos = cfg->max_positions - 1, cand_i = 0;
+    size_t group_total = 0;
+    int group_users = 0;
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        const hstu_request *r = p->req;
+        for (int i = 0; i < p->hist; i++) {
+            sg.tok_row[p->q0 + i] = retr ? (int)r->items[i] : ranking_row(cb, r, i);
+            sg.tok_pos[p->q0 + i] = i < max_pos ? i : max_pos;
+            if (retr)
+                sg.ts[p->q0 + i] = r->timestamps[i];
+        }
+        int cpos = p->hist < max_pos ? p->hist : max_pos; /* every candidate sits at position h */
+        for (int i = 0; i < p->cand; i++) {
+            sg.tok_row[p->q0 + p->hist + i] = (int)r->candidates[i];
+            sg.tok_pos[p->q0 + p->hist + i] = cpos;
+            sg.rows[cand_i++] = p->q0 + p->hist + i;
+        }
+        attn_cuda_seq *sq = &sg.seqs[b];
+        memset(sq, 0, sizeof *sq);
+        sq->hist = p->hist;
+        sq->cand = p->cand;
+        sq->q0 = p->q0;
+        sq->ts0 = p->q0;
+        sq->ts_q = retr ? r->query_time : 0;
+        if (retr) {
+            sg.rows[b] = p->q0 + p->hist - 1; /* the newest row */
+            int64_t k = r->top_k < cfg->item_rows - 1 ? r->top_k : cfg->item_rows - 1;
+            sg.k[b] = (int)(k > 0 ? k : 0);
+            /* A new top-k group starts (offset 0) when this user's score row
+             * or results would not fit the current one. */
+            if (group_users == cb->score_rows || group_total + (size_t)sg.k[b] > cb->topk_cap) {
+                group_total = 0;
+                group_users = 0;
+            }
+            sg.off[b] = (int)group_total;
+            group_total += (size_t)sg.k[b];
+            group_users++;
+            sg.excl_b[b] = p->q0;
+            sg.excl_e[b] = r->exclude_history ? p->q0 + p->hist : p->q0;
+        }
+    }
+    cudaStream_t s = cb->stream;
+    if ((st = ck(cudaMemcpyAsync(cb->d_stage, cb->h_stage, sgb.used, cudaMemcpyHostToDevice, s), "metadata copy",
+                 err)) != HSTU_OK)
+        return st;
+
+    if ((st = ck(embed_cuda(T, cb->d, cb->d_emb, cb->d8, (const int *)DEV(cb, sg.tok_row), cb->d_pos, cb->d8,
+                            (const int *)DEV(cb, sg.tok_pos), sqrtf((float)cb->d), cb->d_x, cb->d8, s),
+                 "embedding", err)) != HSTU_OK)
+        return st;
+    attn_cuda_params ap;
+    memset(&ap, 0, sizeof ap);
+    ap.B = B;
+    ap.H = cfg->n_heads;
+    ap.Dqk = cfg->d_qk;
+    ap.Dv = cfg->d_v;
+    ap.seqs = (const attn_cuda_seq *)DEV(cb, sg.seqs);
+    ap.max_rows = max_rows;
+    ap.page_size = 1;
+    ap.alpha = cfg->alpha;
+    ap.N = cfg->attn_scale_len;
+    ap.n_buckets = cfg->rab_buckets;
+    ap.ts = retr ? (const int64_t *)DEV(cb, sg.ts) : NULL;
+    for (int l = 0; l < cfg->n_layers; l++)
+        if ((st = layer_forward(cb, T, l, &ap, err)) != HSTU_OK)
+            return st;
+    if (retr)
+        return head_retrieval(cb, plans, B, &sg, err);
+    return head_ranking(cb, plans, B, M, &sg, logits, err);
+}

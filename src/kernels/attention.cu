@@ -1,0 +1,1045 @@
+/* attention.cu - the HSTU attention on Hopper GPUs: attn_fwd_cuda.
+ *
+ * One CTA computes one block of 128 query rows of one head of one sequence
+ * and streams that row block's visible key tiles (64 keys each) through
+ * shared memory, FlashAttention-2 style: S = Q K^T in fp32 on the tensor
+ * cores, then in registers the mask, the bias and SiLU turn S into the
+ * weights P (bf16), and O += P V accumulates in fp32 registers; O / N is
+ * written once as bf16. There is no softmax, so no running maximum and no
+ * rescaling: a tile's weights are final as soon as they are computed.
+ *
+ * Rows and keys use one "virtual" index per sequence: history rows and keys
+ * 0..hist-1, candidates hist..hist+cand-1, and the computed row r (0-based
+ * among the call's rows) is qv = c + r. Then a key jv is visible from qv iff
+ * jv <= qv and (jv < hist or jv == qv) - causal, plus each candidate's own
+ * column - and the dense K/V row of any key jv >= paged is q0 + jv - c, the
+ * same formula for history and candidates. A row block visits the history
+ * tiles [0, min(hist, last row + 1)) and, if it holds candidates, the few
+ * tiles over its own candidates' diagonal; only tiles that cross the
+ * diagonal or an end need the elementwise mask.
+ *
+ * Three kernels compute the same thing (attn_fwd_cuda runs the last; tests
+ * and benchmarks force the others):
+ *   - attn_mma_kernel: 8 warps of 16 rows each, mma.sync m16n8k16 with
+ *     ldmatrix, loads and compute in the same threads: the simple,
+ *     FlashAttention-2-shaped form, kept as a reference GPU path;
+ *   - attn_wgmma_kernel: the same loop on Hopper's wgmma, two warpgroups of
+ *     64 rows, Q and K (K-major) and V (MN-major) read by the tensor cores
+ *     straight from shared memory, P from registers;
+ *   - attn_ws_kernel (the default): FlashAttention-3's structure, a loading
+ *     warpgroup feeding two computing warpgroups through mbarriers, the
+ *     next tile's Q K^T in flight while this tile's SiLU runs, and the two
+ *     computing warpgroups taking turns on the tensor cores. About 1.8x the
+ *     mma.sync kernel and 1.1x the plain wgmma one (docs/attention_cuda.md).
+ * All keep tiles in shared memory in the 128-byte-swizzled layout that
+ * wgmma reads (64-column blocks, 16-byte chunks XOR the row), loaded with
+ * cp.async. Head widths are padded to 64, 128 or 256 with zero-filled
+ * columns, so any multiple of 16 up to 256 works; Dqk != Dv is padded to
+ * the larger.
+ *
+ * SiLU(x) = h + h tanh(h) with h = x/2, one MUFU op (tanh.approx, relative
+ * error ~2^-11, below the bf16 rounding of P). Time buckets use a table of
+ * the exact bucket boundaries computed from the CPU's attn_time_bucket, so
+ * the GPU's buckets equal the reference's (the test checks the table).
+ */
+#include "kernels/attention_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+#include <stdio.h>
+
+namespace {
+
+constexpr int BN = 64;       /* keys per tile */
+constexpr int BM = 128;      /* query rows per CTA */
+constexpr int NTHREADS = 256;
+constexpr int THR_N = 146;   /* time-bucket boundaries 0..145 (|dt| <= 2^63 gives bucket <= 145) */
+
+/* kThr[b] = the smallest |dt| whose bucket (before the clamp to n_buckets)
+ * is >= b, for b = 1..145; kThr[0] = 0. Generated with attn_time_bucket
+ * (binary search over [1, 2^63]); tests/test_attention_cuda.c checks every
+ * entry against it. Bucket 1 is never reached: |dt| = 2 is already in 2. */
+#define ATTN_THR_TABLE \
+    0ull, 2ull, 2ull, 3ull, 4ull, \
+    5ull, 7ull, 9ull, 12ull, \
+    16ull, 21ull, 28ull, 38ull, \
+    51ull, 68ull, 92ull, 124ull, \
+    167ull, 226ull, 305ull, 412ull, \
+    557ull, 752ull, 1016ull, 1372ull, \
+    1854ull, 2505ull, 3385ull, 4574ull, \
+    6180ull, 8350ull, 11283ull, 15245ull, \
+    20600ull, 27834ull, 37610ull, 50818ull, \
+    68666ull, 92782ull, 125367ull, 169397ull, \
+    228891ull, 309280ull, 417902ull, 564672ull, \
+    762990ull, 1030960ull, 1393042ull, 1882291ull, \
+    2543369ull, 3436624ull, 4643598ull, 6274473ull, \
+    8478127ull, 11455724ull, 15479081ull, 20915478ull, \
+    28261189ull, 38186783ull, 51598337ull, 69720155ull, \
+    94206525ull, 127292737ull, 171999135ull, 232406837ull, \
+    314030289ull, 424320660ull, 573346040ull, 774710524ull, \
+    1046796097ull, 1414440665ull, 1911205440ull, 2582438644ull, \
+    3489415219ull, 4714930440ull, 6370858056ull, 8608362918ull, \
+    11631700390ull, 15716862225ull, 21236771058ull, 28695323438ull, \
+    38773389087ull, 52390965538ull, 70791162047ull, 95653679456ull, \
+    129248145233ull, 174641301215ull, 235976957620ull, 318854269524ull, \
+    430838867570ull, 582153502558ull, 786611250865ull, 1062876470327ull, \
+    1436168615607ull, 1940564449431ull, 2622108811928ull, 3543017921206ull, \
+    4787358912370ull, 6468724083690ull, 8740600409714ull, 11810380924256ull, \
+    15958297031977ull, 21563000024645ull, 29136127064885ull, 39369007066311ull, \
+    53195770115075ull, 71878621509799ull, 97123064840915ull, 131233592491847ull, \
+    177324056098576ull, 239601921079807ull, 323752354013490ull, 437457205087951ull, \
+    591096262037947ull, 798694791013878ull, 1079203862655707ull, 1458230340644293ull, \
+    1970374458392736ull, 2662388374508177ull, 3597444042437669ull, 4860899995802034ull, \
+    6568093482609822ull, 8874869269797366ull, 11991806262278891ull, 16203440643505230ull, \
+    21894240362561062ull, 29583702103771238ull, 39973774639893333ull, 54012937709959404ull, \
+    72982785997608233ull, 98615022211437624ull, 133249539228073673ull, 180048022160609745ull, \
+    243282569468860016ull, 328725680499693217ull, 444177210294627424ull, 600176395848397377ull, \
+    810963952640968128ull, 1095782068459071168ull, 1480630967191749249ull, 2000642394239962496ull, \
+    2703286692174004992ull, 3652706231320924417ull, 4935570781654962689ull, 6668989345994283521ull, \
+    9011200702924931585ull,
+__device__ const unsigned long long kThr[THR_N] = {ATTN_THR_TABLE};
+
+typedef __nv_bfloat16 bf16;
+
+/* ---- small device helpers ---------------------------------------------- */
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared; zero-fills the destination when !pred (src is
+ * then not read, but must still be a valid address). */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool pred)
+{
+    const int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+/* Makes this thread's completed shared-memory writes visible to the async
+ * proxy (wgmma reads shared memory through it). */
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+/* c += a * b, m16n8k16, bf16 inputs, fp32 accumulators. */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float tanh_approx(float x)
+{
+    float y;
+    asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* Two floats to a bf16x2 register, lo in the low half (round to nearest). */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* Byte offset of 16-byte chunk ch of row r in a [ROWS][D] bf16 tile stored
+ * as D/64 column blocks of ROWS x 128 bytes, the chunk index XOR (r % 8):
+ * wgmma's 128-byte swizzle, and conflict-free for ldmatrix too. Tiles
+ * start 1024-byte aligned. */
+template <int ROWS> __device__ __forceinline__ uint32_t tile_off(int r, int ch)
+{
+    return (uint32_t)((ch >> 3) * (ROWS * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+}
+
+/* ---- the block's rows and key tiles ------------------------------------ */
+
+struct Blk {
+    attn_cuda_seq s;
+    int h;
+    int r0, nr;        /* first computed row of the block (0-based in the call's rows), row count */
+    int qv0, qv1;      /* virtual index of the block's first and last row */
+    int hist_end;      /* history keys [0, hist_end) are visited */
+    int nh, cand_lo;   /* history tiles; first candidate key visited */
+    int nt;            /* tiles in all */
+
+    __device__ int k0(int t) const { return t < nh ? t * BN : cand_lo + (t - nh) * BN; }
+    __device__ int kend(int t) const { return t < nh ? hist_end : qv1 + 1; }
+    /* False only when every key of the tile is visible from every row. */
+    __device__ bool masked(int t) const { return t >= nh || t * BN + BN - 1 > qv0 || t * BN + BN > hist_end; }
+};
+
+/* Fills k for this CTA; false when the CTA has no rows (grid padding).
+ * Grid: x = (sequence, head) pair, y = rank of the row block, heaviest
+ * first (rank 0 = the sequence's last row block, which sees the most keys),
+ * so CTAs start in order of decreasing work across the whole batch. */
+__device__ __forceinline__ bool blk_init(Blk &k, const attn_cuda_params &p)
+{
+    const int b = blockIdx.x / p.H;
+    k.h = blockIdx.x - b * p.H;
+    k.s = p.seqs[b];
+    const int rows = k.s.hist - k.s.c + k.s.cand;
+    const int nmb = (rows + BM - 1) / BM;
+    if ((int)blockIdx.y >= nmb)
+        return false;
+    const int m = nmb - 1 - (int)blockIdx.y;
+    k.r0 = m * BM;
+    k.nr = min(BM, rows - k.r0);
+    k.qv0 = k.s.c + k.r0;
+    k.qv1 = k.qv0 + k.nr - 1;
+    k.hist_end = min(k.s.hist, k.qv1 + 1);
+    k.nh = (k.hist_end + BN - 1) / BN;
+    k.cand_lo = max(k.qv0, k.s.hist);
+    const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0;
+    k.nt = k.nh + nc;
+    return true;
+}
+
+/* ---- tile loads (cp.async, zero-filled outside the data) --------------- */
+
+template <int D, int NT>
+__device__ __forceinline__ void load_q(uint32_t sq, const attn_cuda_params &p, const Blk &k, int tid)
+{
+    constexpr int CPR = D / 8; /* 16-byte chunks per row */
+    const int ch = tid % CPR;
+    const bool col_ok = ch * 8 < p.Dqk;
+    const bf16 *q = static_cast<const bf16 *>(p.q);
+    const bf16 *base = q + (size_t)(k.s.q0 + k.r0) * p.ld_qkv + (size_t)k.h * p.Dqk + ch * 8;
+#pragma unroll 4
+    for (int r = tid / CPR; r < BM; r += NT / CPR) {
+        const bool ok = col_ok && r < k.nr;
+        cp_async16(sq + tile_off<BM>(r, ch), ok ? base + (size_t)r * p.ld_qkv : q, ok);
+    }
+}
+
+/* Key rows [k0, k0 + BN) of K (into sk) and/or V (into sv); rows >= kend
+ * are zero. History rows below paged come from the page pool. A tile
+ * wholly past the pages (the common case) steps one row stride at a time. */
+template <int D, bool LOAD_K, bool LOAD_V, int NT>
+__device__ __forceinline__ void load_kv(uint32_t sk, uint32_t sv, const attn_cuda_params &p, const Blk &k, int k0,
+                                        int kend, int tid)
+{
+    constexpr int CPR = D / 8;
+    constexpr int RSTEP = NT / CPR; /* rows apart of one thread's chunks */
+    const int ch = tid % CPR, r0 = tid / CPR;
+    const bool kcol = ch * 8 < p.Dqk, vcol = ch * 8 < p.Dv;
+    const bf16 *K = static_cast<const bf16 *>(p.k), *V = static_cast<const bf16 *>(p.v);
+    if (k0 >= k.s.paged) {
+        const size_t row0 = (size_t)(k.s.q0 + k0 - k.s.c + r0) * p.ld_qkv;
+        const bf16 *kp = K + row0 + (size_t)k.h * p.Dqk + ch * 8;
+        const bf16 *vp = V + row0 + (size_t)k.h * p.Dv + ch * 8;
+        const size_t step = (size_t)RSTEP * p.ld_qkv;
+        const int nvalid = kend - k0;
+#pragma unroll
+        for (int i = 0; i < BN / RSTEP; i++) {
+            const int r = r0 + i * RSTEP;
+            const bool ok = r < nvalid;
+            if (LOAD_K)
+                cp_async16(sk + tile_off<BN>(r, ch), ok ? kp + i * step : K, ok && kcol);
+            if (LOAD_V)
+                cp_async16(sv + tile_off<BN>(r, ch), ok ? vp + i * step : V, ok && vcol);
+        }
+        return;
+    }
+#pragma unroll 4
+    for (int r = r0; r < BN; r += RSTEP) {
+        const int jv = k0 + r;
+        const bool ok = jv < kend;
+        const bf16 *kp = K, *vp = V; /* valid dummies for zero-filled chunks */
+        if (ok) {
+            if (jv < k.s.paged) {
+                const int pi = jv / p.page_size;
+                const int slot = jv - pi * p.page_size;
+                const bf16 *page =
+                    static_cast<const bf16 *>(p.pages) + (size_t)p.page_table[k.s.page0 + pi] * p.page_elems;
+                kp = page + p.k_off + (size_t)slot * p.H * p.Dqk + (size_t)k.h * p.Dqk + ch * 8;
+                vp = page + p.v_off + (size_t)slot * p.H * p.Dv + (size_t)k.h * p.Dv + ch * 8;
+            } else {
+                const size_t row = (size_t)(k.s.q0 + jv - k.s.c) * p.ld_qkv;
+                kp = K + row + (size_t)k.h * p.Dqk + ch * 8;
+                vp = V + row + (size_t)k.h * p.Dv + ch * 8;
+            }
+        }
+        if (LOAD_K)
+            cp_async16(sk + tile_off<BN>(r, ch), kp, ok && kcol);
+        if (LOAD_V)
+            cp_async16(sv + tile_off<BN>(r, ch), vp, ok && vcol);
+    }
+}
+
+/* ---- scores -> weights -------------------------------------------------- */
+
+/* What the bias needs, per CTA. */
+struct Rab {
+    const float *pos_w, *ts_w;
+    const int64_t *ts; /* this sequence's timestamps */
+    int64_t ts_q;
+    int N, n_buckets, hist;
+    const unsigned long long *thr; /* kThr, copied to shared memory */
+};
+
+/* Bucket of |dt| = a: a float estimate, then the exact boundaries. */
+__device__ __forceinline__ int time_bucket(unsigned long long a, const Rab &rb)
+{
+    int b = 0;
+    if (a >= 2)
+        b = min((int)(__log2f((float)a) * 2.3028141f), THR_N - 1); /* ln 2 / 0.301 */
+    while (b < THR_N - 1 && a >= rb.thr[b + 1])
+        b++;
+    while (b > 0 && a < rb.thr[b])
+        b--;
+    return min(b, rb.n_buckets);
+}
+
+/* ts_next of the row at virtual index qv (a candidate sits at hist). */
+__device__ __forceinline__ int64_t ts_next(const Rab &rb, int qv)
+{
+    const int i = min(qv, rb.hist);
+    return i < rb.hist - 1 ? rb.ts[i + 1] : rb.ts_q;
+}
+
+/* s: a thread's NB x 4 accumulator fragment of a (rows x 64 keys) score tile
+ * in the mma/wgmma layout: s[4j + 2r + c] is row qv[r], key colbase + 8j + c.
+ * Replaces each score by its weight SiLU(alpha s + rab) (times N: O is
+ * divided by N once at the end), or, when MASKED, 0 where the key is not
+ * visible. Tiles that every row sees whole take MASKED = false. */
+template <int NB, bool RAB, bool MASKED>
+__device__ __forceinline__ void hstu_weights(float *s, const int (&qv)[2], const int64_t (&tsn)[2], int colbase,
+                                             int kend, int hist, float half_alpha, const Rab &rb)
+{
+    /* Row r sees keys jv < lim[r] (history, causal, loaded) and its own
+     * column jv == self[r] if it is a candidate (-1 otherwise). */
+    int lim[2] = {0, 0}, self[2] = {-1, -1};
+    if (MASKED)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            lim[r] = min(kend, min(hist, qv[r] + 1));
+            self[r] = qv[r] >= hist && qv[r] < kend ? qv[r] : -1;
+        }
+#pragma unroll
+    for (int j = 0; j < NB; j++) {
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            const int jv = colbase + 8 * j + c;
+            int64_t tj = 0;
+            if (RAB)
+                tj = jv < hist ? rb.ts[jv] : rb.ts_q;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float h = s[4 * j + 2 * r + c] * half_alpha;
+                if (RAB) {
+                    const int rel = min(max(min(jv, hist) - min(qv[r], hist), 1 - rb.N), rb.N - 1);
+                    const unsigned long long dt = (unsigned long long)tsn[r] - (unsigned long long)tj;
+                    const unsigned long long a = (long long)dt < 0 ? 0ull - dt : dt;
+                    const float bias = __ldg(rb.pos_w + rb.N - 1 + rel) + __ldg(rb.ts_w + time_bucket(a, rb));
+                    h = fmaf(bias, 0.5f, h);
+                }
+                float y = fmaf(h, tanh_approx(h), h); /* SiLU(2h) */
+                if (MASKED)
+                    y = jv < lim[r] || jv == self[r] ? y : 0.0f;
+                s[4 * j + 2 * r + c] = y;
+            }
+        }
+    }
+}
+
+/* hstu_weights for tile t of block k. */
+template <int NB, bool RAB>
+__device__ __forceinline__ void tile_weights(float *s, const Blk &k, int t, const int (&qv)[2],
+                                             const int64_t (&tsn)[2], int t4, float half_alpha, const Rab &rb)
+{
+    if (k.masked(t))
+        hstu_weights<NB, RAB, true>(s, qv, tsn, k.k0(t) + 2 * t4, k.kend(t), k.s.hist, half_alpha, rb);
+    else
+        hstu_weights<NB, RAB, false>(s, qv, tsn, k.k0(t) + 2 * t4, k.kend(t), k.s.hist, half_alpha, rb);
+}
+
+/* The weights as bf16 pairs, pk[2j + r] = (s[4j + 2r], s[4j + 2r + 1]).
+ * For a 64-key tile pk[4kk .. 4kk+3] is then the A fragment of k-step kk
+ * (keys 16kk..16kk+15) of the P V product, for mma.sync and wgmma alike. */
+template <int NB> __device__ __forceinline__ void pack_p(uint32_t *pk, const float *s)
+{
+#pragma unroll
+    for (int i = 0; i < 2 * NB; i++)
+        pk[i] = pack_bf16(s[2 * i], s[2 * i + 1]);
+}
+
+/* Writes a thread's O fragment (NB x 4, same layout as s) times inv_n as
+ * bf16: rows lr[0], lr[1] of the block, columns 8j + 2 t4 (+1). */
+template <int NB>
+__device__ __forceinline__ void store_o(const float *o, const attn_cuda_params &p, const Blk &k, const int (&lr)[2],
+                                        int t4)
+{
+    const float inv_n = 1.0f / (float)p.N;
+    bf16 *out = static_cast<bf16 *>(p.out) + (size_t)(k.s.q0 + k.r0) * p.ld_out + (size_t)k.h * p.Dv;
+#pragma unroll
+    for (int j = 0; j < NB; j++) {
+        const int col = 8 * j + 2 * t4;
+        if (col < p.Dv) {
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                if (lr[r] < k.nr)
+                    *reinterpret_cast<uint32_t *>(out + (size_t)lr[r] * p.ld_out + col) =
+                        pack_bf16(o[4 * j + 2 * r] * inv_n, o[4 * j + 2 * r + 1] * inv_n);
+        }
+    }
+}
+
+__device__ __forceinline__ void rab_init(Rab &rb, const attn_cuda_params &p, const Blk &k,
+                                         unsigned long long *s_thr)
+{
+    for (int i = threadIdx.x; i < THR_N; i += NTHREADS)
+        s_thr[i] = kThr[i];
+    rb.pos_w = p.pos_w;
+    rb.ts_w = p.ts_w;
+    rb.ts = p.ts + k.s.ts0;
+    rb.ts_q = k.s.ts_q;
+    rb.N = p.N;
+    rb.n_buckets = p.n_buckets;
+    rb.hist = k.s.hist;
+    rb.thr = s_thr;
+}
+
+/* Dynamic shared memory of both kernels: Q, two K and two V tiles, plus
+ * slack to align the start to 1024 bytes (the swizzle's period). */
+template <int D> constexpr int smem_bytes() { return 2 * D * (BM + 4 * BN) + 1024; }
+
+/* ---- kernel 1: mma.sync ------------------------------------------------- */
+
+template <int D, bool RAB>
+__global__ void __launch_bounds__(NTHREADS, 1) attn_mma_kernel(const attn_cuda_params p)
+{
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ unsigned long long s_thr[THR_N];
+    Blk k;
+    if (!blk_init(k, p))
+        return;
+    const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t sK = sQ + BM * D * 2, sV = sK + 2 * BN * D * 2; /* two buffers each */
+    constexpr uint32_t KV_BYTES = BN * D * 2;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const int lr[2] = {warp * 16 + g, warp * 16 + g + 8};
+    const int qv[2] = {k.qv0 + lr[0], k.qv0 + lr[1]};
+    Rab rb = {};
+    int64_t tsn[2] = {0, 0};
+    if (RAB) {
+        rab_init(rb, p, k, s_thr);
+        tsn[0] = ts_next(rb, qv[0]);
+        tsn[1] = ts_next(rb, qv[1]);
+    }
+    const float half_alpha = 0.5f * p.alpha;
+
+    load_q<D, NTHREADS>(sQ, p, k, threadIdx.x);
+    load_kv<D, true, true, NTHREADS>(sK, sV, p, k, k.k0(0), k.kend(0), threadIdx.x);
+    cp_async_commit();
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++)
+        o[i] = 0.0f;
+
+    for (int t = 0; t < k.nt; t++) {
+        const uint32_t kb = sK + (t & 1) * KV_BYTES, vb = sV + (t & 1) * KV_BYTES;
+        if (t + 1 < k.nt)
+            load_kv<D, true, true, NTHREADS>(sK + ((t + 1) & 1) * KV_BYTES, sV + ((t + 1) & 1) * KV_BYTES, p, k,
+                                             k.k0(t + 1), k.kend(t + 1), threadIdx.x);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+
+        float s[BN / 2];
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++)
+            s[i] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t a[4];
+            ldsm_x4(a, sQ + tile_off<BM>(warp * 16 + (lane & 15), 2 * kk + (lane >> 4)));
+#pragma unroll
+            for (int nb2 = 0; nb2 < BN / 16; nb2++) {
+                uint32_t b[4];
+                ldsm_x4(b, kb + tile_off<BN>(16 * nb2 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
+                mma_bf16(&s[8 * nb2], a, b[0], b[1]);
+                mma_bf16(&s[8 * nb2 + 4], a, b[2], b[3]);
+            }
+        }
+
+        tile_weights<BN / 8, RAB>(s, k, t, qv, tsn, t4, half_alpha, rb);
+        uint32_t pk[BN / 4];
+        pack_p<BN / 8>(pk, s);
+
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const uint32_t a[4] = {pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]};
+#pragma unroll
+            for (int nb2 = 0; nb2 < D / 16; nb2++) {
+                uint32_t b[4];
+                ldsm_x4_t(b, vb + tile_off<BN>(16 * kk + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * nb2 + (lane >> 4)));
+                mma_bf16(&o[8 * nb2], a, b[0], b[1]);
+                mma_bf16(&o[8 * nb2 + 4], a, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    store_o<D / 8>(o, p, k, lr, t4);
+}
+
+/* ---- kernel 2: wgmma ---------------------------------------------------- */
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wg_wait()
+{
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* Keeps the compiler from moving reads or writes of r across this point
+ * (accumulators that an in-flight wgmma owns). */
+template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+f"(r[i])::"memory");
+}
+/* The same for A fragments: keeps them live (unclobbered) until here. */
+__device__ __forceinline__ void fence_frags(uint32_t (&r)[16])
+{
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        asm volatile("" : "+r"(r[i])::"memory");
+}
+
+/* Shared-memory matrix descriptor, 128-byte swizzle. For K-major operands
+ * sbo is the distance between 8-row groups (lbo unused); for the MN-major V,
+ * lbo is the distance between 64-column blocks and sbo between 8-key groups. */
+__device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo)
+{
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+/* wgmma wrappers: PTX names every accumulator register, so each shape is
+ * spelled out (m64n64k16 with both operands in shared memory; m64nNk16 with
+ * A in registers and B = V transposed, N = 64, 128, 256). */
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t *a, uint64_t db)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t *a, uint64_t db)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+        "}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+__device__ __forceinline__ void wgmma_m64n256k16_rs(float (&d)[128], const uint32_t *a, uint64_t db)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+        "}, "
+        "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
+          "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
+          "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),
+          "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+template <int N> struct Rs;
+template <> struct Rs<64> {
+    static __device__ __forceinline__ void run(float (&d)[32], const uint32_t *a, uint64_t db)
+    {
+        wgmma_m64n64k16_rs(d, a, db);
+    }
+};
+template <> struct Rs<128> {
+    static __device__ __forceinline__ void run(float (&d)[64], const uint32_t *a, uint64_t db)
+    {
+        wgmma_m64n128k16_rs(d, a, db);
+    }
+};
+template <> struct Rs<256> {
+    static __device__ __forceinline__ void run(float (&d)[128], const uint32_t *a, uint64_t db)
+    {
+        wgmma_m64n256k16_rs(d, a, db);
+    }
+};
+
+/* s = Q_wg K^T: this warpgroup's 64 rows against the tile's 64 keys. */
+template <int D> __device__ __forceinline__ void wg_qk(float (&s)[32], uint32_t sq_wg, uint32_t sk)
+{
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const uint64_t da = gmma_desc(sq_wg + (kk >> 2) * (BM * 128) + (kk & 3) * 32, 16, 1024);
+        const uint64_t db = gmma_desc(sk + (kk >> 2) * (BN * 128) + (kk & 3) * 32, 16, 1024);
+        wgmma_m64n64k16_ss(s, da, db, kk > 0);
+    }
+}
+
+/* o += P V: P from registers (4 k-steps of 16 keys), V MN-major. */
+template <int D> __device__ __forceinline__ void wg_pv(float (&o)[D / 2], const uint32_t (&pf)[16], uint32_t sv)
+{
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++)
+        Rs<D>::run(o, pf + 4 * kk, gmma_desc(sv + kk * 16 * 128, BN * 128, 1024));
+}
+
+template <int D, bool RAB>
+__global__ void __launch_bounds__(NTHREADS, 1) attn_wgmma_kernel(const attn_cuda_params p)
+{
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ unsigned long long s_thr[THR_N];
+    Blk k;
+    if (!blk_init(k, p))
+        return;
+    const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t sK = sQ + BM * D * 2, sV = sK + 2 * BN * D * 2;
+    constexpr uint32_t KV_BYTES = BN * D * 2;
+
+    const int wg = threadIdx.x / 128, ww = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4;
+    const int lr[2] = {64 * wg + 16 * ww + g, 64 * wg + 16 * ww + g + 8};
+    const int qv[2] = {k.qv0 + lr[0], k.qv0 + lr[1]};
+    const uint32_t sQw = sQ + wg * 64 * 128; /* this warpgroup's rows in each column block */
+    Rab rb = {};
+    int64_t tsn[2] = {0, 0};
+    if (RAB) {
+        rab_init(rb, p, k, s_thr);
+        tsn[0] = ts_next(rb, qv[0]);
+        tsn[1] = ts_next(rb, qv[1]);
+    }
+    const float half_alpha = 0.5f * p.alpha;
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++)
+        o[i] = 0.0f;
+    float s[32];
+    uint32_t pf[16]; /* the tile's weights as A fragments */
+
+    /* Iteration t: wait for tile t, start S = Q K^T, load tile t+1 into the
+     * other buffers (free: iteration t-1 finished with them before the
+     * barrier) while it runs, then the weights and O += P V. */
+    load_q<D, NTHREADS>(sQ, p, k, threadIdx.x);
+    load_kv<D, true, true, NTHREADS>(sK, sV, p, k, k.k0(0), k.kend(0), threadIdx.x);
+    cp_async_commit();
+    for (int t = 0; t < k.nt; t++) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+
+        wg_fence();
+        wg_qk<D>(s, sQw, sK + (t & 1) * KV_BYTES);
+        wg_commit();
+        if (t + 1 < k.nt) {
+            load_kv<D, true, true, NTHREADS>(sK + ((t + 1) & 1) * KV_BYTES, sV + ((t + 1) & 1) * KV_BYTES, p, k,
+                                             k.k0(t + 1), k.kend(t + 1), threadIdx.x);
+            cp_async_commit();
+        }
+        wg_wait<0>();
+        fence_regs(s);
+        tile_weights<8, RAB>(s, k, t, qv, tsn, t4, half_alpha, rb);
+        pack_p<8>(pf, s);
+        wg_fence();
+        wg_pv<D>(o, pf, sV + (t & 1) * KV_BYTES);
+        wg_commit();
+        wg_wait<0>();
+        fence_regs(o);
+    }
+    store_o<D / 8>(o, p, k, lr, t4);
+}
+
+/* ---- kernel 3: warp-specialized wgmma ------------------------------------ */
+
+/* mbarriers (shared::cta) and named barriers. */
+__device__ __forceinline__ void mbar_init(uint32_t a, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t a)
+{
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a) : "memory");
+}
+/* Arrives once all of this thread's earlier cp.async copies have landed. */
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
+/* Waits for the completion of the barrier's phase of the given parity. */
+__device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t parity)
+{
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(a), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ void bar_sync(int id, int n)
+{
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int n)
+{
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+template <int N> __device__ __forceinline__ void reg_dealloc()
+{
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void reg_alloc()
+{
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+constexpr int WS_THREADS = 384; /* a loading warpgroup + two computing warpgroups */
+constexpr int WS_PRODUCER_REGS = 56, WS_CONSUMER_REGS = 224; /* 128 x 56 + 256 x 224 = 384 x 168 */
+
+/* Buffers of the warp-specialized kernel after Q: WS_KS K tiles and WS_VS
+ * V tiles, 224 KB at D 256 (the limit is 227 KB). The third V buffer gave
+ * 3% at D 256 and 11% at D 128 over two; deeper buffers at D <= 128 (3 K
+ * and 4 V, 4 K and 6 V) gave nothing more (docs/attention_cuda.md). */
+constexpr int WS_KS = 2, WS_VS = 3;
+template <int D> constexpr int ws_smem_bytes() { return 2 * D * (BM + (WS_KS + WS_VS) * BN) + 1024; }
+
+/* FlashAttention-3's structure. Warpgroup 0 only loads: Q, then for each
+ * tile K into buffer t % KS and V into buffer t % VS, with cp.async, each
+ * buffer's mbarrier completing when every loading thread's copies have
+ * landed; a buffer is reused once the computing warps have released it.
+ * Warpgroups 1 and 2 only compute, 64 rows each: tile t+1's S = Q K^T and
+ * tile t's O += P V are issued together and tile t+1's weights computed
+ * while they run; a K (V) buffer is released as soon as the Q K^T (P V)
+ * that read it is done. The two computing warpgroups take turns at issuing
+ * their products (named barriers 1 and 2), so that one's SiLU runs while
+ * the other's products keep the tensor cores busy. Registers move from the
+ * loader to the computing warpgroups with setmaxnreg. */
+template <int D, bool RAB>
+__global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_params p)
+{
+    constexpr int KS = WS_KS, VS = WS_VS;
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ unsigned long long s_thr[THR_N];
+    __shared__ __align__(8) uint64_t bars[1 + 2 * (KS + VS)];
+    Blk k;
+    if (!blk_init(k, p))
+        return;
+    const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t sK = sQ + BM * D * 2, sV = sK + KS * BN * D * 2;
+    constexpr uint32_t KV_BYTES = BN * D * 2;
+    const uint32_t qfull = smem_u32(&bars[0]);
+    auto kfull = [&](int i) { return qfull + 8u * (1 + i); };
+    auto kempty = [&](int i) { return qfull + 8u * (1 + KS + i); };
+    auto vfull = [&](int i) { return qfull + 8u * (1 + 2 * KS + i); };
+    auto vempty = [&](int i) { return qfull + 8u * (1 + 2 * KS + VS + i); };
+    if (threadIdx.x == 0) {
+        mbar_init(qfull, 128);
+        for (int i = 0; i < KS; i++) {
+            mbar_init(kfull(i), 128); /* every loading thread's copies */
+            mbar_init(kempty(i), 8);  /* every computing warp */
+        }
+        for (int i = 0; i < VS; i++) {
+            mbar_init(vfull(i), 128);
+            mbar_init(vempty(i), 8);
+        }
+    }
+    Rab rb = {};
+    if (RAB)
+        rab_init(rb, p, k, s_thr);
+    __syncthreads();
+
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+        /* Use u of a buffer waits for the release of use u-1 (phase u-1). */
+        reg_dealloc<WS_PRODUCER_REGS>();
+        const int tid = threadIdx.x;
+        load_q<D, 128>(sQ, p, k, tid);
+        mbar_arrive_cp_async(qfull);
+        for (int t = 0; t < k.nt; t++) {
+            const int kb = t % KS, vb = t % VS;
+            if (t >= KS)
+                mbar_wait(kempty(kb), (t / KS - 1) & 1);
+            load_kv<D, true, false, 128>(sK + kb * KV_BYTES, 0, p, k, k.k0(t), k.kend(t), tid);
+            mbar_arrive_cp_async(kfull(kb));
+            if (t >= VS)
+                mbar_wait(vempty(vb), (t / VS - 1) & 1);
+            load_kv<D, false, true, 128>(0, sV + vb * KV_BYTES, p, k, k.k0(t), k.kend(t), tid);
+            mbar_arrive_cp_async(vfull(vb));
+        }
+        return;
+    }
+
+    reg_alloc<WS_CONSUMER_REGS>();
+    const int cw = wg - 1, ww = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4;
+    const bool lead = lane == 0;
+    const int lr[2] = {64 * cw + 16 * ww + g, 64 * cw + 16 * ww + g + 8};
+    const int qv[2] = {k.qv0 + lr[0], k.qv0 + lr[1]};
+    const uint32_t sQw = sQ + cw * 64 * 128;
+    int64_t tsn[2] = {0, 0};
+    if (RAB) {
+        tsn[0] = ts_next(rb, qv[0]);
+        tsn[1] = ts_next(rb, qv[1]);
+    }
+    const float half_alpha = 0.5f * p.alpha;
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++)
+        o[i] = 0.0f;
+    float s[32];
+    uint32_t pf[16]; /* the weights of the tile whose P V is next, as A fragments */
+    /* Turns: warpgroup cw issues after bar_sync(1 + cw), then lets the
+     * other go with bar_arrive(2 - cw); warpgroup 1 lets 0 go first. Each
+     * issues nt + 1 times, so 1 skips its last bar_arrive. */
+    if (cw == 1)
+        bar_arrive(1, 256);
+
+    /* cp.async writes through the generic proxy and wgmma reads through the
+     * async one: after acquiring a buffer, a proxy fence before the reads. */
+    mbar_wait(qfull, 0);
+    mbar_wait(kfull(0), 0);
+    fence_proxy_async();
+    bar_sync(1 + cw, 256);
+    wg_fence();
+    wg_qk<D>(s, sQw, sK);
+    wg_commit();
+    bar_arrive(2 - cw, 256);
+    wg_wait<0>();
+    if (lead)
+        mbar_arrive(kempty(0));
+    fence_regs(s);
+    tile_weights<8, RAB>(s, k, 0, qv, tsn, t4, half_alpha, rb);
+    pack_p<8>(pf, s);
+
+    for (int t = 0; t + 1 < k.nt; t++) {
+        const int kb = (t + 1) % KS, vb = t % VS;
+        mbar_wait(kfull(kb), ((t + 1) / KS) & 1);
+        mbar_wait(vfull(vb), (t / VS) & 1);
+        fence_proxy_async();
+        bar_sync(1 + cw, 256);
+        wg_fence();
+        wg_qk<D>(s, sQw, sK + kb * KV_BYTES);
+        wg_commit();
+        wg_pv<D>(o, pf, sV + vb * KV_BYTES);
+        wg_commit();
+        bar_arrive(2 - cw, 256);
+        wg_wait<1>();
+        if (lead)
+            mbar_arrive(kempty(kb));
+        fence_regs(s);
+        tile_weights<8, RAB>(s, k, t + 1, qv, tsn, t4, half_alpha, rb);
+        wg_wait<0>();
+        if (lead)
+            mbar_arrive(vempty(vb));
+        fence_regs(o);
+        fence_frags(pf);
+        pack_p<8>(pf, s);
+    }
+    const int vb = (k.nt - 1) % VS;
+    mbar_wait(vfull(vb), ((k.nt - 1) / VS) & 1);
+    fence_proxy_async();
+    bar_sync(1 + cw, 256);
+    wg_fence();
+    wg_pv<D>(o, pf, sV + vb * KV_BYTES);
+    wg_commit();
+    if (cw == 0)
+        bar_arrive(2 - cw, 256);
+    wg_wait<0>();
+    fence_regs(o);
+    store_o<D / 8>(o, p, k, lr, t4);
+}
+
+} /* namespace */
+
+/* ---- host side ---------------------------------------------------------- */
+
+/* The kernel attn_fwd_cuda runs unless a test forces another. */
+#define ATTN_CUDA_KERNEL_DEFAULT ATTN_CUDA_KERNEL_WS
+
+static int g_forced_kernel = ATTN_CUDA_KERNEL_AUTO;
+
+extern "C" void attn_cuda_force_kernel(int kind) { g_forced_kernel = kind; }
+
+extern "C" int attn_cuda_time_thresholds(uint64_t *thr, int n)
+{
+    static const uint64_t host_thr[THR_N] = {ATTN_THR_TABLE};
+    for (int i = 0; i < n && i < THR_N; i++)
+        thr[i] = host_thr[i];
+    return THR_N;
+}
+
+extern "C" bool attn_cuda_device_present(char *why, size_t n)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        snprintf(why, n, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "count is 0");
+        cudaGetLastError(); /* clear the sticky-free error so later calls start clean */
+        return false;
+    }
+    int dev = 0, major = 0, minor = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (major != 9 || minor != 0) {
+        snprintf(why, n, "device %d is sm_%d%d; this build holds sm_90a code only (H100/H200)", dev, major, minor);
+        return false;
+    }
+    return true;
+}
+
+extern "C" bool attn_cuda_supported(int Dqk, int Dv, char *why, size_t n)
+{
+    if (Dqk < 16 || Dqk > 256 || Dqk % 16 || Dv < 16 || Dv > 256 || Dv % 16) {
+        snprintf(why, n, "attention on CUDA needs Dqk and Dv multiples of 16 in [16, 256], got Dqk %d, Dv %d", Dqk,
+                 Dv);
+        return false;
+    }
+    return true;
+}
+
+typedef void (*attn_kernel_fn)(attn_cuda_params);
+
+/* The kernel of `kind` for padded width D, its dynamic shared memory and
+ * threads per CTA. */
+template <int D> static attn_kernel_fn pick_kernel(int kind, bool rab, int *smem, int *threads)
+{
+    *threads = NTHREADS;
+    *smem = smem_bytes<D>();
+    switch (kind) {
+    case ATTN_CUDA_KERNEL_MMA:
+        return rab ? attn_mma_kernel<D, true> : attn_mma_kernel<D, false>;
+    case ATTN_CUDA_KERNEL_WGMMA:
+        return rab ? attn_wgmma_kernel<D, true> : attn_wgmma_kernel<D, false>;
+    default:
+        *threads = WS_THREADS;
+        *smem = ws_smem_bytes<D>();
+        return rab ? attn_ws_kernel<D, true> : attn_ws_kernel<D, false>;
+    }
+}
+
+static bool aligned(const void *ptr, size_t a) { return ((uintptr_t)ptr & (a - 1)) == 0; }
+
+extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
+{
+    char why[160];
+    if (!p || p->B < 0 || p->H < 1 || p->N < 1 || !attn_cuda_supported(p->Dqk, p->Dv, why, sizeof why))
+        return (int)cudaErrorInvalidValue;
+    if (p->B == 0 || p->max_rows <= 0)
+        return (int)cudaSuccess;
+    /* 16-byte row chunks (cp.async) and 4-byte output pairs. */
+    if (!p->seqs || !p->q || !p->k || !p->v || !p->out || !aligned(p->q, 16) || !aligned(p->k, 16) ||
+        !aligned(p->v, 16) || p->ld_qkv % 8 || !aligned(p->out, 4) || p->ld_out % 2)
+        return (int)cudaErrorInvalidValue;
+    if (p->pages && (!aligned(p->pages, 16) || !p->page_table || p->page_size < 1 || p->page_elems % 8 ||
+                     p->k_off % 8 || p->v_off % 8))
+        return (int)cudaErrorInvalidValue;
+    const bool rab = p->pos_w != NULL;
+    if (rab && (!p->ts_w || !p->ts || p->n_buckets < 0))
+        return (int)cudaErrorInvalidValue;
+    const long long rb = ((long long)p->max_rows + BM - 1) / BM; /* row blocks: grid y */
+    if (rb > 65535 || (long long)p->B * p->H > 0x7fffffffLL)
+        return (int)cudaErrorInvalidValue;
+
+    const int d = p->Dqk > p->Dv ? p->Dqk : p->Dv;
+    const int kind = g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
+    int smem, threads;
+    attn_kernel_fn fn = d <= 64    ? pick_kernel<64>(kind, rab, &smem, &threads)
+                        : d <= 128 ? pick_kernel<128>(kind, rab, &smem, &threads)
+                                   : pick_kernel<256>(kind, rab, &smem, &threads);
+    cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess)
+        return (int)e;
+    fn<<<dim3((unsigned)(p->B * p->H), (unsigned)rb), threads, smem, (cudaStream_t)stream>>>(*p);
+    return (int)cudaGetLastError();
+}

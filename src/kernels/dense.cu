@@ -1,0 +1,480 @@
+/* dense.cu - the row-wise ops of an HSTU layer and head on NVIDIA GPUs.
+ *
+ * See dense_cuda.h for the contracts. Every op is memory bound, so the
+ * design is about bytes: one warp per row, the row held in registers (each
+ * lane owns chunks of 8 consecutive elements, chunk = lane + 32 * i, so a
+ * warp's access is 32 consecutive 16-byte pieces), the statistics taken from
+ * registers in two passes (mean, then the centred variance: no E[x^2] -
+ * mean^2 cancellation), one read and one write per element. Shapes the
+ * vector path cannot take (width not a multiple of 8, more than 2048
+ * elements, rows not 16-byte aligned) use a scalar path that reads the row
+ * from memory once per pass; it exists for small odd models, not for speed.
+ */
+#include "kernels/dense_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#define ROWS_PER_BLOCK 8 /* warps per block, one row each */
+#define VEC 8            /* elements per 16-byte bf16 access */
+#define MAX_NC 8         /* chunks per lane on the register path: rows up to 2048 */
+
+/* ---- helpers ------------------------------------------------------------ */
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float bf2f(bf16_t b) { return __uint_as_float((uint32_t)b << 16); }
+
+__device__ __forceinline__ bf16_t f2bf(float f)
+{
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+
+__device__ __forceinline__ void load8(const float *p, float v[VEC])
+{
+    float4 a = *reinterpret_cast<const float4 *>(p);
+    float4 b = *reinterpret_cast<const float4 *>(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+__device__ __forceinline__ void load8(const bf16_t *p, float v[VEC])
+{
+    uint4 q = *reinterpret_cast<const uint4 *>(p);
+    uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ void store8(bf16_t *p, const float v[VEC])
+{
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        w[i] = (uint32_t)f2bf(v[2 * i]) | ((uint32_t)f2bf(v[2 * i + 1]) << 16);
+    *reinterpret_cast<uint4 *>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+__device__ __forceinline__ void store8(float *p, const float v[VEC])
+{
+    *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4 *>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+/* SiLU with the fast divide: |error| ~1e-7 relative, far below bf16's 4e-3;
+ * for v < -87, exp overflows to inf and the quotient is -0, as it should. */
+__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* The register path needs whole 16-byte chunks: width and every row stride
+ * multiples of 8 elements, base pointers 16-byte aligned, and the row short
+ * enough for MAX_NC chunks per lane. Returns the chunks per lane (a power of
+ * two), or 0 for the scalar path. */
+static int vec_chunks(int width, int ld0, int ld1, const void *p0, const void *p1)
+{
+    if (width % VEC || ld0 % VEC || ld1 % VEC || !aligned16(p0) || !aligned16(p1))
+        return 0;
+    int per_lane = (width / VEC + 31) / 32;
+    for (int nc = 1; nc <= MAX_NC; nc *= 2)
+        if (per_lane <= nc)
+            return nc;
+    return 0;
+}
+
+static int finish(void) { return (int)cudaGetLastError(); }
+
+static dim3 row_grid(int rows) { return dim3((unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK)); }
+
+/* Zeroes columns [width, ld) of one bf16 row (the GEMMs' K padding). */
+__device__ __forceinline__ void zero_pad(bf16_t *y, int width, int ld, int lane)
+{
+    for (int c = width + lane; c < ld; c += 32)
+        y[c] = 0;
+}
+
+/* ---- embedding ---------------------------------------------------------- */
+
+__global__ void embed_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows,
+                             const bf16_t *pos_table, int ld_pos, const int *pos, float scale, float *x,
+                             int ldx, int vec)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int t = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (t >= T)
+        return;
+    const bf16_t *e = table + (size_t)rows[t] * ld_table;
+    const bf16_t *p = pos_table + (size_t)pos[t] * ld_pos;
+    float *xr = x + (size_t)t * ldx;
+    if (vec) {
+        for (int c = lane * VEC; c < width; c += 32 * VEC) {
+            float a[VEC], b[VEC];
+            load8(e + c, a);
+            load8(p + c, b);
+#pragma unroll
+            for (int i = 0; i < VEC; i++)
+                a[i] = a[i] * scale + b[i];
+            store8(xr + c, a);
+        }
+    } else {
+        for (int c = lane; c < width; c += 32)
+            xr[c] = bf2f(e[c]) * scale + bf2f(p[c]);
+    }
+    for (int c = width + lane; c < ldx; c += 32)
+        xr[c] = 0.0f;
+}
+
+extern "C" int embed_cuda(int T, int width, const bf16_t *table, int ld_table, const int *rows,
+                          const bf16_t *pos_table, int ld_pos, const int *pos, float scale, float *x, int ldx,
+                          void *stream)
+{
+    if (T <= 0)
+        return 0;
+    int vec = width % VEC == 0 && ld_table % VEC == 0 && ld_pos % VEC == 0 && ldx % VEC == 0 &&
+              aligned16(table) && aligned16(pos_table) && aligned16(x);
+    embed_kernel<<<row_grid(T), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(
+        T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, ldx, vec);
+    return finish();
+}
+
+/* ---- LayerNorm: fp32 in, bf16 out ------------------------------------- */
+
+template <int NC>
+__global__ void layernorm_vec_kernel(int rows, int width, const float *x, int ldx, const float *w,
+                                     const float *b, float eps, bf16_t *y, int ldy)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (r >= rows)
+        return;
+    const float *xr = x + (size_t)r * ldx;
+    bf16_t *yr = y + (size_t)r * ldy;
+    float v[NC][VEC];
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            load8(xr + c, v[i]);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                s += v[i][j];
+        }
+    }
+    float mean = warp_sum(s) / (float)width;
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+#pragma unroll
+            for (int j = 0; j < VEC; j++) {
+                float d = v[i][j] - mean;
+                ss += d * d;
+            }
+        }
+    }
+    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float o[VEC];
+            if (w) {
+                float wv[VEC], bv[VEC];
+                load8(w + c, wv);
+                load8(b + c, bv);
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    o[j] = (v[i][j] - mean) * inv * wv[j] + bv[j];
+            } else {
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    o[j] = (v[i][j] - mean) * inv;
+            }
+            store8(yr + c, o);
+        }
+    }
+    zero_pad(yr, width, ldy, lane);
+}
+
+__global__ void layernorm_any_kernel(int rows, int width, const float *x, int ldx, const float *w,
+                                     const float *b, float eps, bf16_t *y, int ldy)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (r >= rows)
+        return;
+    const float *xr = x + (size_t)r * ldx;
+    bf16_t *yr = y + (size_t)r * ldy;
+    float s = 0.0f;
+    for (int c = lane; c < width; c += 32)
+        s += xr[c];
+    float mean = warp_sum(s) / (float)width;
+    float ss = 0.0f;
+    for (int c = lane; c < width; c += 32)
+        ss += (xr[c] - mean) * (xr[c] - mean);
+    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+    for (int c = lane; c < width; c += 32) {
+        float o = (xr[c] - mean) * inv;
+        yr[c] = f2bf(w ? o * w[c] + b[c] : o);
+    }
+    zero_pad(yr, width, ldy, lane);
+}
+
+extern "C" int layernorm_cuda(int rows, int width, const float *x, int ldx, const float *w, const float *b,
+                              float eps, bf16_t *y, int ldy, void *stream)
+{
+    if (rows <= 0)
+        return 0;
+    cudaStream_t s = (cudaStream_t)stream;
+    dim3 g = row_grid(rows), blk(32 * ROWS_PER_BLOCK);
+    int nc = vec_chunks(width, ldx, ldy, x, y);
+    if (w && (!aligned16(w) || !aligned16(b)))
+        nc = 0;
+    switch (nc) {
+    case 1: layernorm_vec_kernel<1><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 2: layernorm_vec_kernel<2><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 4: layernorm_vec_kernel<4><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 8: layernorm_vec_kernel<8><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    default: layernorm_any_kernel<<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    }
+    return finish();
+}
+
+/* ---- bias + SiLU, in place on bf16 ------------------------------------ */
+
+/* One warp per row, four 16-byte chunks per lane per step, all loads of a
+ * step issued before the math. */
+__global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (r >= rows)
+        return;
+    bf16_t *xr = x + (size_t)r * ldx;
+    for (int c0 = lane * VEC; c0 < width; c0 += 4 * 32 * VEC) {
+        float v[4][VEC];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (c0 + i * 32 * VEC < width)
+                load8(xr + c0 + i * 32 * VEC, v[i]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int c = c0 + i * 32 * VEC;
+            if (c < width) {
+                if (bias) {
+                    float bv[VEC];
+                    load8(bias + c, bv);
+#pragma unroll
+                    for (int j = 0; j < VEC; j++)
+                        v[i][j] += bv[j];
+                }
+                if (silu_on) {
+#pragma unroll
+                    for (int j = 0; j < VEC; j++)
+                        v[i][j] = silu(v[i][j]);
+                }
+                store8(xr + c, v[i]);
+            }
+        }
+    }
+}
+
+__global__ void bias_silu_any_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on)
+{
+    size_t n = (size_t)rows * width;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        int r = (int)(i / width), c = (int)(i % width);
+        bf16_t *p = x + (size_t)r * ldx + c;
+        float v = bf2f(*p) + (bias ? bias[c] : 0.0f);
+        *p = f2bf(silu_on ? silu(v) : v);
+    }
+}
+
+extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
+                              void *stream)
+{
+    if (rows <= 0 || width <= 0 || (!bias && !silu_on))
+        return 0;
+    cudaStream_t s = (cudaStream_t)stream;
+    bool vec = width % VEC == 0 && ldx % VEC == 0 && aligned16(x) && (!bias || aligned16(bias));
+    if (vec) {
+        bias_silu_vec_kernel<<<row_grid(rows), 32 * ROWS_PER_BLOCK, 0, s>>>(rows, width, x, ldx, bias, silu_on);
+    } else {
+        /* Enough blocks to fill the GPU several times over; the loop takes the rest. */
+        size_t blocks = ((size_t)rows * width + 255) / 256;
+        if (blocks > 132 * 32)
+            blocks = 132 * 32;
+        bias_silu_any_kernel<<<(unsigned)blocks, 256, 0, s>>>(rows, width, x, ldx, bias, silu_on);
+    }
+    return finish();
+}
+
+/* ---- y = SiLU(u + ubias) * LN(a) -------------------------------------- */
+
+/* The row of a stays in registers; u is read in the output loop, not with a:
+ * holding both would double the registers and halve the warps per SM (run 2
+ * of docs/cuda.md: 66% of copy bandwidth that way). */
+template <int NC>
+__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
+    ln_mul_vec_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
+                      const float *w, const float *b, float eps, bf16_t *y, int ldy)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (r >= rows)
+        return;
+    const bf16_t *ar = a + (size_t)r * lda;
+    const bf16_t *ur = u + (size_t)r * ldu;
+    bf16_t *yr = y + (size_t)r * ldy;
+    float v[NC][VEC];
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            load8(ar + c, v[i]);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                s += v[i][j];
+        }
+    }
+    float mean = warp_sum(s) / (float)width;
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+#pragma unroll
+            for (int j = 0; j < VEC; j++) {
+                float d = v[i][j] - mean;
+                ss += d * d;
+            }
+        }
+    }
+    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float o[VEC], uv[VEC];
+            load8(ur + c, uv);
+            if (ubias) {
+                float ub[VEC];
+                load8(ubias + c, ub);
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    uv[j] += ub[j];
+            }
+            if (w) {
+                float wv[VEC], bv[VEC];
+                load8(w + c, wv);
+                load8(b + c, bv);
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    o[j] = (v[i][j] - mean) * inv * wv[j] + bv[j];
+            } else {
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    o[j] = (v[i][j] - mean) * inv;
+            }
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                o[j] *= silu(uv[j]);
+            store8(yr + c, o);
+        }
+    }
+    zero_pad(yr, width, ldy, lane);
+}
+
+__global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu,
+                                  const float *ubias, const float *w, const float *b, float eps, bf16_t *y,
+                                  int ldy)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (r >= rows)
+        return;
+    const bf16_t *ar = a + (size_t)r * lda;
+    const bf16_t *ur = u + (size_t)r * ldu;
+    bf16_t *yr = y + (size_t)r * ldy;
+    float s = 0.0f;
+    for (int c = lane; c < width; c += 32)
+        s += bf2f(ar[c]);
+    float mean = warp_sum(s) / (float)width;
+    float ss = 0.0f;
+    for (int c = lane; c < width; c += 32) {
+        float d = bf2f(ar[c]) - mean;
+        ss += d * d;
+    }
+    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+    for (int c = lane; c < width; c += 32) {
+        float o = (bf2f(ar[c]) - mean) * inv;
+        if (w)
+            o = o * w[c] + b[c];
+        yr[c] = f2bf(o * silu(bf2f(ur[c]) + (ubias ? ubias[c] : 0.0f)));
+    }
+    zero_pad(yr, width, ldy, lane);
+}
+
+extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu,
+                           const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy,
+                           void *stream)
+{
+    if (rows <= 0)
+        return 0;
+    cudaStream_t s = (cudaStream_t)stream;
+    dim3 g = row_grid(rows), blk(32 * ROWS_PER_BLOCK);
+    int nc = vec_chunks(width, lda, ldy, a, y);
+    if (ldu % VEC || !aligned16(u) || (ubias && !aligned16(ubias)) || (w && (!aligned16(w) || !aligned16(b))))
+        nc = 0;
+    switch (nc) {
+    case 1: ln_mul_vec_kernel<1><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
+    case 2: ln_mul_vec_kernel<2><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
+    case 4: ln_mul_vec_kernel<4><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
+    case 8: ln_mul_vec_kernel<8><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
+    default: ln_mul_any_kernel<<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
+    }
+    return finish();
+}
+
+/* ---- gather + L2 normalisation ---------------------------------------- */
+
+/* Few rows (candidates, users): the scalar form is plenty. */
+__global__ void gather_l2norm_kernel(int n, int width, const float *x, int ldx, const int *rows, bf16_t *y,
+                                     int ldy)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int i = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (i >= n)
+        return;
+    const float *xr = x + (size_t)rows[i] * ldx;
+    bf16_t *yr = y + (size_t)i * ldy;
+    float ss = 0.0f;
+    for (int c = lane; c < width; c += 32)
+        ss += xr[c] * xr[c];
+    float inv = 1.0f / fmaxf(sqrtf(warp_sum(ss)), 1e-6f);
+    for (int c = lane; c < width; c += 32)
+        yr[c] = f2bf(xr[c] * inv);
+    zero_pad(yr, width, ldy, lane);
+}
+
+extern "C" int gather_l2norm_cuda(int n, int width, const float *x, int ldx, const int *rows, bf16_t *y, int ldy,
+                                  void *stream)
+{
+    if (n <= 0)
+        return 0;
+    gather_l2norm_kernel<<<row_grid(n), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(n, width, x, ldx, rows,
+                                                                                      y, ldy);
+    return finish();
+}

@@ -1,0 +1,60 @@
+/* dense_cuda.h - the row-wise ops of an HSTU layer and head on NVIDIA GPUs.
+ *
+ * The CUDA twins of dense.h's row-wise ops, fused the way the CUDA forward
+ * uses them (src/cuda/cuda_backend.cu). Activations are bf16 except the
+ * residual stream x, which stays fp32 (the output projection adds into it
+ * with beta = 1); every sum and every LayerNorm statistic is fp32. bf16
+ * tensors are passed as raw bits (bf16_t). All pointers are device memory,
+ * row-major with an explicit row stride (ld*, in elements). Each call
+ * launches on `stream` (a cudaStream_t, NULL = the default stream) and
+ * returns a cudaError_t (0 = launched), checked after the launch.
+ *
+ * Rows are processed one warp per row. When a row is at most 2048 elements,
+ * its width a multiple of 8 and its rows 16-byte aligned, the warp holds the
+ * row in registers and moves 16 bytes per access (one pass over memory);
+ * other shapes take a plain path that re-reads the row (correct for any
+ * width, slower).
+ */
+#ifndef HSTU_KERNELS_DENSE_CUDA_H
+#define HSTU_KERNELS_DENSE_CUDA_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint16_t bf16_t; /* bfloat16 bits: the high half of an fp32 */
+
+/* Embedding: x[t, c] = table[rows[t], c] * scale + pos_table[pos[t], c] for
+ * c < width (fp32 out); columns [width, ldx) of x are set to 0.
+ * table [*, ld_table] and pos_table [*, ld_pos] bf16; rows, pos int [T]. */
+int embed_cuda(int T, int width, const bf16_t *table, int ld_table, const int *rows, const bf16_t *pos_table,
+               int ld_pos, const int *pos, float scale, float *x, int ldx, void *stream);
+
+/* y[r] = LN(x[r]) * w + b over `width` columns (biased variance, fp32
+ * statistics), x fp32, y bf16; w, b fp32 [width] or both NULL. Columns
+ * [width, ldy) of y are set to 0 (they feed GEMMs as zero padding). */
+int layernorm_cuda(int rows, int width, const float *x, int ldx, const float *w, const float *b, float eps,
+                   bf16_t *y, int ldy, void *stream);
+
+/* In place on bf16 x, columns [0, width): x += bias (fp32 [width], or
+ * NULL), then SiLU when `silu`. The uvqk epilogue for the v|q|k columns. */
+int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu, void *stream);
+
+/* y[r] = SiLU(u[r] + ubias) * (LN(a[r]) * w + b), LN over all `width`
+ * columns; a, u, y bf16; ubias, w, b fp32 [width] or NULL (w and b
+ * together). The HSTU layer's u * LN(attn), with u's bias and SiLU fused. */
+int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
+                const float *w, const float *b, float eps, bf16_t *y, int ldy, void *stream);
+
+/* y[i] = x[rows[i]] / max(||x[rows[i]]||, 1e-6), x fp32 (width columns,
+ * stride ldx), y bf16 [n, ldy] with columns [width, ldy) set to 0. The
+ * heads' gather of candidate rows (ranking) or newest rows (retrieval). */
+int gather_l2norm_cuda(int n, int width, const float *x, int ldx, const int *rows, bf16_t *y, int ldy,
+                       void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,1015 @@
+/* test_cuda.c - the CUDA backend against the CPU reference.
+ *
+ * - every row-wise kernel of dense_cuda.h against its twin in dense.h, the
+ *   bf16 GEMM wrapper against gemm_ref, and the top-k selection against
+ *   topk_ref, on random inputs with edge shapes (one row, odd widths, rows
+ *   too wide for the register path, padded strides, the presets' widths);
+ * - the whole model: an engine with backend cuda against the reference
+ *   engine on random models of both families (two small rankings, one small
+ *   retrieval, the kuairand-1k preset with shorter histories), jagged batches
+ *   with 0- and 1-item histories and the maxima.
+ *
+ * Tolerance (spec 5, docs/numerics.md): a bf16 result's error against the
+ * fp32 reference must be at most 2x the error of the same math done in bf16
+ * (the "emulated" result: the reference computation with bf16 weights and
+ * every stored activation rounded to bf16), and ||out - ref|| / ||ref|| <=
+ * 1e-2; NaN or Inf fails. fp32 results (embedding, fp32-output GEMMs) are
+ * held to fp32 bounds. Retrieval: top-k scores by the same rule; ids may
+ * differ from the reference only where the reference's scores are within
+ * bf16 noise (2x the emulated score error) of each other.
+ *
+ * Without CUDA in the build, or without a usable GPU, every case is skipped
+ * with the reason. HSTU_TEST_SMALL=1 keeps only small shapes (for
+ * compute-sanitizer, which runs kernels far slower).
+ */
+#include "harness.h"
+
+#include "core/rng.h"
+#include "core/status.h"
+#include "cuda/cuda_backend.h"
+#include "kernels/dense.h"
+#include "kernels/topk.h"
+#include "model/engine.h"
+#include "model/model.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CUDA_TESTS(X)                                                                             \
+    X("cuda: embedding gather", test_embed)                                                       \
+    X("cuda: layernorm", test_layernorm)                                                          \
+    X("cuda: bias + SiLU", test_bias_silu)                                                        \
+    X("cuda: SiLU(u + b) * LN(a)", test_ln_mul)                                                   \
+    X("cuda: gather + L2 norm", test_gather_l2norm)                                               \
+    X("cuda: bf16 GEMM (cuBLASLt)", test_gemm)                                                    \
+    X("cuda: top-k selection vs topk_ref", test_topk)                                             \
+    X("cuda: unsupported head widths are refused", test_unsupported)                              \
+    X("cuda: engine vs reference, small ranking", test_model_ranking)                             \
+    X("cuda: engine vs reference, small ranking (silu u, proj bias, no affine, no hidden)",       \
+      test_model_ranking_variant)                                                                 \
+    X("cuda: engine vs reference, small retrieval", test_model_retrieval)                         \
+    X("cuda: engine vs reference, retrieval over 600k items, 120 users (two top-k groups)",       \
+      test_model_retrieval_groups)                                                                \
+    X("cuda: engine vs reference, kuairand-1k (histories <= 256 items)", test_model_kuairand)
+
+#ifdef HSTU_HAVE_CUDA
+
+#include "kernels/dense_cuda.h"
+#include "kernels/gemm_cuda.h"
+#include "kernels/topk_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+static rng g_rng = {0xc0da5eedull};
+static bool g_small;
+
+/* ---- bf16 and device helpers -------------------------------------------- */
+
+static uint16_t f2bf(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static float bf2f(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static float rbf(float f) { return bf2f(f2bf(f)); }
+
+static void round_bf16(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = rbf(x[i]);
+}
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "test_cuda: out of host memory\n");
+        abort();
+    }
+    return p;
+}
+
+static void *dmalloc(size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 16) != cudaSuccess) {
+        fprintf(stderr, "test_cuda: cudaMalloc(%zu) failed\n", bytes);
+        abort();
+    }
+    /* Poison: every output element the kernels should write must be written. */
+    cudaMemset(p, 0xff, bytes ? bytes : 16);
+    return p;
+}
+
+static float *rand_f32(size_t n, float lo, float hi)
+{
+    float *p = xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = rng_range(&g_rng, lo, hi);
+    return p;
+}
+
+/* Random values already representable in bf16 (inputs the GPU reads as bf16). */
+static float *rand_bf(size_t n, float lo, float hi)
+{
+    float *p = rand_f32(n, lo, hi);
+    round_bf16(p, n);
+    return p;
+}
+
+static float *up_f32(const float *h, size_t n)
+{
+    float *d = dmalloc(n * 4);
+    cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice);
+    return d;
+}
+
+static uint16_t *up_bf16(const float *h, size_t n)
+{
+    uint16_t *t = xmalloc(n * 2 + 2), *d = dmalloc(n * 2);
+    for (size_t i = 0; i < n; i++)
+        t[i] = f2bf(h[i]);
+    cudaMemcpy(d, t, n * 2, cudaMemcpyHostToDevice);
+    free(t);
+    return d;
+}
+
+static int *up_int(const int *h, size_t n)
+{
+    int *d = dmalloc(n * 4);
+    cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice);
+    return d;
+}
+
+static void down_bf16(float *h, const uint16_t *d, size_t n)
+{
+    uint16_t *t = xmalloc(n * 2 + 2);
+    cudaMemcpy(t, d, n * 2, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++)
+        h[i] = bf2f(t[i]);
+    free(t);
+}
+
+static void down_f32(float *h, const float *d, size_t n) { cudaMemcpy(h, d, n * 4, cudaMemcpyDeviceToHost); }
+
+/* Synchronises and fails the case on any CUDA error so far. */
+static bool sync_ok(const char *what)
+{
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess)
+        e = cudaGetLastError();
+    if (e != cudaSuccess)
+        t_fail_at(__FILE__, __LINE__, "%s: CUDA error %s", what, cudaGetErrorString(e));
+    return e == cudaSuccess;
+}
+
+/* ---- error measures ----------------------------------------------------- */
+
+static double l2_rel(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Packs rows x width of a strided buffer. */
+static float *pack(const float *x, int rows, int width, int ld)
+{
+    float *p = xmalloc(sizeof(float) * ((size_t)rows * width + 1));
+    for (int r = 0; r < rows; r++)
+        memcpy(p + (size_t)r * width, x + (size_t)r * ld, sizeof(float) * width);
+    return p;
+}
+
+typedef struct bf16_check {
+    double err, emu_err, l2;
+} bf16_check;
+
+/* Spec 5's bf16 rule: out's error against the fp32 ref at most 2x that of
+ * emu (the same math in bf16), its relative L2 error at most 1e-2, all
+ * finite. Errors are max|. - ref| / max|ref| over the tensor. */
+static bf16_check check_bf16(const char *what, const float *out, const float *ref, const float *emu, size_t n)
+{
+    bf16_check c = {t_rel_err(out, ref, n), t_rel_err(emu, ref, n), l2_rel(out, ref, n)};
+    T_CHECK(!t_has_nonfinite(out, n), "%s: NaN or Inf in the output", what);
+    T_CHECK(c.err <= 2.0 * c.emu_err + 1e-7, "%s: error %.3g > 2x bf16 emulation's %.3g", what, c.err,
+            c.emu_err);
+    T_CHECK(c.l2 <= 1e-2, "%s: relative L2 error %.3g > 1e-2", what, c.l2);
+    return c;
+}
+
+/* Same, for a strided rows x width result; also checks that the padding
+ * columns [width, ld) came out zero (they feed GEMMs). */
+static bf16_check check_rows_bf16(const char *what, const float *out, const float *ref, int rows, int width,
+                                  int ld)
+{
+    float *o = pack(out, rows, width, ld), *r = pack(ref, rows, width, width);
+    float *e = pack(ref, rows, width, width);
+    round_bf16(e, (size_t)rows * width);
+    bf16_check c = check_bf16(what, o, r, e, (size_t)rows * width);
+    for (int i = 0; i < rows; i++)
+        for (int j = width; j < ld; j++)
+            if (out[(size_t)i * ld + j] != 0.0f) {
+                t_fail_at(__FILE__, __LINE__, "%s: padding [%d, %d] = %g, expected 0", what, i, j,
+                          out[(size_t)i * ld + j]);
+                i = rows;
+                break;
+            }
+    free(o);
+    free(r);
+    free(e);
+    return c;
+}
+
+/* ---- dense kernels ------------------------------------------------------ */
+
+static const int widths[] = {1, 3, 24, 50, 129, 512, 1024, 2048, 2056};
+#define N_WIDTHS ((int)(sizeof widths / sizeof widths[0]))
+static const int row_counts[] = {1, 7, 300};
+
+static int pad8(int n) { return (n + 7) / 8 * 8; }
+
+static void test_embed(void)
+{
+    int T = 257, rows_tab = 40, n_pos = 30;
+    for (int wi = 0; wi < N_WIDTHS; wi++)
+        for (int padded = 0; padded < 2; padded++) {
+            int d = widths[wi], ld = padded ? pad8(d) + 8 : d;
+            float *tab = rand_bf((size_t)rows_tab * ld, -1, 1), *pos = rand_bf((size_t)n_pos * ld, -0.5f, 0.5f);
+            int *rows = xmalloc(sizeof(int) * T), *p = xmalloc(sizeof(int) * T);
+            for (int t = 0; t < T; t++) {
+                rows[t] = (int)rng_below(&g_rng, rows_tab);
+                p[t] = (int)rng_below(&g_rng, n_pos);
+            }
+            float scale = sqrtf((float)d);
+            uint16_t *d_tab = up_bf16(tab, (size_t)rows_tab * ld), *d_pos = up_bf16(pos, (size_t)n_pos * ld);
+            int *d_rows = up_int(rows, T), *d_p = up_int(p, T);
+            float *d_x = dmalloc((size_t)T * ld * 4);
+            T_CHECK(embed_cuda(T, d, d_tab, ld, d_rows, d_pos, ld, d_p, scale, d_x, ld, NULL) == 0, "launch");
+            if (sync_ok("embed")) {
+                float *x = xmalloc(sizeof(float) * T * ld), *ref = xmalloc(sizeof(float) * T * ld);
+                down_f32(x, d_x, (size_t)T * ld);
+                for (int t = 0; t < T; t++)
+                    for (int c = 0; c < ld; c++)
+                        ref[(size_t)t * ld + c] =
+                            c < d ? tab[(size_t)rows[t] * ld + c] * scale + pos[(size_t)p[t] * ld + c] : 0.0f;
+                double e = t_rel_err(x, ref, (size_t)T * ld);
+                T_CHECK(e <= 1e-6 && !t_has_nonfinite(x, (size_t)T * ld), "width %d ld %d: error %.3g", d, ld, e);
+                free(x);
+                free(ref);
+            }
+            cudaFree(d_tab), cudaFree(d_pos), cudaFree(d_rows), cudaFree(d_p), cudaFree(d_x);
+            free(tab), free(pos), free(rows), free(p);
+        }
+}
+
+static void test_layernorm(void)
+{
+    double worst = 0, worst_emu = 0;
+    for (int ri = 0; ri < 3; ri++)
+        for (int wi = 0; wi < N_WIDTHS; wi++)
+            for (int variant = 0; variant < 2; variant++) {
+                int rows = row_counts[ri], w = widths[wi];
+                bool affine = variant == 0;
+                int ldx = variant ? w : pad8(w) + 8, ldy = pad8(w) + (variant ? 0 : 8);
+                float *x = rand_f32((size_t)rows * ldx, -1.0f, 3.0f); /* a mean far from 0 */
+                float *gw = rand_f32((size_t)w, 0.5f, 1.5f), *gb = rand_f32((size_t)w, -0.5f, 0.5f);
+                float *d_x = up_f32(x, (size_t)rows * ldx), *d_w = up_f32(gw, w), *d_b = up_f32(gb, w);
+                uint16_t *d_y = dmalloc((size_t)rows * ldy * 2);
+                T_CHECK(layernorm_cuda(rows, w, d_x, ldx, affine ? d_w : NULL, affine ? d_b : NULL, 1e-5f, d_y,
+                                       ldy, NULL) == 0,
+                        "launch");
+                if (sync_ok("layernorm")) {
+                    float *y = xmalloc(sizeof(float) * rows * ldy), *ref = xmalloc(sizeof(float) * rows * w);
+                    down_bf16(y, d_y, (size_t)rows * ldy);
+                    layernorm_ref(rows, w, x, ldx, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
+                    char what[96];
+                    snprintf(what, sizeof what, "layernorm rows %d width %d %s", rows, w, affine ? "affine" : "plain");
+                    bf16_check c = check_rows_bf16(what, y, ref, rows, w, ldy);
+                    worst = fmax(worst, c.err), worst_emu = fmax(worst_emu, c.emu_err);
+                    free(y);
+                    free(ref);
+                }
+                cudaFree(d_x), cudaFree(d_w), cudaFree(d_b), cudaFree(d_y);
+                free(x), free(gw), free(gb);
+            }
+    printf("    worst error %.3g (bf16 rounding alone: %.3g)\n", worst, worst_emu);
+}
+
+static void test_bias_silu(void)
+{
+    static const int w_silu[] = {1, 3, 24, 50, 1536, 3072};
+    double worst = 0;
+    for (int ri = 0; ri < 3; ri++)
+        for (int wi = 0; wi < 6; wi++)
+            for (int variant = 0; variant < 3; variant++) {
+                int rows = row_counts[ri], w = w_silu[wi], ld = variant == 2 ? w : pad8(w) + 16;
+                bool bias = variant != 1, silu_on = variant != 2 || w % 2;
+                float *x = rand_bf((size_t)rows * ld, -6, 6), *b = rand_f32((size_t)w, -1, 1);
+                uint16_t *d_x = up_bf16(x, (size_t)rows * ld);
+                float *d_b = up_f32(b, w);
+                T_CHECK(bias_silu_cuda(rows, w, d_x, ld, bias ? d_b : NULL, silu_on, NULL) == 0, "launch");
+                if (sync_ok("bias_silu")) {
+                    float *y = xmalloc(sizeof(float) * rows * ld), *ref = xmalloc(sizeof(float) * rows * ld);
+                    down_bf16(y, d_x, (size_t)rows * ld);
+                    memcpy(ref, x, sizeof(float) * rows * ld);
+                    bias_silu_ref(rows, w, ref, ld, bias ? b : NULL, silu_on ? w : 0);
+                    float *o = pack(y, rows, w, ld), *r = pack(ref, rows, w, ld), *e = pack(ref, rows, w, ld);
+                    round_bf16(e, (size_t)rows * w);
+                    char what[96];
+                    snprintf(what, sizeof what, "bias_silu rows %d width %d ld %d bias %d silu %d", rows, w, ld, bias,
+                             silu_on);
+                    bf16_check c = check_bf16(what, o, r, e, (size_t)rows * w);
+                    worst = fmax(worst, c.err);
+                    /* columns past width are untouched */
+                    for (int i = 0; i < rows; i++)
+                        for (int j = w; j < ld; j++)
+                            if (y[(size_t)i * ld + j] != x[(size_t)i * ld + j]) {
+                                t_fail_at(__FILE__, __LINE__, "%s: column %d beyond the width changed", what, j);
+                                i = rows;
+                                break;
+                            }
+                    free(o), free(r), free(e), free(y), free(ref);
+                }
+                cudaFree(d_x), cudaFree(d_b);
+                free(x), free(b);
+            }
+    printf("    worst error %.3g\n", worst);
+}
+
+static void test_ln_mul(void)
+{
+    double worst = 0;
+    for (int ri = 0; ri < 3; ri++)
+        for (int wi = 0; wi < N_WIDTHS; wi++)
+            for (int variant = 0; variant < 3; variant++) {
+                int rows = row_counts[ri], w = widths[wi];
+                bool affine = variant != 1, ubias = variant != 2;
+                int lda = variant == 2 ? w : pad8(w) + 8, ldu = pad8(w) * 4 + 8, ldy = pad8(w);
+                float *a = rand_bf((size_t)rows * lda, -2, 3), *u = rand_bf((size_t)rows * ldu, -4, 4);
+                float *ub = rand_f32(w, -1, 1), *gw = rand_f32(w, 0.5f, 1.5f), *gb = rand_f32(w, -0.5f, 0.5f);
+                uint16_t *d_a = up_bf16(a, (size_t)rows * lda), *d_u = up_bf16(u, (size_t)rows * ldu);
+                float *d_ub = up_f32(ub, w), *d_w = up_f32(gw, w), *d_b = up_f32(gb, w);
+                uint16_t *d_y = dmalloc((size_t)rows * ldy * 2);
+                T_CHECK(ln_mul_cuda(rows, w, d_a, lda, d_u, ldu, ubias ? d_ub : NULL, affine ? d_w : NULL,
+                                    affine ? d_b : NULL, 1e-5f, d_y, ldy, NULL) == 0,
+                        "launch");
+                if (sync_ok("ln_mul")) {
+                    float *y = xmalloc(sizeof(float) * rows * ldy), *ref = xmalloc(sizeof(float) * rows * w);
+                    down_bf16(y, d_y, (size_t)rows * ldy);
+                    /* the reference formulas: u' = SiLU(u + ub) (bias_silu_ref), then ln_mul_ref */
+                    float *us = pack(u, rows, w, ldu);
+                    bias_silu_ref(rows, w, us, w, ubias ? ub : NULL, w);
+                    ln_mul_ref(rows, w, a, lda, us, w, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
+                    char what[96];
+                    snprintf(what, sizeof what, "ln_mul rows %d width %d affine %d ubias %d", rows, w, affine, ubias);
+                    bf16_check c = check_rows_bf16(what, y, ref, rows, w, ldy);
+                    worst = fmax(worst, c.err);
+                    free(y), free(ref), free(us);
+                }
+                cudaFree(d_a), cudaFree(d_u), cudaFree(d_ub), cudaFree(d_w), cudaFree(d_b), cudaFree(d_y);
+                free(a), free(u), free(ub), free(gw), free(gb);
+            }
+    printf("    worst error %.3g\n", worst);
+}
+
+static void test_gather_l2norm(void)
+{
+    for (int wi = 0; wi < N_WIDTHS; wi++) {
+        int w = widths[wi], ldx = w + 5, ldy = pad8(w), src_rows = 50, n = 33;
+        float *x = rand_f32((size_t)src_rows * ldx, -1, 1);
+        for (int c = 0; c < w; c++)
+            x[(size_t)7 * ldx + c] = 0.0f; /* one zero row: the 1e-6 clamp */
+        int *rows = xmalloc(sizeof(int) * n);
+        for (int i = 0; i < n; i++)
+            rows[i] = i == 0 ? 7 : (int)rng_below(&g_rng, src_rows);
+        float *d_x = up_f32(x, (size_t)src_rows * ldx);
+        int *d_rows = up_int(rows, n);
+        uint16_t *d_y = dmalloc((size_t)n * ldy * 2);
+        T_CHECK(gather_l2norm_cuda(n, w, d_x, ldx, d_rows, d_y, ldy, NULL) == 0, "launch");
+        if (sync_ok("gather_l2norm")) {
+            float *y = xmalloc(sizeof(float) * n * ldy), *ref = xmalloc(sizeof(float) * n * w);
+            down_bf16(y, d_y, (size_t)n * ldy);
+            for (int i = 0; i < n; i++)
+                memcpy(ref + (size_t)i * w, x + (size_t)rows[i] * ldx, sizeof(float) * w);
+            l2norm_ref(n, w, ref, w);
+            char what[64];
+            snprintf(what, sizeof what, "gather_l2norm width %d", w);
+            check_rows_bf16(what, y, ref, n, w, ldy);
+            free(y), free(ref);
+        }
+        cudaFree(d_x), cudaFree(d_rows), cudaFree(d_y);
+        free(x), free(rows);
+    }
+}
+
+static void test_gemm(void)
+{
+    gemm_cuda *g = NULL;
+    char why[256];
+    T_REQUIRE(gemm_cuda_create((size_t)32 << 20, &g, why, sizeof why) == 0, "%s", why);
+    static const int shapes[][3] = {{1, 8, 8}, {3, 24, 40}, {1, 2048, 1024}, {77, 16, 1032},
+                                    {1000, 2048, 512}, {257, 1024, 1024}, {5, 3424, 56}};
+    int n_shapes = g_small ? 3 : (int)(sizeof shapes / sizeof shapes[0]);
+    double worst_bf = 0, worst_f32 = 0;
+    for (int si = 0; si < n_shapes; si++)
+        for (int variant = 0; variant < 6; variant++) {
+            int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            int b_trans = variant % 2, c_f32 = variant >= 2;
+            float beta = variant >= 4 ? 1.0f : 0.0f;
+            gemm_epilogue epi = variant == 2 ? GEMM_EPI_BIAS : variant == 1 ? GEMM_EPI_RELU_BIAS
+                                : variant == 5                ? GEMM_EPI_BIAS
+                                                              : GEMM_EPI_NONE;
+            int lda = K + 8, ldb = (b_trans ? K : N) + 8, ldc = N + 8;
+            float *A = rand_bf((size_t)M * lda, -1, 1), *Bm = rand_bf((size_t)(b_trans ? N : K) * ldb, -1, 1);
+            float *C0 = rand_f32((size_t)M * ldc, -2, 2), *bias = rand_f32(N, -1, 1);
+            if (!c_f32) {
+                round_bf16(C0, (size_t)M * ldc);
+                round_bf16(bias, N);
+            }
+            uint16_t *d_A = up_bf16(A, (size_t)M * lda), *d_B = up_bf16(Bm, (size_t)(b_trans ? N : K) * ldb);
+            /* beta = 0 must ignore C: it starts as NaN (dmalloc's poison) */
+            void *d_C = beta == 0.0f ? dmalloc((size_t)M * ldc * (c_f32 ? 4 : 2))
+                        : c_f32      ? (void *)up_f32(C0, (size_t)M * ldc)
+                                     : (void *)up_bf16(C0, (size_t)M * ldc);
+            void *d_bias = c_f32 ? (void *)up_f32(bias, N) : (void *)up_bf16(bias, N);
+            int rc = gemm_cuda_run(g, M, N, K, d_A, lda, d_B, ldb, b_trans, beta, d_C, c_f32, ldc, epi,
+                                   epi == GEMM_EPI_NONE ? NULL : d_bias, NULL, why, sizeof why);
+            char what[128];
+            snprintf(what, sizeof what, "gemm %dx%dx%d trans %d %s beta %g epilogue %d", M, N, K, b_trans,
+                     c_f32 ? "f32" : "bf16", beta, (int)epi);
+            T_CHECK(rc == 0, "%s: %s", what, why);
+            if (rc == 0 && sync_ok(what)) {
+                /* reference: op(B) as [K, N], then gemm_ref on the same bf16 values */
+                float *Bk = xmalloc(sizeof(float) * K * N);
+                for (int k = 0; k < K; k++)
+                    for (int n = 0; n < N; n++)
+                        Bk[(size_t)k * N + n] = b_trans ? Bm[(size_t)n * ldb + k] : Bm[(size_t)k * ldb + n];
+                float *ref = pack(C0, M, N, ldc);
+                /* the plain-loop oracle where it is quick, its OpenBLAS twin (checked
+                 * against it in test_dense) on the large shapes */
+                if ((double)M * N * K < 5e7)
+                    gemm_ref(M, N, K, A, lda, Bk, N, beta, ref, N);
+                else
+                    gemm_cpu(M, N, K, A, lda, Bk, N, beta, ref, N);
+                if (epi != GEMM_EPI_NONE)
+                    bias_act_ref(M, N, ref, N, bias, epi == GEMM_EPI_RELU_BIAS);
+                float *out = xmalloc(sizeof(float) * M * ldc);
+                if (c_f32)
+                    down_f32(out, d_C, (size_t)M * ldc);
+                else
+                    down_bf16(out, d_C, (size_t)M * ldc);
+                float *o = pack(out, M, N, ldc);
+                if (c_f32) {
+                    double e = t_rel_err(o, ref, (size_t)M * N);
+                    /* products of bf16 values are exact in fp32: only the summation order differs */
+                    T_CHECK(e <= 1e-5 && !t_has_nonfinite(o, (size_t)M * N), "%s: error %.3g > 1e-5", what, e);
+                    worst_f32 = fmax(worst_f32, e);
+                } else {
+                    float *emu = pack(ref, M, N, N);
+                    round_bf16(emu, (size_t)M * N);
+                    bf16_check c = check_bf16(what, o, ref, emu, (size_t)M * N);
+                    worst_bf = fmax(worst_bf, c.err);
+                    free(emu);
+                }
+                free(Bk), free(ref), free(out), free(o);
+            }
+            cudaFree(d_A), cudaFree(d_B), cudaFree(d_C), cudaFree(d_bias);
+            free(A), free(Bm), free(C0), free(bias);
+        }
+    gemm_cuda_destroy(g);
+    printf("    worst error: bf16 out %.3g, fp32 out %.3g\n", worst_bf, worst_f32);
+}
+
+/* Scores from small integer-valued vectors: exact in fp32, full of ties.
+ * The GPU selects from the same scores topk_ref computes. */
+static void test_topk(void)
+{
+    static const int cases[][3] = {/* n_items, B, max k */ {2, 3, 4}, {10, 4, 12}, {1000, 5, 50},
+                                   {5000, 3, 3000}, {100000, 6, 100}, {3417, 8, 3416}};
+    int n_cases = g_small ? 3 : 6;
+    for (int ci = 0; ci < n_cases; ci++) {
+        int n = cases[ci][0], B = cases[ci][1], kmax = cases[ci][2], d = 4, ld = n + 3;
+        float *users = xmalloc(sizeof(float) * B * d), *items = xmalloc(sizeof(float) * (size_t)n * d);
+        for (int i = 0; i < B * d; i++)
+            users[i] = (float)(rng_below(&g_rng, 9) - 4);
+        for (size_t i = 0; i < (size_t)n * d; i++)
+            items[i] = (float)(rng_below(&g_rng, 7) - 3) / 4.0f;
+        int k[16], n_excl[16], excl_b[16], excl_e[16], out_off[16], total = 0, n_ex = 0;
+        int *excl = xmalloc(sizeof(int) * (B * 64 + 1));
+        int64_t *excl64 = xmalloc(sizeof(int64_t) * (B * 64 + 1));
+        const int64_t *ex_ptr[16];
+        for (int b = 0; b < B; b++) {
+            k[b] = b == 0 ? kmax : b == 1 ? 1 : 1 + (int)rng_below(&g_rng, kmax);
+            if (k[b] > n - 1)
+                k[b] = n - 1;
+            out_off[b] = total;
+            total += k[b];
+            n_excl[b] = b == 2 ? 0 : (int)rng_below(&g_rng, 64);
+            excl_b[b] = n_ex;
+            for (int i = 0; i < n_excl[b]; i++) /* with duplicates and id 0 */
+                excl[n_ex + i] = (int)rng_below(&g_rng, n < 20 ? n : 20 + (int)rng_below(&g_rng, n - 19));
+            /* topk_ref wants each list sorted */
+            for (int i = 0; i < n_excl[b]; i++)
+                excl64[n_ex + i] = excl[n_ex + i];
+            for (int i = 1; i < n_excl[b]; i++)
+                for (int j = i; j > 0 && excl64[n_ex + j - 1] > excl64[n_ex + j]; j--) {
+                    int64_t t = excl64[n_ex + j];
+                    excl64[n_ex + j] = excl64[n_ex + j - 1];
+                    excl64[n_ex + j - 1] = t;
+                }
+            ex_ptr[b] = n_excl[b] ? excl64 + n_ex : NULL;
+            n_ex += n_excl[b];
+            excl_e[b] = n_ex;
+        }
+        /* scores exactly as topk_ref computes them */
+        float *scores = xmalloc(sizeof(float) * (size_t)B * ld);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < ld; j++) {
+                float s = 0.0f;
+                for (int c = 0; c < d && j < n; c++)
+                    s += users[b * d + c] * items[(size_t)j * d + c];
+                scores[(size_t)b * ld + j] = j < n ? s : NAN; /* past n_items: never read */
+            }
+        float *d_scores = up_f32(scores, (size_t)B * ld);
+        int *d_excl = up_int(excl, n_ex + 1), *d_eb = up_int(excl_b, B), *d_ee = up_int(excl_e, B);
+        int *d_k = up_int(k, B), *d_off = up_int(out_off, B);
+        int *d_ids = dmalloc((size_t)(total + 1) * 4), *d_n = dmalloc((size_t)B * 4);
+        float *d_vals = dmalloc((size_t)(total + 1) * 4);
+        topk_cuda_params tp = {.B = B, .n_items = n, .ld = ld, .scores = d_scores, .exclude = d_excl,
+                               .excl_begin = d_eb, .excl_end = d_ee, .k = d_k, .out_off = d_off,
+                               .ids = d_ids, .vals = d_vals, .n_out = d_n};
+        T_CHECK(topk_cuda(&tp, NULL) == 0, "launch");
+        if (sync_ok("topk")) {
+            int *ids = xmalloc(sizeof(int) * (total + 1)), nout[16];
+            float *vals = xmalloc(sizeof(float) * (total + 1));
+            cudaMemcpy(ids, d_ids, (size_t)total * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(vals, d_vals, (size_t)total * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(nout, d_n, (size_t)B * 4, cudaMemcpyDeviceToHost);
+            int64_t *rid[16];
+            float *rsc[16];
+            int rn[16];
+            for (int b = 0; b < B; b++) {
+                rid[b] = xmalloc(sizeof(int64_t) * (k[b] + 1));
+                rsc[b] = xmalloc(sizeof(float) * (k[b] + 1));
+            }
+            topk_params rp = {.B = B, .d = d, .users = users, .items = items, .n_items = n,
+                              .exclude = ex_ptr, .n_exclude = n_excl, .k = k, .ids = rid, .scores = rsc,
+                              .n_out = rn};
+            topk_ref(&rp);
+            for (int b = 0; b < B; b++) {
+                T_CHECK(nout[b] == rn[b], "n %d user %d: %d results, reference %d", n, b, nout[b], rn[b]);
+                int *gi = ids + out_off[b];
+                float *gv = vals + out_off[b];
+                if (nout[b] > TOPK_CUDA_SORT_MAX)
+                    topk_cuda_sort_host(gi, gv, nout[b]);
+                for (int i = 0; i < nout[b] && i < rn[b]; i++)
+                    if (gi[i] != rid[b][i] || gv[i] != rsc[b][i]) {
+                        t_fail_at(__FILE__, __LINE__, "n %d user %d k %d rank %d: (%d, %g) vs reference (%lld, %g)",
+                                  n, b, k[b], i, gi[i], gv[i], (long long)rid[b][i], rsc[b][i]);
+                        break;
+                    }
+                free(rid[b]), free(rsc[b]);
+            }
+            free(ids), free(vals);
+        }
+        cudaFree(d_scores), cudaFree(d_excl), cudaFree(d_eb), cudaFree(d_ee), cudaFree(d_k), cudaFree(d_off);
+        cudaFree(d_ids), cudaFree(d_n), cudaFree(d_vals);
+        free(users), free(items), free(excl), free(excl64), free(scores);
+    }
+}
+
+/* ---- whole model -------------------------------------------------------- */
+
+#define MAXU 128
+#define MAXN 600   /* history items */
+#define MAXM 128   /* candidates */
+#define MAXT 8     /* tasks */
+#define MAXK 64    /* top-k asked of the CUDA engine */
+#define REF_EXTRA 32 /* the reference is asked for this many more, to place swapped ids */
+
+static const char *ranking_json =
+    "{\"family\":\"ranking\",\"d_model\":40,\"n_layers\":2,\"n_heads\":2,\"d_qk\":16,\"d_v\":32,"
+    "\"attn_scale_len\":150,\"max_positions\":90,"
+    "\"tables\":{\"item\":500,\"action\":16,\"context\":[7,5]},"
+    "\"head\":{\"hidden\":[24],\"n_tasks\":3},\"max_history\":48,\"max_candidates\":9}";
+
+static const char *ranking_variant_json =
+    "{\"family\":\"ranking\",\"d_model\":64,\"n_layers\":3,\"n_heads\":1,\"d_qk\":32,\"d_v\":48,"
+    "\"attn_scale_len\":100,\"max_positions\":200,\"silu_uvqk\":\"u\",\"proj_bias\":true,"
+    "\"uvqk_bias\":false,\"ln_affine\":false,"
+    "\"tables\":{\"item\":300,\"action\":8,\"context\":[]},"
+    "\"head\":{\"hidden\":[],\"n_tasks\":5},\"max_history\":40,\"max_candidates\":12}";
+
+static const char *retrieval_json =
+    "{\"family\":\"retrieval\",\"d_model\":48,\"n_layers\":3,\"n_heads\":2,\"d_qk\":16,\"d_v\":16,"
+    "\"attn_scale_len\":20,\"max_positions\":96,\"tables\":{\"item\":3000},\"max_history\":96}";
+
+typedef struct sim_user {
+    int64_t ctx[HSTU_MAX_CONTEXT], items[MAXN], actions[MAXN], ts[MAXN], cands[MAXM];
+    int n, m;
+} sim_user;
+
+typedef struct outputs {
+    float scores[MAXU][MAXM * MAXT];
+    int64_t ids[MAXU][MAXK + REF_EXTRA];
+    float tscores[MAXU][MAXK + REF_EXTRA];
+    hstu_result res[MAXU];
+} outputs;
+
+static void bind_outputs(outputs *o, int B)
+{
+    for (int b = 0; b < B; b++) {
+        memset(&o->res[b], 0, sizeof o->res[b]);
+        o->res[b].scores = o->scores[b];
+        o->res[b].topk_ids = o->ids[b];
+        o->res[b].topk_scores = o->tscores[b];
+    }
+}
+
+/* The emulated bf16 backend: the fast CPU kernels, every stored result
+ * rounded to bf16 (weights are rounded in its model copy). */
+static void rows_bf16(float *x, int rows, int width, int ld)
+{
+    for (int r = 0; r < rows; r++)
+        round_bf16(x + (size_t)r * ld, (size_t)width);
+}
+static void gemm_emu(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc)
+{
+    gemm_cpu(M, N, K, A, lda, B, ldb, beta, C, ldc);
+    rows_bf16(C, M, N, ldc);
+}
+static void layernorm_emu(int rows, int width, const float *x, int ldx, const float *w, const float *b, float eps,
+                          float *y, int ldy)
+{
+    layernorm_cpu(rows, width, x, ldx, w, b, eps, y, ldy);
+    rows_bf16(y, rows, width, ldy);
+}
+static void bias_silu_emu(int rows, int width, float *x, int ldx, const float *bias, int silu_cols)
+{
+    bias_silu_cpu(rows, width, x, ldx, bias, silu_cols);
+    rows_bf16(x, rows, width, ldx);
+}
+static void ln_mul_emu(int rows, int width, const float *a, int lda, const float *u, int ldu, const float *w,
+                       const float *b, float eps, float *y, int ldy)
+{
+    ln_mul_cpu(rows, width, a, lda, u, ldu, w, b, eps, y, ldy);
+    rows_bf16(y, rows, width, ldy);
+}
+static void bias_act_emu(int rows, int width, float *x, int ldx, const float *bias, bool relu)
+{
+    bias_act_cpu(rows, width, x, ldx, bias, relu);
+    rows_bf16(x, rows, width, ldx);
+}
+static void l2norm_emu(int rows, int width, float *x, int ldx)
+{
+    l2norm_cpu(rows, width, x, ldx);
+    rows_bf16(x, rows, width, ldx);
+}
+static void attention_emu(const attn_params *p)
+{
+    attn_fwd_cpu(p);
+    for (int b = 0; b < p->B; b++) {
+        const attn_seq *s = &p->seqs[b];
+        rows_bf16(p->out + (size_t)s->q0 * p->ld_out, s->hist - s->c + s->cand, p->H * p->Dv, p->ld_out);
+    }
+}
+static const hstu_ops ops_emu = {
+    .backend = HSTU_BACKEND_CPU, .gemm = gemm_emu, .layernorm = layernorm_emu, .bias_silu = bias_silu_emu,
+    .ln_mul = ln_mul_emu, .bias_act = bias_act_emu, .l2norm = l2norm_emu, .attention = attention_emu,
+    .topk = topk_cpu,
+};
+
+static hstu_model *make_model(const hstu_config *cfg, uint64_t seed, bool bf16)
+{
+    hstu_model *m = NULL;
+    hstu_error err = {0};
+    if (hstu_model_create_random(cfg, seed, &m, &err) != HSTU_OK) {
+        t_fail_at(__FILE__, __LINE__, "model: %s", err.msg);
+        return NULL;
+    }
+    if (bf16) {
+        round_bf16(m->arena, m->arena_floats);
+        model_finish(m);
+        if (m->item_unit)
+            round_bf16(m->item_unit, (size_t)m->cfg.item_rows * m->cfg.d_model);
+    }
+    return m;
+}
+
+static hstu_engine *make_engine(const hstu_model *m, hstu_backend b)
+{
+    hstu_engine_options o;
+    hstu_engine_options_default(&o);
+    o.backend = b;
+    o.use_cache = false;
+    hstu_engine *e = NULL;
+    hstu_error err = {0};
+    if (hstu_engine_create(m, &o, &e, &err) != HSTU_OK)
+        t_fail_at(__FILE__, __LINE__, "engine (%s): %s", hstu_backend_name(b), err.msg);
+    return e;
+}
+
+static void user_fill(sim_user *u, const hstu_config *c, int n, int m, rng *r)
+{
+    for (int j = 0; j < c->n_context; j++)
+        u->ctx[j] = rng_below(r, c->context_rows[j]);
+    int64_t t = 1000000 + rng_below(r, 1000);
+    for (int i = 0; i < n; i++) {
+        u->items[i] = rng_below(r, c->item_rows);
+        u->actions[i] = c->action_rows ? rng_below(r, c->action_rows) : 0;
+        t += rng_below(r, 3) == 0 ? rng_below(r, 10000000) : rng_below(r, 100);
+        u->ts[i] = t;
+    }
+    for (int i = 0; i < m; i++)
+        u->cands[i] = rng_below(r, c->item_rows);
+    u->n = n;
+    u->m = m;
+}
+
+static hstu_request user_request(const sim_user *u, const hstu_config *c, int64_t id, int top_k)
+{
+    hstu_request q = {.user_id = id, .n_context = c->n_context, .context = u->ctx, .n_items = u->n,
+                      .items = u->items, .actions = u->actions, .timestamps = u->ts,
+                      .query_time = u->n ? u->ts[u->n - 1] + 77 : 0, .n_candidates = u->m,
+                      .candidates = u->cands, .top_k = top_k, .exclude_history = id % 4 != 3};
+    return q;
+}
+
+typedef struct model_worst {
+    double err, emu_err, l2, id_swaps;
+} model_worst;
+
+/* Ranking: the batch's logits as one tensor. */
+static void compare_ranking(const hstu_config *c, const hstu_request *q, int B, const outputs *g, const outputs *r,
+                            const outputs *e, model_worst *w, int round)
+{
+    size_t n = 0;
+    for (int b = 0; b < B; b++)
+        n += (size_t)q[b].n_candidates * c->n_tasks;
+    if (n == 0)
+        return;
+    float *fg = xmalloc(sizeof(float) * n), *fr = xmalloc(sizeof(float) * n), *fe = xmalloc(sizeof(float) * n);
+    size_t off = 0;
+    for (int b = 0; b < B; b++) {
+        size_t k = (size_t)q[b].n_candidates * c->n_tasks;
+        memcpy(fg + off, g->scores[b], sizeof(float) * k);
+        memcpy(fr + off, r->scores[b], sizeof(float) * k);
+        memcpy(fe + off, e->scores[b], sizeof(float) * k);
+        off += k;
+    }
+    char what[64];
+    snprintf(what, sizeof what, "batch %d logits", round);
+    bf16_check ck = check_bf16(what, fg, fr, fe, n);
+    w->err = fmax(w->err, ck.err), w->emu_err = fmax(w->emu_err, ck.emu_err), w->l2 = fmax(w->l2, ck.l2);
+    free(fg), free(fr), free(fe);
+}
+
+/* Retrieval: scores by rank as one tensor; ids equal except on near-ties. */
+static void compare_retrieval(const hstu_config *c, const hstu_request *q, int B, const outputs *g,
+                              const outputs *r, const outputs *e, model_worst *w, int round)
+{
+    size_t n = 0;
+    for (int b = 0; b < B; b++) {
+        T_CHECK(g->res[b].n_topk == q[b].top_k, "batch %d user %d: %d results for top_k %d", round, b,
+                g->res[b].n_topk, q[b].top_k);
+        n += (size_t)g->res[b].n_topk;
+    }
+    float *fg = xmalloc(sizeof(float) * (n + 1)), *fr = xmalloc(sizeof(float) * (n + 1));
+    float *fe = xmalloc(sizeof(float) * (n + 1));
+    size_t off = 0;
+    double noise = 0;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < g->res[b].n_topk; i++, off++) {
+            fg[off] = g->tscores[b][i];
+            fr[off] = r->tscores[b][i];
+            fe[off] = e->tscores[b][i];
+            noise = fmax(noise, fabs((double)fe[off] - fr[off]));
+        }
+    char what[64];
+    snprintf(what, sizeof what, "batch %d top-k scores", round);
+    bf16_check ck = check_bf16(what, fg, fr, fe, n);
+    w->err = fmax(w->err, ck.err), w->emu_err = fmax(w->emu_err, ck.emu_err), w->l2 = fmax(w->l2, ck.l2);
+    noise = 2 * noise + 1e-6;
+    for (int b = 0; b < B; b++) {
+        const hstu_request *rq = &q[b];
+        int k = g->res[b].n_topk, kr = r->res[b].n_topk;
+        for (int i = 0; i < k; i++) {
+            int64_t id = g->ids[b][i];
+            bool valid = id >= 1 && id < c->item_rows;
+            for (int j = 0; j < i && valid; j++)
+                valid = g->ids[b][j] != id;
+            for (int j = 0; j < rq->n_items && valid && rq->exclude_history; j++)
+                valid = rq->items[j] != id;
+            T_CHECK(valid, "batch %d user %d rank %d: id %lld is padding, repeated or in the history", round, b, i,
+                    (long long)id);
+            if (i > 0)
+                T_CHECK(g->tscores[b][i] < g->tscores[b][i - 1] ||
+                            (g->tscores[b][i] == g->tscores[b][i - 1] && id > g->ids[b][i - 1]),
+                        "batch %d user %d rank %d: out of order", round, b, i);
+            if (id == r->ids[b][i])
+                continue;
+            w->id_swaps++;
+            /* where does the reference rank this id? */
+            int j = 0;
+            while (j < kr && r->ids[b][j] != id)
+                j++;
+            double gap = j < kr ? fabs((double)r->tscores[b][j] - r->tscores[b][i])
+                                : (double)r->tscores[b][i] - r->tscores[b][kr - 1];
+            T_CHECK(gap <= noise, "batch %d user %d rank %d: id %lld (reference rank %d) vs %lld: scores %.6g apart, "
+                    "bf16 noise %.3g", round, b, i, (long long)id, j, (long long)r->ids[b][i], gap, noise);
+        }
+    }
+    free(fg), free(fr), free(fe);
+}
+
+/* The CUDA engine against the fp32 reference (ref backend, or the fast CPU
+ * backend for the larger preset) and the bf16 emulation, over `rounds`
+ * jagged batches; round 0 has the edge lengths. */
+static void model_vs_ref(const hstu_config *cfg, hstu_backend ref_backend, int rounds, int max_b)
+{
+    hstu_model *m = make_model(cfg, 31, false), *mb = make_model(cfg, 31, true);
+    T_REQUIRE(m && mb, "no model");
+    const hstu_config *c = hstu_model_config(m);
+    hstu_engine *gpu = make_engine(m, HSTU_BACKEND_CUDA), *ref = make_engine(m, ref_backend);
+    hstu_engine *emu = make_engine(mb, HSTU_BACKEND_CPU);
+    if (!gpu || !ref || !emu)
+        goto done;
+    emu->ops = &ops_emu;
+    T_CHECK(c->max_history <= MAXN && c->max_candidates <= MAXM && c->n_tasks <= MAXT, "test buffers too small");
+    bool retr = c->family == HSTU_FAMILY_RETRIEVAL;
+    static sim_user users[MAXU];
+    static outputs og, orf, oe;
+    hstu_request qg[MAXU], qr[MAXU];
+    rng r = {77};
+    model_worst w = {0};
+    int lens[] = {0, 1, 2, c->max_history, 31, 33, 7, 5};
+    for (int round = 0; round < rounds; round++) {
+        int B = round == 0 ? max_b : 1 + (int)rng_below(&r, max_b);
+        for (int b = 0; b < B; b++) {
+            int n = round == 0 ? lens[b % 8] : (int)rng_below(&r, c->max_history + 1);
+            if (n > c->max_history)
+                n = c->max_history;
+            if (retr && n == 0)
+                n = 1;
+            int mc = retr ? 0 : round == 0 && b < 2 ? c->max_candidates : (int)rng_below(&r, c->max_candidates + 1);
+            user_fill(&users[b], c, n, mc, &r);
+            int k = retr ? 1 + (int)rng_below(&r, MAXK) : 1;
+            qg[b] = user_request(&users[b], c, 1000 * round + b, k);
+            qr[b] = qg[b];
+            qr[b].top_k = k + REF_EXTRA;
+        }
+        hstu_error err = {0};
+        bind_outputs(&og, B), bind_outputs(&orf, B), bind_outputs(&oe, B);
+        T_REQUIRE(hstu_engine_run(gpu, qg, B, og.res, true, &err) == HSTU_OK, "cuda: %s", err.msg);
+        T_REQUIRE(hstu_engine_run(ref, qr, B, orf.res, true, &err) == HSTU_OK, "ref: %s", err.msg);
+        T_REQUIRE(hstu_engine_run(emu, qr, B, oe.res, true, &err) == HSTU_OK, "emu: %s", err.msg);
+        if (retr)
+            compare_retrieval(c, qg, B, &og, &orf, &oe, &w, round);
+        else
+            compare_ranking(c, qg, B, &og, &orf, &oe, &w, round);
+        if (!retr && round == 1) { /* probabilities: sigmoid of the same logits */
+            static outputs op;
+            bind_outputs(&op, B);
+            T_REQUIRE(hstu_engine_run(gpu, qg, B, op.res, false, &err) == HSTU_OK, "cuda: %s", err.msg);
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < qg[b].n_candidates * c->n_tasks; i++) {
+                    float p = 1.0f / (1.0f + expf(-og.scores[b][i]));
+                    if (fabsf(op.scores[b][i] - p) > 1e-6f) {
+                        t_fail_at(__FILE__, __LINE__, "probability %g vs sigmoid(logit) %g", op.scores[b][i], p);
+                        b = B;
+                        break;
+                    }
+                }
+        }
+        if (t_case_failed())
+            break;
+    }
+    printf("    %d batches: error %.3g, bf16 emulation %.3g (ratio %.2f, bound 2), L2 %.3g", rounds, w.err,
+           w.emu_err, w.emu_err > 0 ? w.err / w.emu_err : 0.0, w.l2);
+    if (retr)
+        printf(", %g ids swapped on near-ties", w.id_swaps);
+    printf("\n");
+done:
+    hstu_engine_destroy(gpu);
+    hstu_engine_destroy(ref);
+    hstu_engine_destroy(emu);
+    hstu_model_destroy(m);
+    hstu_model_destroy(mb);
+}
+
+static void parse(const char *json, hstu_config *cfg)
+{
+    hstu_error err = {0};
+    hstu_status st = hstu_config_parse(json, strlen(json), cfg, &err);
+    HSTU_ASSERT(st == HSTU_OK);
+}
+
+static void test_model_ranking(void)
+{
+    hstu_config c;
+    parse(ranking_json, &c);
+    model_vs_ref(&c, HSTU_BACKEND_REF, g_small ? 2 : 8, 8);
+}
+
+static void test_model_ranking_variant(void)
+{
+    hstu_config c;
+    parse(ranking_variant_json, &c);
+    model_vs_ref(&c, HSTU_BACKEND_REF, g_small ? 2 : 6, 6);
+}
+
+static void test_model_retrieval(void)
+{
+    hstu_config c;
+    parse(retrieval_json, &c);
+    model_vs_ref(&c, HSTU_BACKEND_REF, g_small ? 2 : 8, 8);
+}
+
+/* 600k items: the backend's score rows hold 111 users at a time (256 MiB),
+ * so 120 users take two top-k groups. */
+static const char *retrieval_big_json =
+    "{\"family\":\"retrieval\",\"d_model\":32,\"n_layers\":1,\"n_heads\":1,\"d_qk\":16,\"d_v\":16,"
+    "\"attn_scale_len\":20,\"max_positions\":16,\"tables\":{\"item\":600000},\"max_history\":8}";
+
+static void test_model_retrieval_groups(void)
+{
+    if (g_small) {
+        printf("    (HSTU_TEST_SMALL: skipped inside the case)\n");
+        return;
+    }
+    hstu_config c;
+    parse(retrieval_big_json, &c);
+    model_vs_ref(&c, HSTU_BACKEND_CPU, 1, 120);
+}
+
+static void test_model_kuairand(void)
+{
+    if (g_small) {
+        printf("    (HSTU_TEST_SMALL: skipped inside the case)\n");
+        return;
+    }
+    hstu_config c;
+    hstu_error err = {0};
+    HSTU_ASSERT(hstu_config_preset("kuairand-1k", &c, &err) == HSTU_OK);
+    c.max_history = 256; /* shorter histories: the fp32 references run on the CPU */
+    model_vs_ref(&c, HSTU_BACKEND_CPU, 3, 4);
+}
+
+static void test_unsupported(void)
+{
+    hstu_config c;
+    hstu_error err = {0};
+    HSTU_ASSERT(hstu_config_preset("ml-1m", &c, &err) == HSTU_OK); /* d_qk = d_v = 50 */
+    hstu_model *m = make_model(&c, 1, false);
+    T_REQUIRE(m, "no model");
+    hstu_engine_options o;
+    hstu_engine_options_default(&o);
+    o.backend = HSTU_BACKEND_CUDA;
+    hstu_engine *e = NULL;
+    T_CHECK(hstu_engine_create(m, &o, &e, &err) == HSTU_ERR_UNSUPPORTED && !e, "ml-1m's head widths accepted");
+    T_CHECK(strstr(err.msg, "d_qk 50") != NULL, "message: %s", err.msg);
+    printf("    %s\n", err.msg);
+    hstu_engine_destroy(e);
+    hstu_model_destroy(m);
+}
+
+#define RUN_CASE(name, fn) t_run(name, fn);
+#endif /* HSTU_HAVE_CUDA */
+
+#define SKIP_CASE(name, fn) t_skip(name, why);
+
+int main(void)
+{
+    char why[256];
+    if (!cuda_available(why, sizeof why)) {
+        CUDA_TESTS(SKIP_CASE)
+        return t_summary();
+    }
+#ifdef HSTU_HAVE_CUDA
+    const char *small = getenv("HSTU_TEST_SMALL");
+    g_small = small && *small && strcmp(small, "0") != 0;
+    CUDA_TESTS(RUN_CASE)
+#endif
+    return t_summary();
+}
