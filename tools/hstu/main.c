@@ -15,7 +15,9 @@ static void usage(FILE *f)
             "  init    write a model directory with seeded random weights\n"
             "  infer   run JSON-lines requests through one engine, results to stdout\n"
             "  demo    a small model and returning users: scores, cache hits, latency\n"
-            "  bench   CPU latency and throughput, full and cached forward\n");
+            "  bench   CPU latency and throughput, full and cached forward\n"
+            "  serve   the KServe v2 / Triton-compatible HTTP server\n"
+            "  loadgen drive a server with returning users; latency, throughput, cache hits\n");
 }
 
 int main(int argc, char **argv)
@@ -38,6 +40,10 @@ int main(int argc, char **argv)
         return cmd_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "loadgen"))
+        return cmd_loadgen(argc - 1, argv + 1);
     fprintf(stderr, "hstu: unknown command \"%s\"\n\n", cmd);
     usage(stderr);
     return 2;

@@ -1,0 +1,56 @@
+/* protocol.h - the HSTU models' tensors in the KServe v2 protocol.
+ *
+ * Decodes an infer request (JSON, or JSON + binary tensors as Triton's
+ * binary data extension) into a job slot, checking every shape, length and
+ * id against the model and the slot's limits; encodes the answer. Also the
+ * model metadata and the Triton model-config JSON. Statuses are HTTP codes.
+ */
+#ifndef HSTU_SERVE_PROTOCOL_H
+#define HSTU_SERVE_PROTOCOL_H
+
+#include "hstu.h"
+#include "serve/batcher.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* The tensor interface a request uses: the model's own, or NVIDIA's Triton
+ * HSTU example (ranking only; spec/serving.md section 3). */
+typedef enum proto_iface { PROTO_NATIVE = 0, PROTO_COMPAT } proto_iface;
+
+#define PROTO_MAX_OUT 4
+#define PROTO_ID_MAX 256
+
+/* What the request asked for besides its inputs. */
+typedef struct infer_call {
+    char id[PROTO_ID_MAX];
+    bool has_id;
+    int n_out;                  /* outputs to return, in order */
+    int out[PROTO_MAX_OUT];     /* index into the model's outputs */
+    bool out_binary[PROTO_MAX_OUT];
+    int top_k;
+} infer_call;
+
+typedef struct proto_limits {
+    int max_batch, token_budget, max_top_k;
+    int64_t default_timeout_us, max_queue_delay_us;
+} proto_limits;
+
+/* body[0, len); header_len < 0 when there is no Inference-Header-Content-
+ * Length (all JSON). Returns 200 or an HTTP error status with msg filled. */
+int proto_decode_infer(const hstu_engine *e, const hstu_config *cfg, proto_iface iface,
+                       const proto_limits *lim, const char *body, size_t len, long long header_len,
+                       job *j, infer_call *call, char *msg, size_t msg_size);
+
+/* The response body (malloc'd, caller frees); *json_len is the JSON part's
+ * size when any output is binary (else equal to *len). */
+char *proto_encode_infer(const hstu_config *cfg, proto_iface iface, const char *model_name, const job *j,
+                         const infer_call *call, size_t *len, size_t *json_len);
+
+json_t *proto_model_metadata(const hstu_config *cfg, proto_iface iface, const char *name,
+                             const char *backend);
+json_t *proto_model_config(const hstu_config *cfg, proto_iface iface, const char *name,
+                           const char *backend, const proto_limits *lim, int queue_size);
+
+#endif
