@@ -173,7 +173,8 @@ static void run_engine(void *p)
 
 /* ---- stages and kernels alone -------------------------------------------- */
 
-enum { K_EMBED, K_LN, K_UVQK, K_SILU, K_ATTN, K_LNMUL, K_PROJ, K_PROJ_BF16, K_ALL_GEMM, K_ALL_ROWS, K_ALL_ATTN };
+enum { K_EMBED, K_LN, K_UVQK, K_SILU, K_ATTN, K_LNMUL, K_PROJ, K_PROJ_F32, K_LN_F32, N_KERNELS,
+       K_ALL_GEMM = N_KERNELS, K_ALL_ROWS, K_ALL_ATTN };
 
 typedef struct stage_arg {
     int kind, reps; /* what to run, how many times (layers) */
@@ -197,12 +198,17 @@ static void run_kernel(stage_arg *a, int kind)
 {
     char why[256];
     switch (kind) {
-    case K_EMBED:
-        cuda_ok((cudaError_t)embed_cuda(a->T, a->d, a->emb, a->d, a->rows, a->pos, a->d, a->positions, 32.0f, a->x,
-                                        a->d, a->s),
+    case K_EMBED: /* the forward's: bf16 x and layer 0's LayerNorm in one pass */
+        cuda_ok((cudaError_t)embed_ln_cuda(a->T, a->d, a->emb, a->d, a->rows, a->pos, a->d, a->positions, 32.0f,
+                                           a->x16, 0, a->d, a->ln_w, a->ln_b, 1e-5f, a->xn, a->d, a->s),
                 "embed");
         break;
-    case K_LN:
+    case K_LN: /* bf16 x (the default residual) */
+        cuda_ok((cudaError_t)layernorm_bf16_cuda(a->T, a->d, a->x16, a->d, a->ln_w, a->ln_b, 1e-5f, a->xn, a->d,
+                                                 a->s),
+                "layernorm");
+        break;
+    case K_LN_F32:
         cuda_ok((cudaError_t)layernorm_cuda(a->T, a->d, a->x, a->d, a->ln_w, a->ln_b, 1e-5f, a->xn, a->d, a->s),
                 "layernorm");
         break;
@@ -221,13 +227,13 @@ static void run_kernel(stage_arg *a, int kind)
                                          a->y, a->vw, a->s),
                 "ln_mul");
         break;
-    case K_PROJ:
-        gemm_or_die(gemm_cuda_run(a->g, a->T, a->d, a->vw, a->y, a->vw, a->w_proj, a->d, 0, 1.0f, a->x, 1, a->d,
+    case K_PROJ: /* into the bf16 residual (the default) */
+        gemm_or_die(gemm_cuda_run(a->g, a->T, a->d, a->vw, a->y, a->vw, a->w_proj, a->d, 0, 1.0f, a->x16, 0, a->d,
                                   GEMM_EPI_NONE, NULL, a->s, why, sizeof why),
                     why);
         break;
-    case K_PROJ_BF16: /* the same with a bf16 residual, for comparison */
-        gemm_or_die(gemm_cuda_run(a->g, a->T, a->d, a->vw, a->y, a->vw, a->w_proj, a->d, 0, 1.0f, a->x16, 0, a->d,
+    case K_PROJ_F32: /* the same into an fp32 residual (HSTU_CUDA_RESIDUAL=f32), for comparison */
+        gemm_or_die(gemm_cuda_run(a->g, a->T, a->d, a->vw, a->y, a->vw, a->w_proj, a->d, 0, 1.0f, a->x, 1, a->d,
                                   GEMM_EPI_NONE, NULL, a->s, why, sizeof why),
                     why);
         break;
@@ -384,6 +390,18 @@ int main(int argc, char **argv)
     hstu_engine *e = NULL;
     if (hstu_engine_create(m, &eo, &e, &err) != HSTU_OK)
         die("engine", err.msg);
+    /* Engines with the backend's other settings (read from the environment
+     * at create), timed beside the default on the 4096+256 cases. */
+    static const char *var_name[] = {"fp32 residual (HSTU_CUDA_RESIDUAL=f32)"};
+    static const char *var_env[][2] = {{"HSTU_CUDA_RESIDUAL", "f32"}};
+    enum { N_VAR = sizeof var_name / sizeof var_name[0] };
+    hstu_engine *ev[N_VAR];
+    for (int v = 0; v < N_VAR; v++) {
+        setenv(var_env[v][0], var_env[v][1], 1);
+        if (hstu_engine_create(m, &eo, &ev[v], &err) != HSTU_OK)
+            die("engine", err.msg);
+        unsetenv(var_env[v][0]);
+    }
 
     int max_items = hist_tokens[2] / 2;
     int64_t *items = malloc(sizeof(int64_t) * max_items), *actions = malloc(sizeof(int64_t) * max_items);
@@ -438,7 +456,8 @@ int main(int argc, char **argv)
     printf("\n%-5s %-10s %7s %9s %8s %8s %8s %7s | %7s %7s %7s\n", "batch", "tokens", "rows", "median_ms",
            "TFLOP", "TFLOP/s", "floor_ms", "floor%", "gemm_ms", "attn_ms", "rows_ms");
     int n_hist = quick ? 1 : 3;
-    char detail[2][4096];
+    char detail[2][4096], variants[2][1024];
+    int nvar[2] = {0, 0};
     for (int bi = 0; bi < 2; bi++)
         for (int hi = 3 - n_hist; hi < 3; hi++) {
             int B = batches[bi], ht = hist_tokens[hi], n_items = ht / 2;
@@ -482,20 +501,26 @@ int main(int argc, char **argv)
             fflush(stdout);
             if (hi != 2)
                 continue;
+            for (int v = 0; v < N_VAR; v++) {
+                engine_arg va = {ev[v], reqs, res, B};
+                float vms = time_median(run_engine, &va, s, warmup, iters);
+                nvar[bi] += snprintf(variants[bi] + nvar[bi], sizeof variants[bi] - nvar[bi],
+                                     "  %-40s %8.3f ms (default %.3f ms)\n", var_name[v], vms, ms);
+            }
             /* per kernel, one call each (a layer's worth) */
-            static const char *names[] = {"embed", "layernorm", "uvqk GEMM", "bias+SiLU v|q|k", "attention",
-                                          "SiLU(u)*LN(attn)", "proj GEMM (f32 x)", "proj GEMM (bf16 x)"};
-            double kb[8] = {
-                (double)T * d * (2 + 2 + 4),        (double)T * d * (4 + 2),
-                0,                                  2.0 * T * (W - vw) * 2,
-                0,                                  (double)T * vw * 2 * 3,
-                0,                                  0,
+            static const char *names[N_KERNELS] = {
+                "embed + LN (bf16 x)", "layernorm (bf16 x)", "uvqk GEMM",         "bias+SiLU v|q|k",
+                "attention",           "SiLU(u)*LN(attn)",   "proj GEMM (bf16 x)", "proj GEMM (f32 x)",
+                "layernorm (f32 x)"};
+            double kb[N_KERNELS] = {
+                (double)T * d * (2 + 2 + 2 + 2), (double)T * d * (2 + 2), 0, 2.0 * T * (W - vw) * 2, 0,
+                (double)T * vw * 2 * 3,          0,                       0, (double)T * d * (4 + 2),
             };
-            double kf[8] = {0, 0, (double)T * 2.0 * d * W, 0, attn_fl, 0, (double)T * 2.0 * vw * d,
-                            (double)T * 2.0 * vw * d};
+            double kf[N_KERNELS] = {0, 0, (double)T * 2.0 * d * W, 0, attn_fl, 0, (double)T * 2.0 * vw * d,
+                                    (double)T * 2.0 * vw * d, 0};
             int len = snprintf(detail[bi], sizeof detail[bi], "batch %d, %d+%d tokens (T = %d), one call each:\n",
                                B, ht, CANDS, T);
-            for (int k = 0; k < 8; k++) {
+            for (int k = 0; k < N_KERNELS; k++) {
                 sa.kind = k;
                 sa.reps = 1;
                 float t = time_median(run_stage, &sa, s, 2, iters);
@@ -509,6 +534,10 @@ int main(int argc, char **argv)
             }
         }
     printf("\n%s\n%s", detail[0], detail[1]);
+    for (int bi = 0; bi < 2; bi++)
+        if (nvar[bi])
+            printf("\nbatch %d, %d+%d tokens, other settings, whole forward:\n%s", batches[bi], hist_tokens[2], CANDS,
+                   variants[bi]);
     if (!quick) {
         printf("\ncuBLASLt algorithms (row-major C[M,N] = A[M,K] @ B[K,N]):\n");
         int Ms[2] = {MAX_B * (hist_tokens[2] + CANDS), hist_tokens[2] + CANDS};
@@ -521,6 +550,8 @@ int main(int argc, char **argv)
     printf("\ntargets (issue, H100): batch 8 at 4096+256 <= 11 ms, batch 1 at 4096+256 <= 3 ms; "
            "Meta's reference: 16.7 ms (b8), 10.3 ms (b1)\n");
     hstu_engine_destroy(e);
+    for (int v = 0; v < N_VAR; v++)
+        hstu_engine_destroy(ev[v]);
     hstu_model_destroy(m);
     gemm_cuda_destroy(g);
     return 0;

@@ -4,8 +4,8 @@
 # Build here first (scripts/gpu_pack.sh), then in one device call:
 #   run(carry: [".device/bin", ".device/lib"], command: "sh scripts/gpu_check.sh")
 # It runs every test binary (the CUDA ones must report 0 skipped on a GPU;
-# the CPU ones are cheap and run too), a compute-sanitizer memcheck of
-# test_cuda on small shapes (HSTU_TEST_SMALL=1), and the GPU benchmark, then
+# the CPU ones are cheap and run too), compute-sanitizer memcheck and
+# racecheck of the CUDA tests on small shapes, and the GPU benchmark, then
 # prints a short table last. Logs go to $OUT (the device tool brings them
 # back) or /tmp/gpu_check. Exit status: non-zero when anything failed.
 # GPU_CHECK_SKIP="bench sanitizer cpu" leaves parts out.
@@ -65,23 +65,37 @@ for t in "$BIN"/test_*; do
     printf '%-22s %6s %6s %7s %5ss  %s\n' "$name" "$1" "$2" "$3" "$secs" "$verdict" >>"$table"
 done
 
-san_line="not run"
-case " $SKIP " in *" sanitizer "*) ;; *)
+# compute-sanitizer: memcheck and racecheck over the CUDA tests on small
+# shapes (HSTU_TEST_SMALL for test_cuda, HSTU_TEST_QUICK for the attention;
+# racecheck covers test_cuda's kernel cases, HSTU_TEST_KERNELS_ONLY).
+san_line=""
+case " $SKIP " in *" sanitizer "*) san_line="not run" ;; *)
     SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    if [ -x "$SAN" ] && [ -x "$BIN/test_cuda" ]; then
-        echo "== compute-sanitizer memcheck: test_cuda (HSTU_TEST_SMALL=1)"
-        start=$(date +%s)
-        HSTU_TEST_SMALL=1 timeout 200 "$SAN" --tool memcheck --error-exitcode 3 "$BIN/test_cuda" \
-            >"$LOGS/sanitizer.log" 2>&1
-        rc=$?
-        secs=$(( $(date +%s) - start ))
-        tail -n 6 "$LOGS/sanitizer.log"
-        errs=$(grep -E 'ERROR SUMMARY' "$LOGS/sanitizer.log" | tail -n 1)
-        s=$(summary "$LOGS/sanitizer.log")
-        san_line="${errs:-no summary} | tests ${s:-?} (p f s) | rc $rc | ${secs}s"
-        [ "$rc" -eq 0 ] || failed=1
+    if [ ! -x "$SAN" ]; then
+        san_line="compute-sanitizer not found"; failed=1
     else
-        san_line="compute-sanitizer not found"
+        for tool in memcheck racecheck; do
+            for t in test_cuda test_attention_cuda; do
+                [ -x "$BIN/$t" ] || continue
+                log="$LOGS/sanitizer_${tool}_$t.log"
+                echo "== compute-sanitizer $tool: $t (small shapes)"
+                start=$(date +%s)
+                # racecheck needs too much memory for test_cuda's whole-model
+                # cases: it checks test_cuda's kernel cases only.
+                konly=0; [ "$tool" = racecheck ] && konly=1
+                HSTU_TEST_SMALL=1 HSTU_TEST_QUICK=1 HSTU_TEST_KERNELS_ONLY=$konly \
+                    timeout 150 "$SAN" --tool "$tool" --error-exitcode 3 \
+                    "$BIN/$t" >"$log" 2>&1
+                rc=$?
+                secs=$(( $(date +%s) - start ))
+                tail -n 3 "$log"
+                errs=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1 | sed 's/=* *//')
+                s=$(summary "$log")
+                san_line="$san_line
+  $tool $t: ${errs:-no summary} | tests ${s:-?} (p f s) | rc $rc | ${secs}s"
+                [ "$rc" -eq 0 ] || failed=1
+            done
+        done
     fi
 ;; esac
 
@@ -97,7 +111,7 @@ echo
 echo "==== summary ===================================================="
 printf '%-22s %6s %6s %7s %6s  %s\n' binary passed failed skipped time verdict
 cat "$table"
-echo "sanitizer: $san_line"
+echo "sanitizer:$san_line"
 [ -f "$LOGS/bench.log" ] && grep -E '^(device|batch|[18] )' "$LOGS/bench.log"
 rm -f "$table"
 exit $failed

@@ -7,9 +7,10 @@
  *   weights   bf16 matrices (every embedding table in one [rows, d8] table,
  *             positions, uvqk and proj weights, head weights, the normalised
  *             item table); LayerNorm parameters, biases and rab tables fp32;
- *   activations for max_tokens rows: x fp32 (the residual stream stays
- *             fp32: the output projection adds into it with beta = 1), xn,
- *             uvqk, attn, y bf16; the head's buffers; retrieval's score rows;
+ *   activations for max_tokens rows: x (the residual stream: bf16 by
+ *             default, fp32 with HSTU_CUDA_RESIDUAL=f32; the output projection
+ *             adds into it with beta = 1), xn, uvqk, attn, y bf16; the head's
+ *             buffers; retrieval's score rows;
  *   staging   per-batch metadata (token rows, positions, attention
  *             sequences, timestamps, head rows, top-k bookkeeping) packed on
  *             the host and sent in one copy; results come back the same way.
@@ -18,8 +19,9 @@
  * At create, the two layer GEMMs are tuned (cuBLASLt's candidates timed)
  * for M = max_tokens, max_tokens / 2, ... on the scratch activations.
  *
- * A forward, on one stream: embedding gather (x = e * sqrt(d) + pos), then
- * per layer LN -> uvqk GEMM -> bias+SiLU on v|q|k -> attention ->
+ * A forward, on one stream: embedding gather (x = e * sqrt(d) + pos, and
+ * layer 0's LN(x) in the same pass), then per layer LN (from layer 1 on)
+ * -> uvqk GEMM -> bias+SiLU on v|q|k -> attention ->
  * SiLU(u + b_u) * LN(attn) -> proj GEMM into x (beta = 1, bias epilogue);
  * then the head. Ranking: candidate rows gathered and L2-normalised, the MLP
  * as GEMMs with bias(+ReLU) epilogues, logits copied back, sigmoid on the
@@ -60,7 +62,7 @@ typedef struct layer_dev {
     float *uvqk_b;              /* [W] (NULL without uvqk_bias) */
     float *ln_out_w, *ln_out_b; /* [vw] (NULL without ln_affine) */
     bf16_t *proj_w;             /* [vw, d8] (columns d..d8 zero) */
-    float *proj_b;              /* [d8] (NULL without proj_bias) */
+    void *proj_b;               /* [d8], x's type (the GEMM's bias is C's type); NULL without proj_bias */
     float *rab_pos, *rab_time;  /* [2N-1], [buckets+1] (NULL without rab) */
 } layer_dev;
 
@@ -70,6 +72,7 @@ struct cuda_backend {
     int d, d8, W, vw, kw, n_tasks8, head_w8;
     int64_t emb_rows, action_off, ctx_off[HSTU_MAX_CONTEXT];
     int n_items8;      /* item_unit rows, padded (retrieval) */
+    bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
     size_t topk_cap;   /* result slots per top-k group */
     cudaStream_t stream;
@@ -85,7 +88,7 @@ struct cuda_backend {
     void *d_head_b[HSTU_MAX_HIDDEN + 1];   /* [out8]: bf16 (hidden, ReLU epilogue on bf16), fp32 (last) */
     int head_in8[HSTU_MAX_HIDDEN + 1], head_out8[HSTU_MAX_HIDDEN + 1];
     bf16_t *d_item_unit;  /* [n_items8, d8] normalised items (retrieval) */
-    float *d_x;           /* [T, d8] residual stream */
+    void *d_x;            /* [T, d8] residual stream, bf16 or fp32 (x_f32) */
     bf16_t *d_xn;         /* [T, d8] LN(x) */
     bf16_t *d_uvqk;       /* [T, W] u|v|q|k */
     bf16_t *d_attn;       /* [T, vw] */
@@ -191,7 +194,7 @@ static void layout_device(cuda_backend *cb, carver *c)
         L->ln_out_w = cfg->ln_affine ? (float *)carve(c, (size_t)vw * 4) : NULL;
         L->ln_out_b = cfg->ln_affine ? (float *)carve(c, (size_t)vw * 4) : NULL;
         L->proj_w = (bf16_t *)carve(c, (size_t)vw * d8 * 2);
-        L->proj_b = cfg->proj_bias ? (float *)carve(c, (size_t)d8 * 4) : NULL;
+        L->proj_b = cfg->proj_bias ? carve(c, (size_t)d8 * (cb->x_f32 ? 4 : 2)) : NULL;
         bool rab = cfg->rab == HSTU_RAB_POS_TIME;
         L->rab_pos = rab ? (float *)carve(c, (size_t)(2 * cfg->attn_scale_len - 1) * 4) : NULL;
         L->rab_time = rab ? (float *)carve(c, (size_t)(cfg->rab_buckets + 1) * 4) : NULL;
@@ -203,7 +206,7 @@ static void layout_device(cuda_backend *cb, carver *c)
         cb->d_head_b[j] = carve(c, (size_t)cb->head_out8[j] * (last ? 4 : 2));
     }
     cb->d_item_unit = retr ? (bf16_t *)carve(c, (size_t)cb->n_items8 * d8 * 2) : NULL;
-    cb->d_x = (float *)carve(c, T * d8 * 4);
+    cb->d_x = carve(c, T * d8 * (cb->x_f32 ? 4 : 2));
     cb->d_xn = (bf16_t *)carve(c, T * d8 * 2);
     cb->d_uvqk = (bf16_t *)carve(c, T * W * 2);
     cb->d_attn = (bf16_t *)carve(c, T * vw * 2);
@@ -333,7 +336,8 @@ static hstu_status upload_weights(cuda_backend *cb, hstu_error *err)
         if (st == HSTU_OK && L->ln_out_b)
             st = upload_f32(L->ln_out_b, w->ln_out_b, vw, vw, buf, err);
         if (st == HSTU_OK && L->proj_b)
-            st = upload_f32(L->proj_b, w->proj_b, d, d8, buf, err);
+            st = cb->x_f32 ? upload_f32((float *)L->proj_b, w->proj_b, d, d8, buf, err)
+                           : upload_bf16((bf16_t *)L->proj_b, 1, d, 1, d8, w->proj_b, d, buf, err);
         if (st == HSTU_OK && L->rab_pos)
             st = upload_f32(L->rab_pos, w->rab_pos, 2 * cfg->attn_scale_len - 1, 2 * cfg->attn_scale_len - 1, buf,
                             err);
@@ -392,7 +396,7 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
     for (int M = cb->max_tokens; M >= 64 && st == HSTU_OK; M /= 2) {
         if (gemm_cuda_tune(cb->gemm, M, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
                            NULL, s, why, sizeof why) ||
-            gemm_cuda_tune(cb->gemm, M, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, 1, d8,
+            gemm_cuda_tune(cb->gemm, M, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
                            L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, s, why, sizeof why))
             st = hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: GEMM tuning: %s", why);
     }
@@ -486,6 +490,12 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
     cb->vw = vw;
     cb->kw = cfg->n_heads * cfg->d_qk;
     cb->emb_rows = emb_rows;
+    {
+        /* The residual stream's type: bf16 unless HSTU_CUDA_RESIDUAL=f32
+         * (docs/cuda.md: accuracy of both, and the time bf16 saves). */
+        const char *res = getenv("HSTU_CUDA_RESIDUAL");
+        cb->x_f32 = res && (!strcmp(res, "f32") || !strcmp(res, "fp32"));
+    }
     if (cfg->family == HSTU_FAMILY_RANKING) {
         cb->action_off = cfg->item_rows;
         int64_t off = cfg->item_rows + cfg->action_rows;
@@ -589,7 +599,12 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     int d = cb->d, d8 = cb->d8, W = cb->W, vw = cb->vw, kw = cb->kw;
     cudaStream_t s = cb->stream;
     hstu_status st;
-    if ((st = ck(layernorm_cuda(T, d, cb->d_x, d8, L->ln_in_w, L->ln_in_b, cfg->ln_eps, cb->d_xn, d8, s),
+    /* layer 0's LN(x) came with the embedding */
+    if (l > 0 &&
+        (st = ck(cb->x_f32 ? layernorm_cuda(T, d, (const float *)cb->d_x, d8, L->ln_in_w, L->ln_in_b, cfg->ln_eps,
+                                            cb->d_xn, d8, s)
+                           : layernorm_bf16_cuda(T, d, (const bf16_t *)cb->d_x, d8, L->ln_in_w, L->ln_in_b,
+                                                 cfg->ln_eps, cb->d_xn, d8, s),
                  "LayerNorm", err)) != HSTU_OK)
         return st;
     if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE, NULL,
@@ -616,7 +631,7 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                              cfg->ln_eps, cb->d_y, vw, s),
                  "u * LN(attn)", err)) != HSTU_OK)
         return st;
-    return ck_gemm(cb, T, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, 1, d8,
+    return ck_gemm(cb, T, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
                    L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, "proj", err);
 }
 
@@ -627,8 +642,11 @@ static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M
     const hstu_config *cfg = &m->cfg;
     cudaStream_t s = cb->stream;
     hstu_status st;
-    if ((st = ck(gather_l2norm_cuda(M, cb->d, cb->d_x, cb->d8, (const int *)DEV(cb, sg->rows), cb->d_mlp_a,
-                                    cb->head_in8[0], s),
+    const int *rows = (const int *)DEV(cb, sg->rows);
+    if ((st = ck(cb->x_f32 ? gather_l2norm_cuda(M, cb->d, (const float *)cb->d_x, cb->d8, rows, cb->d_mlp_a,
+                                                cb->head_in8[0], s)
+                           : gather_l2norm_bf16_cuda(M, cb->d, (const bf16_t *)cb->d_x, cb->d8, rows, cb->d_mlp_a,
+                                                     cb->head_in8[0], s),
                  "candidate gather + L2 norm", err)) != HSTU_OK)
         return st;
     bf16_t *in = cb->d_mlp_a, *out = cb->d_mlp_b;
@@ -675,7 +693,9 @@ static hstu_status head_retrieval(cuda_backend *cb, user_plan *plans, int B, con
     cudaStream_t s = cb->stream;
     hstu_status st;
     int d8 = cb->d8;
-    if ((st = ck(gather_l2norm_cuda(B, cb->d, cb->d_x, d8, (const int *)DEV(cb, sg->rows), cb->d_users, d8, s),
+    const int *rows = (const int *)DEV(cb, sg->rows);
+    if ((st = ck(cb->x_f32 ? gather_l2norm_cuda(B, cb->d, (const float *)cb->d_x, d8, rows, cb->d_users, d8, s)
+                           : gather_l2norm_bf16_cuda(B, cb->d, (const bf16_t *)cb->d_x, d8, rows, cb->d_users, d8, s),
                  "user gather + L2 norm", err)) != HSTU_OK)
         return st;
     for (int g0 = 0; g0 < B;) {
@@ -821,9 +841,11 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
                  err)) != HSTU_OK)
         return st;
 
-    if ((st = ck(embed_cuda(T, cb->d, cb->d_emb, cb->d8, (const int *)DEV(cb, sg.tok_row), cb->d_pos, cb->d8,
-                            (const int *)DEV(cb, sg.tok_pos), sqrtf((float)cb->d), cb->d_x, cb->d8, s),
-                 "embedding", err)) != HSTU_OK)
+    const layer_dev *L0 = &cb->layers[0]; /* every model has a layer */
+    if ((st = ck(embed_ln_cuda(T, cb->d, cb->d_emb, cb->d8, (const int *)DEV(cb, sg.tok_row), cb->d_pos, cb->d8,
+                               (const int *)DEV(cb, sg.tok_pos), sqrtf((float)cb->d), cb->d_x, cb->x_f32, cb->d8,
+                               L0->ln_in_w, L0->ln_in_b, cfg->ln_eps, cb->d_xn, cb->d8, s),
+                 "embedding + LayerNorm", err)) != HSTU_OK)
         return st;
     attn_cuda_params ap;
     memset(&ap, 0, sizeof ap);

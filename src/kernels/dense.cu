@@ -102,11 +102,30 @@ __device__ __forceinline__ void zero_pad(bf16_t *y, int width, int ld, int lane)
         y[c] = 0;
 }
 
-/* ---- embedding ---------------------------------------------------------- */
+/* ---- embedding (+ the first layer's LayerNorm) --------------------------- */
 
-__global__ void embed_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows,
-                             const bf16_t *pos_table, int ld_pos, const int *pos, float scale, float *x,
-                             int ldx, int vec)
+/* x = e * scale + pos as X (float or bf16). */
+__device__ __forceinline__ void store_x(float *p, float v[VEC]) { store8(p, v); }
+__device__ __forceinline__ void store_x(bf16_t *p, float v[VEC])
+{
+    /* round first: the statistics below see the stored residual */
+#pragma unroll
+    for (int j = 0; j < VEC; j++)
+        v[j] = bf2f(f2bf(v[j]));
+    store8(p, v);
+}
+__device__ __forceinline__ void store_x1(float *p, float v) { *p = v; }
+__device__ __forceinline__ void store_x1(bf16_t *p, float v) { *p = f2bf(v); }
+__device__ __forceinline__ float load_x1(const float *p) { return *p; }
+__device__ __forceinline__ float load_x1(const bf16_t *p) { return bf2f(*p); }
+
+/* The register path: a lane holds its chunks of the row, writes x, and when
+ * xn is given also LN(x) from the same registers (two-pass statistics). */
+template <typename X, int NC>
+__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
+    embed_vec_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows, const bf16_t *pos_table,
+                     int ld_pos, const int *pos, float scale, X *x, int ldx, const float *w, const float *b,
+                     float eps, bf16_t *xn, int ldxn)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int t = blockIdx.x * ROWS_PER_BLOCK + warp;
@@ -114,49 +133,152 @@ __global__ void embed_kernel(int T, int width, const bf16_t *table, int ld_table
         return;
     const bf16_t *e = table + (size_t)rows[t] * ld_table;
     const bf16_t *p = pos_table + (size_t)pos[t] * ld_pos;
-    float *xr = x + (size_t)t * ldx;
-    if (vec) {
-        for (int c = lane * VEC; c < width; c += 32 * VEC) {
-            float a[VEC], b[VEC];
-            load8(e + c, a);
-            load8(p + c, b);
+    X *xr = x + (size_t)t * ldx;
+    float v[NC][VEC];
+    float s = 0.0f;
 #pragma unroll
-            for (int i = 0; i < VEC; i++)
-                a[i] = a[i] * scale + b[i];
-            store8(xr + c, a);
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float a[VEC];
+            load8(e + c, v[i]);
+            load8(p + c, a);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                v[i][j] = v[i][j] * scale + a[j];
+            store_x(xr + c, v[i]);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                s += v[i][j];
         }
-    } else {
-        for (int c = lane; c < width; c += 32)
-            xr[c] = bf2f(e[c]) * scale + bf2f(p[c]);
     }
     for (int c = width + lane; c < ldx; c += 32)
-        xr[c] = 0.0f;
+        store_x1(xr + c, 0.0f);
+    if (!xn)
+        return;
+    float mean = warp_sum(s) / (float)width;
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+#pragma unroll
+            for (int j = 0; j < VEC; j++) {
+                float d = v[i][j] - mean;
+                ss += d * d;
+            }
+        }
+    }
+    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+    bf16_t *yr = xn + (size_t)t * ldxn;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float o[VEC];
+            if (w) {
+                float wv[VEC], bv[VEC];
+                load8(w + c, wv);
+                load8(b + c, bv);
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    o[j] = (v[i][j] - mean) * inv * wv[j] + bv[j];
+            } else {
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    o[j] = (v[i][j] - mean) * inv;
+            }
+            store8(yr + c, o);
+        }
+    }
+    zero_pad(yr, width, ldxn, lane);
+}
+
+template <typename X>
+__global__ void embed_any_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows,
+                                 const bf16_t *pos_table, int ld_pos, const int *pos, float scale, X *x, int ldx)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int t = blockIdx.x * ROWS_PER_BLOCK + warp;
+    if (t >= T)
+        return;
+    const bf16_t *e = table + (size_t)rows[t] * ld_table;
+    const bf16_t *p = pos_table + (size_t)pos[t] * ld_pos;
+    X *xr = x + (size_t)t * ldx;
+    for (int c = lane; c < width; c += 32)
+        store_x1(xr + c, bf2f(e[c]) * scale + bf2f(p[c]));
+    for (int c = width + lane; c < ldx; c += 32)
+        store_x1(xr + c, 0.0f);
+}
+
+template <typename X>
+static int layernorm_launch(int rows, int width, const X *x, int ldx, const float *w, const float *b, float eps,
+                            bf16_t *y, int ldy, cudaStream_t s);
+
+template <typename X>
+static int embed_launch(int T, int width, const bf16_t *table, int ld_table, const int *rows,
+                        const bf16_t *pos_table, int ld_pos, const int *pos, float scale, X *x, int ldx,
+                        const float *w, const float *b, float eps, bf16_t *xn, int ldxn, cudaStream_t s)
+{
+    dim3 g = row_grid(T), blk(32 * ROWS_PER_BLOCK);
+    int nc = 0;
+    if (ld_table % VEC == 0 && ld_pos % VEC == 0 && aligned16(table) && aligned16(pos_table))
+        nc = vec_chunks(width, ldx, xn ? ldxn : ldx, x, xn ? (const void *)xn : (const void *)x);
+    if (w && (!aligned16(w) || !aligned16(b)))
+        nc = 0;
+#define EMBED_ARGS T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, ldx, w, b, eps, xn, ldxn
+    switch (nc) {
+    case 1: embed_vec_kernel<X, 1><<<g, blk, 0, s>>>(EMBED_ARGS); break;
+    case 2: embed_vec_kernel<X, 2><<<g, blk, 0, s>>>(EMBED_ARGS); break;
+    case 4: embed_vec_kernel<X, 4><<<g, blk, 0, s>>>(EMBED_ARGS); break;
+    case 8: embed_vec_kernel<X, 8><<<g, blk, 0, s>>>(EMBED_ARGS); break;
+    default:
+        embed_any_kernel<X><<<g, blk, 0, s>>>(T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, ldx);
+        if (xn) {
+            int rc = finish();
+            if (rc)
+                return rc;
+            return layernorm_launch<X>(T, width, x, ldx, w, b, eps, xn, ldxn, s);
+        }
+        break;
+    }
+#undef EMBED_ARGS
+    return finish();
+}
+
+extern "C" int embed_ln_cuda(int T, int width, const bf16_t *table, int ld_table, const int *rows,
+                             const bf16_t *pos_table, int ld_pos, const int *pos, float scale, void *x, int x_f32,
+                             int ldx, const float *w, const float *b, float eps, bf16_t *xn, int ldxn, void *stream)
+{
+    if (T <= 0)
+        return 0;
+    cudaStream_t s = (cudaStream_t)stream;
+    if (x_f32)
+        return embed_launch<float>(T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, (float *)x, ldx,
+                                   w, b, eps, xn, ldxn, s);
+    return embed_launch<bf16_t>(T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, (bf16_t *)x, ldx, w,
+                                b, eps, xn, ldxn, s);
 }
 
 extern "C" int embed_cuda(int T, int width, const bf16_t *table, int ld_table, const int *rows,
                           const bf16_t *pos_table, int ld_pos, const int *pos, float scale, float *x, int ldx,
                           void *stream)
 {
-    if (T <= 0)
-        return 0;
-    int vec = width % VEC == 0 && ld_table % VEC == 0 && ld_pos % VEC == 0 && ldx % VEC == 0 &&
-              aligned16(table) && aligned16(pos_table) && aligned16(x);
-    embed_kernel<<<row_grid(T), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(
-        T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, ldx, vec);
-    return finish();
+    return embed_ln_cuda(T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, 1, ldx, NULL, NULL, 0.0f,
+                         NULL, 0, stream);
 }
 
-/* ---- LayerNorm: fp32 in, bf16 out ------------------------------------- */
+/* ---- LayerNorm: fp32 or bf16 in, bf16 out ----------------------------- */
 
-template <int NC>
-__global__ void layernorm_vec_kernel(int rows, int width, const float *x, int ldx, const float *w,
+template <typename X, int NC>
+__global__ void layernorm_vec_kernel(int rows, int width, const X *x, int ldx, const float *w,
                                      const float *b, float eps, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * ROWS_PER_BLOCK + warp;
     if (r >= rows)
         return;
-    const float *xr = x + (size_t)r * ldx;
+    const X *xr = x + (size_t)r * ldx;
     bf16_t *yr = y + (size_t)r * ldy;
     float v[NC][VEC];
     float s = 0.0f;
@@ -207,48 +329,63 @@ __global__ void layernorm_vec_kernel(int rows, int width, const float *x, int ld
     zero_pad(yr, width, ldy, lane);
 }
 
-__global__ void layernorm_any_kernel(int rows, int width, const float *x, int ldx, const float *w,
+template <typename X>
+__global__ void layernorm_any_kernel(int rows, int width, const X *x, int ldx, const float *w,
                                      const float *b, float eps, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * ROWS_PER_BLOCK + warp;
     if (r >= rows)
         return;
-    const float *xr = x + (size_t)r * ldx;
+    const X *xr = x + (size_t)r * ldx;
     bf16_t *yr = y + (size_t)r * ldy;
     float s = 0.0f;
     for (int c = lane; c < width; c += 32)
-        s += xr[c];
+        s += load_x1(xr + c);
     float mean = warp_sum(s) / (float)width;
     float ss = 0.0f;
-    for (int c = lane; c < width; c += 32)
-        ss += (xr[c] - mean) * (xr[c] - mean);
+    for (int c = lane; c < width; c += 32) {
+        float d = load_x1(xr + c) - mean;
+        ss += d * d;
+    }
     float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
     for (int c = lane; c < width; c += 32) {
-        float o = (xr[c] - mean) * inv;
+        float o = (load_x1(xr + c) - mean) * inv;
         yr[c] = f2bf(w ? o * w[c] + b[c] : o);
     }
     zero_pad(yr, width, ldy, lane);
 }
 
-extern "C" int layernorm_cuda(int rows, int width, const float *x, int ldx, const float *w, const float *b,
-                              float eps, bf16_t *y, int ldy, void *stream)
+template <typename X>
+static int layernorm_launch(int rows, int width, const X *x, int ldx, const float *w, const float *b, float eps,
+                            bf16_t *y, int ldy, cudaStream_t s)
 {
     if (rows <= 0)
         return 0;
-    cudaStream_t s = (cudaStream_t)stream;
     dim3 g = row_grid(rows), blk(32 * ROWS_PER_BLOCK);
     int nc = vec_chunks(width, ldx, ldy, x, y);
     if (w && (!aligned16(w) || !aligned16(b)))
         nc = 0;
     switch (nc) {
-    case 1: layernorm_vec_kernel<1><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    case 2: layernorm_vec_kernel<2><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    case 4: layernorm_vec_kernel<4><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    case 8: layernorm_vec_kernel<8><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    default: layernorm_any_kernel<<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 1: layernorm_vec_kernel<X, 1><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 2: layernorm_vec_kernel<X, 2><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 4: layernorm_vec_kernel<X, 4><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 8: layernorm_vec_kernel<X, 8><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    default: layernorm_any_kernel<X><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
     }
     return finish();
+}
+
+extern "C" int layernorm_cuda(int rows, int width, const float *x, int ldx, const float *w, const float *b,
+                              float eps, bf16_t *y, int ldy, void *stream)
+{
+    return layernorm_launch<float>(rows, width, x, ldx, w, b, eps, y, ldy, (cudaStream_t)stream);
+}
+
+extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx, const float *w, const float *b,
+                                   float eps, bf16_t *y, int ldy, void *stream)
+{
+    return layernorm_launch<bf16_t>(rows, width, x, ldx, w, b, eps, y, ldy, (cudaStream_t)stream);
 }
 
 /* ---- bias + SiLU, in place on bf16 ------------------------------------ */
@@ -451,21 +588,23 @@ extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const 
 /* ---- gather + L2 normalisation ---------------------------------------- */
 
 /* Few rows (candidates, users): the scalar form is plenty. */
-__global__ void gather_l2norm_kernel(int n, int width, const float *x, int ldx, const int *rows, bf16_t *y,
-                                     int ldy)
+template <typename X>
+__global__ void gather_l2norm_kernel(int n, int width, const X *x, int ldx, const int *rows, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int i = blockIdx.x * ROWS_PER_BLOCK + warp;
     if (i >= n)
         return;
-    const float *xr = x + (size_t)rows[i] * ldx;
+    const X *xr = x + (size_t)rows[i] * ldx;
     bf16_t *yr = y + (size_t)i * ldy;
     float ss = 0.0f;
-    for (int c = lane; c < width; c += 32)
-        ss += xr[c] * xr[c];
+    for (int c = lane; c < width; c += 32) {
+        float v = load_x1(xr + c);
+        ss += v * v;
+    }
     float inv = 1.0f / fmaxf(sqrtf(warp_sum(ss)), 1e-6f);
     for (int c = lane; c < width; c += 32)
-        yr[c] = f2bf(xr[c] * inv);
+        yr[c] = f2bf(load_x1(xr + c) * inv);
     zero_pad(yr, width, ldy, lane);
 }
 
@@ -474,7 +613,17 @@ extern "C" int gather_l2norm_cuda(int n, int width, const float *x, int ldx, con
 {
     if (n <= 0)
         return 0;
-    gather_l2norm_kernel<<<row_grid(n), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(n, width, x, ldx, rows,
-                                                                                      y, ldy);
+    gather_l2norm_kernel<float><<<row_grid(n), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(n, width, x, ldx,
+                                                                                             rows, y, ldy);
+    return finish();
+}
+
+extern "C" int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ldx, const int *rows, bf16_t *y,
+                                       int ldy, void *stream)
+{
+    if (n <= 0)
+        return 0;
+    gather_l2norm_kernel<bf16_t><<<row_grid(n), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(n, width, x, ldx,
+                                                                                              rows, y, ldy);
     return finish();
 }

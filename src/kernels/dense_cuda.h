@@ -1,9 +1,10 @@
 /* dense_cuda.h - the row-wise ops of an HSTU layer and head on NVIDIA GPUs.
  *
  * The CUDA twins of dense.h's row-wise ops, fused the way the CUDA forward
- * uses them (src/cuda/cuda_backend.cu). Activations are bf16 except the
- * residual stream x, which stays fp32 (the output projection adds into it
- * with beta = 1); every sum and every LayerNorm statistic is fp32. bf16
+ * uses them (src/cuda/cuda_backend.cu). Activations are bf16; the residual
+ * stream x is bf16 by default or fp32 (the backend's HSTU_CUDA_RESIDUAL=f32;
+ * the output projection adds into it with beta = 1), so the ops that read or
+ * write x come in both forms. Every sum and every LayerNorm statistic is fp32. bf16
  * tensors are passed as raw bits (bf16_t). All pointers are device memory,
  * row-major with an explicit row stride (ld*, in elements). Each call
  * launches on `stream` (a cudaStream_t, NULL = the default stream) and
@@ -32,11 +33,23 @@ typedef uint16_t bf16_t; /* bfloat16 bits: the high half of an fp32 */
 int embed_cuda(int T, int width, const bf16_t *table, int ld_table, const int *rows, const bf16_t *pos_table,
                int ld_pos, const int *pos, float scale, float *x, int ldx, void *stream);
 
+/* The same embedding into x of either type (x_f32: fp32, else bf16), and,
+ * when xn is not NULL, the first layer's input LayerNorm in the same pass:
+ * xn[t] = LN(x[t]) * w + b as layernorm_cuda computes it from the stored
+ * (rounded) x; columns [width, ldxn) of xn set to 0. One read of the tables,
+ * one write of x and xn. */
+int embed_ln_cuda(int T, int width, const bf16_t *table, int ld_table, const int *rows, const bf16_t *pos_table,
+                  int ld_pos, const int *pos, float scale, void *x, int x_f32, int ldx, const float *w,
+                  const float *b, float eps, bf16_t *xn, int ldxn, void *stream);
+
 /* y[r] = LN(x[r]) * w + b over `width` columns (biased variance, fp32
  * statistics), x fp32, y bf16; w, b fp32 [width] or both NULL. Columns
  * [width, ldy) of y are set to 0 (they feed GEMMs as zero padding). */
 int layernorm_cuda(int rows, int width, const float *x, int ldx, const float *w, const float *b, float eps,
                    bf16_t *y, int ldy, void *stream);
+/* The same with a bf16 x (the bf16 residual stream). */
+int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx, const float *w, const float *b, float eps,
+                        bf16_t *y, int ldy, void *stream);
 
 /* In place on bf16 x, columns [0, width): x += bias (fp32 [width], or
  * NULL), then SiLU when `silu`. The uvqk epilogue for the v|q|k columns. */
@@ -53,6 +66,9 @@ int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, 
  * heads' gather of candidate rows (ranking) or newest rows (retrieval). */
 int gather_l2norm_cuda(int n, int width, const float *x, int ldx, const int *rows, bf16_t *y, int ldy,
                        void *stream);
+/* The same with a bf16 x. */
+int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ldx, const int *rows, bf16_t *y, int ldy,
+                            void *stream);
 
 #ifdef __cplusplus
 }
