@@ -102,6 +102,50 @@ __device__ __forceinline__ void zero_pad(bf16_t *y, int width, int ld, int lane)
         y[c] = 0;
 }
 
+/* ---- LayerNorm of a row held in registers (the vectorised kernels) ------- */
+
+/* Two-pass statistics: v holds this lane's chunks of the row (chunk i at
+ * column (lane + 32 i) * VEC), s their sum. Gives the mean and
+ * 1 / sqrt(biased variance + eps) of the whole row. */
+template <int NC>
+__device__ __forceinline__ void row_stats(const float (&v)[NC][VEC], float s, int width, int lane, float eps,
+                                          float *mean, float *inv)
+{
+    float m = warp_sum(s) / (float)width;
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+#pragma unroll
+            for (int j = 0; j < VEC; j++) {
+                float d = v[i][j] - m;
+                ss += d * d;
+            }
+        }
+    }
+    *mean = m;
+    *inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+}
+
+/* o = (v - mean) * inv * w + b for the chunk at column c (w, b NULL: no affine). */
+__device__ __forceinline__ void ln_chunk(const float v[VEC], float mean, float inv, const float *w, const float *b,
+                                         int c, float o[VEC])
+{
+    if (w) {
+        float wv[VEC], bv[VEC];
+        load8(w + c, wv);
+        load8(b + c, bv);
+#pragma unroll
+        for (int j = 0; j < VEC; j++)
+            o[j] = (v[j] - mean) * inv * wv[j] + bv[j];
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; j++)
+            o[j] = (v[j] - mean) * inv;
+    }
+}
+
 /* ---- embedding (+ the first layer's LayerNorm) --------------------------- */
 
 /* x = e * scale + pos as X (float or bf16). */
@@ -156,38 +200,15 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
         store_x1(xr + c, 0.0f);
     if (!xn)
         return;
-    float mean = warp_sum(s) / (float)width;
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-#pragma unroll
-            for (int j = 0; j < VEC; j++) {
-                float d = v[i][j] - mean;
-                ss += d * d;
-            }
-        }
-    }
-    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+    float mean, inv;
+    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
     bf16_t *yr = xn + (size_t)t * ldxn;
 #pragma unroll
     for (int i = 0; i < NC; i++) {
         int c = (lane + 32 * i) * VEC;
         if (c < width) {
             float o[VEC];
-            if (w) {
-                float wv[VEC], bv[VEC];
-                load8(w + c, wv);
-                load8(b + c, bv);
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    o[j] = (v[i][j] - mean) * inv * wv[j] + bv[j];
-            } else {
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    o[j] = (v[i][j] - mean) * inv;
-            }
+            ln_chunk(v[i], mean, inv, w, b, c, o);
             store8(yr + c, o);
         }
     }
@@ -292,37 +313,14 @@ __global__ void layernorm_vec_kernel(int rows, int width, const X *x, int ldx, c
                 s += v[i][j];
         }
     }
-    float mean = warp_sum(s) / (float)width;
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-#pragma unroll
-            for (int j = 0; j < VEC; j++) {
-                float d = v[i][j] - mean;
-                ss += d * d;
-            }
-        }
-    }
-    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+    float mean, inv;
+    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
 #pragma unroll
     for (int i = 0; i < NC; i++) {
         int c = (lane + 32 * i) * VEC;
         if (c < width) {
             float o[VEC];
-            if (w) {
-                float wv[VEC], bv[VEC];
-                load8(w + c, wv);
-                load8(b + c, bv);
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    o[j] = (v[i][j] - mean) * inv * wv[j] + bv[j];
-            } else {
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    o[j] = (v[i][j] - mean) * inv;
-            }
+            ln_chunk(v[i], mean, inv, w, b, c, o);
             store8(yr + c, o);
         }
     }
@@ -486,20 +484,8 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                 s += v[i][j];
         }
     }
-    float mean = warp_sum(s) / (float)width;
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-#pragma unroll
-            for (int j = 0; j < VEC; j++) {
-                float d = v[i][j] - mean;
-                ss += d * d;
-            }
-        }
-    }
-    float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+    float mean, inv;
+    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
 #pragma unroll
     for (int i = 0; i < NC; i++) {
         int c = (lane + 32 * i) * VEC;
@@ -513,18 +499,7 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                 for (int j = 0; j < VEC; j++)
                     uv[j] += ub[j];
             }
-            if (w) {
-                float wv[VEC], bv[VEC];
-                load8(w + c, wv);
-                load8(b + c, bv);
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    o[j] = (v[i][j] - mean) * inv * wv[j] + bv[j];
-            } else {
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    o[j] = (v[i][j] - mean) * inv;
-            }
+            ln_chunk(v[i], mean, inv, w, b, c, o);
 #pragma unroll
             for (int j = 0; j < VEC; j++)
                 o[j] *= silu(uv[j]);
