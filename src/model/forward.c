@@ -63,6 +63,8 @@ static const float *embed_row(const hstu_model *m, const hstu_request *r, int ro
     return m->action + (size_t)r->actions[t / 2] * d;
 }
 
+/* Embeds one user's computed rows. Called inside a parallel region: its rows
+ * are shared out among the threads (no barrier: users are independent). */
 static void embed(hstu_engine *e, const user_plan *p)
 {
     const hstu_model *m = e->model;
@@ -70,7 +72,7 @@ static void embed(hstu_engine *e, const user_plan *p)
     int d = cfg->d_model;
     float scale = sqrtf((float)d);
     int rows = p->hist - p->c + p->cand;
-#pragma omp parallel for schedule(static) if (rows >= 64)
+#pragma omp for schedule(static) nowait
     for (int i = 0; i < rows; i++) {
         bool is_cand = i >= p->hist - p->c;
         const float *src;
@@ -246,6 +248,7 @@ void forward_run(hstu_engine *e, user_plan *plans, int B, bool logits)
         s->ts_q = p->req->query_time;
     }
     HSTU_ASSERT(T <= e->max_tokens);
+#pragma omp parallel if (T >= 64) /* one region for the whole batch */
     for (int b = 0; b < B; b++)
         embed(e, &plans[b]);
     for (int l = 0; l < e->model->cfg.n_layers; l++)

@@ -110,7 +110,7 @@ static void model_info(server *s, const char *name, const char *version, bool co
         proto_limits lim = repo_limits(&s->repo, m);
         reply_json(rep, 200, proto_model_config(m->cfg, iface, shown, backend_of(s), &lim, s->o.queue_size));
     } else {
-        reply_json(rep, 200, proto_model_metadata(m->cfg, iface, shown, backend_of(s)));
+        reply_json(rep, 200, proto_model_metadata(m->cfg, iface, shown));
     }
     repo_release(&s->repo, m);
 }

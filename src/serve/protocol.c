@@ -717,7 +717,7 @@ static bool input_listed(const hstu_config *cfg, const tensor_spec *s)
     return strcmp(s->name, "CONTEXT_IDS") || cfg->n_context > 0;
 }
 
-json_t *proto_model_metadata(const hstu_config *cfg, proto_iface iface, const char *name, const char *backend)
+json_t *proto_model_metadata(const hstu_config *cfg, proto_iface iface, const char *name)
 {
     const tensor_spec *spec;
     int nspec, nouts;
@@ -732,7 +732,6 @@ json_t *proto_model_metadata(const hstu_config *cfg, proto_iface iface, const ch
     for (int k = 0; k < nouts; k++)
         json_array_append_new(out, json_pack("{ss ss so}", "name", outs[k], "datatype", out_type(outs[k]), "shape",
                                              dims_of(cfg, iface, outs[k], true)));
-    (void)backend;
     return json_pack("{ss s[s] ss so so}", "name", name, "versions", "1", "platform", "hstu", "inputs", in,
                      "outputs", out);
 }

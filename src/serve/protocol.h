@@ -48,8 +48,7 @@ int proto_decode_infer(const hstu_engine *e, const hstu_config *cfg, proto_iface
 char *proto_encode_infer(const hstu_config *cfg, proto_iface iface, const char *model_name, const job *j,
                          const infer_call *call, size_t *len, size_t *json_len);
 
-json_t *proto_model_metadata(const hstu_config *cfg, proto_iface iface, const char *name,
-                             const char *backend);
+json_t *proto_model_metadata(const hstu_config *cfg, proto_iface iface, const char *name);
 json_t *proto_model_config(const hstu_config *cfg, proto_iface iface, const char *name,
                            const char *backend, const proto_limits *lim, int queue_size);
 
