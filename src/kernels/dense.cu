@@ -104,6 +104,25 @@ __device__ __forceinline__ void zero_pad(bf16_t *y, int width, int ld, int lane)
 
 /* ---- LayerNorm of a row held in registers (the vectorised kernels) ------- */
 
+/* Loads this lane's chunks of a row (chunk i at column (lane + 32 i) * VEC)
+ * into v and returns their sum. */
+template <int NC, typename X>
+__device__ __forceinline__ float row_load(const X *xr, int width, int lane, float (&v)[NC][VEC])
+{
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            load8(xr + c, v[i]);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                s += v[i][j];
+        }
+    }
+    return s;
+}
+
 /* Two-pass statistics: v holds this lane's chunks of the row (chunk i at
  * column (lane + 32 i) * VEC), s their sum. Gives the mean and
  * 1 / sqrt(biased variance + eps) of the whole row. */
@@ -302,17 +321,7 @@ __global__ void layernorm_vec_kernel(int rows, int width, const X *x, int ldx, c
     const X *xr = x + (size_t)r * ldx;
     bf16_t *yr = y + (size_t)r * ldy;
     float v[NC][VEC];
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-            load8(xr + c, v[i]);
-#pragma unroll
-            for (int j = 0; j < VEC; j++)
-                s += v[i][j];
-        }
-    }
+    float s = row_load<NC>(xr, width, lane, v);
     float mean, inv;
     row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
 #pragma unroll
@@ -473,17 +482,7 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
     const bf16_t *ur = u + (size_t)r * ldu;
     bf16_t *yr = y + (size_t)r * ldy;
     float v[NC][VEC];
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-            load8(ar + c, v[i]);
-#pragma unroll
-            for (int j = 0; j < VEC; j++)
-                s += v[i][j];
-        }
-    }
+    float s = row_load<NC>(ar, width, lane, v);
     float mean, inv;
     row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
 #pragma unroll
