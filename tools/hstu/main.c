@@ -19,7 +19,8 @@ static void usage(FILE *f)
             "  serve   the KServe v2 / Triton-compatible HTTP server\n"
             "  loadgen drive a server with returning users; latency, throughput, cache hits\n"
             "  prep    raw interactions (MovieLens, SASRec text, KuaiRand CSV, synthetic) to a dataset\n"
-            "  eval    a model's metrics on a dataset through the engine (HR/NDCG/MRR, per-task AUC)\n");
+            "  eval    a model's metrics on a dataset through the engine (HR/NDCG/MRR, per-task AUC)\n"
+            "  train   train a model on a prepared dataset (CPU), with evaluation and checkpoints\n");
 }
 
 int main(int argc, char **argv)
@@ -50,6 +51,8 @@ int main(int argc, char **argv)
         return cmd_prep(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval"))
         return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train"))
+        return cmd_train(argc - 1, argv + 1);
     fprintf(stderr, "hstu: unknown command \"%s\"\n\n", cmd);
     usage(stderr);
     return 2;
