@@ -44,46 +44,30 @@ static void sync_dir(const char *dir)
     }
 }
 
-static hstu_status write_state(const char *dir, const hstu_model *m, const float *am, const float *av,
-                               const tr_state *st, hstu_error *err)
+hstu_status tr_write_safetensors(const char *path, const char *const *names, const float *const *data,
+                                 const int64_t *numel, int n, const char *const *meta, int n_meta,
+                                 hstu_error *err)
 {
-    size_t P = hstu_model_param_count(m), bytes = P * sizeof(float);
-    const char *names[3] = {"param", "adam.m", "adam.v"};
-    const float *data[3] = {m->arena, am, av};
-    json_t *h = json_object(), *meta = json_object();
-    char buf[64];
-    json_object_set_new(meta, "format", json_string(TR_STATE_FORMAT));
-#define META_INT(key, v)                                                \
-    do {                                                                \
-        snprintf(buf, sizeof buf, "%lld", (long long)(v));              \
-        json_object_set_new(meta, key, json_string(buf));               \
-    } while (0)
-    META_INT("step", st->step);
-    META_INT("epoch", st->epoch);
-    META_INT("batch", st->batch);
-    snprintf(buf, sizeof buf, "%llu", (unsigned long long)st->seed);
-    json_object_set_new(meta, "seed", json_string(buf));
-    META_INT("batch_users", st->batch_users);
-    META_INT("holdout", st->holdout);
-    META_INT("threads", st->threads);
-#undef META_INT
-    snprintf(buf, sizeof buf, "%.3f", st->seconds);
-    json_object_set_new(meta, "seconds", json_string(buf));
-    json_object_set_new(h, "__metadata__", meta);
-    for (int i = 0; i < 3; i++) {
+    json_t *h = json_object(), *mo = json_object();
+    for (int i = 0; i < n_meta; i++)
+        json_object_set_new(mo, meta[2 * i], json_string(meta[2 * i + 1]));
+    json_object_set_new(h, "__metadata__", mo);
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
         json_t *t = json_object();
+        size_t bytes = (size_t)numel[i] * sizeof(float);
         json_object_set_new(t, "dtype", json_string("F32"));
-        json_object_set_new(t, "shape", json_pack("[I]", (json_int_t)P));
-        json_object_set_new(t, "data_offsets", json_pack("[II]", (json_int_t)(i * bytes), (json_int_t)((i + 1) * bytes)));
+        json_object_set_new(t, "shape", json_pack("[I]", (json_int_t)numel[i]));
+        json_object_set_new(t, "data_offsets", json_pack("[II]", (json_int_t)off, (json_int_t)(off + bytes)));
         json_object_set_new(h, names[i], t);
+        off += bytes;
     }
     char *text = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(h);
     if (!text)
-        return hstu_fail(err, HSTU_ERR_NOMEM, "out of memory for the state header");
+        return hstu_fail(err, HSTU_ERR_NOMEM, "out of memory for a safetensors header");
     size_t hl = strlen(text), padded = (hl + 7) & ~(size_t)7;
-    char path[4096], tmp[4200];
-    snprintf(path, sizeof path, "%s/%s", dir, TR_STATE_FILE);
+    char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     hstu_status s = HSTU_OK;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -97,8 +81,8 @@ static hstu_status write_state(const char *dir, const hstu_model *m, const float
     static const char spaces[8] = "        ";
     if ((s = write_all(fd, len8, 8, tmp, err)) == HSTU_OK && (s = write_all(fd, text, hl, tmp, err)) == HSTU_OK &&
         (s = write_all(fd, spaces, padded - hl, tmp, err)) == HSTU_OK)
-        for (int i = 0; i < 3 && s == HSTU_OK; i++)
-            s = write_all(fd, data[i], bytes, tmp, err); /* x86: fp32 is little-endian already */
+        for (int i = 0; i < n && s == HSTU_OK; i++) /* x86: fp32 is little-endian already */
+            s = write_all(fd, data[i], (size_t)numel[i] * sizeof(float), tmp, err);
     free(text);
     if (s == HSTU_OK && fsync(fd) != 0)
         s = hstu_fail(err, HSTU_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
@@ -109,6 +93,29 @@ static hstu_status write_state(const char *dir, const hstu_model *m, const float
     if (s != HSTU_OK)
         unlink(tmp);
     return s;
+}
+
+static hstu_status write_state(const char *dir, const hstu_model *m, const float *am, const float *av,
+                               const tr_state *st, hstu_error *err)
+{
+    int64_t P = (int64_t)hstu_model_param_count(m);
+    const char *names[3] = {"param", "adam.m", "adam.v"};
+    const float *data[3] = {m->arena, am, av};
+    int64_t numel[3] = {P, P, P};
+    char v[8][32];
+    snprintf(v[0], 32, "%lld", (long long)st->step);
+    snprintf(v[1], 32, "%lld", (long long)st->epoch);
+    snprintf(v[2], 32, "%lld", (long long)st->batch);
+    snprintf(v[3], 32, "%llu", (unsigned long long)st->seed);
+    snprintf(v[4], 32, "%d", st->batch_users);
+    snprintf(v[5], 32, "%d", st->holdout);
+    snprintf(v[6], 32, "%d", st->threads);
+    snprintf(v[7], 32, "%.3f", st->seconds);
+    const char *meta[] = {"format", TR_STATE_FORMAT, "step", v[0], "epoch", v[1], "batch", v[2], "seed", v[3],
+                          "batch_users", v[4], "holdout", v[5], "threads", v[6], "seconds", v[7]};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, TR_STATE_FILE);
+    return tr_write_safetensors(path, names, data, numel, 3, meta, 9, err);
 }
 
 hstu_status tr_checkpoint_save(const char *dir, const hstu_model *m, const float *adam_m, const float *adam_v,

@@ -38,6 +38,12 @@ typedef struct tr_state {
     double seconds;        /* training wall time so far (for the log) */
 } tr_state;
 
+/* A safetensors file of F32 tensors with string metadata (meta: pairs of
+ * key, value; n_meta pairs), written atomically like the others. */
+hstu_status tr_write_safetensors(const char *path, const char *const *names, const float *const *data,
+                                 const int64_t *numel, int n, const char *const *meta, int n_meta,
+                                 hstu_error *err);
+
 /* Writes the state file, then the model files, into dir (which must exist). */
 hstu_status tr_checkpoint_save(const char *dir, const hstu_model *m, const float *adam_m, const float *adam_v,
                                const tr_state *st, hstu_error *err);

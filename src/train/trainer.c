@@ -257,6 +257,97 @@ static hstu_status evaluate(run *r, hstu_model *m, int64_t epoch, trainer_report
     return HSTU_OK;
 }
 
+/* Exact small integers as F32 (the dump is for small test batches). */
+static float *as_f32(const void *src, size_t n, bool is64, bool is8)
+{
+    float *o = malloc(sizeof *o * (n ? n : 1));
+    HSTU_ASSERT(o);
+    for (size_t i = 0; i < n; i++) {
+        double v = is8 ? ((const uint8_t *)src)[i] : is64 ? (double)((const int64_t *)src)[i] : ((const int *)src)[i];
+        HSTU_ASSERT(fabs(v) < 16777216.0);
+        o[i] = (float)v;
+    }
+    return o;
+}
+
+/* The first step's inputs and outputs for the PyTorch check (trainer.h). */
+static hstu_status dump_step(const run *r, tr_net *net, const tr_batch *b, hstu_model *m, double loss,
+                             const char *path, hstu_error *err)
+{
+    enum { CAP = MODEL_MAX_TENSORS * 2 + 64 };
+    const char **names = calloc(CAP, sizeof *names);
+    const float **data = calloc(CAP, sizeof *data);
+    int64_t *numel = calloc(CAP, sizeof *numel);
+    char (*nbuf)[MODEL_NAME_MAX + 8] = calloc(CAP, sizeof *nbuf);
+    float **owned = calloc(CAP, sizeof *owned);
+    model_tensor *list = malloc(sizeof *list * MODEL_MAX_TENSORS), *glist = malloc(sizeof *glist * MODEL_MAX_TENSORS);
+    HSTU_ASSERT(names && data && numel && nbuf && owned && list && glist);
+    int n = 0, no = 0, nt = model_tensors(m, list);
+    model_tensors(tr_net_grads(net), glist);
+    for (int i = 0; i < nt; i++) {
+        snprintf(nbuf[n], sizeof nbuf[n], "param.%s", list[i].name);
+        names[n] = nbuf[n], data[n] = *list[i].slot, numel[n++] = model_tensor_numel(&list[i]);
+        snprintf(nbuf[n], sizeof nbuf[n], "grad.%s", glist[i].name);
+        names[n] = nbuf[n], data[n] = *glist[i].slot, numel[n++] = model_tensor_numel(&glist[i]);
+    }
+    float lossf = (float)loss;
+    names[n] = "loss", data[n] = &lossf, numel[n++] = 1;
+#define ADD(name_, ptr_, count_, is64_, is8_)                                   \
+    do {                                                                        \
+        owned[no] = as_f32(ptr_, (size_t)(count_), is64_, is8_);                \
+        names[n] = name_, data[n] = owned[no++], numel[n++] = (count_);         \
+    } while (0)
+    ADD("batch.offsets", b->offsets, b->B + 1, false, false);
+    ADD("batch.hist", b->hist, b->B, false, false);
+    ADD("batch.table", b->table, b->T, false, true);
+    ADD("batch.ids", b->ids, b->T, true, false);
+    ADD("batch.pos", b->pos, b->T, false, false);
+    /* unix times exceed fp32's 2^24: each as hi * 2^20 + lo, both exact */
+    int64_t *split = malloc(sizeof *split * (size_t)(2 * (b->T + b->B) + 1));
+    HSTU_ASSERT(split);
+    int64_t *ts_hi = split, *ts_lo = ts_hi + b->T, *q_hi = ts_lo + b->T, *q_lo = q_hi + b->B;
+    for (int i = 0; i < b->T; i++)
+        ts_hi[i] = b->ts[i] >> 20, ts_lo[i] = b->ts[i] & ((1 << 20) - 1);
+    for (int i = 0; i < b->B; i++)
+        q_hi[i] = b->query_time[i] >> 20, q_lo[i] = b->query_time[i] & ((1 << 20) - 1);
+    ADD("batch.ts_hi", ts_hi, b->T, true, false);
+    ADD("batch.ts_lo", ts_lo, b->T, true, false);
+    ADD("batch.query_time_hi", q_hi, b->B, true, false);
+    ADD("batch.query_time_lo", q_lo, b->B, true, false);
+    free(split);
+    ADD("batch.target", b->target, b->T, true, false);
+    ADD("batch.labels", b->labels, b->T, true, false);
+    const int *rows = NULL;
+    const int64_t *neg = NULL;
+    int R = tr_net_negatives(net, &rows, &neg);
+    if (R > 0) {
+        ADD("sup_rows", rows, R, false, false);
+        ADD("neg_ids", neg, (int64_t)R * r->o.negatives, true, false);
+    }
+#undef ADD
+    const hstu_config *c = &m->cfg;
+    int d = c->d_model, hv = c->n_heads * c->d_v;
+    for (int l = -1; l < c->n_layers; l++) {
+        size_t cnt = (size_t)b->T * (l < 0 ? d : hv);
+        owned[no] = malloc(sizeof(float) * (cnt ? cnt : 1));
+        HSTU_ASSERT(owned[no]);
+        tr_net_dropout_mask(net, 0, l, cnt, owned[no]);
+        snprintf(nbuf[n], sizeof nbuf[n], l < 0 ? "drop.input" : "drop.%d", l);
+        names[n] = nbuf[n], data[n] = owned[no++], numel[n++] = (int64_t)cnt;
+    }
+    char *cfg_json = hstu_config_to_json(c), sd[32], st_[32], sk[32];
+    snprintf(sd, sizeof sd, "%.9g", r->o.dropout);
+    snprintf(st_, sizeof st_, "%.9g", r->o.temperature);
+    snprintf(sk, sizeof sk, "%d", r->o.negatives);
+    const char *meta[] = {"config", cfg_json ? cfg_json : "{}", "dropout", sd, "temperature", st_, "negatives", sk};
+    hstu_status s = tr_write_safetensors(path, names, data, numel, n, meta, 4, err);
+    free(cfg_json);
+    for (int i = 0; i < no; i++)
+        free(owned[i]);
+    free(owned), free(names), free(data), free(numel), free(nbuf), free(list), free(glist);
+    return s;
+}
+
 hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const char *out_dir,
                         const trainer_options *opts, FILE *log, trainer_report *rep, hstu_error *err)
 {
@@ -364,6 +455,10 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
             fill_batch(&r, from, count, &batch);
             double t0 = now_s();
             double loss = tr_net_step(net, &batch, (uint64_t)st.step, true);
+            if (r.o.dump_path) {
+                s = dump_step(&r, net, &batch, m, loss, r.o.dump_path, err);
+                goto done;
+            }
             adamw_step(&r.o.adam, st.step + 1, P, m->arena, g->arena, am, av);
             double dt = now_s() - t0;
             step_time += dt;

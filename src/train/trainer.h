@@ -46,6 +46,9 @@ typedef struct trainer_options {
     bool resume;             /* continue from out_dir's checkpoint */
     bool progress;           /* the progress line on stderr (default true) */
     bool init_random;        /* start from hstu_model_create_random, not the paper's init */
+    const char *dump_path;   /* tools/check_train_torch.py: run the first step only and write its
+                                inputs (batch, negatives, dropout masks, weights) and outputs (loss,
+                                every gradient) to this safetensors file; no update, no checkpoint */
 } trainer_options;
 
 void trainer_options_default(trainer_options *o);

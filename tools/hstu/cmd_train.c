@@ -44,7 +44,9 @@ static void usage(FILE *f)
             "  --max-steps N       stop after N steps in all (default: no limit)\n"
             "  --resume            continue from DIR's checkpoint (same --seed, --batch, --holdout)\n"
             "  --init paper|random initial weights: the paper code's (default) or `hstu init`'s\n"
-            "  --no-progress       no progress line on stderr\n");
+            "  --no-progress       no progress line on stderr\n"
+            "  --dump-step FILE    (for tools/check_train_torch.py) run the first step only and write\n"
+            "                      its inputs, loss and every gradient to FILE (safetensors)\n");
 }
 
 static double parse_double(const char *opt, const char *s, double lo, double hi)
@@ -63,7 +65,7 @@ int cmd_train(int argc, char **argv)
 {
     enum { O_DATA = 1, O_CONFIG, O_OUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_DROPOUT, O_NEG, O_TEMP, O_HOLDOUT,
            O_SEED, O_THREADS, O_EVAL_EVERY, O_EVAL_USERS, O_SAVE_EVERY, O_MAX_STEPS, O_RESUME, O_INIT,
-           O_NO_PROGRESS, O_FIT };
+           O_NO_PROGRESS, O_FIT, O_DUMP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},         {"config", required_argument, 0, O_CONFIG},
         {"out", required_argument, 0, O_OUT},           {"epochs", required_argument, 0, O_EPOCHS},
@@ -75,7 +77,8 @@ int cmd_train(int argc, char **argv)
         {"eval-users", required_argument, 0, O_EVAL_USERS}, {"save-every", required_argument, 0, O_SAVE_EVERY},
         {"max-steps", required_argument, 0, O_MAX_STEPS}, {"resume", no_argument, 0, O_RESUME},
         {"init", required_argument, 0, O_INIT},         {"no-progress", no_argument, 0, O_NO_PROGRESS},
-        {"fit-tables", no_argument, 0, O_FIT},          {"help", no_argument, 0, 'h'},
+        {"fit-tables", no_argument, 0, O_FIT},          {"dump-step", required_argument, 0, O_DUMP},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *config = NULL, *out = NULL;
@@ -112,6 +115,7 @@ int cmd_train(int argc, char **argv)
             break;
         case O_NO_PROGRESS: o.progress = false; break;
         case O_FIT: fit = true; break;
+        case O_DUMP: o.dump_path = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -153,6 +157,10 @@ int cmd_train(int argc, char **argv)
     if (st != HSTU_OK) {
         fprintf(stderr, "hstu train: %s\n", err.msg);
         return 1;
+    }
+    if (o.dump_path) {
+        fprintf(stderr, "hstu train: wrote the first step to %s\n", o.dump_path);
+        return 0;
     }
     fprintf(stderr, "hstu train: %lld steps, %.0f tokens/s, %.1f s; model in %s\n", (long long)rep.steps,
             rep.tokens_per_s, rep.seconds, out);
