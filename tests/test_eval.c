@@ -17,13 +17,16 @@
 #include "data/builder.h"
 #include "data/dataset.h"
 #include "eval/eval.h"
+#include "eval/eval_http.h"
 #include "eval/metrics.h"
+#include "serve/serve.h"
 
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char g_dir[256];
@@ -480,6 +483,72 @@ static void test_cache_ranking(void)
     hstu_model_destroy(m);
 }
 
+/* ---- through a server: the same metrics ----------------------------------- */
+
+static void test_through_server(void)
+{
+    hstu_model *rm = make_model(RANK_CFG, 5), *qm = make_model(RETR_CFG16, 9);
+    dataset *rds = make_ranking(), *qds = make_retrieval("retr_srv.hstd", true);
+    char repo[400], dir[500];
+    snprintf(repo, sizeof repo, "%s/repo", g_dir);
+    mkdir(repo, 0755);
+    hstu_error err = {0};
+    snprintf(dir, sizeof dir, "%s/rank", repo);
+    T_REQUIRE(hstu_model_save(rm, dir, HSTU_DTYPE_F32, &err) == HSTU_OK, "save: %s", err.msg);
+    snprintf(dir, sizeof dir, "%s/retr", repo);
+    T_REQUIRE(hstu_model_save(qm, dir, HSTU_DTYPE_F32, &err) == HSTU_OK, "save: %s", err.msg);
+    serve_options so;
+    serve_options_default(&so);
+    so.model_repository = repo;
+    so.http_port = 0;
+    so.metrics_port = -1;
+    so.host = "127.0.0.1";
+    so.threads = 1;
+    so.cache_bytes = 8 << 20;
+    so.max_top_k = 100;
+    server *srv = NULL;
+    T_REQUIRE(serve_start(&so, &srv, &err) == HSTU_OK, "serve_start: %s", err.msg);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", serve_http_port(srv));
+    eval_options o;
+    eval_options_default(&o);
+    o.batch = 3;
+    o.top_k_cap = 100;
+    eval_metrics a, b;
+    eval_http *h = NULL;
+    T_REQUIRE(eval_http_create(url, "rank", hstu_model_config(rm), &h, &err) == HSTU_OK, "client: %s", err.msg);
+    T_CHECK(eval_run(eval_http_run, h, hstu_model_config(rm), rds, &o, &a, &err) == HSTU_OK, "served: %s", err.msg);
+    T_CHECK(eval_model(rm, rds, &o, &b, &err) == HSTU_OK, "local: %s", err.msg);
+    for (int t = 0; t < 4; t++)
+        T_CHECK(fabs(a.auc[t] - b.auc[t]) <= 1e-4 && a.n_candidates == b.n_candidates,
+                "task %d: served AUC %.6f, engine %.6f", t, a.auc[t], b.auc[t]);
+    eval_http_destroy(h);
+    T_REQUIRE(eval_http_create(url, "retr", hstu_model_config(qm), &h, &err) == HSTU_OK, "client: %s", err.msg);
+    for (int sp = 0; sp < 2; sp++) {
+        o.split = sp ? DATASET_TEST : DATASET_VALID;
+        T_CHECK(eval_run(eval_http_run, h, hstu_model_config(qm), qds, &o, &a, &err) == HSTU_OK, "served: %s",
+                err.msg);
+        T_CHECK(eval_model(qm, qds, &o, &b, &err) == HSTU_OK, "local: %s", err.msg);
+        T_CHECK(fabs(a.hr10 - b.hr10) <= 1e-4 && fabs(a.ndcg10 - b.ndcg10) <= 1e-4 && fabs(a.mrr - b.mrr) <= 1e-4 &&
+                    a.n_users == b.n_users && a.n_users > 15,
+                "%s: served HR@10 %.6f MRR %.6f, engine %.6f %.6f", dataset_split_name(o.split), a.hr10, a.mrr,
+                b.hr10, b.mrr);
+    }
+    eval_http_destroy(h);
+    /* a wrong model name: the server's 400 message is passed on */
+    T_REQUIRE(eval_http_create(url, "nope", hstu_model_config(qm), &h, &err) == HSTU_OK, "client: %s", err.msg);
+    T_CHECK(eval_run(eval_http_run, h, hstu_model_config(qm), qds, &o, &a, &err) == HSTU_ERR_IO &&
+                strstr(err.msg, "server answered"),
+            "unknown model: %s", err.msg);
+    eval_http_destroy(h);
+    T_CHECK(eval_http_create("localhost", "x", hstu_model_config(qm), &h, &err) == HSTU_ERR_ARG, "bad url accepted");
+    serve_stop(srv);
+    dataset_close(rds);
+    dataset_close(qds);
+    hstu_model_destroy(rm);
+    hstu_model_destroy(qm);
+}
+
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb, (void)flag, (void)ftw;
@@ -500,6 +569,7 @@ int main(void)
     t_run("ranking eval = per-user logits and pairwise AUC", test_ranking_loop);
     t_run("retrieval: cached valid then test = uncached (1e-4)", test_cache_retrieval);
     t_run("ranking: cached with warm prefixes = uncached = ref (1e-4)", test_cache_ranking);
+    t_run("through hstu serve: the same AUC and HR/NDCG/MRR (1e-4)", test_through_server);
     nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return t_summary();
 }

@@ -66,10 +66,9 @@ static bool make_request(const hstu_config *cfg, const dataset_user *u, dataset_
     return true;
 }
 
-hstu_status eval_engine(hstu_engine *e, const hstu_model *m, const dataset *ds,
-                        const eval_options *o, eval_metrics *out, hstu_error *err)
+hstu_status eval_run(eval_run_fn run, void *ctx, const hstu_config *cfg, const dataset *ds,
+                     const eval_options *o, eval_metrics *out, hstu_error *err)
 {
-    const hstu_config *cfg = hstu_model_config(m);
     const dataset_info *in = dataset_get_info(ds);
     const bool rank = cfg->family == HSTU_FAMILY_RANKING;
     hstu_status st = dataset_check_config(ds, cfg, err);
@@ -107,8 +106,10 @@ hstu_status eval_engine(hstu_engine *e, const hstu_model *m, const dataset *ds,
     }
     const int T = rank ? cfg->n_tasks : 0;
     int top_k = 0;
-    if (!rank)
-        top_k = cfg->item_rows - 1 < 100000 ? (int)(cfg->item_rows - 1) : 100000;
+    if (!rank) {
+        int cap = o->top_k_cap > 0 && o->top_k_cap < 100000 ? o->top_k_cap : 100000;
+        top_k = cfg->item_rows - 1 < cap ? (int)(cfg->item_rows - 1) : cap;
+    }
     hstu_request *reqs = calloc((size_t)B, sizeof *reqs), *warm = calloc((size_t)B, sizeof *warm);
     hstu_result *res = calloc((size_t)B, sizeof *res), *wres = calloc((size_t)B, sizeof *wres);
     int64_t *targets = calloc((size_t)B, sizeof *targets);
@@ -175,10 +176,10 @@ hstu_status eval_engine(hstu_engine *e, const hstu_model *m, const dataset *ds,
                 wres[nw].scores = wsc; /* ranking: no candidates, nothing written */
                 nw++;
             }
-            if (nw && (st = hstu_engine_run(e, warm, nw, wres, true, err)) != HSTU_OK)
+            if (nw && (st = run(ctx, warm, nw, wres, true, err)) != HSTU_OK)
                 goto done;
         }
-        if ((st = hstu_engine_run(e, reqs, nb, res, true, err)) != HSTU_OK) {
+        if ((st = run(ctx, reqs, nb, res, true, err)) != HSTU_OK) {
             hstu_error_prefix(err, "evaluating users %lld..", (long long)reqs[0].user_id);
             goto done;
         }
@@ -245,6 +246,18 @@ done:
     free(ycol);
     free(scratch);
     return st;
+}
+
+static hstu_status engine_run(void *ctx, const hstu_request *reqs, int n, hstu_result *res, bool logits,
+                              hstu_error *err)
+{
+    return hstu_engine_run(ctx, reqs, n, res, logits, err);
+}
+
+hstu_status eval_engine(hstu_engine *e, const hstu_model *m, const dataset *ds,
+                        const eval_options *o, eval_metrics *out, hstu_error *err)
+{
+    return eval_run(engine_run, e, hstu_model_config(m), ds, o, out, err);
 }
 
 hstu_status eval_model(const hstu_model *m, const dataset *ds, const eval_options *o,

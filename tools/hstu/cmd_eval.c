@@ -4,6 +4,7 @@
 
 #include "data/dataset.h"
 #include "eval/eval.h"
+#include "eval/eval_http.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -33,7 +34,13 @@ static void usage(FILE *f)
             "  --max-users N      evaluate only the first N eligible users (default all)\n"
             "  --threads N        CPU threads (default all cores)\n"
             "  --json             one JSON object per split instead of text\n"
-            "  --quiet            no progress bar\n");
+            "  --quiet            no progress bar\n"
+            "  --url URL          score through a running `hstu serve` (http://host:port) instead\n"
+            "                     of an engine here; --model still gives the config (the served\n"
+            "                     model must be the same); batch default 8\n"
+            "  --server-model M   the model's name on the server (default: --model's folder name)\n"
+            "  --max-top-k K      retrieval through a server: its --max-top-k (default 1000);\n"
+            "                     targets ranked below K count as missing (MRR only)\n");
 }
 
 static void print_json(const eval_metrics *mt, const dataset *ds)
@@ -67,7 +74,8 @@ static void print_json(const eval_metrics *mt, const dataset *ds)
 
 int cmd_eval(int argc, char **argv)
 {
-    enum { O_SPLIT = 1000, O_BACKEND, O_CACHE, O_WARM, O_BATCH, O_MAXU, O_THREADS, O_JSON, O_QUIET };
+    enum { O_SPLIT = 1000, O_BACKEND, O_CACHE, O_WARM, O_BATCH, O_MAXU, O_THREADS, O_JSON, O_QUIET, O_URL,
+           O_SMODEL, O_MAXK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"data", required_argument, 0, 'd'},
         {"split", required_argument, 0, O_SPLIT},  {"backend", required_argument, 0, O_BACKEND},
@@ -75,9 +83,14 @@ int cmd_eval(int argc, char **argv)
         {"batch", required_argument, 0, O_BATCH},  {"max-users", required_argument, 0, O_MAXU},
         {"threads", required_argument, 0, O_THREADS}, {"json", no_argument, 0, O_JSON},
         {"quiet", no_argument, 0, O_QUIET},        {"help", no_argument, 0, 'h'},
+        {"url", required_argument, 0, O_URL},      {"server-model", required_argument, 0, O_SMODEL},
+        {"max-top-k", required_argument, 0, O_MAXK},
         {0, 0, 0, 0},
     };
-    const char *model_dir = NULL, *data = NULL, *splits = "test", *backend = "cpu";
+    const char *model_dir = NULL, *data = NULL, *splits = "test", *backend = "cpu", *url = NULL,
+               *server_model = NULL;
+    bool batch_set = false;
+    int max_top_k = 1000;
     eval_options eo;
     eval_options_default(&eo);
     eo.progress = true;
@@ -101,7 +114,10 @@ int cmd_eval(int argc, char **argv)
             }
             break;
         case O_WARM: eo.warm_prefix = true; break;
-        case O_BATCH: eo.batch = (int)cli_parse_long("--batch", optarg, 1, 1024); break;
+        case O_BATCH: eo.batch = (int)cli_parse_long("--batch", optarg, 1, 1024); batch_set = true; break;
+        case O_URL: url = optarg; break;
+        case O_SMODEL: server_model = optarg; break;
+        case O_MAXK: max_top_k = (int)cli_parse_long("--max-top-k", optarg, 1, 100000); break;
         case O_MAXU: eo.max_users = cli_parse_long("--max-users", optarg, 0, 1L << 40); break;
         case O_THREADS: eo.engine.threads = (int)cli_parse_long("--threads", optarg, 0, 1024); break;
         case O_JSON: json = true; break;
@@ -140,21 +156,51 @@ int cmd_eval(int argc, char **argv)
     hstu_model *m = NULL;
     dataset *ds = NULL;
     hstu_engine *e = NULL;
+    eval_http *hr = NULL;
+    hstu_config cfg;
     int rc = 1;
     double t0 = cli_now_ms();
-    if (hstu_model_load(model_dir, &m, &err) != HSTU_OK || dataset_open(data, &ds, &err) != HSTU_OK ||
-        dataset_check_config(ds, hstu_model_config(m), &err) != HSTU_OK ||
-        hstu_engine_create(m, &eo.engine, &e, &err) != HSTU_OK) {
+    if (url) {
+        char cfg_path[4200];
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model_dir);
+        if (hstu_config_load(cfg_path, &cfg, &err) != HSTU_OK) {
+            fprintf(stderr, "hstu eval: %s\n", err.msg);
+            return 1;
+        }
+        if (!server_model) {
+            const char *slash = strrchr(model_dir, '/');
+            server_model = slash && slash[1] ? slash + 1 : model_dir;
+        }
+        if (eval_http_create(url, server_model, &cfg, &hr, &err) != HSTU_OK) {
+            fprintf(stderr, "hstu eval: --url: %s\n", err.msg);
+            return 2;
+        }
+        if (!batch_set)
+            eo.batch = 8;
+        eo.top_k_cap = max_top_k;
+    } else if (hstu_model_load(model_dir, &m, &err) != HSTU_OK) {
+        fprintf(stderr, "hstu eval: %s\n", err.msg);
+        return 1;
+    }
+    const hstu_config *mcfg = url ? &cfg : hstu_model_config(m);
+    if (dataset_open(data, &ds, &err) != HSTU_OK || dataset_check_config(ds, mcfg, &err) != HSTU_OK ||
+        (!url && hstu_engine_create(m, &eo.engine, &e, &err) != HSTU_OK)) {
         fprintf(stderr, "hstu eval: %s\n", err.msg);
         goto done;
     }
-    fprintf(stderr, "hstu eval: %s on %s (%s), backend %s, cache %s, loaded in %.1f s\n", model_dir, data,
-            dataset_get_info(ds)->source, hstu_backend_name(eo.engine.backend),
-            eo.engine.use_cache ? "on" : "off", (cli_now_ms() - t0) / 1e3);
+    if (url)
+        fprintf(stderr, "hstu eval: %s (config of %s) on %s (%s) through %s\n", server_model, model_dir, data,
+                dataset_get_info(ds)->source, url);
+    else
+        fprintf(stderr, "hstu eval: %s on %s (%s), backend %s, cache %s, loaded in %.1f s\n", model_dir, data,
+                dataset_get_info(ds)->source, hstu_backend_name(eo.engine.backend),
+                eo.engine.use_cache ? "on" : "off", (cli_now_ms() - t0) / 1e3);
     for (int i = 0; i < n_split; i++) {
         eval_metrics mt;
         eo.split = list[i];
-        if (eval_engine(e, m, ds, &eo, &mt, &err) != HSTU_OK) {
+        hstu_status st = url ? eval_run(eval_http_run, hr, &cfg, ds, &eo, &mt, &err)
+                             : eval_engine(e, m, ds, &eo, &mt, &err);
+        if (st != HSTU_OK) {
             fprintf(stderr, "hstu eval: %s\n", err.msg);
             goto done;
         }
@@ -167,7 +213,7 @@ int cmd_eval(int argc, char **argv)
         }
         fflush(stdout);
     }
-    if (eo.engine.use_cache) {
+    if (e && eo.engine.use_cache) {
         hstu_cache_stats cs;
         hstu_engine_cache_stats(e, &cs);
         fprintf(stderr, "hstu eval: cache: %llu tokens reused, %llu computed, %llu rewrites, %llu evictions\n",
@@ -176,6 +222,7 @@ int cmd_eval(int argc, char **argv)
     }
     rc = 0;
 done:
+    eval_http_destroy(hr);
     hstu_engine_destroy(e);
     dataset_close(ds);
     hstu_model_destroy(m);
