@@ -137,7 +137,12 @@ def step_loss(cfg, W, batch, temperature=0.05, drop=None, sup_rows=None, neg_ids
         v = v.reshape(B, Tm, H, Dv).transpose(1, 2)
         s = cfg["alpha"] * (q @ k.transpose(-1, -2))                           # [B, H, Tm, Tm]
         if rab_idx is not None:
-            rab = W[p + "rab.pos"][rab_idx[0]] + W[p + "rab.time"][rab_idx[1]]
+            N = cfg["attn_scale_len"]
+            if Tm <= N:  # pos_w[N-1 + j - i] as a Toeplitz view: row i is window N-1-i
+                pos = W[p + "rab.pos"].unfold(0, Tm, 1)[N - 1 - torch.arange(Tm)]
+            else:
+                pos = W[p + "rab.pos"][rab_idx[0][0]]
+            rab = pos.unsqueeze(0) + F.embedding(rab_idx[1], W[p + "rab.time"].unsqueeze(1)).squeeze(-1)
             s = s + rab.unsqueeze(1)
         s = F.silu(s) / cfg["attn_scale_len"] * mask
         a = (s @ v).transpose(1, 2).reshape(B, Tm, hv)

@@ -102,7 +102,7 @@ static hstu_status write_state(const char *dir, const hstu_model *m, const float
     const char *names[3] = {"param", "adam.m", "adam.v"};
     const float *data[3] = {m->arena, am, av};
     int64_t numel[3] = {P, P, P};
-    char v[8][32];
+    char v[7][32];
     snprintf(v[0], 32, "%lld", (long long)st->step);
     snprintf(v[1], 32, "%lld", (long long)st->epoch);
     snprintf(v[2], 32, "%lld", (long long)st->batch);
@@ -110,12 +110,11 @@ static hstu_status write_state(const char *dir, const hstu_model *m, const float
     snprintf(v[4], 32, "%d", st->batch_users);
     snprintf(v[5], 32, "%d", st->holdout);
     snprintf(v[6], 32, "%d", st->threads);
-    snprintf(v[7], 32, "%.3f", st->seconds);
     const char *meta[] = {"format", TR_STATE_FORMAT, "step", v[0], "epoch", v[1], "batch", v[2], "seed", v[3],
-                          "batch_users", v[4], "holdout", v[5], "threads", v[6], "seconds", v[7]};
+                          "batch_users", v[4], "holdout", v[5], "threads", v[6]};
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, TR_STATE_FILE);
-    return tr_write_safetensors(path, names, data, numel, 3, meta, 9, err);
+    return tr_write_safetensors(path, names, data, numel, 3, meta, 8, err);
 }
 
 hstu_status tr_checkpoint_save(const char *dir, const hstu_model *m, const float *adam_m, const float *adam_v,
@@ -217,10 +216,8 @@ hstu_status tr_checkpoint_load(const char *dir, hstu_model **mout, float **am, f
     for (int i = 0; i < 7; i++)
         if ((s = meta_int(meta, keys[i], path, &v[i], err)) != HSTU_OK)
             goto fail;
-    const char *secs = json_string_value(json_object_get(meta, "seconds"));
     *st = (tr_state){.step = v[0], .epoch = v[1], .batch = v[2], .seed = (uint64_t)v[3],
-                     .batch_users = (int)v[4], .holdout = (int)v[5], .threads = (int)v[6],
-                     .seconds = secs ? atof(secs) : 0};
+                     .batch_users = (int)v[4], .holdout = (int)v[5], .threads = (int)v[6]};
     json_decref(hdr);
     st_close(&f);
     model_finish(m);

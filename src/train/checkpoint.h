@@ -35,7 +35,8 @@ typedef struct tr_state {
     int batch_users;
     int holdout;
     int threads;
-    double seconds;        /* training wall time so far (for the log) */
+    double seconds;        /* step time of this process (not saved: the file must not depend on
+                              the wall clock, so that equal runs write equal files) */
 } tr_state;
 
 /* A safetensors file of F32 tensors with string metadata (meta: pairs of
