@@ -157,7 +157,7 @@ static void test_movielens_formats(void)
     check_ml_small(ds);
     dataset_close(ds);
     ds = prep_one(PREP_ML20M, "ratings.csv",
-                  "userId,movieId,rating,timestamp\r\n20,300,4.0,200\r\n20,7,5.0,100\r\n5,42,3.5,50\r\n"
+                  "\xEF\xBB\xBFuserId,movieId,rating,timestamp\r\n20,300,4.0,200\r\n20,7,5.0,100\r\n5,42,3.5,50\r\n"
                   "20,42,0.5,100\r\n5,9,2.0,60\r\n5,7,2.0,70\r\n",
                   NULL, &rep, &err);
     T_REQUIRE(ds, "ml-20m: %s", err.msg);

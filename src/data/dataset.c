@@ -391,7 +391,7 @@ const char *dataset_meta_json(const dataset *ds) { return ds->meta; }
 bool dataset_retrieval_example(const dataset_user *u, dataset_split split, int *hist_len,
                                int64_t *target, int64_t *query_time)
 {
-    if (u->split != DATASET_TEST || u->n_items < 3 || u->actions)
+    if (u->split != DATASET_TEST || u->n_items < 3 || u->actions) /* actions: a ranking user */
         return false;
     int t;
     if (split == DATASET_TEST)

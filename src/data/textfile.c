@@ -34,6 +34,8 @@ hstu_status text_open(const char *path, text_file *f, hstu_error *err)
         madvise(p, f->size, MADV_SEQUENTIAL);
         f->map = p;
         f->buf = p;
+        if (f->size >= 3 && !memcmp(p, "\xEF\xBB\xBF", 3))
+            f->pos = 3; /* a UTF-8 byte order mark (spreadsheet exports) is not data */
     }
     close(fd);
     return HSTU_OK;

@@ -1,7 +1,7 @@
 /* textfile.h - reading raw text inputs line by line, with file:line errors.
  *
  * A source file is mapped read-only and walked line by line (LF or CRLF; a
- * last line without a newline counts). Lines split into fields on a
+ * last line without a newline counts; a leading UTF-8 byte order mark is skipped). Lines split into fields on a
  * one-character separator (',', '\t'), on "::" (MovieLens 1M), or on runs of
  * blanks (SASRec text); a CSV field may be double-quoted ("" inside quotes is
  * a quote). Numbers are parsed strictly: the whole field, no overflow.
