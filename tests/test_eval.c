@@ -336,6 +336,33 @@ static void check_retrieval(bool with_ts)
 }
 
 static void test_retrieval_loop(void) { check_retrieval(true); }
+
+static void test_no_examples(void)
+{
+    builder b;
+    hstu_error err = {0};
+    builder_init(&b, HSTU_FAMILY_RETRIEVAL, false, 0, &err);
+    for (int u = 0; u < 3; u++) /* two items each: training-only users */
+        for (int j = 0; j < 2; j++)
+            builder_add(&b, u, 1 + u + j, 0, 0, &err);
+    builder_options bo;
+    builder_options_default(&bo);
+    char path[512];
+    snprintf(path, sizeof path, "%s/short.hstd", g_dir);
+    builder_stats bs;
+    dataset *ds = NULL;
+    T_REQUIRE(builder_write(&b, &bo, path, &bs, &err) == HSTU_OK && dataset_open(path, &ds, &err) == HSTU_OK,
+              "dataset: %s", err.msg);
+    builder_free(&b);
+    hstu_model *m = make_model(RETR_CFG, 1);
+    eval_options o;
+    eval_options_default(&o);
+    eval_metrics mt;
+    T_CHECK(eval_model(m, ds, &o, &mt, &err) == HSTU_ERR_ARG && strstr(err.msg, "no user of the dataset has a test"),
+            "no examples: %s", err.msg);
+    hstu_model_destroy(m);
+    dataset_close(ds);
+}
 static void test_retrieval_loop_no_ts(void) { check_retrieval(false); }
 
 static void test_ranking_loop(void)
@@ -566,6 +593,7 @@ int main(void)
     t_run("rank (engine tie rule, exclusions), HR/NDCG/MRR by hand", test_rank_by_hand);
     t_run("retrieval eval = a plain loop (truncation, repeats, timestamps)", test_retrieval_loop);
     t_run("retrieval eval without timestamps", test_retrieval_loop_no_ts);
+    t_run("a split with no example is an error, not NaN", test_no_examples);
     t_run("ranking eval = per-user logits and pairwise AUC", test_ranking_loop);
     t_run("retrieval: cached valid then test = uncached (1e-4)", test_cache_retrieval);
     t_run("ranking: cached with warm prefixes = uncached = ref (1e-4)", test_cache_ranking);

@@ -9,7 +9,7 @@
  *      timestamps) sorts each user's rows by time, ties in file order,
  *   3. applies the family's split (dataset.h),
  *   4. writes the file atomically: PATH.tmp, fsync, rename over PATH.
- * Memory: about 48 bytes per interaction while writing.
+ * Memory: about 48 bytes per interaction while writing, plus the mapped input.
  */
 #ifndef HSTU_DATA_BUILDER_H
 #define HSTU_DATA_BUILDER_H

@@ -104,6 +104,13 @@ hstu_status eval_run(eval_run_fn run, void *ctx, const hstu_config *cfg, const d
             n_cand += rq.n_candidates;
         }
     }
+    if (n_users == 0) {
+        free(zbuf);
+        return hstu_fail(err, HSTU_ERR_ARG, "no user of the dataset has a %s example (%s)",
+                         dataset_split_name(o->split),
+                         rank ? "ranking: users of that split with at least 2 items"
+                              : "retrieval: users with at least 3 items");
+    }
     const int T = rank ? cfg->n_tasks : 0;
     int top_k = 0;
     if (!rank) {
