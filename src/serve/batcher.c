@@ -17,6 +17,7 @@
 #include "serve/batcher.h"
 
 #include <errno.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,11 @@ static void run_batch(batcher *b, job **jobs, int nj)
 static void *batcher_main(void *arg)
 {
     batcher *b = arg;
+    /* OpenMP's thread count is per thread: the engine set it on the thread
+     * that created it, and this thread, which runs the engine, starts from
+     * the process default (all cores) unless it sets it too. */
+    if (b->o.threads > 0)
+        omp_set_num_threads(b->o.threads);
     pthread_mutex_lock(&b->mu);
     for (;;) {
         while (!b->head && !b->stopping)

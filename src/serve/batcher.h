@@ -57,6 +57,7 @@ typedef struct batcher_options {
     int queue_size;
     int max_top_k;
     size_t scratch_bytes; /* per slot */
+    int threads;          /* OpenMP threads of the engine's runs, 0: the default */
 } batcher_options;
 
 typedef struct batcher batcher;

@@ -75,6 +75,7 @@ static hstu_status load_model(repository *r, served_model *m)
         .token_budget = budget,
         .queue_size = o->queue_size,
         .max_top_k = o->max_top_k,
+        .threads = o->threads,
     };
     proto_limits lim = {.max_batch = o->max_batch, .token_budget = budget, .max_top_k = o->max_top_k};
     bo.scratch_bytes = proto_scratch_bytes(cfg, &lim, batcher_ids_cap(cfg, o->max_batch, budget));
