@@ -4,7 +4,9 @@
  * back often; each return adds --growth items to the user's history (the
  * same items every time: item j of user u is a hash of (u, j)), so the
  * server's KV cache can reuse the prefix. A history that would pass the
- * model's maximum starts over (a rewrite). Load is closed (--concurrency
+ * model's maximum starts over (a rewrite). A user has at most one request
+ * in flight, as a person does: a user drawn while its last request is
+ * unanswered is redrawn (so its returns reach the server in order). Load is closed (--concurrency
  * clients, each sending as soon as its last answer came) or open (--rate
  * requests per second, Poisson arrivals shared among the clients; latency
  * counts from the scheduled send time, so a slow server is not hidden).
@@ -56,7 +58,9 @@ typedef struct lg_config {
 typedef struct lg_state {
     lg_config c;
     pthread_mutex_t mu;
+    pthread_cond_t cv;      /* a user's request was answered */
     int *hist;              /* [users] current history length, -1: never seen */
+    bool *busy;             /* [users] a request of the user is in flight */
     double *zipf_cdf;       /* [users] */
     long sent, done, errors, status_503;
     double *lat_ms;         /* [requests cap] */
@@ -217,24 +221,49 @@ static void build_body(const lg_config *c, req_buf *b, tensor *t, int nt)
 }
 
 /* Picks a user (Zipf) and grows its history; returns the user and n. */
+static int draw_zipf(lg_state *s)
+{
+    double x = uniform(&s->rng);
+    int lo = 0, hi = s->c.users - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (s->zipf_cdf[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static bool any_free(const lg_state *s)
+{
+    for (int u = 0; u < s->c.users; u++)
+        if (!s->busy[u])
+            return true;
+    return false;
+}
+
+/* Picks a user with no request in flight (waits when every user has one),
+ * marks it busy and grows its history; returns the user and n. */
 static int pick_user(lg_state *s, int *n_out)
 {
     pthread_mutex_lock(&s->mu);
+    while (!any_free(s))
+        pthread_cond_wait(&s->cv, &s->mu);
     int u;
     if (s->warming || s->c.sequential) {
-        u = (int)(s->next_user++ % s->c.users);
+        do
+            u = (int)(s->next_user++ % s->c.users);
+        while (s->busy[u]);
     } else {
-        double x = uniform(&s->rng);
-        int lo = 0, hi = s->c.users - 1;
-        while (lo < hi) {
-            int mid = (lo + hi) / 2;
-            if (s->zipf_cdf[mid] < x)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        u = lo;
+        int tries = 0;
+        do
+            u = draw_zipf(s);
+        while (s->busy[u] && ++tries < 64);
+        while (s->busy[u]) /* the popular ones are all busy: the next free one */
+            u = (u + 1) % s->c.users;
     }
+    s->busy[u] = true;
     int n = s->hist[u] < 0 ? s->c.history_start : s->hist[u] + s->c.growth;
     if (n > s->c.max_history)
         n = s->c.history_start; /* start over: the server sees a rewrite */
@@ -338,6 +367,8 @@ static void *client_main(void *arg)
             fd = -1;
         }
         pthread_mutex_lock(&s->mu);
+        s->busy[u] = false;
+        pthread_cond_signal(&s->cv);
         s->done++;
         if (rc != 0 || r.status != 200) {
             s->errors++;
@@ -521,12 +552,14 @@ int cmd_loadgen(int argc, char **argv)
         c->history_start = c->max_history;
     pthread_mutex_init(&st.mu, NULL);
     st.rng = mix(c->seed);
+    pthread_cond_init(&st.cv, NULL);
     st.hist = malloc(sizeof(int) * (size_t)c->users);
+    st.busy = calloc((size_t)c->users, sizeof *st.busy);
     st.zipf_cdf = malloc(sizeof(double) * (size_t)c->users);
     st.lat_cap = c->requests > 0 ? c->requests : 10000000;
     st.lat_ms = malloc(sizeof(double) * (size_t)st.lat_cap);
     pthread_t *th = calloc((size_t)c->concurrency, sizeof *th);
-    if (!st.hist || !st.zipf_cdf || !st.lat_ms || !th) {
+    if (!st.hist || !st.busy || !st.zipf_cdf || !st.lat_ms || !th) {
         fprintf(stderr, "hstu loadgen: out of memory\n");
         return 1;
     }
@@ -604,6 +637,7 @@ int cmd_loadgen(int argc, char **argv)
         fclose(f);
     }
     free(st.hist);
+    free(st.busy);
     free(st.zipf_cdf);
     free(st.lat_ms);
     free(th);
