@@ -24,7 +24,8 @@
 # Environment (defaults for cpu / cuda): HSTU_BIN, USERS (64 / 128),
 # ZIPF (0.5: user popularity), HISTORY (1024), GROWTH (16 / 8), NEW (64, the
 # overhead case), CANDIDATES (100),
-# CACHE_MB (3072 / 32768), P99_MS (100), POINT_S (15), CONCURRENCY (32 / 128).
+# CACHE_MB (3072 / 32768), P99_MS (100), POINT_S (15), CONCURRENCY (32 / 128),
+# SERVER_ARGS (more `hstu serve` options, e.g. "--threads 1").
 set -u
 
 backend=cpu
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "serve_sweep.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -62,6 +63,7 @@ P99_MS=${P99_MS:-100}
 POINT_S=${POINT_S:-15}
 CONCURRENCY=${CONCURRENCY:-$d_conc}
 PROBE_CONC=${PROBE_CONC:-$d_probe}
+SERVER_ARGS=${SERVER_ARGS:-}
 if [ "$quick" = 1 ]; then repeats=1; POINT_S=5; USERS=16; fi
 [ -x "$HSTU" ] || { echo "serve_sweep.sh: $HSTU not found (set HSTU_BIN to the folder holding hstu)" >&2; exit 2; }
 
@@ -122,15 +124,15 @@ col() {
 # ---- (b) overhead at batch 1 ------------------------------------------------
 say ""
 say "(b) overhead at batch 1: $HISTORY cached + $NEW new items, $CANDIDATES candidates"
-"$HSTU" bench --backend "$backend" --preset "$preset" --batch 1 --history "$HISTORY" --new "$NEW" \
-    --candidates "$CANDIDATES" --iters 15 --json >"$work/bench1.json" 2>"$work/bench.err" ||
-    { cat "$work/bench.err" >&2; exit 1; }
-bench1=$(grep '"case":"cached"' "$work/bench1.json" | sed 's/.*"median_ms":\([0-9.]*\).*/\1/')
-say "  hstu bench, cached, batch 1: median $bench1 ms"
-start_server --max-batch 1
-say "  run  data    mean ms   p50 ms  engine ms  vs bench  vs engine"
+start_server --max-batch 1 $SERVER_ARGS
+say "  run  data    bench ms  mean ms   p50 ms  engine ms  vs bench  vs engine"
 r=1
 while [ $r -le "$repeats" ]; do
+    # the bench beside each run: others' load changes between runs
+    "$HSTU" bench --backend "$backend" --preset "$preset" --batch 1 --history "$HISTORY" --new "$NEW" \
+        --candidates "$CANDIDATES" --iters 15 --json >"$work/bench1.json" 2>"$work/bench.err" ||
+        { cat "$work/bench.err" >&2; exit 1; }
+    bench1=$(grep '"case":"cached"' "$work/bench1.json" | sed 's/.*"median_ms":\([0-9.]*\).*/\1/')
     for data in binary json; do
         flag=--binary; [ $data = json ] && flag=
         "$HSTU" loadgen --port "$port" --metrics-port "$mport" $flag --csv "$csv" --users "$USERS" \
@@ -139,8 +141,8 @@ while [ $r -le "$repeats" ]; do
         sed 's/^/    /' "$work/lg.log" >>"$out/loadgen.log"
         mean=$(col mean_ms); p50=$(col p50_ms); eng=$(awk -v u="$(col compute_infer_us)" 'BEGIN { printf "%.2f", u / 1e3 }')
         awk -v r=$r -v d=$data -v m="$mean" -v p="$p50" -v e="$eng" -v b="$bench1" 'BEGIN {
-            printf "  %-4d %-7s %7.2f %8.2f %10.2f %8.1f%% %9.1f%%\n", r, d, m, p, e, 100 * (m - b) / b, 100 * (m - e) / e }' |
-            tee -a "$summary"
+            printf "  %-4d %-7s %8.2f %8.2f %8.2f %10.2f %8.1f%% %9.1f%%\n", r, d, b, m, p, e, 100 * (m - b) / b,
+                100 * (m - e) / e }' | tee -a "$summary"
     done
     r=$((r + 1))
 done
@@ -152,7 +154,7 @@ say "(c) batching: closed loop, default batching (--max-batch 32, 100 us); engin
 "$HSTU" bench --backend "$backend" --preset "$preset" --batch 1,2,4,8 --history "$HISTORY" --new "$GROWTH" \
     --candidates "$CANDIDATES" --iters 7 --json >"$work/benchN.json" 2>"$work/bench.err" ||
     { cat "$work/bench.err" >&2; exit 1; }
-start_server
+start_server $SERVER_ARGS
 say "  clients  req/s   p50 ms   p99 ms  users/batch  engine ms/user  bench ms/user (batch)"
 for c in 1 2 4 8; do
     lg --users "$USERS" --zipf "$ZIPF" --history-start "$HISTORY" --growth "$GROWTH" --candidates "$CANDIDATES" --warmup-users \
@@ -166,10 +168,12 @@ for c in 1 2 4 8; do
         printf "  %-8d %6.1f %8.1f %8.1f %12.2f %15.2f %10.2f (%d)\n", c, t, p5, p9, u, e / 1e3, bm / bb, bb }' |
         tee -a "$summary"
 done
+stop_server
 
 # ---- (a) throughput at p99 < target ------------------------------------------
 say ""
 say "(a) Poisson rate sweep: $CONCURRENCY clients, each point warmed, ~${POINT_S} s of requests"
+start_server --queue-size 256 $SERVER_ARGS
 lg --users "$USERS" --zipf "$ZIPF" --history-start "$HISTORY" --growth "$GROWTH" --candidates "$CANDIDATES" --warmup-users \
     --requests $((USERS * 6)) --concurrency "$PROBE_CONC"
 cap=$(col throughput)
@@ -192,11 +196,18 @@ point() { # $1 rate
 r=1
 while [ $r -le "$repeats" ]; do
     say "  -- repeat $r"
+    # upward from a light load; past the first rate that misses, the midpoint
     last_ok=0; first_bad=
-    for f in 0.4 0.6 0.75 0.9 1.0 1.1; do
+    for f in 0.2 0.3 0.4 0.5 0.6 0.75 0.9 1.0; do
         rate=$(awk -v c="$cap" -v f=$f 'BEGIN { printf "%.1f", c * f }')
         if point "$rate"; then last_ok=$rate; else first_bad=$rate; break; fi
     done
+    if [ -n "$first_bad" ] && [ "$last_ok" = 0 ]; then # even the lightest missed: lighter still
+        for f in 0.1 0.05; do
+            rate=$(awk -v c="$cap" -v f=$f 'BEGIN { printf "%.1f", c * f }')
+            if point "$rate"; then last_ok=$rate; break; fi
+        done
+    fi
     if [ -n "$first_bad" ] && [ "$last_ok" != 0 ]; then
         point "$(awk -v a="$last_ok" -v b="$first_bad" 'BEGIN { printf "%.1f", (a + b) / 2 }')" || true
     fi

@@ -352,14 +352,26 @@ static void *client_main(void *arg)
         int u = pick_user(s, &n);
         make_request(s, u, n, &rng, &b, scratch);
         double t_start = open ? scheduled : now_s();
-        if (fd < 0)
-            fd = hc_connect(c->host, c->port, 60000);
         hc_response r = {0};
         int rc = -1;
-        if (fd >= 0) {
-            if (c->binary)
-                snprintf(hdr, sizeof hdr, "Inference-Header-Content-Length: %zu\r\n", b.header_len);
+        if (c->binary)
+            snprintf(hdr, sizeof hdr, "Inference-Header-Content-Length: %zu\r\n", b.header_len);
+        /* A kept-alive connection the server closed while idle (its
+         * --conn-timeout-s; at low rates) fails at once: once more on a new one. */
+        for (int attempt = 0; attempt < 2 && rc != 0; attempt++) {
+            bool reused = fd >= 0;
+            if (fd < 0)
+                fd = hc_connect(c->host, c->port, 60000);
+            if (fd < 0)
+                break;
             rc = hc_request(fd, "POST", path, c->binary ? hdr : NULL, b.p, b.len, &r);
+            if (rc != 0) {
+                hc_response_free(&r);
+                close(fd);
+                fd = -1;
+                if (!reused)
+                    break;
+            }
         }
         double ms = (now_s() - t_start) * 1e3;
         if (rc != 0 && fd >= 0) {
