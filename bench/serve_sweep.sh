@@ -20,7 +20,10 @@
 # and kept in $OUT/summary.txt.
 #
 # usage: sh bench/serve_sweep.sh [--backend cpu|cuda] [--preset NAME] [--out DIR]
-#                                [--repeats R] [--quick]
+#                                [--repeats R] [--parts abc] [--quiet L] [--quick]
+# --parts picks the parts to run (default all: bca); --quiet L waits (up to
+# 20 minutes) before each part until the 1-minute load average is under L,
+# for machines others share (the load is printed either way).
 # Environment (defaults for cpu / cuda): HSTU_BIN, USERS (64 / 128),
 # ZIPF (0.5: user popularity), HISTORY (1024), GROWTH (16 / 8), NEW (64, the
 # overhead case), CANDIDATES (100),
@@ -33,6 +36,8 @@ preset=
 out=
 repeats=3
 quick=0
+parts=abc
+quiet=
 while [ $# -gt 0 ]; do
     case "$1" in
     --backend) backend=$2; shift 2 ;;
@@ -40,7 +45,9 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --parts) parts=$2; shift 2 ;;
+    --quiet) quiet=$2; shift 2 ;;
+    -h | --help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "serve_sweep.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -82,6 +89,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { echo "$*" | tee -a "$summary"; }
+load1() { awk '{ print $1 }' /proc/loadavg; }
+# part X: true when X is asked for; waits for a quiet machine first (--quiet)
+part() {
+    case "$parts" in *"$1"*) ;; *) return 1 ;; esac
+    if [ -n "$quiet" ]; then
+        i=0
+        while awk -v l="$(load1)" -v q="$quiet" 'BEGIN { exit !(l >= q) }' && [ $i -lt 120 ]; do sleep 10; i=$((i + 1)); done
+    fi
+    say ""
+    say "[part $1 at load $(load1), $(date -u +%H:%MZ)]"
+    return 0
+}
 
 commit=$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)
 say "serve_sweep: backend $backend, preset $preset, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -122,7 +141,7 @@ col() {
 }
 
 # ---- (b) overhead at batch 1 ------------------------------------------------
-say ""
+if part b; then
 say "(b) overhead at batch 1: $HISTORY cached + $NEW new items, $CANDIDATES candidates"
 start_server --max-batch 1 $SERVER_ARGS
 say "  run  data    bench ms  mean ms   p50 ms  engine ms  vs bench  vs engine"
@@ -147,9 +166,10 @@ while [ $r -le "$repeats" ]; do
     r=$((r + 1))
 done
 stop_server
+fi
 
 # ---- (c) batching: the engine's time per user in the server vs hstu bench ----
-say ""
+if part c; then
 say "(c) batching: closed loop, default batching (--max-batch 32, 100 us); engine ms per user"
 "$HSTU" bench --backend "$backend" --preset "$preset" --batch 1,2,4,8 --history "$HISTORY" --new "$GROWTH" \
     --candidates "$CANDIDATES" --iters 7 --json >"$work/benchN.json" 2>"$work/bench.err" ||
@@ -169,9 +189,11 @@ for c in 1 2 4 8; do
         tee -a "$summary"
 done
 stop_server
+fi
 
 # ---- (a) throughput at p99 < target ------------------------------------------
-say ""
+best=0; best_line=
+if part a; then
 say "(a) Poisson rate sweep: $CONCURRENCY clients, each point warmed, ~${POINT_S} s of requests"
 start_server --queue-size 256 $SERVER_ARGS
 lg --users "$USERS" --zipf "$ZIPF" --history-start "$HISTORY" --growth "$GROWTH" --candidates "$CANDIDATES" --warmup-users \
@@ -179,7 +201,6 @@ lg --users "$USERS" --zipf "$ZIPF" --history-start "$HISTORY" --growth "$GROWTH"
 cap=$(col throughput)
 say "  capacity probe (closed loop, $PROBE_CONC clients): $cap req/s, p99 $(col p99_ms) ms"
 say "  rate/s   req/s   p50 ms   p90 ms   p99 ms  users/batch  engine ms/user  hit rate  history  meets"
-best=0; best_line=
 point() { # $1 rate
     n=$(awk -v r="$1" -v s="$POINT_S" 'BEGIN { n = int(r * s); if (n < 300) n = 300; print n }')
     lg --users "$USERS" --zipf "$ZIPF" --history-start "$HISTORY" --growth "$GROWTH" --candidates "$CANDIDATES" --warmup-users \
@@ -220,6 +241,7 @@ if [ -n "$best_line" ]; then
     say "$best_line"
 else
     say "no rate met p99 < $P99_MS ms"
+fi
 fi
 say "load at the end:$(uptime | sed 's/.*load average://')"
 say "rows: $csv; loadgen output: $out/loadgen.log"
