@@ -254,6 +254,9 @@ static hstu_status evaluate(run *r, hstu_model *m, int64_t epoch, trainer_report
     say(r, "eval  epoch %lld  %s\n", (long long)epoch + 1, line);
     rep->evaluated = true;
     rep->metric = mt.family == HSTU_FAMILY_RETRIEVAL ? mt.hr10 : mt.mean_auc;
+    rep->n_tasks = mt.family == HSTU_FAMILY_RANKING ? mt.n_tasks : 0;
+    for (int t = 0; t < rep->n_tasks; t++)
+        rep->auc[t] = mt.auc[t];
     return HSTU_OK;
 }
 

@@ -61,6 +61,8 @@ typedef struct trainer_report {
     double seconds;          /* wall time of this run's steps */
     bool evaluated;
     double metric;           /* the last evaluation: HR@10 (retrieval) or mean AUC (ranking) */
+    int n_tasks;             /* ranking: tasks of the last evaluation (0 for retrieval) */
+    double auc[HSTU_MAX_TASKS]; /* ranking: its per-task AUC (eval_metrics.auc, NaN if undefined) */
 } trainer_report;
 
 /* Trains on the dataset at data_path and writes out_dir (created). cfg is
