@@ -9,7 +9,9 @@
  * brute force, and the brute force's id wherever the i-th place is not
  * within rounding of its neighbours. Exact ties come from duplicated item
  * rows, spread across TOPK_CHUNK boundaries: they must come out in
- * ascending id order, and a k that cuts a group keeps its smallest ids.
+ * ascending id order, and a k that cuts a group keeps its smallest ids;
+ * also with k = every item, which topk_cpu answers by appending every
+ * eligible item and sorting once instead of keeping a heap.
  */
 #include "core/rng.h"
 #include "harness.h"
@@ -467,6 +469,59 @@ static void test_k_edges(void)
     prob_free(&p);
 }
 
+/* k = every item, as `hstu eval` asks (topk_cpu appends every eligible item
+ * and sorts once when k covers the eligible count): exclusion lists with
+ * duplicates, id 0 and ids past the table must not shrink the count wrongly;
+ * k exactly the eligible count takes that path, one less takes the heap;
+ * both kinds of user in one batch, over three chunks and in one. */
+static void test_k_all(void)
+{
+    int64_t n_items = 10000;
+    problem p = prob_new(6, 50, n_items, (int)n_items - 1);
+    int64_t ex[400];
+    int n = 0;
+    for (int i = 0; i < 150; i++)
+        ex[n++] = 1 + rng_below(&g_rng, n_items - 1), ex[n] = ex[n - 1], n++; /* each twice */
+    ex[n++] = 0, ex[n++] = n_items - 1, ex[n++] = 4095, ex[n++] = 4096, ex[n++] = n_items, ex[n++] = 99999;
+    for (int b = 1; b < 6; b++)
+        set_exclude(&p, b, ex, n);
+    /* distinct in-range excluded ids: the eligible count */
+    int64_t distinct = 0;
+    for (int i = 0; i < p.n_exclude[1]; i++)
+        distinct += p.exclude[1][i] >= 1 && p.exclude[1][i] < n_items && (i == 0 || p.exclude[1][i] != p.exclude[1][i - 1]);
+    int eligible = (int)(n_items - 1 - distinct);
+    memcpy(p.users + 3 * p.d, p.users + 2 * p.d, sizeof(float) * (size_t)p.d); /* users 2, 3 alike */
+    p.k[2] = eligible;     /* exactly: append path */
+    p.k[3] = eligible - 1; /* one short: heap path */
+    p.k[4] = eligible / 2;
+    p.k[5] = 0;
+    result rc;
+    run_and_check("k = every item", &p, &rc, NULL);
+    T_CHECK(rc.n_out[0] == n_items - 1 && rc.n_out[1] == eligible && rc.n_out[2] == eligible &&
+                rc.n_out[3] == eligible - 1 && rc.n_out[4] == eligible / 2 && rc.n_out[5] == 0,
+            "n_out %d %d %d %d %d %d, expected %lld %d %d %d %d 0", rc.n_out[0], rc.n_out[1], rc.n_out[2], rc.n_out[3],
+            rc.n_out[4], rc.n_out[5], (long long)n_items - 1, eligible, eligible, eligible - 1, eligible / 2);
+    /* the append path and the heap path agree on their common prefix, id for id */
+    for (int i = 0; i < eligible - 1 && i < rc.n_out[3]; i++)
+        if (rc.ids[2][i] != rc.ids[3][i] || rc.scores[2][i] != rc.scores[3][i]) {
+            T_CHECK(false, "place %d: k = eligible (%lld, %.9g), k = eligible - 1 (%lld, %.9g)", i,
+                    (long long)rc.ids[2][i], rc.scores[2][i], (long long)rc.ids[3][i], rc.scores[3][i]);
+            break;
+        }
+    result_free(&p, &rc);
+    prob_free(&p);
+    /* one chunk (ML-1M's 3417 rows), k = every item, with and without a history */
+    p = prob_new(4, 50, 3417, 3416);
+    const int64_t hist[] = {5, 5, 17, 3416, 1200, 2, 3000, 3000, 999};
+    set_exclude(&p, 1, hist, 9);
+    set_exclude(&p, 3, hist, 3);
+    run_and_check("k = every item, 3417 rows", &p, &rc, NULL);
+    T_CHECK(rc.n_out[0] == 3416 && rc.n_out[1] == 3416 - 7 && rc.n_out[3] == 3416 - 2, "n_out %d %d %d",
+            rc.n_out[0], rc.n_out[1], rc.n_out[3]);
+    result_free(&p, &rc);
+    prob_free(&p);
+}
+
 /* Id 0 is the best match of every user and never comes back. */
 static void test_padding_never_returned(void)
 {
@@ -521,9 +576,10 @@ static void run_ties(int B, int d)
     for (int i = 0; i < n_mid; i++)
         memcpy(p.items + (size_t)mid[i] * d, row, sizeof(float) * d);
     free(row);
-    /* k: cut the top group, take it whole, take both groups */
-    const int ks[3] = {3, n_top, n_top + n_mid + 10};
-    for (int ki = 0; ki < 3; ki++) {
+    /* k: cut the top group, take it whole, take both groups, take every item
+     * (topk_cpu's append-and-sort path) */
+    const int ks[4] = {3, n_top, n_top + n_mid + 10, (int)n_items - 1};
+    for (int ki = 0; ki < 4; ki++) {
         for (int b = 0; b < B; b++)
             p.k[b] = ks[ki];
         char label[48];
@@ -614,5 +670,6 @@ int main(void)
     t_run("id 0 never returned (even as the best row)", test_padding_never_returned);
     t_run("ties: duplicate rows in ascending id order, B 1", test_ties_one_user);
     t_run("ties: duplicate rows in ascending id order, B 4", test_ties_batch);
+    t_run("k = every item (append and sort), k = eligible, eligible - 1, mixed batch", test_k_all);
     return t_summary();
 }
