@@ -16,12 +16,16 @@ typedef struct preset {
 static const preset presets[] = {
     /* KuaiRand-1K ranking, the shape of NVIDIA's HSTU inference example:
      * 6 user features, 8 event tasks, 4096 history items, 100 candidates.
-     * The item table is 100k hashed rows here; set tables.item to the
-     * dataset's vocabulary for real data (compute does not depend on it). */
+     * Context tables as `hstu prep` writes KuaiRand-1K (ids 1..V, 0 for
+     * unknown): user_id 1000 users -> 1001 rows, user_active_degree 4 values
+     * -> 5, follow/fans/friend ranges 8/7/7 -> 9/8/8, register_days_range 7
+     * -> 8 (tests/test_preset_kuairand.c). The item table is 100k hashed rows
+     * here; set tables.item to the dataset's vocabulary for real data
+     * (compute does not depend on it). */
     {"kuairand-1k",
      "{\"family\":\"ranking\",\"d_model\":512,\"n_layers\":3,\"n_heads\":4,\"d_qk\":128,\"d_v\":128,"
      "\"attn_scale_len\":8198,\"max_positions\":8199,"
-     "\"tables\":{\"item\":100000,\"action\":256,\"context\":[1000,8,9,9,8,8]},"
+     "\"tables\":{\"item\":100000,\"action\":256,\"context\":[1001,5,9,8,8,8]},"
      "\"head\":{\"hidden\":[512],\"n_tasks\":8,\"task_names\":[\"is_click\",\"is_like\",\"is_follow\","
      "\"is_comment\",\"is_forward\",\"is_hate\",\"long_view\",\"is_profile_enter\"]},"
      "\"max_history\":4096,\"max_candidates\":100}"},
