@@ -11,6 +11,7 @@
 #include "hstu.h"
 #include "cuda/cuda_backend.h"
 #include "kernels/ops.h"
+#include "kvcache/host_tier.h"
 #include "kvcache/kv_cache.h"
 #include "model/model.h"
 
@@ -29,6 +30,7 @@ typedef struct user_plan {
     int q0;         /* first dense row of this user's computed rows */
     int key0;       /* offset of this user's row keys in the keys scratch */
     int page0;      /* offset of this user's page pointers */
+    int host;       /* rows brought up from the host tier in this call (0, or c on a host hit) */
 } user_plan;
 
 struct hstu_engine {
@@ -37,6 +39,7 @@ struct hstu_engine {
     const hstu_ops *ops;   /* CPU backends: the kernel table (NULL for cuda) */
     cuda_backend *cuda;    /* the CUDA backend (NULL for CPU backends) */
     kv_cache *kv;          /* NULL without cache */
+    host_tier *ht;         /* the host tier (CUDA backend with host_cache_bytes); NULL otherwise */
     int max_tokens;        /* workspace rows */
     int max_pages;         /* page pointers per sub-batch */
 
@@ -56,6 +59,9 @@ struct hstu_engine {
     float **page_ptr;      /* [max_pages] */
     user_plan *plans;      /* [ENGINE_MAX_USERS] */
     attn_seq *seqs;        /* [ENGINE_MAX_USERS] */
+    cuda_onload *onload;   /* [max_pages] host-hit pages of a sub-batch (host tier) */
+    int *off_slots;        /* [max chunks of one user] offload scratch */
+    int64_t *done_users;   /* [offload_queue] users whose offload landed */
     void *arena;
     size_t arena_bytes;
 
