@@ -336,6 +336,33 @@ void ht_evict(host_tier *ht, int64_t user)
         drop(ht, i);
 }
 
+void ht_trim(host_tier *ht, int64_t user, int rows, const uint64_t *keys)
+{
+    int i = find(ht, user);
+    if (i == HT_NONE)
+        return;
+    ht_entry *x = &ht->e[i];
+    HSTU_ASSERT(x->n_pend == 0);
+    int keep = rows / ht->o.chunk_rows;
+    if (keep >= x->n_chunks)
+        return;
+    if (keep == 0) {
+        drop(ht, i);
+        return;
+    }
+    int last = x->first;
+    for (int k = 1; k < keep; k++)
+        last = ht->next_slot[last];
+    int cut = ht->next_slot[last];
+    ht->next_slot[last] = HT_NONE;
+    ht->next_slot[x->last] = ht->free_head;
+    ht->free_head = cut;
+    ht->n_free += x->n_chunks - keep;
+    x->last = last;
+    x->n_chunks = keep;
+    x->hash = kv_hash_keys(keys, keep * ht->o.chunk_rows);
+}
+
 void ht_clear(host_tier *ht)
 {
     while (ht->lru_head != HT_NONE)

@@ -73,6 +73,9 @@ int ht_offload_begin(host_tier *ht, int64_t user, const uint64_t *keys, int rows
 void ht_offload_done(host_tier *ht, int64_t user);
 
 void ht_evict(host_tier *ht, int64_t user); /* not while pending: the caller waits first */
+/* Keeps the user's first rows / chunk_rows chunks (keys: the kept rows'
+ * keys), frees the rest; not while pending. For benchmarks and tests. */
+void ht_trim(host_tier *ht, int64_t user, int rows, const uint64_t *keys);
 void ht_clear(host_tier *ht);               /* likewise */
 void ht_get_stats(const host_tier *ht, ht_stats *s);
 /* Invariants: every slot free or owned by exactly one entry (committed or

@@ -501,6 +501,19 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
     }
 }
 
+void engine_cache_set(hstu_engine *e, const hstu_request *r, int device_rows, int host_rows)
+{
+    if (!e->kv)
+        return;
+    offload_reap(e, true);
+    int n = device_rows > host_rows ? device_rows : host_rows;
+    for (int i = 0; i < n; i++)
+        e->keys[i] = forward_row_key(&e->model->cfg, r, i);
+    kv_commit(e->kv, r->user_id, device_rows, e->keys);
+    if (e->ht)
+        ht_trim(e->ht, r->user_id, host_rows, e->keys);
+}
+
 void hstu_engine_cache_clear(hstu_engine *e)
 {
     offload_reap(e, true); /* nothing may read pages that are being dropped */

@@ -72,6 +72,12 @@ struct hstu_engine {
  * results. Allocates nothing. */
 void forward_run(hstu_engine *e, user_plan *plans, int B, bool logits);
 
+/* For benchmarks and tests, between runs: keep only the first device_rows
+ * cached rows of this request's user on the device and host_rows on the
+ * host (0 drops the entry; neither may exceed what is cached; the request
+ * gives the keys). Waits for the offloads in flight first. */
+void engine_cache_set(hstu_engine *e, const hstu_request *r, int device_rows, int host_rows);
+
 /* The key of one cacheable row (what its K/V depend on beyond earlier rows). */
 uint64_t forward_row_key(const hstu_config *cfg, const hstu_request *r, int row);
 
