@@ -177,6 +177,8 @@ static float timed_run(hstu_engine *e, const hstu_request *q, hstu_result *res, 
     return ms;
 }
 
+static bool g_graphs = true; /* CUDA graphs in the engines make_engine creates */
+
 static hstu_engine *make_engine(const hstu_model *m, int max_tok, size_t cache, size_t host, int chunk, bool lw)
 {
     hstu_engine_options o;
@@ -189,6 +191,7 @@ static hstu_engine *make_engine(const hstu_model *m, int max_tok, size_t cache, 
     o.offload_queue = 4096;
     o.layerwise_onload = lw;
     o.max_batch_tokens = max_tok;
+    o.cuda_graphs = g_graphs;
     hstu_engine *e = NULL;
     hstu_error err = {0};
     if (hstu_engine_create(m, &o, &e, &err) != HSTU_OK)
@@ -248,27 +251,36 @@ int main(int argc, char **argv)
 
     /* 1. block ---------------------------------------------------------------- */
     printf("\n1. HSTU block, GPU-resident cache (bench-8x1024, %d candidates per user)\n", CANDS);
-    printf("%-5s %6s %7s %8s %9s %8s %8s %8s %7s\n", "batch", "hist", "cached", "computed", "median_ms", "TFLOP/s",
-           "floor_ms", "floor%", "vs c=0");
+    printf("%-5s %6s %7s %8s %9s %8s %8s %8s %7s %10s\n", "batch", "hist", "cached", "computed", "median_ms", "TFLOP/s",
+           "floor_ms", "floor%", "vs c=0", "no_graph");
     {
         size_t cache = (size_t)(8 * (4096 + 64) / 32 + 16) * (size_t)(kv_row_bytes * 32);
         hstu_engine *e = make_engine(m, 8 * (4096 + CANDS), cache, 0, 1024, true);
+        g_graphs = false;
+        hstu_engine *eg = make_engine(m, 8 * (4096 + CANDS), cache, 0, 1024, true);
+        g_graphs = true;
         int bs[2] = {1, 8}, Ls[3] = {1024, 2048, 4096};
         for (int bi = 0; bi < 2; bi++)
             for (int li = quick ? 2 : 0; li < 3; li++) {
                 int B = bs[bi], L = Ls[li];
                 int cs[5] = {0, L / 2, 3 * L / 4, L - 256, L - 128};
-                float base = 0;
+                float base = 0, ng = 0;
                 make_batch(q, res, B, L, 100 * (bi * 3 + li));
                 timed_run(e, q, res, B); /* the cache now holds every user's L rows */
+                timed_run(eg, q, res, B);
                 for (int ci = 0; ci < 5; ci++) {
                     int c = cs[ci];
-                    for (int it = 0; it < iters + 2; it++) {
-                        for (int b = 0; b < B; b++)
-                            engine_cache_set(e, &q[b], c, 0);
-                        float ms = timed_run(e, q, res, B);
-                        if (it >= 2)
-                            t[it - 2] = ms;
+                    for (int k = 1; k >= 0; k--) {
+                        hstu_engine *x = k ? eg : e;
+                        for (int it = 0; it < iters + 2; it++) {
+                            for (int b = 0; b < B; b++)
+                                engine_cache_set(x, &q[b], c, 0);
+                            float ms = timed_run(x, q, res, B);
+                            if (it >= 2)
+                                t[it - 2] = ms;
+                        }
+                        if (k)
+                            ng = median(t, iters);
                     }
                     float ms = median(t, iters);
                     if (ci == 0)
@@ -276,12 +288,13 @@ int main(int argc, char **argv)
                     double fl = flops_of(&cfg, B, L, c);
                     double bytes = weight_bytes + B * (double)c * kv_row_bytes;
                     double floor_ms = fmax(fl / (ce.gemm_tflops * 1e12), bytes / (ce.copy_tbs * 1e12)) * 1e3;
-                    printf("%-5d %6d %7d %8d %9.3f %8.1f %8.3f %7.0f%% %6.2fx\n", B, L, c, B * (L - c + CANDS), ms,
-                           fl / (ms * 1e-3) / 1e12, floor_ms, 100 * floor_ms / ms, base / ms);
+                    printf("%-5d %6d %7d %8d %9.3f %8.1f %8.3f %7.0f%% %6.2fx %10.3f\n", B, L, c, B * (L - c + CANDS),
+                           ms, fl / (ms * 1e-3) / 1e12, floor_ms, 100 * floor_ms / ms, base / ms, ng);
                     fflush(stdout);
                 }
             }
         hstu_engine_destroy(e);
+        hstu_engine_destroy(eg);
     }
     printf("targets (issue, H100): batch 8 at 4096 with 3968 cached <= 2.5 ms, batch 1 <= 0.5 ms; NVIDIA (L20): "
            "2.7 / 9.3 ms; Meta cached_forward (H100): 21 / 16.3 ms\n");
@@ -344,20 +357,24 @@ int main(int argc, char **argv)
 
     /* 3. end to end -------------------------------------------------------- */
     printf("\n3. end to end: histories grow by 128 tokens per request, 256 -> 4096 (31 requests per user)\n");
-    printf("%-5s %12s %12s %9s %12s\n", "batch", "nocache_ms", "cache_ms", "speedup", "ms/request");
+    printf("%-5s %12s %12s %14s %9s %9s %12s\n", "batch", "nocache_ms", "cache_ms", "cache+graph_ms", "cache_x",
+           "c+g_x", "ms/request");
     {
         size_t per_user = (size_t)(4096 / 32 + 2) * (size_t)(kv_row_bytes * 32);
+        g_graphs = false;
         hstu_engine *nc = make_engine(m, 16 * (4096 + CANDS), 0, 0, 1024, true);
         hstu_engine *ca = make_engine(m, 16 * (4096 + CANDS), per_user * 16, 0, 1024, true);
+        g_graphs = true;
+        hstu_engine *cg = make_engine(m, 16 * (4096 + CANDS), per_user * 16, 0, 1024, true);
         int bs[5] = {1, 2, 4, 8, 16};
         for (int bi = 0; bi < 5; bi++) {
             int B = bs[bi];
-            float tot[2] = {0, 0};
+            float tot[3] = {0, 0, 0};
             int reps = quick ? 1 : 3;
-            float runs[2][3];
+            float runs[3][3];
             for (int rep = 0; rep < reps; rep++)
-                for (int k = 0; k < 2; k++) {
-                    hstu_engine *e = k ? ca : nc;
+                for (int k = 0; k < 3; k++) {
+                    hstu_engine *e = k == 2 ? cg : k ? ca : nc;
                     hstu_engine_cache_clear(e);
                     float sum = 0;
                     int64_t base = 100000 + 1000 * bi + 100 * rep;
@@ -367,13 +384,15 @@ int main(int argc, char **argv)
                     }
                     runs[k][rep] = sum;
                 }
-            for (int k = 0; k < 2; k++)
+            for (int k = 0; k < 3; k++)
                 tot[k] = median(runs[k], reps);
-            printf("%-5d %12.1f %12.1f %8.2fx %12.3f\n", B, tot[0], tot[1], tot[0] / tot[1], tot[1] / 31.0);
+            printf("%-5d %12.1f %12.1f %14.1f %8.2fx %8.2fx %12.3f\n", B, tot[0], tot[1], tot[2], tot[0] / tot[1],
+                   tot[0] / tot[2], tot[2] / 31.0);
             fflush(stdout);
         }
         hstu_engine_destroy(nc);
         hstu_engine_destroy(ca);
+        hstu_engine_destroy(cg);
     }
     printf("target (issue): cache + graphs >= 3x over no cache (NVIDIA, L20: 1.3x - 2.7x)\n");
     hstu_model_destroy(m);

@@ -94,6 +94,7 @@ struct cuda_backend {
     bf16_t *d_uvqk;       /* [T, W] u|v|q|k */
     bf16_t *d_attn;       /* [T, vw] */
     bf16_t *d_y;          /* [T, vw] SiLU(u) * LN(attn) */
+    float *d_acc;         /* [T, vw] the attention's split-KV sums (attention_cuda.h) */
     bf16_t *d_mlp_a, *d_mlp_b;   /* [T, head_w8] ranking MLP ping-pong */
     float *d_logits;      /* [T, n_tasks8] */
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
@@ -134,6 +135,18 @@ struct cuda_backend {
     int job_head, job_n;
     bool onload_pending;  /* this forward has host pages to bring up */
     cuda_cache_counters ctr;
+
+    /* Staging: the arrays the layer kernels read sit at fixed offsets (a
+     * CUDA graph holds their addresses); the rest is packed after fx_end. */
+    size_t fx_seqs, fx_pt, fx_app_rows, fx_app_slots, fx_ts, fx_end;
+    /* CUDA graphs of the layers, per (batch, tokens, splits) bucket. */
+    struct graph_entry {
+        int B, T, S;
+        cudaGraphExec_t *exec; /* [L] */
+        uint64_t used;
+    } graphs[32];
+    int n_graphs;
+    uint64_t graph_clock;
 };
 
 /* One batch's metadata, packed in h_stage (device copy at the same offsets). */
@@ -240,6 +253,7 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_uvqk = (bf16_t *)carve(c, T * W * 2);
     cb->d_attn = (bf16_t *)carve(c, T * vw * 2);
     cb->d_y = (bf16_t *)carve(c, T * vw * 2);
+    cb->d_acc = (float *)carve(c, T * vw * 4);
     cb->d_mlp_a = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_mlp_b = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
@@ -275,6 +289,20 @@ static void *stage_take(stage *s, size_t bytes)
     HSTU_ASSERT(off + bytes <= s->cap); /* sized at create for max_tokens / max_users */
     s->used = off + bytes;
     return s->base + off;
+}
+
+static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* The fixed-offset part of the staging buffer. */
+static void stage_fixed(cuda_backend *cb)
+{
+    size_t T = (size_t)cb->max_tokens, U = (size_t)cb->max_users;
+    cb->fx_seqs = 0;
+    cb->fx_pt = align16(cb->fx_seqs + U * sizeof(attn_cuda_seq));
+    cb->fx_app_rows = align16(cb->fx_pt + (size_t)cb->max_pages * 4);
+    cb->fx_app_slots = align16(cb->fx_app_rows + T * 4);
+    cb->fx_ts = align16(cb->fx_app_slots + T * 8);
+    cb->fx_end = align16(cb->fx_ts + T * 8);
 }
 
 static size_t stage_capacity(size_t T, size_t U, size_t pages)
@@ -496,6 +524,12 @@ void cuda_backend_destroy(cuda_backend *cb)
         cudaStreamDestroy(cb->s_onload);
     if (cb->s_offload)
         cudaStreamDestroy(cb->s_offload);
+    for (int i = 0; i < cb->n_graphs; i++) {
+        for (int l = 0; cb->graphs[i].exec && l < cb->model->cfg.n_layers; l++)
+            if (cb->graphs[i].exec[l])
+                cudaGraphExecDestroy(cb->graphs[i].exec[l]);
+        free(cb->graphs[i].exec);
+    }
     cudaFree(cb->d_pool);
     cudaFreeHost(cb->h_pool);
     cudaFreeHost(cb->h_off_desc);
@@ -644,6 +678,7 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
             cb->topk_cap = 1;
     }
     cb->stage_cap = stage_capacity((size_t)max_tokens, (size_t)max_users, (size_t)max_pages);
+    stage_fixed(cb);
     cb->layers = (layer_dev *)calloc((size_t)cfg->n_layers, sizeof *cb->layers);
     if (!cb->layers) {
         st = hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
@@ -711,7 +746,7 @@ fail:
 /* ---- the forward pass --------------------------------------------------- */
 
 static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base, const staged *sg,
-                                 hstu_error *err)
+                                 int n_app, bool wait_onload, hstu_error *err)
 {
     const hstu_config *cfg = &cb->model->cfg;
     const layer_dev *L = &cb->layers[l];
@@ -739,14 +774,14 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     /* The new history rows' K/V into their pages (the attention below reads
      * the cached rows from the pages and this call's rows from the dense
      * activations, so the two do not wait for each other). */
-    if (sg->n_app > 0 &&
-        (st = ck(kv_append_cuda(sg->n_app, (const int *)DEV(cb, sg->app_rows), (const int64_t *)DEV(cb, sg->app_slots),
+    if (n_app > 0 &&
+        (st = ck(kv_append_cuda(n_app, (const int *)DEV(cb, sg->app_rows), (const int64_t *)DEV(cb, sg->app_slots),
                                 cb->d_uvqk, W, 2 * vw + kw, vw, kw, vw, cb->d_pool, cb->cc.page_elems, (int)P, k_off,
                                 v_off, s),
                  "KV append", err)) != HSTU_OK)
         return st;
     /* Layer l's onloaded pages must have landed before its attention. */
-    if (cb->onload_pending && cb->cc.layerwise &&
+    if (wait_onload && cb->onload_pending && cb->cc.layerwise &&
         (st = ck(cudaStreamWaitEvent(s, cb->ev_on[l], 0), "cudaStreamWaitEvent", err)) != HSTU_OK)
         return st;
     attn_cuda_params ap = *ap_base;
@@ -892,6 +927,80 @@ static int ranking_row(const cuda_backend *cb, const hstu_request *r, int row)
     return t % 2 == 0 ? (int)r->items[t / 2] : (int)(cb->action_off + r->actions[t / 2]);
 }
 
+/* The layer graphs of bucket (Bg, Tg, ap->splits), captured on first use
+ * (the least recently used bucket makes room when the table is full).
+ * *out stays NULL when capture fails: the caller runs eagerly, and graphs
+ * are switched off for this backend (counted). */
+static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_params *ap_in, const staged *sg,
+                             cuda_backend::graph_entry **out, hstu_error *err)
+{
+    int L = cb->model->cfg.n_layers, S = ap_in->splits;
+    *out = NULL;
+    for (int i = 0; i < cb->n_graphs; i++) {
+        cuda_backend::graph_entry *g = &cb->graphs[i];
+        if (g->B == Bg && g->T == Tg && g->S == S) {
+            g->used = ++cb->graph_clock;
+            *out = g;
+            return HSTU_OK;
+        }
+    }
+    cuda_backend::graph_entry *g;
+    const int cap = (int)(sizeof cb->graphs / sizeof cb->graphs[0]);
+    if (cb->n_graphs < cap) {
+        g = &cb->graphs[cb->n_graphs++];
+        memset(g, 0, sizeof *g);
+        g->exec = (cudaGraphExec_t *)calloc((size_t)L, sizeof *g->exec);
+        if (!g->exec) {
+            cb->n_graphs--;
+            return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
+        }
+    } else {
+        g = &cb->graphs[0];
+        for (int i = 1; i < cap; i++)
+            if (cb->graphs[i].used < g->used)
+                g = &cb->graphs[i];
+        for (int l = 0; l < L; l++)
+            if (g->exec[l]) {
+                cudaGraphExecDestroy(g->exec[l]);
+                g->exec[l] = NULL;
+            }
+    }
+    g->B = Bg, g->T = Tg, g->S = S, g->used = ++cb->graph_clock;
+    attn_cuda_params ap = *ap_in;
+    ap.B = Bg;
+    ap.max_rows = Tg;
+    ap.acc_rows = Tg;
+    bool ok = true;
+    for (int l = 0; l < L && ok; l++) {
+        cudaGraph_t graph = NULL;
+        hstu_error cap_err;
+        memset(&cap_err, 0, sizeof cap_err);
+        ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+        hstu_status st = ok ? layer_forward(cb, Tg, l, &ap, sg, Tg, false, &cap_err) : HSTU_ERR_UNSUPPORTED;
+        if (ok)
+            ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
+        if (ok)
+            ok = cudaGraphInstantiate(&g->exec[l], graph, 0) == cudaSuccess;
+        if (graph)
+            cudaGraphDestroy(graph);
+    }
+    if (!ok) {
+        cudaGetLastError(); /* clear a capture error; the eager path reports real ones */
+        for (int l = 0; l < L; l++)
+            if (g->exec[l]) {
+                cudaGraphExecDestroy(g->exec[l]);
+                g->exec[l] = NULL;
+            }
+        g->B = g->T = -1;
+        cb->cc.graphs = false;
+        return HSTU_OK;
+    }
+    cb->ctr.graph_captures++;
+    cb->ctr.graphs_held = cb->n_graphs;
+    *out = g;
+    return HSTU_OK;
+}
+
 /* Starts the host-tier onload of this forward's host hits on the side
  * stream, after the staging copy: per layer (an event each) or all layers
  * at once, then the compute stream waits for all of it. */
@@ -925,7 +1034,7 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     const hstu_config *cfg = &cb->model->cfg;
     bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
     HSTU_ASSERT(B >= 0 && B <= cb->max_users);
-    int T = 0, M = 0, max_rows = 0, hist_total = 0, n_app = 0;
+    int T = 0, M = 0, max_rows = 0, hist_total = 0, n_app = 0, max_keys = 0;
     for (int b = 0; b < B; b++) {
         user_plan *p = &plans[b];
         HSTU_ASSERT(p->c >= 0 && p->c <= p->paged && p->paged <= p->hist);
@@ -937,6 +1046,7 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
         hist_total += p->hist;
         n_app += p->paged - p->c;
         max_rows = rows > max_rows ? rows : max_rows;
+        max_keys = p->hist + p->cand > max_keys ? p->hist + p->cand : max_keys;
     }
     HSTU_ASSERT(T <= cb->max_tokens && hist_total <= cb->max_tokens);
     int n_onload = kc ? kc->n_onload : 0;
@@ -952,29 +1062,43 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     if (st != HSTU_OK)
         return st;
 
-    /* Stage the batch's metadata. */
-    stage sgb = {cb->h_stage, 0, cb->stage_cap};
+    /* CUDA graphs: the layer stack of this (batch, tokens) bucket, padded. */
+    int Bg = 0, Tg = 0;
+    if (cb->cc.graphs && T <= cb->cc.graph_max_tokens && B <= cb->cc.graph_max_batch) {
+        Bg = 1;
+        while (Bg < B)
+            Bg *= 2;
+        Tg = T <= 1024 ? 64 : ((T + 511) / 512) * 512;
+        while (T <= 1024 && Tg < T)
+            Tg *= 2;
+        if (Bg > cb->max_users || Tg > cb->max_tokens || Bg > cb->cc.graph_max_batch)
+            Bg = Tg = 0;
+    }
+
+    /* Stage the batch's metadata: the arrays the layers read at their fixed
+     * offsets, the rest packed after them. */
+    stage sgb = {cb->h_stage, cb->fx_end, cb->stage_cap};
     staged sg;
     memset(&sg, 0, sizeof sg);
+    sg.seqs = (attn_cuda_seq *)(cb->h_stage + cb->fx_seqs);
+    sg.page_table = (int *)(cb->h_stage + cb->fx_pt);
+    sg.app_rows = (int *)(cb->h_stage + cb->fx_app_rows);
+    sg.app_slots = (int64_t *)(cb->h_stage + cb->fx_app_slots);
+    sg.ts = retr ? (int64_t *)(cb->h_stage + cb->fx_ts) : NULL;
     sg.tok_row = (int *)stage_take(&sgb, (size_t)T * 4);
     sg.tok_pos = (int *)stage_take(&sgb, (size_t)T * 4);
-    sg.seqs = (attn_cuda_seq *)stage_take(&sgb, (size_t)B * sizeof *sg.seqs);
     sg.rows = (int *)stage_take(&sgb, (size_t)(retr ? B : M) * 4);
     if (retr) {
-        sg.ts = (int64_t *)stage_take(&sgb, (size_t)hist_total * 8);
         sg.excl = (int *)stage_take(&sgb, (size_t)hist_total * 4);
         sg.k = (int *)stage_take(&sgb, (size_t)B * 4);
         sg.off = (int *)stage_take(&sgb, (size_t)B * 4);
         sg.excl_b = (int *)stage_take(&sgb, (size_t)B * 4);
         sg.excl_e = (int *)stage_take(&sgb, (size_t)B * 4);
     }
-    if (kc && kc->n_page_idx > 0) {
-        sg.page_table = (int *)stage_take(&sgb, (size_t)kc->n_page_idx * 4);
-        memcpy(sg.page_table, kc->page_idx, (size_t)kc->n_page_idx * 4);
-    }
+    int n_pt = kc ? kc->n_page_idx : 0;
+    if (n_pt > 0)
+        memcpy(sg.page_table, kc->page_idx, (size_t)n_pt * 4);
     sg.n_app = n_app;
-    sg.app_rows = (int *)stage_take(&sgb, (size_t)n_app * 4);
-    sg.app_slots = (int64_t *)stage_take(&sgb, (size_t)n_app * 8);
     if (n_onload > 0) {
         sg.onload = (kv_copy *)stage_take(&sgb, (size_t)n_onload * sizeof(kv_copy));
         for (int i = 0; i < n_onload; i++) {
@@ -1040,10 +1164,27 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
             ts_off += p->hist;
         }
     }
+    int n_seq = B, n_app_run = n_app;
+    if (Bg > 0) { /* padding: users of length 0, appends that skip */
+        for (int b = B; b < Bg; b++)
+            memset(&sg.seqs[b], 0, sizeof sg.seqs[b]);
+        for (int i = n_app; i < Tg; i++)
+            sg.app_rows[i] = 0, sg.app_slots[i] = -1;
+        n_seq = Bg;
+        n_app_run = Tg;
+    }
     cudaStream_t s = cb->stream;
-    if ((st = ck(cudaMemcpyAsync(cb->d_stage, cb->h_stage, sgb.used, cudaMemcpyHostToDevice, s), "metadata copy",
-                 err)) != HSTU_OK)
-        return st;
+    struct { size_t off, bytes; } cp[6] = {
+        {cb->fx_seqs, (size_t)n_seq * sizeof(attn_cuda_seq)}, {cb->fx_pt, (size_t)n_pt * 4},
+        {cb->fx_app_rows, (size_t)n_app_run * 4},             {cb->fx_app_slots, (size_t)n_app_run * 8},
+        {cb->fx_ts, retr ? (size_t)hist_total * 8 : 0},      {cb->fx_end, sgb.used - cb->fx_end},
+    };
+    for (int i = 0; i < 6; i++)
+        if (cp[i].bytes > 0 &&
+            (st = ck(cudaMemcpyAsync(cb->d_stage + cp[i].off, cb->h_stage + cp[i].off, cp[i].bytes,
+                                     cudaMemcpyHostToDevice, s),
+                     "metadata copy", err)) != HSTU_OK)
+            return st;
     cb->onload_pending = n_onload > 0;
     if (n_onload > 0 && (st = start_onload(cb, &sg, n_onload, err)) != HSTU_OK)
         return st;
@@ -1062,6 +1203,9 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     ap.Dv = cfg->d_v;
     ap.seqs = (const attn_cuda_seq *)DEV(cb, sg.seqs);
     ap.max_rows = max_rows;
+    ap.acc = cb->d_acc;
+    ap.acc_rows = T;
+    ap.max_keys = max_keys;
     ap.page_size = cb->d_pool ? P : 1;
     if (cb->d_pool && sg.page_table) {
         ap.pages = cb->d_pool;
@@ -1072,9 +1216,28 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     ap.N = cfg->attn_scale_len;
     ap.n_buckets = cfg->rab_buckets;
     ap.ts = retr ? (const int64_t *)DEV(cb, sg.ts) : NULL;
-    for (int l = 0; l < cfg->n_layers; l++)
-        if ((st = layer_forward(cb, T, l, &ap, &sg, err)) != HSTU_OK)
+    ap.splits = attn_cuda_splits(&ap); /* from this batch's sizes, graph or not */
+    if (Bg > 0) {
+        cuda_backend::graph_entry *g = NULL;
+        if ((st = graph_get(cb, Bg, Tg, &ap, &sg, &g, err)) != HSTU_OK)
             return st;
+        if (g) {
+            for (int l = 0; l < cfg->n_layers; l++) {
+                if (cb->onload_pending && cb->cc.layerwise &&
+                    (st = ck(cudaStreamWaitEvent(s, cb->ev_on[l], 0), "cudaStreamWaitEvent", err)) != HSTU_OK)
+                    return st;
+                if ((st = ck(cudaGraphLaunch(g->exec[l], s), "cudaGraphLaunch", err)) != HSTU_OK)
+                    return st;
+            }
+            cb->ctr.graph_runs++;
+            goto head;
+        }
+    }
+    cb->ctr.eager_runs++;
+    for (int l = 0; l < cfg->n_layers; l++)
+        if ((st = layer_forward(cb, T, l, &ap, &sg, n_app, true, err)) != HSTU_OK)
+            return st;
+head:
     if (retr)
         st = head_retrieval(cb, plans, B, &sg, err);
     else

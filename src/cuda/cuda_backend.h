@@ -44,6 +44,11 @@ typedef struct cuda_cache_desc {
     int max_pending;    /* offload queue: chunks in flight at most */
     bool layerwise;     /* onload layer by layer, layer l's attention waiting for
                          * layer l only (true), or every layer before the forward */
+    /* CUDA graphs of the layer stack (docs/cuda.md): one graph per layer per
+     * (batch, token) bucket, captured on first use; batches over the
+     * largest bucket run eagerly. */
+    bool graphs;
+    int graph_max_tokens, graph_max_batch;
 } cuda_cache_desc;
 
 /* One page to bring up from the host tier: chunk slot, page index inside the
@@ -64,6 +69,8 @@ typedef struct cuda_batch_cache {
 typedef struct cuda_cache_counters {
     uint64_t onload_bytes, offload_bytes, offload_jobs;
     double onload_ms, offload_ms;
+    uint64_t graph_runs, graph_captures, eager_runs;
+    int graphs_held;
 } cuda_cache_counters;
 
 /* True when this build has CUDA and a device is usable; otherwise writes

@@ -44,8 +44,10 @@ __global__ void kv_append_kernel(int n, const int *rows, const int64_t *slots, c
     const int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (i >= n)
         return;
-    const uint16_t *row = uvqk + (size_t)rows[i] * ld;
     const int64_t s = slots[i];
+    if (s < 0)
+        return; /* padding (a CUDA graph's fixed-size list) */
+    const uint16_t *row = uvqk + (size_t)rows[i] * ld;
     const int64_t page = s / P, slot = s - page * P;
     uint16_t *base = pool + (size_t)page * page_elems;
     const uint4 *k = reinterpret_cast<const uint4 *>(row + k_col);

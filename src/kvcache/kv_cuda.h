@@ -38,7 +38,8 @@ int kv_copy_cuda(const kv_copy *copies, int n, size_t bytes, size_t src_lstride,
  * (bf16, stride ld; v at column v_col, k at column k_col) goes to page
  * slots[i] / P, slot slots[i] % P: K (kw elements) at pool + page *
  * page_elems + k_off + slot * kw, V (vw) at ... + v_off + slot * vw.
- * kw and vw multiples of 8; every address 16-byte aligned. */
+ * kw and vw multiples of 8; every address 16-byte aligned. Entries with
+ * slots[i] < 0 are skipped (padding). */
 int kv_append_cuda(int n, const int *rows, const int64_t *slots, const uint16_t *uvqk, int ld, int k_col, int v_col,
                    int kw, int vw, uint16_t *pool, size_t page_elems, int P, size_t k_off, size_t v_off,
                    void *stream);

@@ -61,6 +61,9 @@ void hstu_engine_options_default(hstu_engine_options *o)
     o->chunk_tokens = 1024;
     o->offload_queue = 64;
     o->layerwise_onload = true;
+    o->cuda_graphs = true;
+    o->graph_max_tokens = 8192;
+    o->graph_max_batch = 64;
 }
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -186,6 +189,9 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
             cc.page_elems = kv_page_elems(e->kv);
             cc.layerwise = o->layerwise_onload;
         }
+        cc.graphs = o->cuda_graphs;
+        cc.graph_max_tokens = o->graph_max_tokens;
+        cc.graph_max_batch = o->graph_max_batch;
         st = cuda_backend_create(m, T, ENGINE_MAX_USERS, e->max_pages, &cc, &e->cuda, err);
     }
     if (st != HSTU_OK) {
@@ -487,6 +493,9 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->offload_bytes = cc.offload_bytes;
         s->onload_ms = cc.onload_ms;
         s->offload_ms = cc.offload_ms;
+        s->graph_runs = cc.graph_runs;
+        s->graph_captures = cc.graph_captures;
+        s->eager_runs = cc.eager_runs;
     }
     if (e->kv) {
         kv_stats ks;
