@@ -25,6 +25,7 @@
  * Build: scripts/gpu_pack.sh. Usage: bench_cache_gpu [--iters N] [--quick]
  */
 #include "hstu.h"
+#include "kernels/attention_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "model/engine.h"
 
@@ -248,6 +249,71 @@ int main(int argc, char **argv)
     static hstu_request q[MAX_B];
     static hstu_result res[MAX_B];
     float t[64];
+
+    /* 0. the attention alone: cached keys from pages vs the same keys dense */
+    printf("\n0. attention alone, one layer (batch 8, hist 4096, 256 candidates): cached keys from pages vs dense\n");
+    {
+        const int B = 8, hist = 4096, H = cfg.n_heads, D = cfg.d_qk, P = 32, rows_u = hist + CANDS;
+        size_t page_elems = (size_t)cfg.n_layers * P * (kw + vw), n_pages = (size_t)B * (hist / P);
+        void *qkv = dev_fill((size_t)B * rows_u * W * 2), *pool = dev_fill(n_pages * page_elems * 2);
+        void *out = dev_fill((size_t)B * rows_u * vw * 2);
+        float *acc = NULL;
+        cuda_ok(cudaMalloc((void **)&acc, (size_t)B * rows_u * vw * 4), "cudaMalloc");
+        int *pt = malloc(sizeof(int) * n_pages), *d_pt = NULL;
+        for (size_t i = 0; i < n_pages; i++)
+            pt[i] = (int)((i * 7919) % n_pages); /* scattered */
+        cuda_ok(cudaMalloc((void **)&d_pt, sizeof(int) * n_pages), "cudaMalloc");
+        cudaMemcpy(d_pt, pt, sizeof(int) * n_pages, cudaMemcpyHostToDevice);
+        attn_cuda_seq *d_seqs = NULL, hs[8];
+        cuda_ok(cudaMalloc((void **)&d_seqs, sizeof hs), "cudaMalloc");
+        cudaEvent_t a, b;
+        cudaEventCreate(&a), cudaEventCreate(&b);
+        int cs[3] = {2048, 3840, 3968};
+        int *d_pt_seq = NULL;
+        for (size_t i = 0; i < n_pages; i++)
+            pt[i] = (int)i;
+        cuda_ok(cudaMalloc((void **)&d_pt_seq, sizeof(int) * n_pages), "cudaMalloc");
+        cudaMemcpy(d_pt_seq, pt, sizeof(int) * n_pages, cudaMemcpyHostToDevice);
+        /* variants: 3 scattered pages of all layers, 2 consecutive pages,
+         * 1 scattered pages of one layer each (layer-major pool), 0 dense */
+        static const char *vname[4] = {"dense", "paged, layer-major", "paged, in order", "paged"};
+        for (int ci = 0; ci < 3; ci++)
+            for (int var = 3; var >= 0; var--) {
+                int c = cs[ci], paged = var > 0;
+                for (int u = 0; u < B; u++)
+                    hs[u] = (attn_cuda_seq){.c = c, .hist = hist, .cand = CANDS, .paged = paged ? c : 0,
+                                            .q0 = u * rows_u + (paged ? 0 : c), .page0 = u * (hist / P)};
+                cudaMemcpy(d_seqs, hs, sizeof hs, cudaMemcpyHostToDevice);
+                attn_cuda_params ap = {.B = B, .H = H, .Dqk = D, .Dv = cfg.d_v, .seqs = d_seqs,
+                                       .max_rows = hist - c + CANDS, .q = (char *)qkv + 2 * vw * 2,
+                                       .k = (char *)qkv + (2 * vw + kw) * 2, .v = (char *)qkv + vw * 2, .ld_qkv = W,
+                                       .pages = pool, .page_table = var == 2 ? d_pt_seq : d_pt, .page_size = P,
+                                       .page_elems = var == 1 ? (size_t)P * (kw + vw) : page_elems,
+                                       .k_off = var == 1 ? 0 : 3 * (size_t)P * (kw + vw),
+                                       .v_off = (var == 1 ? 0 : 3 * (size_t)P * (kw + vw)) + P * kw,
+                                       .alpha = cfg.alpha, .N = cfg.attn_scale_len, .out = out, .ld_out = vw,
+                                       .acc = acc, .acc_rows = B * rows_u, .max_keys = rows_u};
+                for (int it = 0; it < iters + 2; it++) {
+                    cudaEventRecord(a, 0);
+                    if (attn_fwd_cuda(&ap, 0))
+                        die("attention", "launch failed");
+                    cudaEventRecord(b, 0);
+                    cudaEventSynchronize(b);
+                    float ms;
+                    cudaEventElapsedTime(&ms, a, b);
+                    if (it >= 2)
+                        t[it - 2] = ms;
+                }
+                float ms = median(t, iters);
+                double pairs = 0.5 * ((double)hist * (hist + 1) - (double)c * (c + 1)) + (double)CANDS * (hist + 1);
+                double fl = B * pairs * H * 2.0 * (cfg.d_qk + cfg.d_v);
+                printf("  cached %4d, keys %-20s %8.3f ms %7.0f TFLOP/s (splits %d)\n", c, vname[var],
+                       ms, fl / (ms * 1e-3) / 1e12, attn_cuda_splits(&ap));
+            }
+        cudaFree(qkv), cudaFree(pool), cudaFree(out), cudaFree(acc), cudaFree(d_pt), cudaFree(d_seqs);
+        cudaFree(d_pt_seq);
+        free(pt);
+    }
 
     /* 1. block ---------------------------------------------------------------- */
     printf("\n1. HSTU block, GPU-resident cache (bench-8x1024, %d candidates per user)\n", CANDS);

@@ -237,6 +237,38 @@ __device__ __forceinline__ void load_q(uint32_t sq, const attn_cuda_params &p, c
     }
 }
 
+/* A tile wholly inside the pages, starting on a page boundary, for a page
+ * size PS known at compile time (16, 32, 64) that this thread's row step
+ * divides: its BN / PS page ids are loaded once and every row's address is
+ * affine, as in the dense case. (The general path below costs the loading
+ * warps about twice the issue slots, which made paged tiles 2.3x slower.) */
+template <int D, bool LOAD_K, bool LOAD_V, int NT, int PS>
+__device__ __forceinline__ void load_kv_pages(uint32_t sk, uint32_t sv, const attn_cuda_params &p, const Blk &k,
+                                              int k0, int tid)
+{
+    constexpr int CPR = D / 8, RSTEP = NT / CPR, NPG = BN / PS;
+    static_assert(PS % RSTEP == 0 && BN % PS == 0, "rows of one thread stay in step with the pages");
+    const int ch = tid % CPR, r0 = tid / CPR;
+    const bool kcol = ch * 8 < p.Dqk, vcol = ch * 8 < p.Dv;
+    const int kstride = p.H * p.Dqk, vstride = p.H * p.Dv;
+    const int *pt = p.page_table + k.s.page0 + k0 / PS;
+    const bf16 *kb[NPG], *vb[NPG];
+#pragma unroll
+    for (int q = 0; q < NPG; q++) {
+        const bf16 *base = static_cast<const bf16 *>(p.pages) + (size_t)__ldg(pt + q) * p.page_elems;
+        kb[q] = base + p.k_off + (size_t)r0 * kstride + (size_t)k.h * p.Dqk + ch * 8;
+        vb[q] = base + p.v_off + (size_t)r0 * vstride + (size_t)k.h * p.Dv + ch * 8;
+    }
+#pragma unroll
+    for (int i = 0; i < BN / RSTEP; i++) {
+        const int q = (i * RSTEP) / PS, so = (i * RSTEP) % PS;
+        if (LOAD_K)
+            cp_async16(sk + tile_off<BN>(r0 + i * RSTEP, ch), kb[q] + so * kstride, kcol);
+        if (LOAD_V)
+            cp_async16(sv + tile_off<BN>(r0 + i * RSTEP, ch), vb[q] + so * vstride, vcol);
+    }
+}
+
 /* Key rows [k0, k0 + BN) of K (into sk) and/or V (into sv); rows >= kend
  * are zero. History rows below paged come from the page pool. A tile
  * wholly past the pages (the common case) steps one row stride at a time. */
@@ -265,6 +297,17 @@ __device__ __forceinline__ void load_kv(uint32_t sk, uint32_t sv, const attn_cud
                 cp_async16(sv + tile_off<BN>(r, ch), ok ? vp + i * step : V, ok && vcol);
         }
         return;
+    }
+    if (k0 + BN <= min(kend, k.s.paged) && k0 % p.page_size == 0) {
+        if constexpr (16 % RSTEP == 0)
+            if (p.page_size == 16)
+                return load_kv_pages<D, LOAD_K, LOAD_V, NT, 16>(sk, sv, p, k, k0, tid);
+        if constexpr (32 % RSTEP == 0)
+            if (p.page_size == 32)
+                return load_kv_pages<D, LOAD_K, LOAD_V, NT, 32>(sk, sv, p, k, k0, tid);
+        if constexpr (64 % RSTEP == 0)
+            if (p.page_size == 64)
+                return load_kv_pages<D, LOAD_K, LOAD_V, NT, 64>(sk, sv, p, k, k0, tid);
     }
     /* Rows below `paged` come from the pages. This thread's rows step by
      * RSTEP; it follows its position (page, slot) incrementally, and the few
