@@ -46,5 +46,10 @@ echo "== PyTorch reference (tools/check_torch.py)"
 grep -v -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$log"
 tally check_torch $rc
 
+echo "== PyTorch autograd vs one training step (tools/check_train_torch.py)"
+"$PYTHON" tools/check_train_torch.py --hstu "$BUILD/hstu" >"$log" 2>&1; rc=$?
+grep -v -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$log"
+tally check_train_torch $rc
+
 echo "$total_p passed, $total_f failed, $total_s skipped"
 [ "$total_f" -eq 0 ]

@@ -12,6 +12,11 @@
  * - queue full (503), request timeout (503, never computed), a client that
  *   disconnects mid-body, a slow client cut by the connection timeout;
  * - statistics and metrics counters; the Triton HSTU example interface;
+ * - the request path allocates nothing in steady state: every malloc of the
+ *   process is counted (interposed, or ASan's allocator hooks) while one
+ *   client sends requests of every kind, and attributed by backtrace to the
+ *   library that asked; the JSON arena's cap (413) and the body buffer
+ *   pool's bound (503);
  * - `hstu serve` as a process: SIGTERM finishes a queued request, exit 0.
  */
 #include "harness.h"
@@ -19,19 +24,32 @@
 #include "serve/http_client.h"
 #include "serve/serve.h"
 
+#include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <execinfo.h>
 #include <jansson.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+/* libasan's (sanitizer/allocator_interface.h, which gcc does not install) */
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+#endif
 
 #define HOST "127.0.0.1"
 
@@ -1085,6 +1103,439 @@ static void test_queue_full(void)
     serve_stop(s2);
 }
 
+/* ---- allocations on the request path ------------------------------------------ */
+
+/* Every allocation of the process is seen here: malloc and friends are
+ * interposed (or, under AddressSanitizer, which owns malloc, its allocator
+ * hooks are installed). While `counting` is set, each allocation made by a
+ * thread other than the test's client is recorded with its backtrace. The
+ * hooks' own code sits in the section alloc_hook, so its frames are skipped
+ * exactly; so are frames in libc and the sanitizer runtimes (the allocator
+ * itself, strdup and the like): an allocation is charged to the first frame
+ * that asked for it, by shared object (this program holds the server). */
+#define REC_MAX 4096
+#define REC_DEPTH 24
+#define HOOK __attribute__((section("alloc_hook"), noinline, used))
+extern const char __start_alloc_hook[], __stop_alloc_hook[];
+
+static atomic_int counting;
+static _Thread_local bool is_client, in_hook;
+static void *rec_frames[REC_MAX][REC_DEPTH];
+static int rec_depth[REC_MAX];
+static atomic_int rec_n;
+
+HOOK static void record_alloc(void)
+{
+    if (!atomic_load_explicit(&counting, memory_order_relaxed) || is_client || in_hook)
+        return;
+    in_hook = true;
+    int i = atomic_fetch_add(&rec_n, 1);
+    if (i < REC_MAX)
+        rec_depth[i] = backtrace(rec_frames[i], REC_DEPTH);
+    in_hook = false;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+HOOK static void on_malloc(const volatile void *p, size_t n)
+{
+    (void)p, (void)n;
+    record_alloc();
+}
+HOOK static void on_free(const volatile void *p) { (void)p; }
+static void hooks_install(void) { __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free); }
+#else
+static void *(*real_malloc)(size_t);
+static void *(*real_calloc)(size_t, size_t);
+static void *(*real_realloc)(void *, size_t);
+static void (*real_free)(void *);
+static int (*real_posix_memalign)(void **, size_t, size_t);
+static void *(*real_aligned_alloc)(size_t, size_t);
+static void *(*real_memalign)(size_t, size_t);
+/* dlsym may allocate before the real functions are known: a static pool */
+static _Alignas(16) char boot[65536];
+static size_t boot_used;
+
+HOOK static bool in_boot(const void *p) { return (const char *)p >= boot && (const char *)p < boot + sizeof boot; }
+
+HOOK static void *boot_alloc(size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    if (n > sizeof boot - boot_used)
+        abort();
+    void *p = boot + boot_used;
+    boot_used += n;
+    return p;
+}
+
+HOOK static void resolve(void)
+{
+    static bool busy;
+    if (busy)
+        return;
+    busy = true;
+    real_malloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "malloc");
+    real_calloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "calloc");
+    real_realloc = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+    real_free = (void (*)(void *))dlsym(RTLD_NEXT, "free");
+    real_posix_memalign = (int (*)(void **, size_t, size_t))dlsym(RTLD_NEXT, "posix_memalign");
+    real_aligned_alloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "aligned_alloc");
+    real_memalign = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "memalign");
+    busy = false;
+}
+
+HOOK void *malloc(size_t n)
+{
+    if (!real_malloc) {
+        resolve();
+        if (!real_malloc)
+            return boot_alloc(n);
+    }
+    record_alloc();
+    return real_malloc(n);
+}
+
+HOOK void *calloc(size_t a, size_t b)
+{
+    if (!real_calloc) {
+        resolve();
+        if (!real_calloc)
+            return boot_alloc(a * b); /* static memory is zero */
+    }
+    record_alloc();
+    return real_calloc(a, b);
+}
+
+HOOK void *realloc(void *p, size_t n)
+{
+    if (in_boot(p)) {
+        void *q = malloc(n);
+        if (q)
+            memcpy(q, p, n < (size_t)(boot + boot_used - (char *)p) ? n : (size_t)(boot + boot_used - (char *)p));
+        return q;
+    }
+    if (!real_realloc)
+        resolve();
+    record_alloc();
+    return real_realloc(p, n);
+}
+
+HOOK void free(void *p)
+{
+    if (!p || in_boot(p))
+        return;
+    if (!real_free)
+        resolve();
+    real_free(p);
+}
+
+HOOK int posix_memalign(void **out, size_t align, size_t n)
+{
+    if (!real_posix_memalign)
+        resolve();
+    record_alloc();
+    return real_posix_memalign(out, align, n);
+}
+
+HOOK void *aligned_alloc(size_t align, size_t n)
+{
+    if (!real_aligned_alloc)
+        resolve();
+    record_alloc();
+    return real_aligned_alloc(align, n);
+}
+
+HOOK void *memalign(size_t align, size_t n)
+{
+    if (!real_memalign)
+        resolve();
+    record_alloc();
+    return real_memalign(align, n);
+}
+
+static void hooks_install(void) {}
+#endif
+
+/* The shared object of a code address, by file name without directories. */
+static const char *object_of(const void *addr)
+{
+    Dl_info di;
+    if (!dladdr(addr, &di) || !di.dli_fname || !*di.dli_fname)
+        return "?";
+    const char *b = strrchr(di.dli_fname, '/');
+    return b ? b + 1 : di.dli_fname;
+}
+
+static bool is_runtime(const char *obj)
+{
+    static const char *const rt[] = {"libc.so", "libasan", "libubsan", "libgcc_s", "ld-linux", "libstdc++"};
+    for (size_t i = 0; i < sizeof rt / sizeof rt[0]; i++)
+        if (!strncmp(obj, rt[i], strlen(rt[i])))
+            return true;
+    return false;
+}
+
+/* [lo, hi): the code of hstu_engine_run in this program, from its symbol
+ * table (the size is not known otherwise); lo = hi = 0 if not found. */
+static const char *engine_lo, *engine_hi;
+
+static void find_engine_code(void)
+{
+    Dl_info di;
+    int fd = open("/proc/self/exe", O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !dladdr((void *)hstu_engine_run, &di)) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    const unsigned char *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return;
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m;
+    const Elf64_Shdr *sh = (const Elf64_Shdr *)(m + eh->e_shoff);
+    for (int i = 0; i < eh->e_shnum; i++) {
+        if (sh[i].sh_type != SHT_SYMTAB)
+            continue;
+        const Elf64_Sym *sym = (const Elf64_Sym *)(m + sh[i].sh_offset);
+        const char *names = (const char *)(m + sh[sh[i].sh_link].sh_offset);
+        for (size_t k = 0; k < sh[i].sh_size / sizeof *sym; k++)
+            if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && !strcmp(names + sym[k].st_name, "hstu_engine_run")) {
+                engine_lo = (const char *)di.dli_fbase + sym[k].st_value;
+                engine_hi = engine_lo + sym[k].st_size;
+            }
+    }
+    munmap((void *)m, (size_t)st.st_size);
+}
+
+/* Where an allocation is charged: "engine" when it was made inside
+ * hstu_engine_run or by an OpenMP thread (libgomp's frames), else the
+ * shared object of the first frame that asked for it. */
+static const char *charged_to(int i)
+{
+    for (int f = 0; f < rec_depth[i]; f++) {
+        const char *a = rec_frames[i][f];
+        if ((a > engine_lo && a <= engine_hi) || !strncmp(object_of(a - 1), "libgomp", 7))
+            return "engine";
+    }
+    for (int f = 0; f < rec_depth[i]; f++) {
+        const char *a = rec_frames[i][f];
+        if (a >= __start_alloc_hook && a < __stop_alloc_hook)
+            continue;
+        const char *o = object_of(a - 1); /* a return address: the call is just before it */
+        if (!is_runtime(o))
+            return o;
+    }
+    return "libc (no other frame)";
+}
+
+/* Charges each recorded allocation; returns how many objects, with
+ * names[] and counts[]. */
+static int charge_allocations(const char **names, int *counts, int max)
+{
+    int n = atomic_load(&rec_n), k = 0;
+    if (n > REC_MAX)
+        n = REC_MAX;
+    for (int i = 0; i < n; i++) {
+        const char *obj = charged_to(i);
+        int j = 0;
+        while (j < k && strcmp(names[j], obj))
+            j++;
+        if (j == k && k < max)
+            names[k] = obj, counts[k++] = 0;
+        if (j < k)
+            counts[j]++;
+    }
+    return k;
+}
+
+/* One client on one keep-alive connection sends every kind of request;
+ * after a warm-up, every allocation of the process is counted while it
+ * sends them again. The server's own code (this program), jansson and the
+ * engine's libraries must make none; libmicrohttpd makes a few per reply
+ * (its response object and header copies: the reply's bytes are ours). */
+static void test_no_alloc(void)
+{
+    char rank_bin[8192], hdr[128];
+    size_t hlen;
+    size_t rank_bin_len = binary_body(rank_bin, sizeof rank_bin, &hlen, 0, 0);
+    snprintf(hdr, sizeof hdr, "Inference-Header-Content-Length: %zu\r\n", hlen);
+    char rank_json[8192];
+    snprintf(rank_json, sizeof rank_json, "%s", good_with(F_U, "{\"name\":\"USER_IDS\",\"datatype\":\"INT64\","
+                                                               "\"shape\":[1],\"data\":[1500]}"));
+    char bad[8192];
+    snprintf(bad, sizeof bad, "%s", good_with(F_D, "{\"name\":\"CANDIDATES\",\"datatype\":\"INT64\",\"shape\":[1],"
+                                                   "\"data\":[3]}"));
+    const char *retr = "{\"id\":\"r\\\"1\",\"parameters\":{\"top_k\":5,\"binary_data_output\":false},\"inputs\":["
+                       "{\"name\":\"USER_IDS\",\"datatype\":\"INT64\",\"shape\":[2],\"data\":[15,16]},"
+                       "{\"name\":\"HISTORY_LENGTHS\",\"datatype\":\"INT64\",\"shape\":[2],\"data\":[3,3]},"
+                       "{\"name\":\"ITEM_IDS\",\"datatype\":\"INT64\",\"shape\":[6],\"data\":[12,40,7,99,3,250]},"
+                       "{\"name\":\"TIMESTAMPS\",\"datatype\":\"INT64\",\"shape\":[6],"
+                       "\"data\":[1000,1200,5000,5100,9000,9100]}]}";
+    const char *compat = "{\"inputs\":["
+                         "{\"name\":\"USER_IDS\",\"datatype\":\"INT64\",\"shape\":[2],\"data\":[1510,1511]},"
+                         "{\"name\":\"TOKEN_LENGTHS\",\"datatype\":\"INT64\",\"shape\":[8],\"data\":[1,1,1,1,3,3,2,1]},"
+                         "{\"name\":\"TOKENS\",\"datatype\":\"INT64\",\"shape\":[13],\"data\":[1,2,1,0,1,2,3,4,5,6,0,1,2]},"
+                         "{\"name\":\"NUM_CANDIDATES\",\"datatype\":\"INT64\",\"shape\":[2],\"data\":[1,2]}]}";
+    struct {
+        const char *method, *path, *hdr, *body;
+        size_t len;
+        int status;
+    } kinds[] = {
+        {"POST", "/v2/models/hstu/infer", NULL, rank_json, strlen(rank_json), 200},
+        {"POST", "/v2/models/hstu/infer", hdr, rank_bin, rank_bin_len, 200},
+        {"POST", "/v2/models/retr/infer", NULL, retr, strlen(retr), 200},
+        {"POST", "/v2/models/hstu_model/infer", NULL, compat, strlen(compat), 200},
+        {"POST", "/v2/models/hstu/infer", NULL, bad, strlen(bad), 400},
+        {"GET", "/v2/health/ready", NULL, NULL, 0, 200},
+    };
+    enum { KINDS = sizeof kinds / sizeof kinds[0], ROUNDS = 20 };
+    is_client = true;
+    int fd = hc_connect(HOST, port, 10000);
+    T_REQUIRE(fd >= 0, "connect");
+    int bad_status = 0, requests = 0;
+    for (int round = 0; round < 3 + ROUNDS; round++) {
+        if (round == 3) { /* warmed up: count from here */
+            atomic_store(&rec_n, 0);
+            atomic_store(&counting, 1);
+        }
+        for (int k = 0; k < KINDS; k++) {
+            hc_response r;
+            int rc = hc_request(fd, kinds[k].method, kinds[k].path, kinds[k].hdr, kinds[k].body, kinds[k].len, &r);
+            if (rc != 0 || r.status != kinds[k].status) {
+                if (!bad_status)
+                    printf("    %s %s: %d %s\n", kinds[k].method, kinds[k].path, rc ? -1 : r.status,
+                           r.body ? r.body : "");
+                bad_status++;
+            }
+            requests += round >= 3;
+            hc_response_free(&r);
+        }
+    }
+    atomic_store(&counting, 0);
+    close(fd);
+    is_client = false;
+    T_CHECK(bad_status == 0, "%d requests got an unexpected status", bad_status);
+    const char *names[32];
+    int counts[32];
+    int n = charge_allocations(names, counts, 32);
+    int total = atomic_load(&rec_n), server = 0, mhd = 0;
+    printf("    %d requests, %d allocations:", requests, total);
+    for (int i = 0; i < n; i++) {
+        printf(" %s %d (%.2f per request)%s", names[i], counts[i], (double)counts[i] / requests, i + 1 < n ? "," : "");
+        if (!strncmp(names[i], "libmicrohttpd", 13))
+            mhd += counts[i];
+        else if (strcmp(names[i], "engine"))
+            server += counts[i];
+    }
+    printf("%s\n", n ? "" : " none");
+    T_CHECK(total <= REC_MAX, "more allocations than recorded (%d)", total);
+    T_CHECK(server == 0, "%d allocations outside libmicrohttpd on the request path (want 0)", server);
+    /* libmicrohttpd 0.9.75: a response object and 3 per header (entry, name,
+     * value), at most 2 headers: at most 7 per reply */
+    T_CHECK(mhd <= 7 * requests, "libmicrohttpd: %d allocations for %d requests", mhd, requests);
+    if (server)
+        for (int i = 0, shown = 0; i < atomic_load(&rec_n) && i < REC_MAX && shown < 4; i++) {
+            const char *o = charged_to(i);
+            if (!strcmp(o, "engine") || !strncmp(o, "libmicrohttpd", 13))
+                continue;
+            shown++;
+            printf("    backtrace of allocation %d:\n", i);
+            for (int f = 0; f < rec_depth[i]; f++) {
+                Dl_info di;
+                const char *a = rec_frames[i][f];
+                if (dladdr(a - 1, &di) && di.dli_fname)
+                    printf("      %s+0x%lx %s\n", object_of(a), (unsigned long)(a - (const char *)di.dli_fbase),
+                           di.dli_sname ? di.dli_sname : "");
+            }
+        }
+}
+
+/* A JSON that needs more parse memory than a slot has (400,000 values
+ * within the body limit) is a 413 that says so; the server goes on. */
+static void test_json_arena_cap(void)
+{
+    enum { VALUES = 400000 };
+    size_t cap = 2 * VALUES + 256;
+    char *body = malloc(cap);
+    T_REQUIRE(body, "malloc");
+    size_t p = (size_t)snprintf(body, cap, "{\"inputs\":[{\"name\":\"USER_IDS\",\"datatype\":\"INT64\",\"shape\":[%d],"
+                                           "\"data\":[", VALUES);
+    for (int i = 0; i < VALUES; i++)
+        body[p++] = '0', body[p++] = ',';
+    p--; /* the last comma */
+    p += (size_t)snprintf(body + p, cap - p, "]}]}");
+    hc_response r;
+    char e[1024];
+    int rc = hc_call(HOST, port, "POST", "/v2/models/hstu/infer", NULL, body, p, &r);
+    T_CHECK(rc == 0 && r.status == 413 && strstr(err_of(&r, e, sizeof e), "parse memory"), "%d %s", rc ? -1 : r.status,
+            rc ? "" : e);
+    hc_response_free(&r);
+    free(body);
+    T_CHECK(hc_call(HOST, mport, "GET", "/metrics", NULL, NULL, 0, &r) == 0 && r.status == 200 &&
+                strstr(r.body, "\nhstu_json_arena_overflows_total ") &&
+                atoll(strstr(r.body, "\nhstu_json_arena_overflows_total ") + 33) >= 1,
+            "hstu_json_arena_overflows_total");
+    hc_response_free(&r);
+    float s[T_TASKS];
+    T_CHECK(score_user(961, 4, s), "a good request after");
+}
+
+/* A server with one body buffer: while a client holds it (half its body
+ * sent), another request with a body gets 503 before its body is read, a
+ * GET still works; once the first connection is gone the buffer serves
+ * again. */
+static void test_body_buffers(void)
+{
+    serve_options o;
+    serve_options_default(&o);
+    o.model_repository = repo_dir;
+    o.host = HOST;
+    o.http_port = 0;
+    o.metrics_port = 0;
+    o.body_buffers = 1;
+    o.queue_size = 4;
+    o.cache_bytes = 4 << 20;
+    o.threads = 1;
+    server *s2 = NULL;
+    hstu_error err = {0};
+    T_REQUIRE(serve_start(&o, &s2, &err) == HSTU_OK, "server with one buffer: %s", err.msg);
+    int p2 = serve_http_port(s2);
+    const char *b = good_with(F_U, "{\"name\":\"USER_IDS\",\"datatype\":\"INT64\",\"shape\":[1],\"data\":[982]}");
+    int fd = hc_connect(HOST, p2, 5000);
+    T_REQUIRE(fd >= 0, "connect");
+    char head[256];
+    int hn = snprintf(head, sizeof head, "POST /v2/models/hstu/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n",
+                      strlen(b));
+    T_CHECK(send(fd, head, (size_t)hn, 0) == hn && send(fd, b, 10, 0) == 10, "send half a request");
+    usleep(200000);
+    hc_response r;
+    char e[512];
+    int rc = hc_call(HOST, p2, "POST", "/v2/models/hstu/infer", NULL, b, strlen(b), &r);
+    T_CHECK(rc == 0 && r.status == 503 && strstr(err_of(&r, e, sizeof e), "request buffers"), "second body: %d %s",
+            rc ? -1 : r.status, rc ? "" : r.body);
+    hc_response_free(&r);
+    T_CHECK(hc_call(HOST, p2, "GET", "/v2/health/ready", NULL, NULL, 0, &r) == 0 && r.status == 200, "GET: %d",
+            r.status);
+    hc_response_free(&r);
+    close(fd);
+    int status = -1;
+    for (int k = 0; k < 100 && status != 200; k++) { /* the server sees the close */
+        usleep(20000);
+        if (hc_call(HOST, p2, "POST", "/v2/models/hstu/infer", NULL, b, strlen(b), &r) == 0)
+            status = r.status;
+        hc_response_free(&r);
+    }
+    T_CHECK(status == 200, "the buffer was not given back: %d", status);
+    T_CHECK(hc_call(HOST, serve_metrics_port(s2), "GET", "/metrics", NULL, NULL, 0, &r) == 0 &&
+                strstr(r.body, "\nhstu_request_buffer_refusals_total ") &&
+                atoll(strstr(r.body, "\nhstu_request_buffer_refusals_total ") + 36) >= 1 &&
+                strstr(r.body, "hstu_request_buffers{state=\"in_use\"} 0"),
+            "buffer metrics: %s", r.body ? strstr(r.body, "hstu_request_buffer") : "");
+    hc_response_free(&r);
+    serve_stop(s2);
+}
+
 /* `hstu serve` as a process: SIGTERM while a request waits in the queue;
  * the request is answered and the process exits 0. */
 static void test_sigterm(void)
@@ -1141,6 +1592,10 @@ static void test_sigterm(void)
 
 int main(void)
 {
+    void *frames[4];
+    backtrace(frames, 4); /* loads the unwinder now, not inside an allocation */
+    hooks_install();
+    find_engine_code();
     if (!start_server()) {
         printf("FAIL  server start\n");
         return t_summary() | 1;
@@ -1157,6 +1612,9 @@ int main(void)
     t_run("serve: disconnecting and slow clients", test_disconnect_and_slow);
     t_run("serve: statistics and metrics", test_stats_and_metrics);
     t_run("serve: Triton HSTU example interface", test_compat);
+    t_run("serve: no allocation on the request path", test_no_alloc);
+    t_run("serve: JSON over the parse memory (413)", test_json_arena_cap);
+    t_run("serve: request buffers bound (503), then reused", test_body_buffers);
     t_run("serve: queue full (503)", test_queue_full);
     serve_stop(srv);
     t_run("serve: SIGTERM finishes queued requests, exit 0", test_sigterm);

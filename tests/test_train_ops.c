@@ -366,7 +366,7 @@ static void attn_case(bool ranking, bool rab)
 {
     enum { B = 3 };
     static int offsets[B + 1], hist[B];
-    int lens[B] = {5, 1, 8};
+    int lens[B] = {5, 1, 70}; /* 70: two row blocks of the kernel */
     int H = 2, Dqk = 3, Dv = 4, N = 12, nb = 6;
     attn_ctx c = {0};
     offsets[0] = 0;
@@ -382,12 +382,12 @@ static void attn_case(bool ranking, bool rab)
     c.w = rnd((size_t)c.T * c.HDv, -1, 1);
     c.pos_w = rab ? rnd(2 * N - 1, -0.5f, 0.5f) : NULL;
     c.ts_w = rab ? rnd(nb, -0.5f, 0.5f) : NULL;
-    uint16_t *buckets = malloc(sizeof *buckets * 100);
+    uint16_t *buckets = malloc(sizeof *buckets * 5000);
     static size_t boff[B];
     size_t off = 0;
     for (int b = 0; b < B; b++) {
         int n = lens[b];
-        int64_t ts[8];
+        int64_t ts[80];
         for (int i = 0; i < n; i++)
             ts[i] = 1000 + i * 7 + (int64_t)rng_below(&g_rng, 40); /* gaps of many buckets */
         boff[b] = off;
@@ -396,7 +396,7 @@ static void attn_case(bool ranking, bool rab)
     }
     c.p = (tr_attn){.B = B, .offsets = offsets, .hist = ranking ? hist : NULL, .H = H, .Dqk = Dqk, .Dv = Dv,
                     .alpha = 0.7f, .N = N, .pos_w = c.pos_w, .ts_w = c.ts_w, .n_buckets = nb,
-                    .buckets = buckets, .bucket_off = boff, .max_n = 8};
+                    .buckets = buckets, .bucket_off = boff, .max_n = 70};
     c.work = zeros(tr_attn_workspace_floats(&c.p, 64));
     attn_obj(&c);
     float *d = zeros((size_t)c.T * c.W), *dpos = zeros(2 * N - 1), *dts = zeros(nb);

@@ -39,6 +39,10 @@ typedef struct eval_options {
                                 half of its history (outputs discarded) so that a cached engine
                                 reuses it: exercises the cache (default false) */
     bool progress;           /* a progress bar on stderr (default false) */
+    int top_k_cap;           /* retrieval: at most this top_k (default 0: the engine's 100000; a
+                                server's --max-top-k when scoring through it). A target ranked
+                                below the cap counts as missing, so a cap under the item count
+                                lowers MRR only (by less than 1/cap per such user) */
     hstu_engine_options engine; /* used by eval_model only (default: hstu_engine_options_default) */
 } eval_options;
 
@@ -72,6 +76,16 @@ hstu_status eval_model(const hstu_model *m, const dataset *ds, const eval_option
  * evaluate valid then test on one engine to reuse the K/V). */
 hstu_status eval_engine(hstu_engine *e, const hstu_model *m, const dataset *ds,
                         const eval_options *o, eval_metrics *out, hstu_error *err);
+
+/* How a batch of requests is scored: hstu_engine_run's contract (distinct
+ * users, results in caller storage, logits when asked). eval_engine passes
+ * the engine; `hstu eval --url` passes an HTTP client of `hstu serve`. */
+typedef hstu_status (*eval_run_fn)(void *ctx, const hstu_request *reqs, int n, hstu_result *res,
+                                   bool logits, hstu_error *err);
+
+/* The loop itself, for any runner; cfg is the scored model's config. */
+hstu_status eval_run(eval_run_fn run, void *ctx, const hstu_config *cfg, const dataset *ds,
+                     const eval_options *o, eval_metrics *out, hstu_error *err);
 
 /* One line of text: "test: 6039 users  HR@10 0.0123  NDCG@10 ..." or
  * "test: 300 users, 30000 candidates  AUC is_click 0.7012 ... mean 0.6543". */

@@ -4,7 +4,10 @@
  * (an error is {"error": "..."} with 400/404/405/413/503; 500 only for a
  * bug) except a binary infer reply and /metrics. infer() is the request
  * path: take the model (a reference), take a job slot (none: 503, the
- * queue is full), decode into it, queue it, wait, encode, give both back.
+ * queue is full), decode into it, queue it, wait, encode the reply into the
+ * slot; the slot and the reference are given back once the reply is sent
+ * (infer_reply_sent), or at once on an error. Nothing on it allocates
+ * (docs/serving.md, "Memory").
  *
  * Shutdown: serve_begin_shutdown makes ready answer 400 and new infer
  * requests 503; serve_stop stops accepting connections, lets each batcher
@@ -13,6 +16,7 @@
 #include "serve/serve.h"
 
 #include "serve/http.h"
+#include "serve/json_arena.h"
 #include "serve/metrics.h"
 #include "serve/protocol.h"
 #include "serve/repository.h"
@@ -46,6 +50,7 @@ void serve_options_default(serve_options *o)
     o->timeout_us = 0;
     o->conn_timeout_s = 10;
     o->max_body = (size_t)64 << 20;
+    o->body_buffers = 64;
     o->max_connections = 256;
     o->cache_bytes = (size_t)1 << 30;
     o->max_top_k = 1000;
@@ -53,6 +58,8 @@ void serve_options_default(serve_options *o)
 
 /* ---- helpers ---------------------------------------------------------------- */
 
+/* Metadata, statistics and index replies (not the infer path) use jansson
+ * trees and malloc'd text. */
 static void reply_json(http_reply *rep, int status, json_t *o)
 {
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -61,11 +68,7 @@ static void reply_json(http_reply *rep, int status, json_t *o)
         http_reply_error(rep, 503, "out of memory");
         return;
     }
-    free(rep->body);
-    rep->status = status;
-    rep->body = text;
-    rep->len = strlen(text);
-    rep->content_type = "application/json";
+    http_reply_take(rep, status, "application/json", text, strlen(text));
 }
 
 static void reply_empty(http_reply *rep, int status)
@@ -152,6 +155,17 @@ static void model_stats_reply(server *s, const char *name, const char *version, 
     reply_json(rep, 200, json_pack("{so}", "model_stats", list));
 }
 
+/* The reply in a job slot was sent (or dropped): give back the slot, then
+ * the model (which an unload waits for). */
+static void infer_reply_sent(void *arg)
+{
+    job *j = arg;
+    served_model *m = j->owner;
+    repository *r = j->owner_ctx;
+    batcher_release(m->batcher, j);
+    repo_release(r, m);
+}
+
 static void infer(server *s, const char *name, const char *version, const http_request *q, http_reply *rep)
 {
     uint64_t t0 = stats_now_ns();
@@ -216,27 +230,25 @@ static void infer(server *s, const char *name, const char *version, const http_r
         goto out;
     }
     uint64_t t1 = stats_now_ns();
-    size_t len = 0, json_len = 0;
-    char *body = proto_encode_infer(m->cfg, iface, iface == PROTO_COMPAT ? "hstu_model" : m->name, j, &call, &len,
-                                    &json_len);
-    if (!body) {
-        http_reply_error(rep, 503, "out of memory encoding the response");
+    size_t json_len = 0;
+    size_t len = proto_encode_infer(m->cfg, iface, iface == PROTO_COMPAT ? "hstu_model" : m->name, j, &call, &json_len);
+    if (!len) {
+        http_reply_error(rep, 500, "the reply does not fit its buffer of %zu bytes (a bug)", j->scratch_cap);
         stats_request_done(&m->stats, false, FAIL_OTHER, stats_now_ns() - t0);
         goto out;
     }
     stats_output(&m->stats, j->batch_users, stats_now_ns() - t1);
-    rep->status = 200;
-    rep->body = body;
-    rep->len = len;
+    j->owner = m;
+    j->owner_ctx = &s->repo;
+    http_reply_borrow(rep, 200, json_len != len ? "application/octet-stream" : "application/json", j->scratch, len,
+                      infer_reply_sent, j);
     if (json_len != len) {
-        rep->content_type = "application/octet-stream";
         rep->header_name[0] = "Inference-Header-Content-Length";
         snprintf(rep->header_value[0], sizeof rep->header_value[0], "%zu", json_len);
         rep->n_headers = 1;
-    } else {
-        rep->content_type = "application/json";
     }
     stats_request_done(&m->stats, true, FAIL_OTHER, stats_now_ns() - t0);
+    return; /* the slot and the model are given back once the reply is sent */
 out:
     batcher_release(m->batcher, j);
     repo_release(&s->repo, m);
@@ -382,15 +394,14 @@ static void route_metrics(void *ctx, const http_request *q, http_reply *rep)
     }
     if (!method_is(q, rep, "GET"))
         return;
-    char *text = metrics_text(&s->repo);
+    http_pool_stats ps;
+    http_server_pool_stats(s->http, &ps);
+    char *text = metrics_text(&s->repo, &ps);
     if (!text) {
         http_reply_error(rep, 503, "out of memory");
         return;
     }
-    rep->status = 200;
-    rep->body = text;
-    rep->len = strlen(text);
-    rep->content_type = "text/plain; version=0.0.4; charset=utf-8";
+    http_reply_take(rep, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text));
 }
 
 /* ---- lifecycle --------------------------------------------------------------- */
@@ -398,7 +409,7 @@ static void route_metrics(void *ctx, const http_request *q, http_reply *rep)
 hstu_status serve_start(const serve_options *o, server **out, hstu_error *err)
 {
     *out = NULL;
-    if (!o->model_repository || o->max_batch < 1 || o->queue_size < 1 || o->max_body < 1 ||
+    if (!o->model_repository || o->max_batch < 1 || o->queue_size < 1 || o->max_body < 1 || o->body_buffers < 1 ||
         o->max_connections < 1 || o->max_top_k < 1 || o->max_queue_delay_us < 0 || o->conn_timeout_s < 1) {
         err->status = HSTU_ERR_ARG;
         snprintf(err->msg, sizeof err->msg, "serve: bad options (a model repository and positive limits are needed)");
@@ -415,6 +426,7 @@ hstu_status serve_start(const serve_options *o, server **out, hstu_error *err)
     s->o.model_repository = s->repo_path;
     atomic_init(&s->stopping, false);
     signal(SIGPIPE, SIG_IGN);
+    json_arena_install(); /* before any handler parses a request */
     hstu_status st = repo_init(&s->repo, &s->o, err);
     if (st != HSTU_OK) {
         free(s);
@@ -425,6 +437,7 @@ hstu_status serve_start(const serve_options *o, server **out, hstu_error *err)
         .host = o->host,
         .port = o->http_port,
         .max_body = o->max_body,
+        .body_buffers = o->body_buffers,
         .max_connections = o->max_connections,
         .conn_timeout_s = o->conn_timeout_s,
     };
@@ -433,6 +446,7 @@ hstu_status serve_start(const serve_options *o, server **out, hstu_error *err)
         http_server_options mo = ho;
         mo.port = o->metrics_port;
         mo.max_body = 4096;
+        mo.body_buffers = 16;
         mo.max_connections = 16;
         s->metrics = http_server_start(&mo, route_metrics, s, msg, sizeof msg);
     }

@@ -10,16 +10,20 @@
  * job has waited max_queue_delay_us; a full batch runs at once. A job whose
  * deadline passed is answered 503 and never computed.
  *
- * Job slots and the batch scratch arrays are allocated in batcher_create;
- * nothing here allocates per request.
+ * Job slots and the batch scratch arrays are allocated in batcher_create,
+ * the slots' scratch memory is one mapping reserved there; nothing here
+ * allocates per request.
  */
 #include "serve/batcher.h"
 
 #include <errno.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 struct batcher {
     hstu_engine *e;
@@ -41,9 +45,16 @@ struct batcher {
     int64_t *busers;       /* [max_batch] users in the batch */
     int64_t *blocked;      /* [queue_size * max_batch] users of passed-over jobs */
     size_t bytes;          /* all of the above */
+    char *scratch;         /* [queue_size][scratch_stride], mmap'd */
+    size_t scratch_stride, scratch_map;
 };
 
 size_t batcher_bytes(const batcher *b) { return b->bytes; }
+
+size_t batcher_ids_cap(const hstu_config *cfg, int max_batch, int token_budget)
+{
+    return (size_t)max_batch * (size_t)cfg->n_context + 3 * (size_t)token_budget;
+}
 
 const batcher_options *batcher_opts(const batcher *b) { return &b->o; }
 
@@ -126,6 +137,11 @@ static void run_batch(batcher *b, job **jobs, int nj)
 static void *batcher_main(void *arg)
 {
     batcher *b = arg;
+    /* OpenMP's thread count is per thread: the engine set it on the thread
+     * that created it, and this thread, which runs the engine, starts from
+     * the process default (all cores) unless it sets it too. */
+    if (b->o.threads > 0)
+        omp_set_num_threads(b->o.threads);
     pthread_mutex_lock(&b->mu);
     for (;;) {
         while (!b->head && !b->stopping)
@@ -256,11 +272,24 @@ hstu_status batcher_create(hstu_engine *e, const hstu_config *cfg, const batcher
         goto nomem;
     bool rank = cfg->family == HSTU_FAMILY_RANKING;
     size_t topk = rank ? 0 : mb * (size_t)o->max_top_k;
+    /* Scratch: address space only, resident as requests use it. */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    b->scratch_stride = (o->scratch_bytes + page - 1) / page * page;
+    b->scratch_map = b->scratch_stride * qs;
+    if (b->scratch_map) {
+        void *m = mmap(NULL, b->scratch_map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED)
+            goto nomem;
+        b->scratch = m;
+    }
     b->bytes = qs * (sizeof(job) + sizeof(job *) + mb * (sizeof(hstu_request) + sizeof(hstu_result) + sizeof(int64_t))) +
                mb * (sizeof(job *) + sizeof(hstu_request) + sizeof(hstu_result) + sizeof(int64_t));
     for (size_t s = 0; s < qs; s++) {
         job *j = &b->slots[s];
-        j->ids_cap = mb * (size_t)cfg->n_context + 3 * (size_t)o->token_budget;
+        j->ids_cap = batcher_ids_cap(cfg, o->max_batch, o->token_budget);
+        j->scratch = b->scratch + s * b->scratch_stride;
+        j->scratch_cap = o->scratch_bytes;
+        json_arena_init(&j->arena, j->scratch, j->scratch_cap);
         j->scores_cap = rank ? (size_t)o->token_budget * (size_t)cfg->n_tasks : 0;
         j->reqs = calloc(mb, sizeof *j->reqs);
         j->res = calloc(mb, sizeof *j->res);
@@ -312,6 +341,7 @@ job *batcher_acquire(batcher *b)
         j->done = false;
         j->next = NULL;
         j->batch_users = 0;
+        j->owner = j->owner_ctx = NULL;
     }
     return j;
 }
@@ -379,6 +409,8 @@ void batcher_destroy(batcher *b)
     free(b->bres);
     free(b->busers);
     free(b->blocked);
+    if (b->scratch)
+        munmap(b->scratch, b->scratch_map);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv_work);
     pthread_cond_destroy(&b->cv_done);

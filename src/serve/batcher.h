@@ -7,11 +7,15 @@
  * batcher thread forms batches and answers. Limits of one slot (one request):
  *   users <= max_batch; tokens (engine's count) <= token_budget;
  *   ids <= users * n_context + 3 * token_budget; top_k <= max_top_k.
+ * A slot also has scratch_bytes of scratch memory (reserved at create,
+ * resident as used): the JSON parse arena while the request is decoded,
+ * then the reply's text; the slot stays taken until the reply is sent.
  */
 #ifndef HSTU_SERVE_BATCHER_H
 #define HSTU_SERVE_BATCHER_H
 
 #include "hstu.h"
+#include "serve/json_arena.h"
 #include "serve/stats.h"
 
 #include <pthread.h>
@@ -28,6 +32,10 @@ typedef struct job {
     size_t scores_cap;
     int64_t *topk_ids;    /* [max_batch * max_top_k] retrieval */
     float *topk_scores;
+    char *scratch;        /* [scratch_cap]: parse arena, then the reply */
+    size_t scratch_cap;
+    json_arena arena;     /* over scratch */
+    void *owner, *owner_ctx; /* the caller's, while it holds the slot (api.c: model, repository) */
     /* filled by the decoder */
     int B;                /* users in this request */
     int tokens;           /* engine tokens of its users */
@@ -48,6 +56,8 @@ typedef struct batcher_options {
     int token_budget;
     int queue_size;
     int max_top_k;
+    size_t scratch_bytes; /* per slot */
+    int threads;          /* OpenMP threads of the engine's runs, 0: the default */
 } batcher_options;
 
 typedef struct batcher batcher;
@@ -66,7 +76,10 @@ void batcher_wait(batcher *b, job *j);
 void batcher_stop(batcher *b);
 void batcher_destroy(batcher *b);
 const batcher_options *batcher_opts(const batcher *b);
-/* Bytes of the job slots and batch scratch, allocated at create. */
+/* Bytes of the job slots and batch scratch, allocated at create (the
+ * slots' scratch memory, reserved, not counted). */
 size_t batcher_bytes(const batcher *b);
+/* Ids one slot holds: max_batch * n_context + 3 * token_budget. */
+size_t batcher_ids_cap(const hstu_config *cfg, int max_batch, int token_budget);
 
 #endif

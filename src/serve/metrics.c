@@ -4,10 +4,13 @@
  * {reason}, nv_inference_count, nv_inference_exec_count, the pending gauge
  * and the cumulative *_duration_us counters. This engine's own, prefixed
  * hstu_: KV cache hits and misses (users), tokens reused and computed,
- * pages, evictions, rewrites, degraded runs, and the batch-size histogram.
+ * pages, evictions, rewrites, degraded runs, and the batch-size histogram;
+ * the server's request buffers and JSON arena overflows (no model label).
  * GPU metrics and the host/persistent cache tiers are not here yet.
  */
 #include "serve/metrics.h"
+
+#include "serve/json_arena.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,7 +63,7 @@ typedef struct snap {
     uint64_t *batch_count;
 } snap;
 
-char *metrics_text(repository *r)
+char *metrics_text(repository *r, const http_pool_stats *ps)
 {
     text t = {.p = malloc(16384), .cap = 16384};
     if (!t.p)
@@ -169,6 +172,14 @@ char *metrics_text(repository *r)
         put(&t, "hstu_batch_size_sum{model=\"%s\",version=\"1\"} %llu\n", sn[i].name, (unsigned long long)sum);
         put(&t, "hstu_batch_size_count{model=\"%s\",version=\"1\"} %llu\n", sn[i].name, (unsigned long long)cum);
     }
+    FAMILY("hstu_request_buffers", "gauge", "Request body buffers (--body-buffers), by state");
+    put(&t, "hstu_request_buffers{state=\"in_use\"} %d\n", ps->in_use);
+    put(&t, "hstu_request_buffers{state=\"total\"} %d\n", ps->buffers);
+    put(&t, "hstu_request_buffers{state=\"max_in_use\"} %d\n", ps->in_use_max);
+    FAMILY("hstu_request_buffer_refusals_total", "counter", "Requests answered 503 because no body buffer was free");
+    put(&t, "hstu_request_buffer_refusals_total %llu\n", (unsigned long long)ps->refused);
+    FAMILY("hstu_json_arena_overflows_total", "counter", "Requests whose JSON needed more than a slot's parse memory (413)");
+    put(&t, "hstu_json_arena_overflows_total %llu\n", (unsigned long long)json_arena_overflows());
 #undef FAMILY
 #undef EACH
     for (int i = 0; i < n; i++)

@@ -12,10 +12,17 @@
  *      on each, so that a queued job is one the engine accepts.
  * Encoding writes JSON data lists, or raw little-endian tensors after the
  * JSON header when binary output is asked for.
+ *
+ * Memory: the request's JSON is parsed in the job slot's arena (bound to
+ * this thread for the parse; the tree is never freed, the next bind resets
+ * the arena), and the reply is written by hand into the slot's scratch,
+ * whose size proto_scratch_bytes bounds from the limits. The tensors are
+ * copied into the slot's id arena. Nothing here calls malloc.
  */
 #include "serve/protocol.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,9 +299,19 @@ int proto_decode_infer(const hstu_engine *e, const hstu_config *cfg, proto_iface
         return bad(msg, sz, 400, "Inference-Header-Content-Length %lld is past the body's %zu bytes", header_len, len);
     size_t jlen = header_len >= 0 ? (size_t)header_len : len;
     json_error_t jerr;
+    json_arena_bind(&j->arena);
     json_t *root = json_loadb(body, jlen, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return bad(msg, sz, 400, "malformed JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+    if (!root) {
+        int st = j->arena.overflow
+                     ? bad(msg, sz, 413,
+                           "the request's JSON needs more than the %zu bytes of parse memory of a request (it holds "
+                           "at most %zu ids, --token-budget and --max-batch): send fewer values, or the tensors as "
+                           "binary data",
+                           j->arena.cap, j->ids_cap)
+                     : bad(msg, sz, 400, "malformed JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+        json_arena_unbind(&j->arena);
+        return st;
+    }
     int st = 200;
     bool rank = cfg->family == HSTU_FAMILY_RANKING;
     const tensor_spec *spec;
@@ -581,7 +598,7 @@ int proto_decode_infer(const hstu_engine *e, const hstu_config *cfg, proto_iface
             }
     }
 done:
-    json_decref(root);
+    json_arena_unbind(&j->arena); /* the tree is dropped with the arena's next reset */
     return st;
 }
 
@@ -598,7 +615,7 @@ typedef struct out_view {
 
 /* Gathers output k into a contiguous view; retrieval rows shorter than
  * top_k (a small table) are padded with id -1 and score 0. */
-static void view_output(const hstu_config *cfg, proto_iface iface, const job *j, const infer_call *c, int k,
+static void view_output(const hstu_config *cfg, proto_iface iface, job *j, const infer_call *c, int k,
                         out_view *v)
 {
     memset(v, 0, sizeof *v);
@@ -643,58 +660,144 @@ static void view_output(const hstu_config *cfg, proto_iface iface, const job *j,
     }
 }
 
-char *proto_encode_infer(const hstu_config *cfg, proto_iface iface, const char *model_name, const job *j,
-                         const infer_call *c, size_t *len, size_t *json_len)
+/* A bounded text writer over the slot's scratch. */
+typedef struct wbuf {
+    char *p;
+    size_t len, cap;
+    bool full;
+} wbuf;
+
+static void w_raw(wbuf *w, const void *s, size_t n)
 {
-    json_t *root = json_pack("{ss ss}", "model_name", model_name, "model_version", "1");
-    if (!root)
-        return NULL;
-    if (c->has_id)
-        json_object_set_new(root, "id", json_string(c->id));
-    json_t *outs = json_array();
-    json_object_set_new(root, "outputs", outs);
+    if (w->full || n > w->cap - w->len) {
+        w->full = true;
+        return;
+    }
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+static void w_str(wbuf *w, const char *s) { w_raw(w, s, strlen(s)); }
+
+static void w_int(wbuf *w, int64_t v)
+{
+    char t[24];
+    int n = snprintf(t, sizeof t, "%lld", (long long)v);
+    w_raw(w, t, (size_t)n);
+}
+
+/* %.9g gives the float back exactly; ".0" keeps an integral value a JSON
+ * real, as jansson writes it; JSON has no NaN or Inf: null. */
+static void w_float(wbuf *w, float f)
+{
+    if (!isfinite(f)) {
+        w_raw(w, "null", 4);
+        return;
+    }
+    char t[32];
+    int n = snprintf(t, sizeof t, "%.9g", (double)f);
+    if (!strpbrk(t, ".e")) {
+        t[n++] = '.';
+        t[n++] = '0';
+    }
+    w_raw(w, t, (size_t)n);
+}
+
+/* A JSON string: quotes, backslashes and control bytes escaped (at most 6
+ * bytes out per byte in); the id came from a JSON string, so it is UTF-8. */
+static void w_json_string(wbuf *w, const char *s)
+{
+    w_raw(w, "\"", 1);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            char e[2] = {'\\', (char)ch};
+            w_raw(w, e, 2);
+        } else if (ch < 0x20) {
+            char e[8];
+            int n = snprintf(e, sizeof e, "\\u%04x", ch);
+            w_raw(w, e, (size_t)n);
+        } else {
+            w_raw(w, s, 1);
+        }
+    }
+    w_raw(w, "\"", 1);
+}
+
+/* The reply's bound: the fixed part (names, the id escaped, shapes and
+ * sizes of up to PROTO_MAX_OUT outputs) and at most REPLY_VALUE_BYTES per
+ * value (an int64 is 20 characters and a comma; "%.9g" of a float at most
+ * 15 and ".0" or a comma; binary 4 or 8 bytes). */
+#define REPLY_FIXED 8192
+#define REPLY_VALUE_BYTES 24
+
+size_t proto_scratch_bytes(const hstu_config *cfg, const proto_limits *lim, size_t ids_cap)
+{
+    size_t mb = (size_t)lim->max_batch;
+    size_t arena = (ids_cap + 4 * mb) * JSON_ARENA_VALUE_BYTES + JSON_ARENA_FIXED;
+    size_t values;
+    if (cfg->family == HSTU_FAMILY_RANKING) {
+        size_t cands = mb * (size_t)cfg->max_candidates;
+        if (cands > (size_t)lim->token_budget)
+            cands = (size_t)lim->token_budget;
+        values = cands * (size_t)cfg->n_tasks;
+    } else {
+        values = 2 * mb * (size_t)lim->max_top_k;
+    }
+    size_t reply = REPLY_FIXED + values * REPLY_VALUE_BYTES;
+    return arena > reply ? arena : reply;
+}
+
+size_t proto_encode_infer(const hstu_config *cfg, proto_iface iface, const char *model_name, job *j,
+                          const infer_call *c, size_t *json_len)
+{
+    wbuf w = {.p = j->scratch, .cap = j->scratch_cap};
+    w_str(&w, "{\"model_name\":");
+    w_json_string(&w, model_name);
+    w_str(&w, ",\"model_version\":\"1\"");
+    if (c->has_id) {
+        w_str(&w, ",\"id\":");
+        w_json_string(&w, c->id);
+    }
+    w_str(&w, ",\"outputs\":[");
     out_view views[PROTO_MAX_OUT];
-    size_t bin_bytes = 0;
     for (int q = 0; q < c->n_out; q++) {
         out_view *v = &views[q];
         view_output(cfg, iface, j, c, c->out[q], v);
-        json_t *shape = json_array();
-        for (int d = 0; d < v->ndim; d++)
-            json_array_append_new(shape, json_integer(v->shape[d]));
-        json_t *o = json_pack("{ss ss so}", "name", v->name, "datatype", v->datatype, "shape", shape);
-        if (c->out_binary[q]) {
-            size_t nb = (size_t)v->n * (v->is_float ? 4 : 8);
-            json_object_set_new(o, "parameters", json_pack("{sI}", "binary_data_size", (json_int_t)nb));
-            bin_bytes += nb;
-        } else {
-            json_t *data = json_array();
-            for (int64_t i = 0; i < v->n; i++)
-                json_array_append_new(data, v->is_float ? json_real(((const float *)v->data)[i])
-                                                        : json_integer(((const int64_t *)v->data)[i]));
-            json_object_set_new(o, "data", data);
+        w_str(&w, q ? ",{\"name\":\"" : "{\"name\":\"");
+        w_str(&w, v->name);
+        w_str(&w, "\",\"datatype\":\"");
+        w_str(&w, v->datatype);
+        w_str(&w, "\",\"shape\":[");
+        for (int d = 0; d < v->ndim; d++) {
+            if (d)
+                w_raw(&w, ",", 1);
+            w_int(&w, v->shape[d]);
         }
-        json_array_append_new(outs, o);
+        w_raw(&w, "]", 1);
+        if (c->out_binary[q]) {
+            w_str(&w, ",\"parameters\":{\"binary_data_size\":");
+            w_int(&w, v->n * (v->is_float ? 4 : 8));
+            w_raw(&w, "}}", 2);
+            continue;
+        }
+        w_str(&w, ",\"data\":[");
+        for (int64_t i = 0; i < v->n; i++) {
+            if (i)
+                w_raw(&w, ",", 1);
+            if (v->is_float)
+                w_float(&w, ((const float *)v->data)[i]);
+            else
+                w_int(&w, ((const int64_t *)v->data)[i]);
+        }
+        w_raw(&w, "]}", 2);
     }
-    char *text = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    if (!text)
-        return NULL;
-    size_t tl = strlen(text);
-    char *buf = realloc(text, tl + bin_bytes + 1);
-    if (!buf) {
-        free(text);
-        return NULL;
-    }
-    size_t pos = tl;
+    w_raw(&w, "]}", 2);
+    *json_len = w.len;
     for (int q = 0; q < c->n_out; q++)
-        if (c->out_binary[q]) {
-            size_t nb = (size_t)views[q].n * (views[q].is_float ? 4 : 8);
-            memcpy(buf + pos, views[q].data, nb);
-            pos += nb;
-        }
-    *len = pos;
-    *json_len = tl;
-    return buf;
+        if (c->out_binary[q]) /* little-endian host (x86-64, aarch64), as the protocol wants */
+            w_raw(&w, views[q].data, (size_t)views[q].n * (views[q].is_float ? 4 : 8));
+    return w.full ? 0 : w.len;
 }
 
 /* ---- metadata and config ------------------------------------------------- */

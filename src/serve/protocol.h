@@ -4,6 +4,10 @@
  * binary data extension) into a job slot, checking every shape, length and
  * id against the model and the slot's limits; encodes the answer. Also the
  * model metadata and the Triton model-config JSON. Statuses are HTTP codes.
+ *
+ * The infer path allocates nothing: the JSON is parsed in the slot's arena
+ * (json_arena.h; a JSON that needs more is a 413) and the reply is written
+ * into the slot's scratch, sized at start by proto_scratch_bytes.
  */
 #ifndef HSTU_SERVE_PROTOCOL_H
 #define HSTU_SERVE_PROTOCOL_H
@@ -43,10 +47,15 @@ int proto_decode_infer(const hstu_engine *e, const hstu_config *cfg, proto_iface
                        const proto_limits *lim, const char *body, size_t len, long long header_len,
                        job *j, infer_call *call, char *msg, size_t msg_size);
 
-/* The response body (malloc'd, caller frees); *json_len is the JSON part's
- * size when any output is binary (else equal to *len). */
-char *proto_encode_infer(const hstu_config *cfg, proto_iface iface, const char *model_name, const job *j,
-                         const infer_call *call, size_t *len, size_t *json_len);
+/* Writes the response body into j->scratch; returns its length (0 if it
+ * does not fit: a sizing bug). *json_len is the JSON part's size when any
+ * output is binary (else the whole length). */
+size_t proto_encode_infer(const hstu_config *cfg, proto_iface iface, const char *model_name, job *j,
+                          const infer_call *call, size_t *json_len);
+
+/* Scratch bytes a job slot needs: the largest of the parse arena for a
+ * request of ids_cap ids and the longest reply within lim. */
+size_t proto_scratch_bytes(const hstu_config *cfg, const proto_limits *lim, size_t ids_cap);
 
 json_t *proto_model_metadata(const hstu_config *cfg, proto_iface iface, const char *name);
 json_t *proto_model_config(const hstu_config *cfg, proto_iface iface, const char *name,

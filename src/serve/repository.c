@@ -75,7 +75,10 @@ static hstu_status load_model(repository *r, served_model *m)
         .token_budget = budget,
         .queue_size = o->queue_size,
         .max_top_k = o->max_top_k,
+        .threads = o->threads,
     };
+    proto_limits lim = {.max_batch = o->max_batch, .token_budget = budget, .max_top_k = o->max_top_k};
+    bo.scratch_bytes = proto_scratch_bytes(cfg, &lim, batcher_ids_cap(cfg, o->max_batch, budget));
     if (!m->stats.batch_count && stats_init(&m->stats, o->max_batch) != 0) {
         snprintf(err.msg, sizeof err.msg, "out of memory for statistics");
         goto fail;
@@ -91,9 +94,10 @@ static hstu_status load_model(repository *r, served_model *m)
     /* Memory of the model, counted once here (docs/serving.md, Limits). */
     fprintf(stderr,
             "hstu serve: model %s loaded: %zu parameters (%.1f MiB), engine %.1f MiB (workspace + KV pool), "
-            "%d job slots + batch scratch %.1f MiB\n",
+            "%d job slots + batch scratch %.1f MiB, + %.1f MiB reserved per slot for parsing and replies\n",
             m->name, hstu_model_param_count(model), (double)hstu_model_param_count(model) * 4 / 1048576.0,
-            (double)hstu_engine_bytes(engine) / 1048576.0, o->queue_size, (double)batcher_bytes(b) / 1048576.0);
+            (double)hstu_engine_bytes(engine) / 1048576.0, o->queue_size, (double)batcher_bytes(b) / 1048576.0,
+            (double)bo.scratch_bytes / 1048576.0);
     return HSTU_OK;
 fail:
     hstu_engine_destroy(engine);

@@ -29,6 +29,7 @@ typedef struct serve_options {
     int64_t timeout_us;           /* default per-request timeout, 0 = none */
     int64_t conn_timeout_s;       /* idle/slow connection timeout, 10 s */
     size_t max_body;              /* request body limit, 64 MiB */
+    int body_buffers;             /* requests with a body held at once, 64 */
     int max_connections;          /* 256 */
     size_t cache_bytes;           /* KV cache per model, 1 GiB */
     int max_top_k;                /* 1000 */

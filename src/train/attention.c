@@ -2,7 +2,8 @@
  * backward, one user and head at a time (ops.h).
  *
  * Training sequences are short (MovieLens: at most 200 rows), so each user
- * and head materialises its n x n scores in a per-thread workspace: one
+ * and head materialises its scores in a per-thread workspace (n x n at
+ * most), in row blocks that skip the columns no row of the block sees: one
  * sgemm for alpha Q K^T, the bias, SiLU, mask and 1/N in one pass, one sgemm
  * for P V. Users run in parallel (dynamic schedule: lengths vary); each
  * writes only its own rows, so the schedule never changes a result.
@@ -39,20 +40,26 @@ static inline bool allowed(int i, int j, int h) { return i < h ? j <= i : (j < h
 /* Every column row i may see is <= i (history: causal; a candidate: the
  * history and itself), so loops over visible columns stop at i + 1. */
 
-/* S[n, n] = alpha Q K^T + rab, only for the columns a row may see; the rest
- * of S is left undefined. */
-static void scores(const tr_attn *p, int b, int n, int h, const float *q, const float *k, int ldu, float *S)
+/* Rows are processed in blocks of ATTN_BLOCK: every column a row may see is
+ * <= the row (see allowed), so block [r0, r1) needs only columns [0, r1):
+ * about 40% of the n x n products and element-wise work skipped at n = 200. */
+#define ATTN_BLOCK 64
+
+/* S[r1 - r0, r1] (ld r1) = alpha Q[r0:r1] K[0:r1]^T + rab, bias only on
+ * visible pairs. */
+static void scores(const tr_attn *p, int b, int n, int r0, int r1, const float *q, const float *k, int ldu,
+                   float *S)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, p->Dqk, p->alpha, q, ldu, k, ldu, 0.0f, S, n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, p->Dqk, p->alpha, q + (size_t)r0 * ldu,
+                ldu, k, ldu, 0.0f, S, r1);
     if (!p->pos_w)
         return;
     const uint16_t *bk = p->buckets + p->bucket_off[b];
     int N = p->N;
-    for (int i = 0; i < n; i++) {
-        float *s = S + (size_t)i * n;
+    for (int i = r0; i < r1; i++) {
+        float *s = S + (size_t)(i - r0) * r1;
         const uint16_t *bi = bk + (size_t)i * n;
-        int end = i + 1;
-        for (int j = 0; j < end; j++) {
+        for (int j = 0; j <= i; j++) {
             int rel = j - i;
             if (rel < -(N - 1))
                 rel = -(N - 1);
@@ -72,23 +79,26 @@ void tr_attn_fwd(const tr_attn *p, const float *uvqk, int ldu, float *a, int lda
 #pragma omp for schedule(dynamic, 1)
         for (int bh = 0; bh < p->B * H; bh++) {
             int b = bh / H, hd = bh % H;
-            int r0 = p->offsets[b], n = p->offsets[b + 1] - r0;
-            if (n == 0)
-                continue;
+            int u0 = p->offsets[b], n = p->offsets[b + 1] - u0;
             int h = p->hist ? p->hist[b] : n;
-            const float *row0 = uvqk + (size_t)r0 * ldu;
+            const float *row0 = uvqk + (size_t)u0 * ldu;
             const float *v = row0 + H * Dv + hd * Dv, *q = row0 + 2 * H * Dv + hd * Dqk,
                         *k = row0 + 2 * H * Dv + H * Dqk + hd * Dqk;
-            scores(p, b, n, h, q, k, ldu, S);
-            for (int i = 0; i < n; i++) {
-                float *s = S + (size_t)i * n;
-                for (int j = 0; j < n; j++) {
-                    float x = s[j];
-                    s[j] = allowed(i, j, h) ? x * sigmoidf(x) * invN : 0.0f;
+            for (int r0 = 0; r0 < n; r0 += ATTN_BLOCK) {
+                int r1 = r0 + ATTN_BLOCK < n ? r0 + ATTN_BLOCK : n;
+                scores(p, b, n, r0, r1, q, k, ldu, S);
+                for (int i = r0; i < r1; i++) {
+                    float *s = S + (size_t)(i - r0) * r1;
+                    for (int j = 0; j <= i; j++) {
+                        float x = s[j];
+                        s[j] = allowed(i, j, h) ? x * sigmoidf(x) * invN : 0.0f;
+                    }
+                    for (int j = i + 1; j < r1; j++)
+                        s[j] = 0.0f;
                 }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, Dv, r1, 1.0f, S, r1, v, ldu,
+                            0.0f, a + (size_t)(u0 + r0) * lda + hd * Dv, lda);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, Dv, n, 1.0f, S, n, v, ldu, 0.0f,
-                        a + (size_t)r0 * lda + hd * Dv, lda);
         }
     }
 }
@@ -115,57 +125,64 @@ void tr_attn_bwd(const tr_attn *p, const float *uvqk, int ldu, const float *da, 
         float *S = work + (size_t)omp_get_thread_num() * 3 * nn, *P = S + nn, *dP = P + nn;
 #pragma omp for schedule(dynamic, 1)
         for (int b = 0; b < p->B; b++) {
-            int r0 = p->offsets[b], n = p->offsets[b + 1] - r0;
-            if (n == 0)
-                continue;
+            int u0 = p->offsets[b], n = p->offsets[b + 1] - u0;
             int h = p->hist ? p->hist[b] : n;
             float *gpos = slot ? rab_g + slot * b : NULL, *gts = gpos ? gpos + 2 * N - 1 : NULL;
             const uint16_t *bk = slot ? p->buckets + p->bucket_off[b] : NULL;
             for (int hd = 0; hd < H; hd++) {
-                const float *row0 = uvqk + (size_t)r0 * ldu;
+                const float *row0 = uvqk + (size_t)u0 * ldu;
                 const float *v = row0 + H * Dv + hd * Dv, *q = row0 + 2 * H * Dv + hd * Dqk,
                             *k = row0 + 2 * H * Dv + H * Dqk + hd * Dqk;
-                float *drow0 = duvqk + (size_t)r0 * ldu;
+                float *drow0 = duvqk + (size_t)u0 * ldu;
                 float *dv = drow0 + H * Dv + hd * Dv, *dq = drow0 + 2 * H * Dv + hd * Dqk,
                       *dk = drow0 + 2 * H * Dv + H * Dqk + hd * Dqk;
-                const float *dA = da + (size_t)r0 * lda + hd * Dv;
-                scores(p, b, n, h, q, k, ldu, S);
-                /* dP = dA V^T */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, Dv, 1.0f, dA, lda, v, ldu, 0.0f,
-                            dP, n);
+                const float *dA = da + (size_t)u0 * lda + hd * Dv;
+                /* dV and dK gather from every later block: start them at 0 */
                 for (int i = 0; i < n; i++) {
-                    float *s = S + (size_t)i * n, *pp = P + (size_t)i * n, *g = dP + (size_t)i * n;
-                    for (int j = 0; j < n; j++) {
-                        if (allowed(i, j, h)) {
-                            float x = s[j], sg = sigmoidf(x);
-                            pp[j] = x * sg * invN;
-                            g[j] *= sg * (1.0f + x * (1.0f - sg)) * invN;
-                        } else {
-                            pp[j] = 0.0f;
-                            g[j] = 0.0f;
-                        }
-                    }
-                    if (gpos) {
-                        const uint16_t *bi = bk + (size_t)i * n;
-                        int end = i + 1;
-                        for (int j = 0; j < end; j++) {
-                            if (!allowed(i, j, h))
-                                continue;
-                            int rel = j - i;
-                            if (rel < -(N - 1))
-                                rel = -(N - 1);
-                            gpos[N - 1 + rel] += g[j];
-                            gts[bi[j]] += g[j];
-                        }
-                    }
+                    memset(dv + (size_t)i * ldu, 0, sizeof(float) * Dv);
+                    memset(dk + (size_t)i * ldu, 0, sizeof(float) * Dqk);
                 }
-                /* dV = P^T dA, dQ = alpha dS K, dK = alpha dS^T Q */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, Dv, n, 1.0f, P, n, dA, lda, 0.0f, dv,
-                            ldu);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, Dqk, n, p->alpha, dP, n, k, ldu,
-                            0.0f, dq, ldu);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, Dqk, n, p->alpha, dP, n, q, ldu, 0.0f,
-                            dk, ldu);
+                for (int r0 = 0; r0 < n; r0 += ATTN_BLOCK) {
+                    int r1 = r0 + ATTN_BLOCK < n ? r0 + ATTN_BLOCK : n, rb = r1 - r0;
+                    scores(p, b, n, r0, r1, q, k, ldu, S);
+                    /* dP = dA[r0:r1] V[0:r1]^T */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, r1, Dv, 1.0f, dA + (size_t)r0 * lda,
+                                lda, v, ldu, 0.0f, dP, r1);
+                    for (int i = r0; i < r1; i++) {
+                        float *s = S + (size_t)(i - r0) * r1, *pp = P + (size_t)(i - r0) * r1,
+                              *g = dP + (size_t)(i - r0) * r1;
+                        for (int j = 0; j <= i; j++) {
+                            if (allowed(i, j, h)) {
+                                float x = s[j], sg = sigmoidf(x);
+                                pp[j] = x * sg * invN;
+                                g[j] *= sg * (1.0f + x * (1.0f - sg)) * invN;
+                            } else {
+                                pp[j] = 0.0f;
+                                g[j] = 0.0f;
+                            }
+                        }
+                        for (int j = i + 1; j < r1; j++)
+                            pp[j] = g[j] = 0.0f;
+                        if (gpos) {
+                            const uint16_t *bi = bk + (size_t)i * n;
+                            for (int j = 0; j <= i; j++) {
+                                int rel = j - i;
+                                if (rel < -(N - 1))
+                                    rel = -(N - 1);
+                                gpos[N - 1 + rel] += g[j];
+                                gts[bi[j]] += g[j];
+                            }
+                        }
+                    }
+                    /* dV[0:r1] += P^T dA[r0:r1]; dQ[r0:r1] = alpha dS K[0:r1];
+                     * dK[0:r1] += alpha dS^T Q[r0:r1] */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, Dv, rb, 1.0f, P, r1,
+                                dA + (size_t)r0 * lda, lda, 1.0f, dv, ldu);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rb, Dqk, r1, p->alpha, dP, r1, k, ldu,
+                                0.0f, dq + (size_t)r0 * ldu, ldu);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, Dqk, rb, p->alpha, dP, r1,
+                                q + (size_t)r0 * ldu, ldu, 1.0f, dk, ldu);
+                }
             }
         }
     }

@@ -62,6 +62,7 @@ struct tr_net {
     int threads;
     /* heads */
     int *sup_rows;              /* [T] supervised rows */
+    int n_sup;                  /* rows of the last step's retrieval loss */
     float *q, *qnorm, *dq;      /* [T, d], [T], [T, d] */
     int64_t *pos_ids, *neg_ids; /* [T], [T, K] */
     float *coef;                /* [T, K+1] */
@@ -391,6 +392,7 @@ static double head_retrieval(tr_net *n, const tr_batch *b, uint64_t step)
     for (int r = 0; r < b->T; r++)
         if (b->target[r] > 0)
             n->sup_rows[R++] = r;
+    n->n_sup = R;
     memset(n->gx, 0, sizeof(float) * (size_t)b->T * d);
     if (R == 0)
         return 0.0;
@@ -498,4 +500,20 @@ const float *tr_net_forward(tr_net *n, const tr_batch *b)
 {
     forward(n, b, 0, false);
     return n->x_out;
+}
+
+int tr_net_negatives(const tr_net *n, const int **rows, const int64_t **neg)
+{
+    if (n->m->cfg.family != HSTU_FAMILY_RETRIEVAL)
+        return 0;
+    *rows = n->sup_rows;
+    *neg = n->neg_ids;
+    return n->n_sup;
+}
+
+void tr_net_dropout_mask(const tr_net *n, uint64_t step, int layer, size_t count, float *out)
+{
+    for (size_t i = 0; i < count; i++)
+        out[i] = 1.0f;
+    tr_dropout(count, n->o.dropout, tr_dropout_key(n->o.seed, step, layer, layer < 0 ? 0 : 1), out);
 }

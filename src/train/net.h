@@ -71,6 +71,14 @@ hstu_model *tr_net_grads(tr_net *n);
  * mean). train = false: no dropout (the loss of the eval forward). */
 double tr_net_step(tr_net *n, const tr_batch *b, uint64_t step, bool train);
 
+/* For the PyTorch check (tools/check_train_torch.py), after a tr_net_step:
+ * the retrieval step's supervised rows [R] and negatives [R, K] (returns R;
+ * 0 for ranking), and the dropout mask of a site (layer -1: the input
+ * embedding, else the layer's output branch) as values 0 or 1/(1-rate)
+ * into out[count]. */
+int tr_net_negatives(const tr_net *n, const int **rows, const int64_t **neg);
+void tr_net_dropout_mask(const tr_net *n, uint64_t step, int layer, size_t count, float *out);
+
 /* Forward only, no dropout: the last layer's output rows [b->T, d] (for tests
  * against the inference engine). Valid until the next call. */
 const float *tr_net_forward(tr_net *n, const tr_batch *b);

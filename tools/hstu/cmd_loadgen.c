@@ -4,15 +4,23 @@
  * back often; each return adds --growth items to the user's history (the
  * same items every time: item j of user u is a hash of (u, j)), so the
  * server's KV cache can reuse the prefix. A history that would pass the
- * model's maximum starts over (a rewrite). Load is closed (--concurrency
+ * model's maximum starts over (a rewrite). A user has at most one request
+ * in flight, as a person does: a user drawn while its last request is
+ * unanswered is redrawn (so its returns reach the server in order). Load is closed (--concurrency
  * clients, each sending as soon as its last answer came) or open (--rate
  * requests per second, Poisson arrivals shared among the clients; latency
  * counts from the scheduled send time, so a slow server is not hidden).
  *
+ * --warmup-users first sends every user its first request (closed loop,
+ * untimed, not in the numbers), so that the timed requests are returns on a
+ * cached history; --sequential picks the users in turn instead of by Zipf
+ * (with --warmup-users and --requests equal to --users, every timed request
+ * is one user's first return: the cached case of `hstu bench`).
+ *
  * Output: throughput, latency percentiles, the server's own split of the
- * time (deltas of /v2/models/M/stats: queue, compute input/infer/output)
- * and the KV cache hit rate (deltas of /metrics), one line each; --csv
- * appends one row per run.
+ * time (deltas of /v2/models/M/stats: queue, compute input/infer/output),
+ * the history lengths sent and the KV cache hit rate (deltas of /metrics),
+ * one line each; --csv appends one row per run.
  */
 #include "cli.h"
 #include "serve/http_client.h"
@@ -38,7 +46,7 @@ typedef struct lg_config {
     int users;
     double zipf_s;
     int history_start, growth, candidates, top_k;
-    bool binary;
+    bool binary, warmup_users, sequential;
     const char *csv;
     uint64_t seed;
     /* from the model's config */
@@ -50,11 +58,17 @@ typedef struct lg_config {
 typedef struct lg_state {
     lg_config c;
     pthread_mutex_t mu;
+    pthread_cond_t cv;      /* a user's request was answered */
     int *hist;              /* [users] current history length, -1: never seen */
+    bool *busy;             /* [users] a request of the user is in flight */
     double *zipf_cdf;       /* [users] */
     long sent, done, errors, status_503;
     double *lat_ms;         /* [requests cap] */
     long lat_n, lat_cap;
+    long next_user;         /* --sequential, warm-up: the next user in turn */
+    bool warming;           /* the warm-up: users in turn, once each, untimed */
+    double hist_sum;        /* history items of the timed requests */
+    int hist_max;
     double t0, t_end;
     double next_send;       /* open loop: the next scheduled send time */
     uint64_t rng;
@@ -207,9 +221,8 @@ static void build_body(const lg_config *c, req_buf *b, tensor *t, int nt)
 }
 
 /* Picks a user (Zipf) and grows its history; returns the user and n. */
-static int pick_user(lg_state *s, int *n_out)
+static int draw_zipf(lg_state *s)
 {
-    pthread_mutex_lock(&s->mu);
     double x = uniform(&s->rng);
     int lo = 0, hi = s->c.users - 1;
     while (lo < hi) {
@@ -219,13 +232,49 @@ static int pick_user(lg_state *s, int *n_out)
         else
             hi = mid;
     }
-    int u = lo;
+    return lo;
+}
+
+static bool any_free(const lg_state *s)
+{
+    for (int u = 0; u < s->c.users; u++)
+        if (!s->busy[u])
+            return true;
+    return false;
+}
+
+/* Picks a user with no request in flight (waits when every user has one),
+ * marks it busy and grows its history; returns the user and n. */
+static int pick_user(lg_state *s, int *n_out)
+{
+    pthread_mutex_lock(&s->mu);
+    while (!any_free(s))
+        pthread_cond_wait(&s->cv, &s->mu);
+    int u;
+    if (s->warming || s->c.sequential) {
+        do
+            u = (int)(s->next_user++ % s->c.users);
+        while (s->busy[u]);
+    } else {
+        int tries = 0;
+        do
+            u = draw_zipf(s);
+        while (s->busy[u] && ++tries < 64);
+        while (s->busy[u]) /* the popular ones are all busy: the next free one */
+            u = (u + 1) % s->c.users;
+    }
+    s->busy[u] = true;
     int n = s->hist[u] < 0 ? s->c.history_start : s->hist[u] + s->c.growth;
     if (n > s->c.max_history)
         n = s->c.history_start; /* start over: the server sees a rewrite */
     if (!s->c.ranking && n < 1)
         n = 1;
     s->hist[u] = n;
+    if (!s->warming) {
+        s->hist_sum += n;
+        if (n > s->hist_max)
+            s->hist_max = n;
+    }
     pthread_mutex_unlock(&s->mu);
     *n_out = n;
     return u;
@@ -279,10 +328,12 @@ static void *client_main(void *arg)
     while (scratch) {
         double scheduled;
         pthread_mutex_lock(&s->mu);
-        bool stop = (c->requests > 0 && s->sent >= c->requests) || (c->duration_s > 0 && now_s() >= s->t_end);
+        bool stop = s->warming ? s->sent >= c->users
+                               : (c->requests > 0 && s->sent >= c->requests) || (c->duration_s > 0 && now_s() >= s->t_end);
+        bool open = c->rate > 0 && !s->warming;
         if (!stop) {
             s->sent++;
-            if (c->rate > 0) {
+            if (open) {
                 scheduled = s->next_send;
                 s->next_send += -log(uniform(&s->rng)) / c->rate;
             } else {
@@ -292,7 +343,7 @@ static void *client_main(void *arg)
         pthread_mutex_unlock(&s->mu);
         if (stop)
             break;
-        if (c->rate > 0) {
+        if (open) {
             double wait = scheduled - now_s();
             if (wait > 0)
                 usleep((useconds_t)(wait * 1e6));
@@ -300,15 +351,27 @@ static void *client_main(void *arg)
         int n;
         int u = pick_user(s, &n);
         make_request(s, u, n, &rng, &b, scratch);
-        double t_start = c->rate > 0 ? scheduled : now_s();
-        if (fd < 0)
-            fd = hc_connect(c->host, c->port, 60000);
+        double t_start = open ? scheduled : now_s();
         hc_response r = {0};
         int rc = -1;
-        if (fd >= 0) {
-            if (c->binary)
-                snprintf(hdr, sizeof hdr, "Inference-Header-Content-Length: %zu\r\n", b.header_len);
+        if (c->binary)
+            snprintf(hdr, sizeof hdr, "Inference-Header-Content-Length: %zu\r\n", b.header_len);
+        /* A kept-alive connection the server closed while idle (its
+         * --conn-timeout-s; at low rates) fails at once: once more on a new one. */
+        for (int attempt = 0; attempt < 2 && rc != 0; attempt++) {
+            bool reused = fd >= 0;
+            if (fd < 0)
+                fd = hc_connect(c->host, c->port, 60000);
+            if (fd < 0)
+                break;
             rc = hc_request(fd, "POST", path, c->binary ? hdr : NULL, b.p, b.len, &r);
+            if (rc != 0) {
+                hc_response_free(&r);
+                close(fd);
+                fd = -1;
+                if (!reused)
+                    break;
+            }
         }
         double ms = (now_s() - t_start) * 1e3;
         if (rc != 0 && fd >= 0) {
@@ -316,6 +379,8 @@ static void *client_main(void *arg)
             fd = -1;
         }
         pthread_mutex_lock(&s->mu);
+        s->busy[u] = false;
+        pthread_cond_signal(&s->cv);
         s->done++;
         if (rc != 0 || r.status != 200) {
             s->errors++;
@@ -425,6 +490,8 @@ static void usage(FILE *f)
             "  --growth G          items added per return (4)\n"
             "  --candidates M      candidates per ranking request (64, capped by the model)\n"
             "  --top-k K           retrieval top_k (10)\n"
+            "  --warmup-users      first send each user its first request, untimed\n"
+            "  --sequential        users in turn (0, 1, ...) instead of Zipf\n"
             "  --binary            binary tensor data instead of JSON\n"
             "  --csv FILE          append a row of results to FILE\n"
             "  --seed S            random seed (1)\n");
@@ -441,6 +508,7 @@ int cmd_loadgen(int argc, char **argv)
         {"history-start", required_argument, 0, 's'}, {"growth", required_argument, 0, 'g'},
         {"candidates", required_argument, 0, 'C'}, {"top-k", required_argument, 0, 'k'},
         {"binary", no_argument, 0, 'b'},           {"csv", required_argument, 0, 'v'},
+        {"warmup-users", no_argument, 0, 'W'},     {"sequential", no_argument, 0, 'Q'},
         {"seed", required_argument, 0, 'S'},       {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -478,6 +546,8 @@ int cmd_loadgen(int argc, char **argv)
         case 'C': c->candidates = (int)cli_parse_long("--candidates", optarg, 0, 1 << 20); break;
         case 'k': c->top_k = (int)cli_parse_long("--top-k", optarg, 1, 100000); break;
         case 'b': c->binary = true; break;
+        case 'W': c->warmup_users = true; break;
+        case 'Q': c->sequential = true; break;
         case 'v': c->csv = optarg; break;
         case 'S': c->seed = (uint64_t)cli_parse_long("--seed", optarg, 0, 0x7fffffffL); break;
         case 'h': usage(stdout); return 0;
@@ -494,12 +564,14 @@ int cmd_loadgen(int argc, char **argv)
         c->history_start = c->max_history;
     pthread_mutex_init(&st.mu, NULL);
     st.rng = mix(c->seed);
+    pthread_cond_init(&st.cv, NULL);
     st.hist = malloc(sizeof(int) * (size_t)c->users);
+    st.busy = calloc((size_t)c->users, sizeof *st.busy);
     st.zipf_cdf = malloc(sizeof(double) * (size_t)c->users);
     st.lat_cap = c->requests > 0 ? c->requests : 10000000;
     st.lat_ms = malloc(sizeof(double) * (size_t)st.lat_cap);
     pthread_t *th = calloc((size_t)c->concurrency, sizeof *th);
-    if (!st.hist || !st.zipf_cdf || !st.lat_ms || !th) {
+    if (!st.hist || !st.busy || !st.zipf_cdf || !st.lat_ms || !th) {
         fprintf(stderr, "hstu loadgen: out of memory\n");
         return 1;
     }
@@ -511,6 +583,18 @@ int cmd_loadgen(int argc, char **argv)
     }
     for (int u = 0; u < c->users; u++)
         st.zipf_cdf[u] /= z;
+    if (c->warmup_users) {
+        st.warming = true;
+        double w0 = now_s();
+        for (int i = 0; i < c->concurrency; i++)
+            pthread_create(&th[i], NULL, client_main, &st);
+        for (int i = 0; i < c->concurrency; i++)
+            pthread_join(th[i], NULL);
+        fprintf(stderr, "hstu loadgen: warm-up: %d users in %.1f s, %ld errors\n", c->users, now_s() - w0, st.errors);
+        st.warming = false;
+        st.sent = st.done = st.errors = st.status_503 = st.lat_n = 0;
+        st.next_user = 0;
+    }
     server_snap before, after;
     snapshot(c, &before);
     st.t0 = now_s();
@@ -545,6 +629,7 @@ int cmd_loadgen(int argc, char **argv)
     printf("server us/request: queue %.0f  compute_input %.0f  compute_infer %.0f  compute_output %.0f; "
            "%.2f users per batch\n",
            q_us, in_us, inf_us, out_us, execs > 0 ? users_done / execs : 0.0);
+    printf("history items: mean %.0f, max %d\n", st.sent ? st.hist_sum / (double)st.sent : 0.0, st.hist_max);
     printf("kv cache: hit rate %.3f (%.0f hits, %.0f misses), tokens reused %.3f\n", hit_rate, hits, misses, reuse);
     if (c->csv) {
         FILE *f = fopen(c->csv, "a");
@@ -555,14 +640,16 @@ int cmd_loadgen(int argc, char **argv)
         if (ftell(f) == 0)
             fprintf(f, "model,data,mode,concurrency,rate,users,zipf,requests,errors,seconds,throughput,p50_ms,p90_ms,"
                        "p95_ms,p99_ms,mean_ms,queue_us,compute_input_us,compute_infer_us,compute_output_us,"
-                       "users_per_batch,cache_hit_rate,token_reuse\n");
-        fprintf(f, "%s,%s,%s,%d,%.1f,%d,%.2f,%ld,%ld,%.3f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.1f,%.1f,%.1f,%.2f,%.4f,%.4f\n",
+                       "users_per_batch,cache_hit_rate,token_reuse,history_mean\n");
+        fprintf(f, "%s,%s,%s,%d,%.1f,%d,%.2f,%ld,%ld,%.3f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.1f,%.1f,%.1f,%.2f,%.4f,%.4f,%.0f\n",
                 c->model, c->binary ? "binary" : "json", c->rate > 0 ? "open" : "closed", c->concurrency, c->rate,
                 c->users, c->zipf_s, st.done, st.errors, secs, (double)st.lat_n / secs, p50, p90, p95, p99, mean, q_us,
-                in_us, inf_us, out_us, execs > 0 ? users_done / execs : 0.0, hit_rate, reuse);
+                in_us, inf_us, out_us, execs > 0 ? users_done / execs : 0.0, hit_rate, reuse,
+                st.sent ? st.hist_sum / (double)st.sent : 0.0);
         fclose(f);
     }
     free(st.hist);
+    free(st.busy);
     free(st.zipf_cdf);
     free(st.lat_ms);
     free(th);

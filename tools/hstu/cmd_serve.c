@@ -48,6 +48,8 @@ static void usage(FILE *f)
             "  --timeout-us U          default per-request queue timeout (0 = none)\n"
             "  --conn-timeout-s S      a request must arrive whole within S seconds (10)\n"
             "  --max-body-mb M         request body limit (64); more: 413\n"
+            "  --body-buffers N        requests with a body held at once (64), each\n"
+            "                          with a reused buffer of --max-body-mb; more: 503\n"
             "  --max-connections N     concurrent connections (256)\n"
             "  --max-top-k K           retrieval top_k limit (1000)\n"
             "  --cache-mb M            KV cache per model in MiB (1024)\n"
@@ -70,6 +72,7 @@ int cmd_serve(int argc, char **argv)
         {"timeout-us", required_argument, 0, 'o'},
         {"conn-timeout-s", required_argument, 0, 'c'},
         {"max-body-mb", required_argument, 0, 'L'},
+        {"body-buffers", required_argument, 0, 'U'},
         {"max-connections", required_argument, 0, 'N'},
         {"max-top-k", required_argument, 0, 'K'},
         {"cache-mb", required_argument, 0, 'C'},
@@ -104,6 +107,7 @@ int cmd_serve(int argc, char **argv)
         case 'o': o.timeout_us = cli_parse_long("--timeout-us", optarg, 0, 1L << 40); break;
         case 'c': o.conn_timeout_s = cli_parse_long("--conn-timeout-s", optarg, 1, 86400); break;
         case 'L': o.max_body = (size_t)cli_parse_long("--max-body-mb", optarg, 1, 1L << 14) << 20; break;
+        case 'U': o.body_buffers = (int)cli_parse_long("--body-buffers", optarg, 1, 65536); break;
         case 'N': o.max_connections = (int)cli_parse_long("--max-connections", optarg, 1, 65536); break;
         case 'K': o.max_top_k = (int)cli_parse_long("--max-top-k", optarg, 1, 100000); break;
         case 'C': o.cache_bytes = (size_t)cli_parse_long("--cache-mb", optarg, 1, 1L << 24) << 20; break;

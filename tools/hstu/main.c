@@ -17,7 +17,10 @@ static void usage(FILE *f)
             "  demo    a small model and returning users: scores, cache hits, latency\n"
             "  bench   CPU latency and throughput, full and cached forward\n"
             "  serve   the KServe v2 / Triton-compatible HTTP server\n"
-            "  loadgen drive a server with returning users; latency, throughput, cache hits\n");
+            "  loadgen drive a server with returning users; latency, throughput, cache hits\n"
+            "  prep    raw interactions (MovieLens, SASRec text, KuaiRand CSV, synthetic) to a dataset\n"
+            "  eval    a model's metrics on a dataset through the engine (HR/NDCG/MRR, per-task AUC)\n"
+            "  train   train a model on a prepared dataset (CPU), with evaluation and checkpoints\n");
 }
 
 int main(int argc, char **argv)
@@ -44,6 +47,12 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "loadgen"))
         return cmd_loadgen(argc - 1, argv + 1);
+    if (!strcmp(cmd, "prep"))
+        return cmd_prep(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval"))
+        return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train"))
+        return cmd_train(argc - 1, argv + 1);
     fprintf(stderr, "hstu: unknown command \"%s\"\n\n", cmd);
     usage(stderr);
     return 2;
