@@ -280,9 +280,14 @@ int ht_offload_begin(host_tier *ht, int64_t user, const uint64_t *keys, int rows
     int n = want - have;
     if (n <= 0)
         return 0;
+    /* as many of the new chunks as the queue takes now (the rest next time) */
     if (n > max)
         n = max;
-    if (ht->n_pending + n > ht->o.max_pending || n > ht->o.n_slots || !make_room(ht, n, i)) {
+    if (n > ht->o.max_pending - ht->n_pending)
+        n = ht->o.max_pending - ht->n_pending;
+    if (n > ht->o.n_slots)
+        n = ht->o.n_slots;
+    if (n <= 0 || !make_room(ht, n, i)) {
         ht->st.offloads_skipped++;
         return 0;
     }

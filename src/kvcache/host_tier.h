@@ -13,7 +13,8 @@
  * newly completed chunks and marks them pending; ht_offload_done, called
  * when the copy has landed, makes them part of the entry. At most
  * max_pending chunks are pending at once (the bounded offload queue): an
- * offload that does not fit is skipped and counted, never waited for.
+ * offload takes the first of its new chunks that fit, and one that finds the
+ * queue full (or no slot to be had) is skipped and counted, never waited for.
  * Slots come from the free list or from evicting least recently used
  * entries that are neither pinned (being onloaded in this batch) nor
  * pending. Eviction never writes back anywhere.
