@@ -44,7 +44,8 @@ export HSTU_RUNTIME_SET=1
 
 # Tests that run the hstu command look for it at build/hstu.
 if [ ! -e build/hstu ] && [ -x "$BIN/hstu" ]; then
-    mkdir -p build && ln -s "$PWD/$BIN/hstu" build/hstu
+    case "$BIN" in /*) target=$BIN/hstu ;; *) target=$PWD/$BIN/hstu ;; esac
+    mkdir -p build && ln -s "$target" build/hstu
 fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | head -n 2

@@ -1295,10 +1295,11 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
         printf("; max |cached - full| logit %.3g", cached_vs_full);
     printf("\n");
     T_CHECK(nocache_diff == 0, "%d misses reported cached tokens", nocache_diff);
-    T_CHECK(tiers[HSTU_TIER_DEVICE] > 0 && tiers[HSTU_TIER_HOST] > 0 && tiers[HSTU_TIER_MISS] > 0,
+    /* (the sanitizer's few rounds need not reach every tier) */
+    T_CHECK(g_small || (tiers[HSTU_TIER_DEVICE] > 0 && tiers[HSTU_TIER_HOST] > 0 && tiers[HSTU_TIER_MISS] > 0),
             "the sequence should reach every tier (device %d, host %d, miss %d)", tiers[HSTU_TIER_DEVICE],
             tiers[HSTU_TIER_HOST], tiers[HSTU_TIER_MISS]);
-    T_CHECK(cs.evictions > 0, "no eviction: the pool is too large for the test");
+    T_CHECK(g_small || cs.evictions > 0, "no eviction: the pool is too large for the test");
     hstu_engine_cache_clear(gc);
     hstu_engine_cache_stats(gc, &cs);
     T_CHECK(cs.pages_in_use == 0 && cs.host_chunks_in_use == 0, "after clear: %d pages, %d chunks in use",
