@@ -135,6 +135,17 @@ typedef struct hstu_engine_options {
     size_t cache_bytes;     /* KV page pool budget, default 1 GiB */
     int max_batch_tokens;   /* workspace rows; default max(16384, one user at the maxima) */
     int threads;            /* 0 = all cores */
+    /* CUDA backend only (docs/kvcache.md): the host tier, pinned host memory
+     * holding offloaded chunks of users' K/V (0 = no host tier). */
+    size_t host_cache_bytes;  /* default 0 */
+    int chunk_tokens;         /* rows per host chunk, a multiple of page_size; default 1024 */
+    int offload_queue;        /* chunks in flight to the host at most; default 64 */
+    bool layerwise_onload;    /* host hits: layer l waits only for layer l's K/V (default true) */
+    /* CUDA backend: CUDA graphs of the layer stack per (batch, tokens)
+     * bucket (docs/cuda.md); batches over the largest bucket run eagerly. */
+    bool cuda_graphs;         /* default true */
+    int graph_max_tokens;     /* largest token bucket, default 8192 */
+    int graph_max_batch;      /* largest batch bucket, default 64 */
 } hstu_engine_options;
 
 void hstu_engine_options_default(hstu_engine_options *o);
@@ -200,6 +211,14 @@ typedef struct hstu_cache_stats {
     uint64_t degraded;             /* users run uncached because no page was free */
     int pages_total, pages_in_use, page_size, users;
     size_t page_bytes, pool_bytes;
+    /* host tier (CUDA backend with host_cache_bytes > 0) */
+    uint64_t host_rewrites, host_evictions, offloads, offloads_skipped;
+    uint64_t onload_bytes, offload_bytes;
+    double onload_ms, offload_ms;  /* time the copies took on their streams */
+    int host_chunks_total, host_chunks_in_use, host_users;
+    size_t chunk_bytes, host_bytes;
+    /* CUDA graphs: forwards replayed, buckets captured, forwards run eagerly */
+    uint64_t graph_runs, graph_captures, eager_runs;
 } hstu_cache_stats;
 
 void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s);

@@ -8,7 +8,8 @@
 # racecheck of the CUDA tests on small shapes, and the GPU benchmark, then
 # prints a short table last. Logs go to $OUT (the device tool brings them
 # back) or /tmp/gpu_check. Exit status: non-zero when anything failed.
-# GPU_CHECK_SKIP="bench sanitizer cpu" leaves parts out.
+# GPU_CHECK_SKIP="bench sanitizer cpu" leaves parts out; BENCH_ARGS (e.g.
+# --quick) goes to both benchmarks; ONLY="test_cuda" runs only those tests.
 set -u
 BIN=${BIN:-.device/bin}
 LOGS=${OUT:-/tmp/gpu_check}
@@ -27,12 +28,24 @@ for f in .device/lib/*; do
     esac
 done
 export LD_LIBRARY_PATH="$LIB:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+# Binaries arrive xz-compressed as well: unpack them beside the libraries.
+if ls "$BIN"/*.xz >/dev/null 2>&1; then
+    mkdir -p /tmp/hstu_bin
+    for f in "$BIN"/*.xz; do
+        name=$(basename "$f" .xz)
+        xz -dc "$f" >"/tmp/hstu_bin/$name" 2>/dev/null ||
+            python3 -c "import lzma,sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())" "$f" >"/tmp/hstu_bin/$name"
+        chmod +x "/tmp/hstu_bin/$name"
+    done
+    BIN=/tmp/hstu_bin
+fi
 export OMP_WAIT_POLICY=passive
 export HSTU_RUNTIME_SET=1
 
 # Tests that run the hstu command look for it at build/hstu.
 if [ ! -e build/hstu ] && [ -x "$BIN/hstu" ]; then
-    mkdir -p build && ln -s "$PWD/$BIN/hstu" build/hstu
+    case "$BIN" in /*) target=$BIN/hstu ;; *) target=$PWD/$BIN/hstu ;; esac
+    mkdir -p build && ln -s "$target" build/hstu
 fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | head -n 2
@@ -46,6 +59,7 @@ summary() { # $1 log -> "P F S" from its closing line
 for t in "$BIN"/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
+    if [ -n "${ONLY:-}" ]; then case " $ONLY " in *" $name "*) ;; *) continue ;; esac; fi
     case "$name" in
     *cuda*) gpu=1 ;;
     *) gpu=0; case " $SKIP " in *" cpu "*) continue ;; esac ;;
@@ -102,8 +116,13 @@ case " $SKIP " in *" sanitizer "*) san_line="not run" ;; *)
 case " $SKIP " in *" bench "*) ;; *)
     if [ -x "$BIN/bench_gpu" ]; then
         echo "== bench_gpu"
-        "$BIN/bench_gpu" >"$LOGS/bench.log" 2>&1 || failed=1
+        "$BIN/bench_gpu" ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1 || failed=1
         cat "$LOGS/bench.log"
+    fi
+    if [ -x "$BIN/bench_cache_gpu" ]; then
+        echo "== bench_cache_gpu"
+        "$BIN/bench_cache_gpu" ${BENCH_ARGS:-} >"$LOGS/bench_cache.log" 2>&1 || failed=1
+        cat "$LOGS/bench_cache.log"
     fi
 ;; esac
 
@@ -113,5 +132,6 @@ printf '%-22s %6s %6s %7s %6s  %s\n' binary passed failed skipped time verdict
 cat "$table"
 echo "sanitizer:$san_line"
 [ -f "$LOGS/bench.log" ] && grep -E '^(device|batch|[18] )' "$LOGS/bench.log"
+[ -f "$LOGS/bench_cache.log" ] && grep -E '^(1 |8 )+ *4096 +3968|^(1|8) +4096 ' "$LOGS/bench_cache.log"
 rm -f "$table"
 exit $failed

@@ -38,7 +38,9 @@ v=CC; CC=$(var "$@")
 v=CFLAGS; CFLAGS_ALL=$(var "$@")
 v=LDLIBS; LDLIBS_ALL=$(var "$@")
 # shellcheck disable=SC2086
-$CC $CFLAGS_ALL bench/bench_gpu.c "$BUILD/libhstu.a" $LDLIBS_ALL -o "$BUILD/bench_gpu"
+for b in bench_gpu bench_cache_gpu; do
+    $CC $CFLAGS_ALL bench/$b.c "$BUILD/libhstu.a" $LDLIBS_ALL -o "$BUILD/$b"
+done
 
 # Shared libraries: everything the binaries resolve here except what the GPU
 # machine has for sure (glibc, the C++ and GCC runtimes, CUDA's libraries,
@@ -46,7 +48,7 @@ $CC $CFLAGS_ALL bench/bench_gpu.c "$BUILD/libhstu.a" $LDLIBS_ALL -o "$BUILD/benc
 # (OpenMP) is the one the CPU tests assume. Each travels xz-compressed
 # (OpenBLAS: 36 MB -> 4 MB); gpu_check.sh unpacks them.
 rm -f .device/lib/* .device/bin/*
-for f in "$BUILD/hstu" "$BUILD"/tests/test_* "$BUILD/bench_gpu"; do
+for f in "$BUILD/hstu" "$BUILD"/tests/test_* "$BUILD/bench_gpu" "$BUILD/bench_cache_gpu"; do
     case "$f" in *.o|*.d) ;; *) [ -x "$f" ] && cp "$f" .device/bin/ ;; esac
 done
 for f in .device/bin/*; do
@@ -57,6 +59,11 @@ done | awk '/=>/ && $3 ~ /^\// {print $1, $3}' | sort -u | while read -r name pa
     libcublas*|libcudart*|libcuda.so*|libnvidia*|libjansson*) ;;
     *) xz -T0 -6 -c "$path" >".device/lib/$name.xz" ;;
     esac
+done
+
+# Binaries travel xz-compressed too (mostly device code: 8 MB -> 1 MB).
+for f in .device/bin/*; do
+    case "$f" in *.xz) ;; *) xz -T0 -6 -f "$f" ;; esac
 done
 
 size=$(du -cm .device/bin .device/lib | tail -n 1 | cut -f1)

@@ -399,7 +399,11 @@ typedef struct gpu_problem {
     cudaStream_t stream;
     attn_cuda_params cp;
     size_t out_bytes;
+    float *d_acc;
 } gpu_problem;
+
+/* Split-KV: gpu_init hands the kernel an fp32 scratch (case_split). */
+static bool g_split;
 
 /* Records a failed CUDA call as a test failure; true when it succeeded. */
 static bool cuda_ok(cudaError_t e, const char *what, int line)
@@ -420,6 +424,7 @@ static void gpu_free(gpu_problem *g)
     cudaFree(g->d_ts);
     cudaFree(g->d_pos);
     cudaFree(g->d_tsw);
+    cudaFree(g->d_acc);
     if (g->stream)
         cudaStreamDestroy(g->stream);
     memset(g, 0, sizeof(*g));
@@ -477,6 +482,15 @@ static bool gpu_init(gpu_problem *g, const problem *pb)
     c->ts = g->d_ts;
     c->out = g->d_out;
     c->ld_out = p->ld_out;
+    if (g_split) {
+        if (!CUDA_OK(cudaMalloc((void **)&g->d_acc, pb->rows * p->ld_out * sizeof(float))))
+            goto fail;
+        c->acc = g->d_acc;
+        c->acc_rows = (int)pb->rows;
+        for (int b = 0; b < pb->cs.nseq; b++)
+            if (pb->cseqs[b].hist + pb->cseqs[b].cand > c->max_keys)
+                c->max_keys = pb->cseqs[b].hist + pb->cseqs[b].cand;
+    }
     return true;
 fail:
     gpu_free(g);
@@ -680,6 +694,22 @@ static void case_silu_tails(void)
     check_case(&cs, 51);
 }
 
+static void case_split(void)
+{
+    /* Few new rows over long cached histories: a handful of row blocks, so
+     * several CTAs share each block's key tiles and add in fp32. Pages, rab,
+     * candidates; one user alone (the batch-1 case) and three. */
+    g_split = true;
+    case_spec one = {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128, .nseq = 1,
+                     .seqs = {SEQ(3000, 3128, 40, 3000)}};
+    check_case(&one, 80);
+    case_spec three = {.H = 4, .Dqk = 128, .Dv = 128, .P = 16, .N = 2048, .nseq = 3,
+                       .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}};
+    if (!t_case_failed())
+        check_case(&three, 81);
+    g_split = false;
+}
+
 static void case_batch_independence(void)
 {
     /* A user's rows are bit-identical alone and inside a batch. */
@@ -802,6 +832,7 @@ static const test_case kCases[] = {
     {"attention cuda: D 256, long history, unaligned blocks", case_long, 0, 1},
     {"attention cuda: SiLU tails (large logits)", case_silu_tails, 0, 1},
     {"attention cuda: a user's rows alone = in a batch (bitwise)", case_batch_independence, 0, 1},
+    {"attention cuda: split-KV (few rows, long cached histories), fp32 sums", case_split, 1, 1},
 };
 
 int main(void)
@@ -839,6 +870,7 @@ static const char *const kNames[] = {
     "attention cuda: D 256, long history, unaligned blocks",
     "attention cuda: SiLU tails (large logits)",
     "attention cuda: a user's rows alone = in a batch (bitwise)",
+    "attention cuda: split-KV (few rows, long cached histories), fp32 sums",
 };
 
 int main(void)

@@ -53,13 +53,20 @@
     X("cuda: engine vs reference, small retrieval", test_model_retrieval)                         \
     X("cuda: engine vs reference, retrieval over 600k items, 120 users (two top-k groups)",       \
       test_model_retrieval_groups)                                                                \
-    X("cuda: engine vs reference, kuairand-1k (histories <= 256 items)", test_model_kuairand)
+    X("cuda: engine vs reference, kuairand-1k (histories <= 256 items)", test_model_kuairand)        \
+    X("cuda: KV append and block copy kernels", test_kv_kernels)                                  \
+    X("cuda: engine vs reference, GPU KV cache + host tier, ranking (churn, rewrites)",            \
+      test_cache_ranking)                                                                         \
+    X("cuda: engine vs reference, GPU KV cache + host tier, retrieval (churn, rewrites)",          \
+      test_cache_retrieval)                                                                       \
+    X("cuda: engine vs reference, GPU KV cache, onload all layers first, no CUDA graphs", test_cache_no_overlap)
 
 #ifdef HSTU_HAVE_CUDA
 
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/topk_cuda.h"
+#include "kvcache/kv_cuda.h"
 
 #include <cuda_runtime_api.h>
 
@@ -1068,6 +1075,264 @@ static void test_model_kuairand(void)
     HSTU_ASSERT(hstu_config_preset("kuairand-1k", &c, &err) == HSTU_OK);
     c.max_history = 256; /* shorter histories: the fp32 references run on the CPU */
     model_vs_ref(&c, HSTU_BACKEND_CPU, 3, 4);
+}
+
+/* ---- the GPU KV cache ---------------------------------------------------- */
+
+/* kv_append_cuda and kv_copy_cuda are copies: exact. */
+static void test_kv_kernels(void)
+{
+    const int P = 4, L = 3, kw = 32, vw = 48, W = 2 * vw + 2 * kw, T = 37, n_pages = 20;
+    size_t page_elems = (size_t)L * P * (kw + vw), blk = (size_t)P * (kw + vw);
+    float *act = rand_f32((size_t)T * W, -1, 1);
+    uint16_t *d_act = up_bf16(act, (size_t)T * W);
+    uint16_t *d_pool = dmalloc((size_t)n_pages * page_elems * 2);
+    cudaMemset(d_pool, 0, (size_t)n_pages * page_elems * 2);
+    /* rows 0..T-1 appended to slots of shuffled pages, layer 1 */
+    int rows[T], perm[n_pages];
+    int64_t slots[T];
+    for (int p = 0; p < n_pages; p++)
+        perm[p] = p;
+    rng r = {5};
+    for (int p = n_pages - 1; p > 0; p--) {
+        int q = (int)rng_below(&r, p + 1), t = perm[p];
+        perm[p] = perm[q], perm[q] = t;
+    }
+    for (int i = 0; i < T; i++)
+        rows[i] = T - 1 - i, slots[i] = (int64_t)perm[i / P] * P + i % P;
+    int *d_rows = up_int(rows, T);
+    int64_t *d_slots = dmalloc(sizeof slots);
+    cudaMemcpy(d_slots, slots, sizeof slots, cudaMemcpyHostToDevice);
+    size_t k_off = 1 * blk, v_off = k_off + (size_t)P * kw;
+    T_CHECK(kv_append_cuda(T, d_rows, d_slots, d_act, W, 2 * vw + kw, vw, kw, vw, d_pool, page_elems, P, k_off,
+                           v_off, NULL) == 0, "append launch");
+    T_REQUIRE(sync_ok("append"), "append failed");
+    float *pool = xmalloc((size_t)n_pages * page_elems * 4);
+    down_bf16(pool, d_pool, (size_t)n_pages * page_elems);
+    int bad = 0;
+    for (int i = 0; i < T; i++) {
+        const float *page = pool + (size_t)perm[i / P] * page_elems;
+        for (int c = 0; c < kw; c++)
+            bad += page[k_off + (size_t)(i % P) * kw + c] != rbf(act[(size_t)rows[i] * W + 2 * vw + kw + c]);
+        for (int c = 0; c < vw; c++)
+            bad += page[v_off + (size_t)(i % P) * vw + c] != rbf(act[(size_t)rows[i] * W + vw + c]);
+    }
+    T_CHECK(bad == 0, "append: %d elements differ", bad);
+    /* block copy: pages -> pinned host chunks ([layer][page][blk]) and back into other pages */
+    const int ppc = 2, n_chunks = 3;
+    uint16_t *host = NULL;
+    T_REQUIRE(cudaMallocHost((void **)&host, (size_t)n_chunks * ppc * page_elems * 2) == cudaSuccess, "pinned");
+    kv_copy *cp = NULL;
+    T_REQUIRE(cudaMallocHost((void **)&cp, sizeof(kv_copy) * n_chunks * ppc) == cudaSuccess, "pinned");
+    for (int k = 0; k < n_chunks * ppc; k++) {
+        cp[k].src = (uint64_t)(uintptr_t)(d_pool + (size_t)perm[k] * page_elems);
+        cp[k].dst = (uint64_t)(uintptr_t)(host + (size_t)(k / ppc) * ppc * page_elems + (size_t)(k % ppc) * blk);
+    }
+    for (int k = 0; k < n_chunks; k++)
+        T_CHECK(kv_copy_cuda(cp + k * ppc, ppc, blk * 2, blk * 2, (size_t)ppc * blk * 2, 0, L, NULL) == 0, "offload");
+    T_REQUIRE(sync_ok("offload"), "offload failed");
+    bad = 0;
+    for (int k = 0; k < n_chunks * ppc; k++)
+        for (int l = 0; l < L; l++)
+            for (size_t e = 0; e < blk; e++) {
+                float want = pool[(size_t)perm[k] * page_elems + (size_t)l * blk + e];
+                float got = bf2f(host[(size_t)(k / ppc) * ppc * page_elems + ((size_t)l * ppc + k % ppc) * blk + e]);
+                bad += got != want;
+            }
+    T_CHECK(bad == 0, "offload: %d elements differ", bad);
+    /* onload layer by layer into pages 19, 18, ... */
+    for (int k = 0; k < n_chunks * ppc; k++) {
+        cp[k].src = (uint64_t)(uintptr_t)(host + (size_t)(k / ppc) * ppc * page_elems + (size_t)(k % ppc) * blk);
+        cp[k].dst = (uint64_t)(uintptr_t)(d_pool + (size_t)(n_pages - 1 - k) * page_elems);
+    }
+    for (int l = 0; l < L; l++)
+        T_CHECK(kv_copy_cuda(cp, n_chunks * ppc, blk * 2, (size_t)ppc * blk * 2, blk * 2, l, 1, NULL) == 0, "onload");
+    T_REQUIRE(sync_ok("onload"), "onload failed");
+    float *pool2 = xmalloc((size_t)n_pages * page_elems * 4);
+    down_bf16(pool2, d_pool, (size_t)n_pages * page_elems);
+    bad = 0;
+    for (int k = 0; k < n_chunks * ppc; k++)
+        for (size_t e = 0; e < page_elems; e++)
+            bad += pool2[(size_t)(n_pages - 1 - k) * page_elems + e] != pool[(size_t)perm[k] * page_elems + e];
+    T_CHECK(bad == 0, "onload: %d elements differ", bad);
+    cudaFreeHost(host), cudaFreeHost(cp);
+    cudaFree(d_act), cudaFree(d_pool), cudaFree(d_rows), cudaFree(d_slots);
+    free(act), free(pool), free(pool2);
+}
+
+/* A cached CUDA engine against a full-recompute CUDA engine, the fp32
+ * reference and the bf16 emulation, over a population of returning users
+ * whose histories grow (sometimes rewritten), in random mixed batches. The
+ * device pool is small (evictions, degraded users) and the host tier holds
+ * chunks of 4 pages, so users come back as device hits, host hits and
+ * misses. After every batch the cache invariants hold. */
+#define CACHE_USERS 16
+
+static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bool graphs)
+{
+    hstu_model *m = make_model(cfg, 41, false), *mb = make_model(cfg, 41, true);
+    T_REQUIRE(m && mb, "no model");
+    const hstu_config *c = hstu_model_config(m);
+    bool retr = c->family == HSTU_FAMILY_RETRIEVAL;
+    int P = 4;
+    hstu_engine_options o;
+    hstu_engine_options_default(&o);
+    o.backend = HSTU_BACKEND_CUDA;
+    o.page_size = P;
+    o.chunk_tokens = 4 * P;
+    o.offload_queue = 6;
+    o.layerwise_onload = layerwise;
+    o.cuda_graphs = graphs;
+    size_t page_bytes = (size_t)c->n_layers * P * c->n_heads * (c->d_qk + c->d_v) * 2;
+    int user_pages = hstu_config_history_tokens(c, c->max_history) / P + 1;
+    o.cache_bytes = page_bytes * (size_t)(2 * user_pages);          /* about two users */
+    o.host_cache_bytes = page_bytes * 4 * (size_t)(3 * user_pages / 4); /* about three users' chunks */
+    hstu_engine *gc = NULL, *gpu = make_cuda_engine(m, NULL, NULL), *ref = make_engine(m, HSTU_BACKEND_REF);
+    hstu_engine *emu = make_engine(mb, HSTU_BACKEND_CPU);
+    hstu_error err = {0};
+    T_CHECK(hstu_engine_create(m, &o, &gc, &err) == HSTU_OK, "cached engine: %s", err.msg);
+    if (!gc || !gpu || !ref || !emu)
+        goto done;
+    emu->ops = &ops_emu;
+    static sim_user users[CACHE_USERS];
+    static outputs oc, og, orf, oe;
+    hstu_request qc[CACHE_USERS], qr[CACHE_USERS];
+    rng r = {99};
+    int max_n = c->max_history;
+    for (int u = 0; u < CACHE_USERS; u++)
+        user_fill(&users[u], c, 1 + (int)rng_below(&r, max_n / 2), 0, &r);
+    model_worst w = {0}, wf = {0};
+    int tiers[3] = {0}, rewrites = 0, nocache_diff = 0;
+    /* ranking: every round's logits, one tensor per engine (the bf16 rule
+     * on a batch of a few logits is a coin toss) */
+    size_t cap = (size_t)rounds * 5 * MAXM * MAXT, nl = 0;
+    float *lc = xmalloc(cap * 4), *lg = xmalloc(cap * 4), *lr = xmalloc(cap * 4), *le = xmalloc(cap * 4);
+    double cached_vs_full = 0;
+    for (int round = 0; round < rounds; round++) {
+        int B = 1 + (int)rng_below(&r, 5), pick[5];
+        for (int b = 0; b < B; b++) {
+            int u;
+            bool dup;
+            do {
+                u = (int)rng_below(&r, CACHE_USERS);
+                dup = false;
+                for (int j = 0; j < b; j++)
+                    dup |= pick[j] == u;
+            } while (dup);
+            pick[b] = u;
+            sim_user *su = &users[u];
+            /* the history grows (or restarts when full); now and then an old item changes */
+            sim_user grown;
+            int add = (int)rng_below(&r, 12);
+            if (su->n + add > max_n)
+                su->n = 1 + (int)rng_below(&r, 8), add = 0;
+            user_fill(&grown, c, su->n + add, retr ? 0 : 1 + (int)rng_below(&r, c->max_candidates), &r);
+            memcpy(grown.items, su->items, sizeof(int64_t) * su->n);
+            memcpy(grown.actions, su->actions, sizeof(int64_t) * su->n);
+            memcpy(grown.ctx, su->ctx, sizeof su->ctx);
+            int64_t t0 = su->n ? su->ts[su->n - 1] : 0;
+            memcpy(grown.ts, su->ts, sizeof(int64_t) * su->n);
+            for (int i = su->n; i < grown.n; i++)
+                grown.ts[i] = t0 += 1 + (int64_t)rng_below(&r, 5000);
+            if (su->n > 2 && rng_below(&r, 10) == 0) {
+                grown.items[rng_below(&r, su->n)] = 1 + (int64_t)rng_below(&r, c->item_rows - 1);
+                rewrites++;
+            }
+            *su = grown;
+            int k = retr ? 1 + (int)rng_below(&r, MAXK) : 1;
+            qc[b] = user_request(su, c, 500 + u, k);
+            qr[b] = qc[b];
+            qr[b].top_k = k + REF_EXTRA;
+        }
+        bind_outputs(&oc, B), bind_outputs(&og, B), bind_outputs(&orf, B), bind_outputs(&oe, B);
+        T_REQUIRE(hstu_engine_run(gc, qc, B, oc.res, true, &err) == HSTU_OK, "cached: %s", err.msg);
+        T_REQUIRE(hstu_engine_run(gpu, qc, B, og.res, true, &err) == HSTU_OK, "full: %s", err.msg);
+        T_REQUIRE(hstu_engine_run(ref, qr, B, orf.res, true, &err) == HSTU_OK, "ref: %s", err.msg);
+        T_REQUIRE(hstu_engine_run(emu, qr, B, oe.res, true, &err) == HSTU_OK, "emu: %s", err.msg);
+        for (int b = 0; b < B; b++) {
+            tiers[oc.res[b].tier]++;
+            if (oc.res[b].tier == HSTU_TIER_MISS && oc.res[b].cached_tokens != 0)
+                nocache_diff++;
+            if (retr)
+                continue;
+            for (int i = 0; i < qc[b].n_candidates * c->n_tasks; i++, nl++) {
+                double d = fabs((double)oc.scores[b][i] - og.scores[b][i]);
+                cached_vs_full = d > cached_vs_full ? d : cached_vs_full;
+                lc[nl] = oc.scores[b][i], lg[nl] = og.scores[b][i], lr[nl] = orf.scores[b][i];
+                le[nl] = oe.scores[b][i];
+            }
+        }
+        if (retr) {
+            compare_retrieval(c, qc, B, &oc, &orf, &oe, &w, round);
+            compare_retrieval(c, qc, B, &og, &orf, &oe, &wf, round);
+        }
+        char why[256];
+        T_CHECK(kv_check(gc->kv, why, sizeof why), "round %d: device cache: %s", round, why);
+        T_CHECK(!gc->ht || ht_check(gc->ht, why, sizeof why), "round %d: host tier: %s", round, why);
+        if (t_case_failed())
+            break;
+    }
+    if (!retr && nl > 0) {
+        bf16_check k1 = check_bf16("cached logits", lc, lr, le, nl), k2 = check_bf16("full logits", lg, lr, le, nl);
+        w.err = k1.err, w.emu_err = k1.emu_err, w.l2 = k1.l2;
+        wf.err = k2.err, wf.emu_err = k2.emu_err, wf.l2 = k2.l2;
+    }
+    hstu_cache_stats cs;
+    hstu_engine_cache_stats(gc, &cs);
+    printf("    %d batches: %d device hits, %d host hits, %d misses; %d rewrites planted; %llu evictions, "
+           "%llu degraded, %llu offloads (%llu skipped), %.1f KiB onloaded\n",
+           rounds, tiers[HSTU_TIER_DEVICE], tiers[HSTU_TIER_HOST], tiers[HSTU_TIER_MISS], rewrites,
+           (unsigned long long)cs.evictions, (unsigned long long)cs.degraded, (unsigned long long)cs.offloads,
+           (unsigned long long)cs.offloads_skipped, cs.onload_bytes / 1024.0);
+    printf("    CUDA graphs: %llu forwards replayed, %llu buckets captured, %llu eager\n",
+           (unsigned long long)cs.graph_runs, (unsigned long long)cs.graph_captures,
+           (unsigned long long)cs.eager_runs);
+    T_CHECK(graphs ? cs.graph_runs > 0 && cs.graph_captures > 1 : cs.graph_runs == 0,
+            "graphs %s but %llu replays", graphs ? "on" : "off", (unsigned long long)cs.graph_runs);
+    printf("    cached: error %.3g (ratio %.2f, bound 2), L2 %.3g; full: error %.3g (ratio %.2f)", w.err,
+           w.emu_err > 0 ? w.err / w.emu_err : 0.0, w.l2, wf.err, wf.emu_err > 0 ? wf.err / wf.emu_err : 0.0);
+    if (!retr)
+        printf("; max |cached - full| logit %.3g", cached_vs_full);
+    printf("\n");
+    T_CHECK(nocache_diff == 0, "%d misses reported cached tokens", nocache_diff);
+    /* (the sanitizer's few rounds need not reach every tier) */
+    T_CHECK(g_small || (tiers[HSTU_TIER_DEVICE] > 0 && tiers[HSTU_TIER_HOST] > 0 && tiers[HSTU_TIER_MISS] > 0),
+            "the sequence should reach every tier (device %d, host %d, miss %d)", tiers[HSTU_TIER_DEVICE],
+            tiers[HSTU_TIER_HOST], tiers[HSTU_TIER_MISS]);
+    T_CHECK(g_small || cs.evictions > 0, "no eviction: the pool is too large for the test");
+    hstu_engine_cache_clear(gc);
+    hstu_engine_cache_stats(gc, &cs);
+    T_CHECK(cs.pages_in_use == 0 && cs.host_chunks_in_use == 0, "after clear: %d pages, %d chunks in use",
+            cs.pages_in_use, cs.host_chunks_in_use);
+    free(lc), free(lg), free(lr), free(le);
+done:
+    hstu_engine_destroy(gc);
+    hstu_engine_destroy(gpu);
+    hstu_engine_destroy(ref);
+    hstu_engine_destroy(emu);
+    hstu_model_destroy(m);
+    hstu_model_destroy(mb);
+}
+
+static void test_cache_ranking(void)
+{
+    hstu_config c;
+    parse(ranking_json, &c);
+    cache_vs_full(&c, g_small ? 6 : 60, true, true);
+}
+
+static void test_cache_retrieval(void)
+{
+    hstu_config c;
+    parse(retrieval_json, &c);
+    cache_vs_full(&c, g_small ? 6 : 60, true, true);
+}
+
+static void test_cache_no_overlap(void)
+{
+    hstu_config c;
+    parse(ranking_json, &c);
+    cache_vs_full(&c, g_small ? 4 : 30, false, false);
 }
 
 static void test_unsupported(void)

@@ -36,6 +36,7 @@
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/topk_cuda.h"
+#include "kvcache/kv_cuda.h"
 
 extern "C" {
 #include "core/status.h"
@@ -93,6 +94,7 @@ struct cuda_backend {
     bf16_t *d_uvqk;       /* [T, W] u|v|q|k */
     bf16_t *d_attn;       /* [T, vw] */
     bf16_t *d_y;          /* [T, vw] SiLU(u) * LN(attn) */
+    float *d_acc;         /* [T, vw] the attention's split-KV sums (attention_cuda.h) */
     bf16_t *d_mlp_a, *d_mlp_b;   /* [T, head_w8] ranking MLP ping-pong */
     float *d_logits;      /* [T, n_tasks8] */
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
@@ -111,6 +113,40 @@ struct cuda_backend {
     int *h_topk_ids;      /* [topk_cap] */
     float *h_topk_vals;   /* [topk_cap] */
     int *h_topk_n;        /* [max_users] */
+
+    /* The KV cache (docs/kvcache.md): a device page pool and a pinned host
+     * pool of chunk slots, each its own allocation, sized at create. */
+    cuda_cache_desc cc;
+    int max_pages;        /* page-table entries per forward */
+    bf16_t *d_pool;       /* [n_pages, page_elems] */
+    size_t pool_bytes, page_bytes, blk_bytes; /* blk: one layer's K|V block of a page */
+    char *h_pool;         /* [host_slots, chunk_bytes] pinned, mapped */
+    size_t host_bytes, chunk_bytes;
+    int ppc;              /* pages per chunk */
+    cudaStream_t s_onload, s_offload;
+    cudaEvent_t ev_staged, ev_submit, ev_on_start;
+    cudaEvent_t *ev_on;   /* [L] layer l's onload has landed */
+    kv_copy *h_off_desc;  /* [host_slots * ppc] offload copies, by slot (pinned, read by the kernel) */
+    struct off_job {
+        int64_t user;
+        uint64_t bytes;
+        cudaEvent_t start, done;
+    } *jobs;              /* ring of max_pending */
+    int job_head, job_n;
+    bool onload_pending;  /* this forward has host pages to bring up */
+    cuda_cache_counters ctr;
+
+    /* Staging: the arrays the layer kernels read sit at fixed offsets (a
+     * CUDA graph holds their addresses); the rest is packed after fx_end. */
+    size_t fx_seqs, fx_pt, fx_app_rows, fx_app_slots, fx_ts, fx_end;
+    /* CUDA graphs of the layers, per (batch, tokens, splits) bucket. */
+    struct graph_entry {
+        int B, T, S;
+        cudaGraphExec_t *exec; /* [L] */
+        uint64_t used;
+    } graphs[32];
+    int n_graphs;
+    uint64_t graph_clock;
 };
 
 /* One batch's metadata, packed in h_stage (device copy at the same offsets). */
@@ -121,7 +157,13 @@ typedef struct staged {
     int64_t *ts;         /* [T] timestamps (retrieval) */
     int *rows;           /* head rows: [M] candidates (ranking), [B] newest rows (retrieval) */
     int *k, *off;        /* [B] top-k wanted, offset in its group's results (retrieval) */
-    int *excl_b, *excl_e;/* [B] the user's exclusion list in tok_row (retrieval) */
+    int *excl_b, *excl_e;/* [B] the user's exclusion list in excl (retrieval) */
+    int *excl;           /* [sum hist] every history item (retrieval) */
+    int *page_table;     /* [n_page_idx] device page ids */
+    int *app_rows;       /* [n_app] dense rows appended to pages */
+    int64_t *app_slots;  /* [n_app] page * P + slot */
+    int n_app;
+    kv_copy *onload;     /* [n_onload] layer 0's blocks of the host hits */
 } staged;
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -211,6 +253,7 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_uvqk = (bf16_t *)carve(c, T * W * 2);
     cb->d_attn = (bf16_t *)carve(c, T * vw * 2);
     cb->d_y = (bf16_t *)carve(c, T * vw * 2);
+    cb->d_acc = (float *)carve(c, T * vw * 4);
     cb->d_mlp_a = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_mlp_b = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
@@ -248,10 +291,26 @@ static void *stage_take(stage *s, size_t bytes)
     return s->base + off;
 }
 
-static size_t stage_capacity(size_t T, size_t U)
+static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* The fixed-offset part of the staging buffer. */
+static void stage_fixed(cuda_backend *cb)
 {
-    /* tok_row, tok_pos, ts, head rows (T or U), seqs, 4 top-k arrays, alignment */
-    return T * (4 + 4 + 8 + 4) + U * 4 + U * sizeof(attn_cuda_seq) + U * 4 * 4 + 16 * 16;
+    size_t T = (size_t)cb->max_tokens, U = (size_t)cb->max_users;
+    cb->fx_seqs = 0;
+    cb->fx_pt = align16(cb->fx_seqs + U * sizeof(attn_cuda_seq));
+    cb->fx_app_rows = align16(cb->fx_pt + (size_t)cb->max_pages * 4);
+    cb->fx_app_slots = align16(cb->fx_app_rows + T * 4);
+    cb->fx_ts = align16(cb->fx_app_slots + T * 8);
+    cb->fx_end = align16(cb->fx_ts + T * 8);
+}
+
+static size_t stage_capacity(size_t T, size_t U, size_t pages)
+{
+    /* tok_row, tok_pos, ts, head rows (T or U), excl, append rows and slots;
+     * seqs, 4 top-k arrays; page table, onload copies; alignment */
+    return T * (4 + 4 + 8 + 4 + 4 + 4 + 8) + U * 4 + U * sizeof(attn_cuda_seq) + U * 4 * 4 +
+           pages * (4 + sizeof(kv_copy)) + 16 * 32;
 }
 
 #define DEV(cb, hp) ((cb)->d_stage + ((const char *)(hp) - (cb)->h_stage))
@@ -441,17 +500,106 @@ void cuda_backend_destroy(cuda_backend *cb)
     cudaFreeHost(cb->h_arena);
     if (cb->stream)
         cudaStreamDestroy(cb->stream);
+    if (cb->jobs) {
+        cuda_offload_poll(cb, NULL, 0, true);
+        for (int i = 0; i < cb->cc.max_pending; i++) {
+            if (cb->jobs[i].start)
+                cudaEventDestroy(cb->jobs[i].start);
+            if (cb->jobs[i].done)
+                cudaEventDestroy(cb->jobs[i].done);
+        }
+        free(cb->jobs);
+    }
+    for (int l = 0; cb->ev_on && l < cb->model->cfg.n_layers; l++)
+        if (cb->ev_on[l])
+            cudaEventDestroy(cb->ev_on[l]);
+    free(cb->ev_on);
+    if (cb->ev_staged)
+        cudaEventDestroy(cb->ev_staged);
+    if (cb->ev_submit)
+        cudaEventDestroy(cb->ev_submit);
+    if (cb->ev_on_start)
+        cudaEventDestroy(cb->ev_on_start);
+    if (cb->s_onload)
+        cudaStreamDestroy(cb->s_onload);
+    if (cb->s_offload)
+        cudaStreamDestroy(cb->s_offload);
+    for (int i = 0; i < cb->n_graphs; i++) {
+        for (int l = 0; cb->graphs[i].exec && l < cb->model->cfg.n_layers; l++)
+            if (cb->graphs[i].exec[l])
+                cudaGraphExecDestroy(cb->graphs[i].exec[l]);
+        free(cb->graphs[i].exec);
+    }
+    cudaFree(cb->d_pool);
+    cudaFreeHost(cb->h_pool);
+    cudaFreeHost(cb->h_off_desc);
     free(cb->layers);
     free(cb);
 }
 
 size_t cuda_backend_bytes(const cuda_backend *cb)
 {
-    return cb ? cb->d_bytes + cb->h_bytes + gemm_cuda_bytes(cb->gemm) : 0;
+    return cb ? cb->d_bytes + cb->h_bytes + gemm_cuda_bytes(cb->gemm) + cb->pool_bytes + cb->host_bytes : 0;
 }
 
-hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, cuda_backend **out,
-                                hstu_error *err)
+/* The cache's memory, streams and events (after the arena exists). */
+static hstu_status create_cache(cuda_backend *cb, hstu_error *err)
+{
+    const cuda_cache_desc *cc = &cb->cc;
+    int L = cb->model->cfg.n_layers;
+    if (cc->n_pages <= 0)
+        return HSTU_OK;
+    cb->page_bytes = cc->page_elems * 2;
+    cb->blk_bytes = cb->page_bytes / (size_t)L;
+    cb->pool_bytes = (size_t)cc->n_pages * cb->page_bytes;
+    cudaError_t e = cudaMalloc(&cb->d_pool, cb->pool_bytes);
+    if (e != cudaSuccess)
+        return hstu_fail(err, HSTU_ERR_NOMEM,
+                         "backend cuda: cannot allocate the KV page pool: %d pages of %.2f MiB = %.1f MiB of GPU "
+                         "memory (%s); lower --cache-mb",
+                         cc->n_pages, cb->page_bytes / 1048576.0, cb->pool_bytes / 1048576.0, cudaGetErrorString(e));
+    hstu_status st;
+    if ((st = ck(cudaStreamCreateWithFlags(&cb->s_onload, cudaStreamNonBlocking), "cudaStreamCreate", err)) ||
+        (st = ck(cudaEventCreateWithFlags(&cb->ev_staged, cudaEventDisableTiming), "cudaEventCreate", err)) ||
+        (st = ck(cudaEventCreate(&cb->ev_on_start), "cudaEventCreate", err)))
+        return st;
+    cb->ev_on = (cudaEvent_t *)calloc((size_t)L, sizeof *cb->ev_on);
+    if (!cb->ev_on)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
+    for (int l = 0; l < L; l++)
+        if ((st = ck(cudaEventCreate(&cb->ev_on[l]), "cudaEventCreate", err)) != HSTU_OK)
+            return st;
+    if (cc->host_slots <= 0)
+        return HSTU_OK;
+    HSTU_ASSERT(cc->chunk_rows % cc->page_size == 0 && cc->max_pending >= 1);
+    cb->ppc = cc->chunk_rows / cc->page_size;
+    cb->chunk_bytes = (size_t)cb->ppc * cb->page_bytes;
+    cb->host_bytes = (size_t)cc->host_slots * cb->chunk_bytes;
+    e = cudaMallocHost(&cb->h_pool, cb->host_bytes);
+    if (e != cudaSuccess)
+        return hstu_fail(err, HSTU_ERR_NOMEM,
+                         "backend cuda: cannot allocate the host tier: %d chunks of %.1f MiB = %.1f MiB of pinned "
+                         "host memory (%s); lower --host-cache-mb",
+                         cc->host_slots, cb->chunk_bytes / 1048576.0, cb->host_bytes / 1048576.0,
+                         cudaGetErrorString(e));
+    e = cudaMallocHost(&cb->h_off_desc, (size_t)cc->host_slots * cb->ppc * sizeof(kv_copy));
+    if (e != cudaSuccess)
+        return cuda_fail(err, "cudaMallocHost", e);
+    cb->jobs = (struct cuda_backend::off_job *)calloc((size_t)cc->max_pending, sizeof *cb->jobs);
+    if (!cb->jobs)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
+    for (int i = 0; i < cc->max_pending; i++)
+        if ((st = ck(cudaEventCreate(&cb->jobs[i].start), "cudaEventCreate", err)) ||
+            (st = ck(cudaEventCreate(&cb->jobs[i].done), "cudaEventCreate", err)))
+            return st;
+    if ((st = ck(cudaStreamCreateWithFlags(&cb->s_offload, cudaStreamNonBlocking), "cudaStreamCreate", err)) ||
+        (st = ck(cudaEventCreateWithFlags(&cb->ev_submit, cudaEventDisableTiming), "cudaEventCreate", err)))
+        return st;
+    return HSTU_OK;
+}
+
+hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, int max_pages,
+                                const cuda_cache_desc *cache, cuda_backend **out, hstu_error *err)
 {
     *out = NULL;
     const hstu_config *cfg = &m->cfg;
@@ -484,6 +632,9 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
     cb->model = m;
     cb->max_tokens = max_tokens;
     cb->max_users = max_users;
+    cb->max_pages = max_pages;
+    if (cache)
+        cb->cc = *cache;
     cb->d = cfg->d_model;
     cb->d8 = pad8(cfg->d_model);
     cb->W = W;
@@ -526,7 +677,8 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         if (cb->topk_cap < 1)
             cb->topk_cap = 1;
     }
-    cb->stage_cap = stage_capacity((size_t)max_tokens, (size_t)max_users);
+    cb->stage_cap = stage_capacity((size_t)max_tokens, (size_t)max_users, (size_t)max_pages);
+    stage_fixed(cb);
     cb->layers = (layer_dev *)calloc((size_t)cfg->n_layers, sizeof *cb->layers);
     if (!cb->layers) {
         st = hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
@@ -582,6 +734,8 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         goto fail;
     if ((st = tune_gemms(cb, err)) != HSTU_OK)
         goto fail;
+    if ((st = create_cache(cb, err)) != HSTU_OK)
+        goto fail;
     *out = cb;
     return HSTU_OK;
 fail:
@@ -591,8 +745,8 @@ fail:
 
 /* ---- the forward pass --------------------------------------------------- */
 
-static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base,
-                                 hstu_error *err)
+static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base, const staged *sg,
+                                 int n_app, bool wait_onload, hstu_error *err)
 {
     const hstu_config *cfg = &cb->model->cfg;
     const layer_dev *L = &cb->layers[l];
@@ -616,6 +770,20 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                                 cfg->silu_uvqk == HSTU_SILU_ALL, s),
                  "bias+SiLU", err)) != HSTU_OK)
         return st;
+    size_t P = (size_t)cb->cc.page_size, k_off = (size_t)l * P * (size_t)(kw + vw), v_off = k_off + P * (size_t)kw;
+    /* The new history rows' K/V into their pages (the attention below reads
+     * the cached rows from the pages and this call's rows from the dense
+     * activations, so the two do not wait for each other). */
+    if (n_app > 0 &&
+        (st = ck(kv_append_cuda(n_app, (const int *)DEV(cb, sg->app_rows), (const int64_t *)DEV(cb, sg->app_slots),
+                                cb->d_uvqk, W, 2 * vw + kw, vw, kw, vw, cb->d_pool, cb->cc.page_elems, (int)P, k_off,
+                                v_off, s),
+                 "KV append", err)) != HSTU_OK)
+        return st;
+    /* Layer l's onloaded pages must have landed before its attention. */
+    if (wait_onload && cb->onload_pending && cb->cc.layerwise &&
+        (st = ck(cudaStreamWaitEvent(s, cb->ev_on[l], 0), "cudaStreamWaitEvent", err)) != HSTU_OK)
+        return st;
     attn_cuda_params ap = *ap_base;
     ap.q = cb->d_uvqk + 2 * vw;
     ap.k = cb->d_uvqk + 2 * vw + kw;
@@ -625,6 +793,10 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     ap.ts_w = L->rab_time;
     ap.out = cb->d_attn;
     ap.ld_out = vw;
+    if (cb->d_pool) {
+        ap.k_off = k_off;
+        ap.v_off = v_off;
+    }
     if ((st = ck(attn_fwd_cuda(&ap, s), "attention", err)) != HSTU_OK)
         return st;
     if ((st = ck(ln_mul_cuda(T, vw, cb->d_attn, vw, cb->d_uvqk, W, L->uvqk_b, L->ln_out_w, L->ln_out_b,
@@ -711,7 +883,7 @@ static hstu_status head_retrieval(cuda_backend *cb, user_plan *plans, int B, con
             return st;
         topk_cuda_params tp = {
             .B = G, .n_items = (int)cfg->item_rows, .ld = cb->n_items8, .scores = cb->d_scores,
-            .exclude = (const int *)DEV(cb, sg->tok_row), /* token rows are item ids in this family */
+            .exclude = (const int *)DEV(cb, sg->excl),
             .excl_begin = (const int *)DEV(cb, sg->excl_b + g0), .excl_end = (const int *)DEV(cb, sg->excl_e + g0),
             .k = (const int *)DEV(cb, h_k + g0), .out_off = (const int *)DEV(cb, h_off + g0),
             .ids = cb->d_topk_ids, .vals = cb->d_topk_vals, .n_out = cb->d_topk_n,
@@ -755,72 +927,227 @@ static int ranking_row(const cuda_backend *cb, const hstu_request *r, int row)
     return t % 2 == 0 ? (int)r->items[t / 2] : (int)(cb->action_off + r->actions[t / 2]);
 }
 
-hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool logits, hstu_error *err)
+/* The layer graphs of bucket (Bg, Tg, ap->splits), captured on first use
+ * (the least recently used bucket makes room when the table is full).
+ * *out stays NULL when capture fails: the caller runs eagerly, and graphs
+ * are switched off for this backend (counted). */
+static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_params *ap_in, const staged *sg,
+                             cuda_backend::graph_entry **out, hstu_error *err)
+{
+    int L = cb->model->cfg.n_layers, S = ap_in->splits;
+    *out = NULL;
+    for (int i = 0; i < cb->n_graphs; i++) {
+        cuda_backend::graph_entry *g = &cb->graphs[i];
+        if (g->B == Bg && g->T == Tg && g->S == S) {
+            g->used = ++cb->graph_clock;
+            *out = g;
+            return HSTU_OK;
+        }
+    }
+    cuda_backend::graph_entry *g;
+    const int cap = (int)(sizeof cb->graphs / sizeof cb->graphs[0]);
+    if (cb->n_graphs < cap) {
+        g = &cb->graphs[cb->n_graphs++];
+        memset(g, 0, sizeof *g);
+        g->exec = (cudaGraphExec_t *)calloc((size_t)L, sizeof *g->exec);
+        if (!g->exec) {
+            cb->n_graphs--;
+            return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
+        }
+    } else {
+        g = &cb->graphs[0];
+        for (int i = 1; i < cap; i++)
+            if (cb->graphs[i].used < g->used)
+                g = &cb->graphs[i];
+        for (int l = 0; l < L; l++)
+            if (g->exec[l]) {
+                cudaGraphExecDestroy(g->exec[l]);
+                g->exec[l] = NULL;
+            }
+    }
+    g->B = Bg, g->T = Tg, g->S = S, g->used = ++cb->graph_clock;
+    attn_cuda_params ap = *ap_in;
+    ap.B = Bg;
+    ap.max_rows = Tg;
+    ap.acc_rows = Tg;
+    bool ok = true;
+    for (int l = 0; l < L && ok; l++) {
+        cudaGraph_t graph = NULL;
+        hstu_error cap_err;
+        memset(&cap_err, 0, sizeof cap_err);
+        ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+        hstu_status st = ok ? layer_forward(cb, Tg, l, &ap, sg, Tg, false, &cap_err) : HSTU_ERR_UNSUPPORTED;
+        if (ok)
+            ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
+        if (ok)
+            ok = cudaGraphInstantiate(&g->exec[l], graph, 0) == cudaSuccess;
+        if (graph)
+            cudaGraphDestroy(graph);
+    }
+    if (!ok) {
+        cudaGetLastError(); /* clear a capture error; the eager path reports real ones */
+        for (int l = 0; l < L; l++)
+            if (g->exec[l]) {
+                cudaGraphExecDestroy(g->exec[l]);
+                g->exec[l] = NULL;
+            }
+        g->B = g->T = -1;
+        cb->cc.graphs = false;
+        return HSTU_OK;
+    }
+    cb->ctr.graph_captures++;
+    cb->ctr.graphs_held = cb->n_graphs;
+    *out = g;
+    return HSTU_OK;
+}
+
+/* Starts the host-tier onload of this forward's host hits on the side
+ * stream, after the staging copy: per layer (an event each) or all layers
+ * at once, then the compute stream waits for all of it. */
+static hstu_status start_onload(cuda_backend *cb, const staged *sg, int n, hstu_error *err)
+{
+    int L = cb->model->cfg.n_layers;
+    cudaStream_t so = cb->s_onload;
+    const kv_copy *d = (const kv_copy *)DEV(cb, sg->onload);
+    size_t src_l = (size_t)cb->ppc * cb->blk_bytes, dst_l = cb->blk_bytes;
+    hstu_status st;
+    if ((st = ck(cudaEventRecord(cb->ev_staged, cb->stream), "cudaEventRecord", err)) ||
+        (st = ck(cudaStreamWaitEvent(so, cb->ev_staged, 0), "cudaStreamWaitEvent", err)) ||
+        (st = ck(cudaEventRecord(cb->ev_on_start, so), "cudaEventRecord", err)))
+        return st;
+    if (cb->cc.layerwise) {
+        for (int l = 0; l < L; l++)
+            if ((st = ck(kv_copy_cuda(d, n, cb->blk_bytes, src_l, dst_l, l, 1, so), "KV onload", err)) ||
+                (st = ck(cudaEventRecord(cb->ev_on[l], so), "cudaEventRecord", err)))
+                return st;
+        return HSTU_OK;
+    }
+    if ((st = ck(kv_copy_cuda(d, n, cb->blk_bytes, src_l, dst_l, 0, L, so), "KV onload", err)) ||
+        (st = ck(cudaEventRecord(cb->ev_on[L - 1], so), "cudaEventRecord", err)))
+        return st;
+    return ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[L - 1], 0), "cudaStreamWaitEvent", err);
+}
+
+hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool logits, const cuda_batch_cache *kc,
+                             hstu_error *err)
 {
     const hstu_config *cfg = &cb->model->cfg;
     bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
     HSTU_ASSERT(B >= 0 && B <= cb->max_users);
-    int T = 0, M = 0, max_rows = 0;
+    int T = 0, M = 0, max_rows = 0, hist_total = 0, n_app = 0, max_keys = 0;
     for (int b = 0; b < B; b++) {
         user_plan *p = &plans[b];
-        HSTU_ASSERT(p->c == 0 && p->paged == 0); /* no GPU KV cache yet (issue 4) */
+        HSTU_ASSERT(p->c >= 0 && p->c <= p->paged && p->paged <= p->hist);
+        HSTU_ASSERT(p->paged == 0 || (cb->d_pool && kc));
         p->q0 = T;
-        int rows = p->hist + p->cand;
+        int rows = p->hist - p->c + p->cand;
         T += rows;
         M += p->cand;
+        hist_total += p->hist;
+        n_app += p->paged - p->c;
         max_rows = rows > max_rows ? rows : max_rows;
+        max_keys = p->hist + p->cand > max_keys ? p->hist + p->cand : max_keys;
     }
-    HSTU_ASSERT(T <= cb->max_tokens);
+    HSTU_ASSERT(T <= cb->max_tokens && hist_total <= cb->max_tokens);
+    int n_onload = kc ? kc->n_onload : 0;
+    HSTU_ASSERT(!kc || kc->n_page_idx <= cb->max_pages);
+    HSTU_ASSERT(n_onload == 0 || cb->h_pool);
     if (T == 0 || (!retr && M == 0))
-        return HSTU_OK; /* nothing to score */
+        return HSTU_OK; /* nothing to score (a plan with T == 0 has no rows to append either) */
     /* A call that failed midway may have left work in flight that reads the
      * staging buffer; it must be done before the buffer is rewritten. */
     hstu_status st = ck(cudaStreamSynchronize(cb->stream), "an earlier forward pass", err);
+    if (st == HSTU_OK && cb->s_onload)
+        st = ck(cudaStreamSynchronize(cb->s_onload), "an earlier onload", err);
     if (st != HSTU_OK)
         return st;
 
-    /* Stage the batch's metadata. */
-    stage sgb = {cb->h_stage, 0, cb->stage_cap};
+    /* CUDA graphs: the layer stack of this (batch, tokens) bucket, padded. */
+    int Bg = 0, Tg = 0;
+    if (cb->cc.graphs && T <= cb->cc.graph_max_tokens && B <= cb->cc.graph_max_batch) {
+        Bg = 1;
+        while (Bg < B)
+            Bg *= 2;
+        Tg = T <= 1024 ? 64 : ((T + 511) / 512) * 512;
+        while (T <= 1024 && Tg < T)
+            Tg *= 2;
+        if (Bg > cb->max_users || Tg > cb->max_tokens || Bg > cb->cc.graph_max_batch)
+            Bg = Tg = 0;
+    }
+
+    /* Stage the batch's metadata: the arrays the layers read at their fixed
+     * offsets, the rest packed after them. */
+    stage sgb = {cb->h_stage, cb->fx_end, cb->stage_cap};
     staged sg;
     memset(&sg, 0, sizeof sg);
+    sg.seqs = (attn_cuda_seq *)(cb->h_stage + cb->fx_seqs);
+    sg.page_table = (int *)(cb->h_stage + cb->fx_pt);
+    sg.app_rows = (int *)(cb->h_stage + cb->fx_app_rows);
+    sg.app_slots = (int64_t *)(cb->h_stage + cb->fx_app_slots);
+    sg.ts = retr ? (int64_t *)(cb->h_stage + cb->fx_ts) : NULL;
     sg.tok_row = (int *)stage_take(&sgb, (size_t)T * 4);
     sg.tok_pos = (int *)stage_take(&sgb, (size_t)T * 4);
-    sg.seqs = (attn_cuda_seq *)stage_take(&sgb, (size_t)B * sizeof *sg.seqs);
     sg.rows = (int *)stage_take(&sgb, (size_t)(retr ? B : M) * 4);
     if (retr) {
-        sg.ts = (int64_t *)stage_take(&sgb, (size_t)T * 8);
+        sg.excl = (int *)stage_take(&sgb, (size_t)hist_total * 4);
         sg.k = (int *)stage_take(&sgb, (size_t)B * 4);
         sg.off = (int *)stage_take(&sgb, (size_t)B * 4);
         sg.excl_b = (int *)stage_take(&sgb, (size_t)B * 4);
         sg.excl_e = (int *)stage_take(&sgb, (size_t)B * 4);
     }
-    int max_pos = cfg->max_positions - 1, cand_i = 0;
+    int n_pt = kc ? kc->n_page_idx : 0;
+    if (n_pt > 0)
+        memcpy(sg.page_table, kc->page_idx, (size_t)n_pt * 4);
+    sg.n_app = n_app;
+    if (n_onload > 0) {
+        sg.onload = (kv_copy *)stage_take(&sgb, (size_t)n_onload * sizeof(kv_copy));
+        for (int i = 0; i < n_onload; i++) {
+            const cuda_onload *o = &kc->onload[i];
+            /* chunk layout [layer][page of chunk][block]: layer 0's block of page j */
+            sg.onload[i].src =
+                (uint64_t)(uintptr_t)(cb->h_pool + (size_t)o->slot * cb->chunk_bytes + (size_t)o->j * cb->blk_bytes);
+            sg.onload[i].dst = (uint64_t)(uintptr_t)((char *)cb->d_pool + (size_t)o->page * cb->page_bytes);
+        }
+    }
+    int max_pos = cfg->max_positions - 1, cand_i = 0, ts_off = 0, app_i = 0, P = cb->cc.page_size;
     size_t group_total = 0;
     int group_users = 0;
     for (int b = 0; b < B; b++) {
         user_plan *p = &plans[b];
         const hstu_request *r = p->req;
-        for (int i = 0; i < p->hist; i++) {
-            sg.tok_row[p->q0 + i] = retr ? (int)r->items[i] : ranking_row(cb, r, i);
-            sg.tok_pos[p->q0 + i] = i < max_pos ? i : max_pos;
-            if (retr)
-                sg.ts[p->q0 + i] = r->timestamps[i];
+        int c = p->c, q0 = p->q0;
+        for (int i = c; i < p->hist; i++) {
+            sg.tok_row[q0 + i - c] = retr ? (int)r->items[i] : ranking_row(cb, r, i);
+            sg.tok_pos[q0 + i - c] = i < max_pos ? i : max_pos;
         }
+        for (int i = c; i < p->paged; i++, app_i++) {
+            int pg = kc->page_idx[p->page0 + i / P];
+            sg.app_rows[app_i] = q0 + i - c;
+            sg.app_slots[app_i] = (int64_t)pg * P + i % P;
+        }
+        int cq = q0 + p->hist - c; /* dense row of the first candidate */
         int cpos = p->hist < max_pos ? p->hist : max_pos; /* every candidate sits at position h */
         for (int i = 0; i < p->cand; i++) {
-            sg.tok_row[p->q0 + p->hist + i] = (int)r->candidates[i];
-            sg.tok_pos[p->q0 + p->hist + i] = cpos;
-            sg.rows[cand_i++] = p->q0 + p->hist + i;
+            sg.tok_row[cq + i] = (int)r->candidates[i];
+            sg.tok_pos[cq + i] = cpos;
+            sg.rows[cand_i++] = cq + i;
         }
         attn_cuda_seq *sq = &sg.seqs[b];
         memset(sq, 0, sizeof *sq);
+        sq->c = c;
+        sq->paged = c; /* cached rows from the pages; this call's rows from the dense activations */
         sq->hist = p->hist;
         sq->cand = p->cand;
-        sq->q0 = p->q0;
-        sq->ts0 = p->q0;
+        sq->q0 = q0;
+        sq->page0 = p->page0;
+        sq->ts0 = ts_off;
         sq->ts_q = retr ? r->query_time : 0;
         if (retr) {
-            sg.rows[b] = p->q0 + p->hist - 1; /* the newest row */
+            for (int i = 0; i < p->hist; i++) {
+                sg.ts[ts_off + i] = r->timestamps[i];
+                sg.excl[ts_off + i] = (int)r->items[i];
+            }
+            sg.rows[b] = q0 + p->hist - 1 - c; /* the newest row (never cached) */
             int64_t k = r->top_k < cfg->item_rows - 1 ? r->top_k : cfg->item_rows - 1;
             sg.k[b] = (int)(k > 0 ? k : 0);
             /* A new top-k group starts (offset 0) when this user's score row
@@ -832,13 +1159,34 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
             sg.off[b] = (int)group_total;
             group_total += (size_t)sg.k[b];
             group_users++;
-            sg.excl_b[b] = p->q0;
-            sg.excl_e[b] = r->exclude_history ? p->q0 + p->hist : p->q0;
+            sg.excl_b[b] = ts_off;
+            sg.excl_e[b] = r->exclude_history ? ts_off + p->hist : ts_off;
+            ts_off += p->hist;
         }
     }
+    int n_seq = B, n_app_run = n_app;
+    if (Bg > 0) { /* padding: users of length 0, appends that skip */
+        for (int b = B; b < Bg; b++)
+            memset(&sg.seqs[b], 0, sizeof sg.seqs[b]);
+        for (int i = n_app; i < Tg; i++)
+            sg.app_rows[i] = 0, sg.app_slots[i] = -1;
+        n_seq = Bg;
+        n_app_run = Tg;
+    }
     cudaStream_t s = cb->stream;
-    if ((st = ck(cudaMemcpyAsync(cb->d_stage, cb->h_stage, sgb.used, cudaMemcpyHostToDevice, s), "metadata copy",
-                 err)) != HSTU_OK)
+    struct { size_t off, bytes; } cp[6] = {
+        {cb->fx_seqs, (size_t)n_seq * sizeof(attn_cuda_seq)}, {cb->fx_pt, (size_t)n_pt * 4},
+        {cb->fx_app_rows, (size_t)n_app_run * 4},             {cb->fx_app_slots, (size_t)n_app_run * 8},
+        {cb->fx_ts, retr ? (size_t)hist_total * 8 : 0},      {cb->fx_end, sgb.used - cb->fx_end},
+    };
+    for (int i = 0; i < 6; i++)
+        if (cp[i].bytes > 0 &&
+            (st = ck(cudaMemcpyAsync(cb->d_stage + cp[i].off, cb->h_stage + cp[i].off, cp[i].bytes,
+                                     cudaMemcpyHostToDevice, s),
+                     "metadata copy", err)) != HSTU_OK)
+            return st;
+    cb->onload_pending = n_onload > 0;
+    if (n_onload > 0 && (st = start_onload(cb, &sg, n_onload, err)) != HSTU_OK)
         return st;
 
     const layer_dev *L0 = &cb->layers[0]; /* every model has a layer */
@@ -855,15 +1203,107 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     ap.Dv = cfg->d_v;
     ap.seqs = (const attn_cuda_seq *)DEV(cb, sg.seqs);
     ap.max_rows = max_rows;
-    ap.page_size = 1;
+    ap.acc = cb->d_acc;
+    ap.acc_rows = T;
+    ap.max_keys = max_keys;
+    ap.page_size = cb->d_pool ? P : 1;
+    if (cb->d_pool && sg.page_table) {
+        ap.pages = cb->d_pool;
+        ap.page_table = (const int *)DEV(cb, sg.page_table);
+        ap.page_elems = cb->cc.page_elems;
+    }
     ap.alpha = cfg->alpha;
     ap.N = cfg->attn_scale_len;
     ap.n_buckets = cfg->rab_buckets;
     ap.ts = retr ? (const int64_t *)DEV(cb, sg.ts) : NULL;
-    for (int l = 0; l < cfg->n_layers; l++)
-        if ((st = layer_forward(cb, T, l, &ap, err)) != HSTU_OK)
+    ap.splits = attn_cuda_splits(&ap); /* from this batch's sizes, graph or not */
+    if (Bg > 0) {
+        cuda_backend::graph_entry *g = NULL;
+        if ((st = graph_get(cb, Bg, Tg, &ap, &sg, &g, err)) != HSTU_OK)
             return st;
+        if (g) {
+            for (int l = 0; l < cfg->n_layers; l++) {
+                if (cb->onload_pending && cb->cc.layerwise &&
+                    (st = ck(cudaStreamWaitEvent(s, cb->ev_on[l], 0), "cudaStreamWaitEvent", err)) != HSTU_OK)
+                    return st;
+                if ((st = ck(cudaGraphLaunch(g->exec[l], s), "cudaGraphLaunch", err)) != HSTU_OK)
+                    return st;
+            }
+            cb->ctr.graph_runs++;
+            goto head;
+        }
+    }
+    cb->ctr.eager_runs++;
+    for (int l = 0; l < cfg->n_layers; l++)
+        if ((st = layer_forward(cb, T, l, &ap, &sg, n_app, true, err)) != HSTU_OK)
+            return st;
+head:
     if (retr)
-        return head_retrieval(cb, plans, B, &sg, err);
-    return head_ranking(cb, plans, B, M, &sg, logits, err);
+        st = head_retrieval(cb, plans, B, &sg, err);
+    else
+        st = head_ranking(cb, plans, B, M, &sg, logits, err);
+    if (st == HSTU_OK && n_onload > 0) {
+        /* The head synchronised the compute stream, which waited for the onload. */
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, cb->ev_on_start, cb->ev_on[cfg->n_layers - 1]) == cudaSuccess)
+            cb->ctr.onload_ms += ms;
+        cb->ctr.onload_bytes += (uint64_t)n_onload * cb->page_bytes;
+    }
+    return st;
 }
+
+hstu_status cuda_offload_submit(cuda_backend *cb, int64_t user, const int *pages, const int *slots, int n_chunks,
+                                hstu_error *err)
+{
+    HSTU_ASSERT(cb->h_pool && n_chunks >= 1 && cb->job_n < cb->cc.max_pending);
+    int L = cb->model->cfg.n_layers;
+    cudaStream_t so = cb->s_offload;
+    hstu_status st;
+    struct cuda_backend::off_job *j = &cb->jobs[(cb->job_head + cb->job_n) % cb->cc.max_pending];
+    /* After everything on the compute stream so far: the pages are written. */
+    if ((st = ck(cudaEventRecord(cb->ev_submit, cb->stream), "cudaEventRecord", err)) ||
+        (st = ck(cudaStreamWaitEvent(so, cb->ev_submit, 0), "cudaStreamWaitEvent", err)) ||
+        (st = ck(cudaEventRecord(j->start, so), "cudaEventRecord", err)))
+        return st;
+    for (int k = 0; k < n_chunks; k++) {
+        kv_copy *d = cb->h_off_desc + (size_t)slots[k] * cb->ppc; /* the slot's own copies: free while it is pending */
+        for (int i = 0; i < cb->ppc; i++) {
+            d[i].src = (uint64_t)(uintptr_t)((char *)cb->d_pool + (size_t)pages[k * cb->ppc + i] * cb->page_bytes);
+            d[i].dst = (uint64_t)(uintptr_t)(cb->h_pool + (size_t)slots[k] * cb->chunk_bytes + (size_t)i * cb->blk_bytes);
+        }
+        if ((st = ck(kv_copy_cuda(d, cb->ppc, cb->blk_bytes, cb->blk_bytes, (size_t)cb->ppc * cb->blk_bytes, 0, L, so),
+                     "KV offload", err)) != HSTU_OK)
+            return st;
+    }
+    if ((st = ck(cudaEventRecord(j->done, so), "cudaEventRecord", err)) != HSTU_OK)
+        return st;
+    j->user = user;
+    j->bytes = (uint64_t)n_chunks * cb->chunk_bytes;
+    cb->job_n++;
+    cb->ctr.offload_jobs++;
+    cb->ctr.offload_bytes += j->bytes;
+    return HSTU_OK;
+}
+
+int cuda_offload_poll(cuda_backend *cb, int64_t *users, int max, bool wait)
+{
+    int n = 0;
+    while (cb->job_n > 0 && (users == NULL || n < max)) {
+        struct cuda_backend::off_job *j = &cb->jobs[cb->job_head];
+        if (wait)
+            cudaEventSynchronize(j->done);
+        else if (cudaEventQuery(j->done) != cudaSuccess)
+            break;
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, j->start, j->done) == cudaSuccess)
+            cb->ctr.offload_ms += ms;
+        if (users)
+            users[n] = j->user;
+        n++;
+        cb->job_head = (cb->job_head + 1) % cb->cc.max_pending;
+        cb->job_n--;
+    }
+    return n;
+}
+
+void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c) { *c = cb->ctr; }

@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,19 +31,75 @@ extern "C" {
 struct user_plan;
 typedef struct cuda_backend cuda_backend;
 
+/* The KV cache's device side, sized by the engine from its options
+ * (docs/kvcache.md). The bookkeeping (which page or slot holds what) stays
+ * in the engine (kv_cache.h, host_tier.h); the backend owns the memory and
+ * moves the data. */
+typedef struct cuda_cache_desc {
+    int n_pages;        /* device pool pages of page_elems bf16 (0: no cache) */
+    int page_size;      /* P */
+    size_t page_elems;  /* L * P * (H*Dqk + H*Dv) */
+    int host_slots;     /* host tier chunk slots in pinned memory (0: no host tier) */
+    int chunk_rows;     /* rows per chunk, a multiple of P */
+    int max_pending;    /* offload queue: chunks in flight at most */
+    bool layerwise;     /* onload layer by layer, layer l's attention waiting for
+                         * layer l only (true), or every layer before the forward */
+    /* CUDA graphs of the layer stack (docs/cuda.md): one graph per layer per
+     * (batch, token) bucket, captured on first use; batches over the
+     * largest bucket run eagerly. */
+    bool graphs;
+    int graph_max_tokens, graph_max_batch;
+} cuda_cache_desc;
+
+/* One page to bring up from the host tier: chunk slot, page index inside the
+ * chunk, device page id. */
+typedef struct cuda_onload {
+    int slot, j, page;
+} cuda_onload;
+
+/* Per-forward cache inputs (host memory, read before cuda_forward_run returns). */
+typedef struct cuda_batch_cache {
+    const int *page_idx;          /* device page ids; plan b's from plans[b].page0 */
+    int n_page_idx;
+    const cuda_onload *onload;    /* pages of host hits, filled before their layer's attention */
+    int n_onload;
+} cuda_batch_cache;
+
+/* Transfer counters since create. */
+typedef struct cuda_cache_counters {
+    uint64_t onload_bytes, offload_bytes, offload_jobs;
+    double onload_ms, offload_ms;
+    uint64_t graph_runs, graph_captures, eager_runs;
+    int graphs_held;
+} cuda_cache_counters;
+
 /* True when this build has CUDA and a device is usable; otherwise writes
  * the reason (for test skips and error messages). */
 bool cuda_available(char *why, size_t n);
 
-hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, cuda_backend **out,
-                                hstu_error *err);
+hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, int max_pages,
+                                const cuda_cache_desc *cache, cuda_backend **out, hstu_error *err);
 void cuda_backend_destroy(cuda_backend *cb);
 size_t cuda_backend_bytes(const cuda_backend *cb);
 
-/* Runs plans[0..B). Until the GPU KV cache exists (issue 4) every plan has
- * c == 0 and paged == 0. */
+/* Runs plans[0..B). A plan with c > 0 reuses rows [0, c) from its pages
+ * (filled by an earlier forward, or by this call's onload); rows
+ * [c, paged) are computed and appended to their pages. kc may be NULL when
+ * no plan has paged > 0. */
 hstu_status cuda_forward_run(cuda_backend *cb, struct user_plan *plans, int B, bool logits,
-                             hstu_error *err);
+                             const cuda_batch_cache *kc, hstu_error *err);
+
+/* Starts the background copy of n_chunks chunks of one user from device
+ * pages to host slots: pages[k * ppc .. (k + 1) * ppc) (ppc = chunk_rows / P)
+ * go to slots[k]. It runs on a side stream after everything launched so
+ * far on the compute stream. At most max_pending chunks in flight (the
+ * engine's host tier guarantees it). */
+hstu_status cuda_offload_submit(cuda_backend *cb, int64_t user, const int *pages, const int *slots, int n_chunks,
+                                hstu_error *err);
+/* Users whose offloads have landed, oldest first, into users[0..max)
+ * (returns the count); with wait, waits for every offload in flight first. */
+int cuda_offload_poll(cuda_backend *cb, int64_t *users, int max, bool wait);
+void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c);
 
 #ifdef __cplusplus
 }

@@ -18,8 +18,8 @@ bool cuda_available(char *why, size_t n)
     return false;
 }
 
-hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, cuda_backend **out,
-                                hstu_error *err)
+hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, int max_pages,
+                                const cuda_cache_desc *cache, cuda_backend **out, hstu_error *err)
 {
     *out = NULL;
     return hstu_fail(err, HSTU_ERR_UNSUPPORTED,
@@ -32,9 +32,22 @@ void cuda_backend_destroy(cuda_backend *cb) { (void)cb; }
 size_t cuda_backend_bytes(const cuda_backend *cb) { return 0; }
 
 hstu_status cuda_forward_run(cuda_backend *cb, struct user_plan *plans, int B, bool logits,
-                             hstu_error *err)
+                             const cuda_batch_cache *kc, hstu_error *err)
 {
     return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: not in this build");
+}
+
+hstu_status cuda_offload_submit(cuda_backend *cb, int64_t user, const int *pages, const int *slots, int n_chunks,
+                                hstu_error *err)
+{
+    return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: not in this build");
+}
+
+int cuda_offload_poll(cuda_backend *cb, int64_t *users, int max, bool wait) { return 0; }
+
+void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c)
+{
+    *c = (cuda_cache_counters){0};
 }
 
 #endif

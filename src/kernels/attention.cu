@@ -179,12 +179,17 @@ struct Blk {
     int qv0, qv1;      /* virtual index of the block's first and last row */
     int hist_end;      /* history keys [0, hist_end) are visited */
     int nh, cand_lo;   /* history tiles; first candidate key visited */
-    int nt;            /* tiles in all */
+    int nt;            /* tiles this CTA visits */
+    int tb;            /* its first tile (split-KV: CTAs of one row block share the tiles) */
 
-    __device__ int k0(int t) const { return t < nh ? t * BN : cand_lo + (t - nh) * BN; }
-    __device__ int kend(int t) const { return t < nh ? hist_end : qv1 + 1; }
+    __device__ int k0(int t) const { t += tb; return t < nh ? t * BN : cand_lo + (t - nh) * BN; }
+    __device__ int kend(int t) const { t += tb; return t < nh ? hist_end : qv1 + 1; }
     /* False only when every key of the tile is visible from every row. */
-    __device__ bool masked(int t) const { return t >= nh || t * BN + BN - 1 > qv0 || t * BN + BN > hist_end; }
+    __device__ bool masked(int t) const
+    {
+        t += tb;
+        return t >= nh || t * BN + BN - 1 > qv0 || t * BN + BN > hist_end;
+    }
 };
 
 /* Fills k for this CTA; false when the CTA has no rows (grid padding).
@@ -209,8 +214,10 @@ __device__ __forceinline__ bool blk_init(Blk &k, const attn_cuda_params &p)
     k.nh = (k.hist_end + BN - 1) / BN;
     k.cand_lo = max(k.qv0, k.s.hist);
     const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0;
-    k.nt = k.nh + nc;
-    return true;
+    const int all = k.nh + nc, z = (int)blockIdx.z, S = (int)gridDim.z;
+    k.tb = all * z / S;
+    k.nt = all * (z + 1) / S - k.tb;
+    return k.nt > 0; /* a split with no tile adds nothing */
 }
 
 /* ---- tile loads (cp.async, zero-filled outside the data) --------------- */
@@ -227,6 +234,38 @@ __device__ __forceinline__ void load_q(uint32_t sq, const attn_cuda_params &p, c
     for (int r = tid / CPR; r < BM; r += NT / CPR) {
         const bool ok = col_ok && r < k.nr;
         cp_async16(sq + tile_off<BM>(r, ch), ok ? base + (size_t)r * p.ld_qkv : q, ok);
+    }
+}
+
+/* A tile wholly inside the pages, starting on a page boundary, for a page
+ * size PS known at compile time (16, 32, 64) that this thread's row step
+ * divides: its BN / PS page ids are loaded once and every row's address is
+ * affine, as in the dense case. (The general path below costs the loading
+ * warps about twice the issue slots, which made paged tiles 2.3x slower.) */
+template <int D, bool LOAD_K, bool LOAD_V, int NT, int PS>
+__device__ __forceinline__ void load_kv_pages(uint32_t sk, uint32_t sv, const attn_cuda_params &p, const Blk &k,
+                                              int k0, int tid)
+{
+    constexpr int CPR = D / 8, RSTEP = NT / CPR, NPG = BN / PS;
+    static_assert(PS % RSTEP == 0 && BN % PS == 0, "rows of one thread stay in step with the pages");
+    const int ch = tid % CPR, r0 = tid / CPR;
+    const bool kcol = ch * 8 < p.Dqk, vcol = ch * 8 < p.Dv;
+    const int kstride = p.H * p.Dqk, vstride = p.H * p.Dv;
+    const int *pt = p.page_table + k.s.page0 + k0 / PS;
+    const bf16 *kb[NPG], *vb[NPG];
+#pragma unroll
+    for (int q = 0; q < NPG; q++) {
+        const bf16 *base = static_cast<const bf16 *>(p.pages) + (size_t)__ldg(pt + q) * p.page_elems;
+        kb[q] = base + p.k_off + (size_t)r0 * kstride + (size_t)k.h * p.Dqk + ch * 8;
+        vb[q] = base + p.v_off + (size_t)r0 * vstride + (size_t)k.h * p.Dv + ch * 8;
+    }
+#pragma unroll
+    for (int i = 0; i < BN / RSTEP; i++) {
+        const int q = (i * RSTEP) / PS, so = (i * RSTEP) % PS;
+        if (LOAD_K)
+            cp_async16(sk + tile_off<BN>(r0 + i * RSTEP, ch), kb[q] + so * kstride, kcol);
+        if (LOAD_V)
+            cp_async16(sv + tile_off<BN>(r0 + i * RSTEP, ch), vb[q] + so * vstride, vcol);
     }
 }
 
@@ -259,6 +298,41 @@ __device__ __forceinline__ void load_kv(uint32_t sk, uint32_t sv, const attn_cud
         }
         return;
     }
+    if (k0 + BN <= min(kend, k.s.paged) && k0 % p.page_size == 0) {
+        if constexpr (16 % RSTEP == 0)
+            if (p.page_size == 16)
+                return load_kv_pages<D, LOAD_K, LOAD_V, NT, 16>(sk, sv, p, k, k0, tid);
+        if constexpr (32 % RSTEP == 0)
+            if (p.page_size == 32)
+                return load_kv_pages<D, LOAD_K, LOAD_V, NT, 32>(sk, sv, p, k, k0, tid);
+        if constexpr (64 % RSTEP == 0)
+            if (p.page_size == 64)
+                return load_kv_pages<D, LOAD_K, LOAD_V, NT, 64>(sk, sv, p, k, k0, tid);
+    }
+    /* Rows below `paged` come from the pages. This thread's rows step by
+     * RSTEP; it follows its position (page, slot) incrementally, and the few
+     * page ids it needs are loaded up front, independently. (A division and
+     * a dependent page-table load per row made paged tiles 3x slower than
+     * dense ones: the loading warps ran out of issue slots.) */
+    const int P = p.page_size;
+    const int pend = min(kend, k.s.paged);
+    int pi = (k0 + r0) / P, slot = k0 + r0 - pi * P;
+    const int pf = pi;
+    const int pl = pend > k0 + r0 ? min(k0 + r0 + BN - RSTEP, pend - 1) / P : pf - 1;
+    const int *pt = p.page_table + k.s.page0;
+    const int pg0 = pf <= pl ? __ldg(pt + pf) : 0, pg1 = pf + 1 <= pl ? __ldg(pt + pf + 1) : 0;
+    const int pg2 = pf + 2 <= pl ? __ldg(pt + pf + 2) : 0, pg3 = pf + 3 <= pl ? __ldg(pt + pf + 3) : 0;
+    const int kstride = p.H * p.Dqk, vstride = p.H * p.Dv;
+    const bf16 *pages = static_cast<const bf16 *>(p.pages);
+    const bf16 *kpage = K, *vpage = V; /* the current page's row 0 of this head and chunk */
+    auto enter = [&](int q, int page_index) {
+        const int pg = q == 0 ? pg0 : q == 1 ? pg1 : q == 2 ? pg2 : q == 3 ? pg3 : __ldg(pt + page_index);
+        const bf16 *base = pages + (size_t)pg * p.page_elems;
+        kpage = base + p.k_off + (size_t)k.h * p.Dqk + ch * 8;
+        vpage = base + p.v_off + (size_t)k.h * p.Dv + ch * 8;
+    };
+    if (pf <= pl)
+        enter(0, pf);
 #pragma unroll 4
     for (int r = r0; r < BN; r += RSTEP) {
         const int jv = k0 + r;
@@ -266,12 +340,8 @@ __device__ __forceinline__ void load_kv(uint32_t sk, uint32_t sv, const attn_cud
         const bf16 *kp = K, *vp = V; /* valid dummies for zero-filled chunks */
         if (ok) {
             if (jv < k.s.paged) {
-                const int pi = jv / p.page_size;
-                const int slot = jv - pi * p.page_size;
-                const bf16 *page =
-                    static_cast<const bf16 *>(p.pages) + (size_t)p.page_table[k.s.page0 + pi] * p.page_elems;
-                kp = page + p.k_off + (size_t)slot * p.H * p.Dqk + (size_t)k.h * p.Dqk + ch * 8;
-                vp = page + p.v_off + (size_t)slot * p.H * p.Dv + (size_t)k.h * p.Dv + ch * 8;
+                kp = kpage + slot * kstride;
+                vp = vpage + slot * vstride;
             } else {
                 const size_t row = (size_t)(k.s.q0 + jv - k.s.c) * p.ld_qkv;
                 kp = K + row + (size_t)k.h * p.Dqk + ch * 8;
@@ -282,6 +352,14 @@ __device__ __forceinline__ void load_kv(uint32_t sk, uint32_t sv, const attn_cud
             cp_async16(sk + tile_off<BN>(r, ch), kp, ok && kcol);
         if (LOAD_V)
             cp_async16(sv + tile_off<BN>(r, ch), vp, ok && vcol);
+        slot += RSTEP;
+        if (slot >= P) {
+            const int adv = slot / P;
+            slot -= adv * P;
+            pi += adv;
+            if (pi <= pl)
+                enter(pi - pf, pi);
+        }
     }
 }
 
@@ -389,6 +467,22 @@ __device__ __forceinline__ void store_o(const float *o, const attn_cuda_params &
                                         int t4)
 {
     const float inv_n = 1.0f / (float)p.N;
+    if (gridDim.z > 1) { /* split-KV: partial sums add up in fp32 */
+        float *acc = p.acc + (size_t)(k.s.q0 + k.r0) * p.ld_out + (size_t)k.h * p.Dv;
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+            const int col = 8 * j + 2 * t4;
+            if (col < p.Dv) {
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                    if (lr[r] < k.nr) {
+                        atomicAdd(acc + (size_t)lr[r] * p.ld_out + col, o[4 * j + 2 * r] * inv_n);
+                        atomicAdd(acc + (size_t)lr[r] * p.ld_out + col + 1, o[4 * j + 2 * r + 1] * inv_n);
+                    }
+            }
+        }
+        return;
+    }
     bf16 *out = static_cast<bf16 *>(p.out) + (size_t)(k.s.q0 + k.r0) * p.ld_out + (size_t)k.h * p.Dv;
 #pragma unroll
     for (int j = 0; j < NB; j++) {
@@ -939,6 +1033,19 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
     store_o<D / 8>(o, p, k, lr, t4);
 }
 
+/* out[r, c] = bf16(acc[r, c]) for c < width and the rows of sequence
+ * blockIdx.y: the split-KV sums, rounded (no other row is written). */
+__global__ void acc_to_bf16_kernel(const attn_cuda_seq *seqs, const float *acc, bf16 *out, int width, int ld)
+{
+    const attn_cuda_seq s = seqs[blockIdx.y];
+    const size_t n = (size_t)(s.hist - s.c + s.cand) * (width / 2);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = s.q0 + i / (width / 2), c = 2 * (i % (width / 2));
+        const float2 v = *reinterpret_cast<const float2 *>(acc + r * ld + c);
+        *reinterpret_cast<uint32_t *>(out + r * ld + c) = pack_bf16(v.x, v.y);
+    }
+}
+
 } /* namespace */
 
 /* ---- host side ---------------------------------------------------------- */
@@ -1010,6 +1117,29 @@ template <int D> static attn_kernel_fn pick_kernel(int kind, bool rab, int *smem
 
 static bool aligned(const void *ptr, size_t a) { return ((uintptr_t)ptr & (a - 1)) == 0; }
 
+/* Split-KV when the row blocks alone leave most SMs idle (a few new rows
+ * over a long cached history): S CTAs per row block share its key tiles,
+ * at least 4 tiles each, and add their parts in fp32 (no softmax: the
+ * parts simply sum). */
+extern "C" int attn_cuda_splits(const attn_cuda_params *p)
+{
+    static int n_sm = 0;
+    if (!n_sm) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
+        if (n_sm < 1)
+            n_sm = 1;
+    }
+    const long long rb = ((long long)p->max_rows + BM - 1) / BM;
+    long long ctas = (long long)p->B * p->H * rb;
+    if (!p->acc || p->acc_rows <= 0 || ctas <= 0 || ctas >= n_sm)
+        return 1;
+    long long by_sm = (2LL * n_sm + ctas - 1) / ctas, by_keys = p->max_keys / (4 * BN);
+    long long S = by_sm < by_keys ? by_sm : by_keys;
+    return (int)(S > 16 ? 16 : S < 1 ? 1 : S);
+}
+
 extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
 {
     char why[160];
@@ -1040,6 +1170,21 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess)
         return (int)e;
-    fn<<<dim3((unsigned)(p->B * p->H), (unsigned)rb), threads, smem, (cudaStream_t)stream>>>(*p);
+    const int S = p->splits > 0 ? (p->splits > 64 ? 64 : p->splits) : attn_cuda_splits(p);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (S > 1) {
+        if (!aligned(p->acc, 8) || p->ld_out % 2 || (p->H * p->Dv) % 2)
+            return (int)cudaErrorInvalidValue;
+        e = cudaMemsetAsync(p->acc, 0, (size_t)p->acc_rows * p->ld_out * sizeof(float), s);
+        if (e != cudaSuccess)
+            return (int)e;
+    }
+    fn<<<dim3((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), threads, smem, s>>>(*p);
+    if (S > 1) {
+        size_t n = (size_t)p->max_rows * (p->H * p->Dv / 2);
+        unsigned blocks = (unsigned)((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
+        acc_to_bf16_kernel<<<dim3(blocks, (unsigned)p->B), 256, 0, s>>>(p->seqs, p->acc, static_cast<bf16 *>(p->out),
+                                                                       p->H * p->Dv, p->ld_out);
+    }
     return (int)cudaGetLastError();
 }

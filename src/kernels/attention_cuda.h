@@ -67,7 +67,19 @@ typedef struct attn_cuda_params {
     const int64_t *ts;           /* device timestamps, per sequence from ts0 */
     void *out;                   /* device bf16 [rows, H*Dv], stride ld_out */
     int ld_out;
+    /* Optional split-KV (NULL: never): fp32 scratch of acc_rows x ld_out,
+     * acc_rows covering every sequence's output rows; max_keys bounds
+     * hist + cand over the sequences. When few CTAs would cover the GPU,
+     * several share a row block's keys and their parts add up in acc (zeroed
+     * here), then rounded into out: more launches, same result up to the
+     * order of fp32 additions. */
+    float *acc;
+    int acc_rows, max_keys;
+    int splits;                  /* 0: chosen from the sizes (attn_cuda_splits); else forced */
 } attn_cuda_params;
+
+/* The split-KV factor attn_fwd_cuda picks for these sizes (1: no split). */
+int attn_cuda_splits(const attn_cuda_params *p);
 
 /* True when the kernel handles these head widths; otherwise writes why. */
 bool attn_cuda_supported(int Dqk, int Dv, char *why, size_t n);

@@ -13,9 +13,11 @@
  *   - index[] maps a user id to its entry: open addressing, linear probing,
  *     deletion by backward shift (no tombstones, so probe chains never rot).
  *   - pinned[] lists the entries pinned in the current batch (lookup hit or
- *     reserve), so kv_end touches only those; pinned_pages sums their pages,
- *     which lets kv_reserve decide in O(1) whether eviction can make room
- *     before it evicts anyone.
+ *     reserve), so kv_end touches only those. Entries may also be held
+ *     across batches (kv_hold: a background copy reads their pages).
+ *     locked_pages sums the pages of entries pinned or held, which lets
+ *     kv_reserve decide in O(1) whether eviction can make room before it
+ *     evicts anyone.
  *
  * Every live entry owns at least one page (entries are created by a reserve
  * of >= 1 row and dropped when committed with 0 rows), so live entries never
@@ -45,6 +47,7 @@ typedef struct kv_entry {
     int first, last;   /* page list in row order; KV_NONE when empty */
     int lru_prev, lru_next; /* LRU links; lru_next chains free entry slots */
     int pin_slot;      /* index in kv->pinned, KV_NONE when not pinned */
+    int holds;         /* kv_hold count: a background reader of the pages (offload) */
     bool live;
 } kv_entry;
 
@@ -53,7 +56,7 @@ struct kv_cache {
     size_t page_floats;     /* L * P * (k_width + v_width) */
     size_t page_bytes;
     int n_pages;            /* pool size */
-    float *pool;            /* [n_pages][page_floats], KV_ALIGN aligned */
+    float *pool;            /* [n_pages][page_floats], KV_ALIGN aligned; NULL for an external pool */
     int *next_page;         /* [n_pages] */
     int free_head, n_free;
 
@@ -66,7 +69,7 @@ struct kv_cache {
 
     int *pinned;            /* [entry_cap] entries pinned in this batch */
     int n_pinned;
-    int pinned_pages;       /* sum of n_pages over pinned entries */
+    int locked_pages;       /* sum of n_pages over entries pinned or held (not evictable) */
     bool in_batch;
 
     int *scratch;           /* [n_pages + entry_cap], kv_check's marks */
@@ -184,7 +187,8 @@ static void pin(kv_cache *kv, int e)
         return;
     x->pin_slot = kv->n_pinned;
     kv->pinned[kv->n_pinned++] = e;
-    kv->pinned_pages += x->n_pages;
+    if (x->holds == 0)
+        kv->locked_pages += x->n_pages;
 }
 
 static void unpin(kv_cache *kv, int e)
@@ -196,8 +200,12 @@ static void unpin(kv_cache *kv, int e)
     kv->pinned[x->pin_slot] = last;
     kv->entries[last].pin_slot = x->pin_slot;
     x->pin_slot = KV_NONE;
-    kv->pinned_pages -= x->n_pages;
+    if (x->holds == 0)
+        kv->locked_pages -= x->n_pages;
 }
+
+/* Pinned in this batch or held by a background reader: never evicted. */
+static bool locked(const kv_entry *x) { return x->pin_slot != KV_NONE || x->holds > 0; }
 
 /* ---- pages ------------------------------------------------------------- */
 
@@ -223,8 +231,8 @@ static void take_pages(kv_cache *kv, int e, int n)
     }
     kv->n_free -= n;
     x->n_pages += n;
-    if (x->pin_slot != KV_NONE)
-        kv->pinned_pages += n;
+    if (locked(x))
+        kv->locked_pages += n;
 }
 
 /* Keeps the first `keep` pages of e and splices the rest onto the free list. */
@@ -251,8 +259,8 @@ static void trim_pages(kv_cache *kv, int e, int keep)
     int freed = x->n_pages - keep;
     kv->n_free += freed;
     x->n_pages = keep;
-    if (x->pin_slot != KV_NONE)
-        kv->pinned_pages -= freed;
+    if (locked(x))
+        kv->locked_pages -= freed;
 }
 
 /* ---- entries ----------------------------------------------------------- */
@@ -279,6 +287,7 @@ static void entry_drop(kv_cache *kv, int e)
 {
     kv_entry *x = &kv->entries[e];
     HSTU_ASSERT(x->live);
+    HSTU_ASSERT(x->holds == 0); /* the caller waits for background readers first */
     unpin(kv, e);
     if (x->n_pages > 0) {
         kv->next_page[x->last] = kv->free_head;
@@ -321,10 +330,14 @@ hstu_status kv_create(const kv_options *o, kv_cache **out, hstu_error *err)
                          "kv cache: k_width %d and v_width %d must both be >= 1 (H*Dqk and H*Dv floats per row)",
                          o->k_width, o->v_width);
 
+    if (o->elem_bytes != 0 && o->elem_bytes != 2 && o->elem_bytes != 4)
+        return hstu_fail(err, HSTU_ERR_ARG, "kv cache: elem_bytes is %d; it must be 2 (bf16), 4 (fp32) or 0 (4)",
+                         o->elem_bytes);
+    size_t elem = o->elem_bytes ? (size_t)o->elem_bytes : sizeof(float);
     size_t row_floats = (size_t)o->k_width + (size_t)o->v_width, page_floats, page_bytes;
     if (!mul_size((size_t)o->n_layers, (size_t)o->page_size, &page_floats) ||
         !mul_size(page_floats, row_floats, &page_floats) ||
-        !mul_size(page_floats, sizeof(float), &page_bytes))
+        !mul_size(page_floats, elem, &page_bytes))
         return hstu_fail(err, HSTU_ERR_ARG,
                          "kv cache: a page of %d layers x %d tokens x %zu floats overflows size_t; lower page_size",
                          o->n_layers, o->page_size, row_floats);
@@ -358,13 +371,13 @@ hstu_status kv_create(const kv_options *o, kv_cache **out, hstu_error *err)
 
     size_t pool_bytes = pool_pages * page_bytes; /* <= budget_bytes: no overflow */
     size_t pool_alloc = (pool_bytes + KV_ALIGN - 1) / KV_ALIGN * KV_ALIGN;
-    kv->pool = aligned_alloc(KV_ALIGN, pool_alloc);
+    kv->pool = o->external_pool ? NULL : aligned_alloc(KV_ALIGN, pool_alloc);
     kv->next_page = malloc((size_t)kv->n_pages * sizeof *kv->next_page);
     kv->entries = malloc((size_t)kv->entry_cap * sizeof *kv->entries);
     kv->index = malloc(index_cap * sizeof *kv->index);
     kv->pinned = malloc((size_t)kv->entry_cap * sizeof *kv->pinned);
     kv->scratch = malloc(((size_t)kv->n_pages + (size_t)kv->entry_cap) * sizeof *kv->scratch);
-    if (!kv->pool || !kv->next_page || !kv->entries || !kv->index || !kv->pinned || !kv->scratch) {
+    if ((!kv->pool && !o->external_pool) || !kv->next_page || !kv->entries || !kv->index || !kv->pinned || !kv->scratch) {
         kv_destroy(kv);
         return hstu_fail(err, HSTU_ERR_NOMEM,
                          "kv cache: out of memory for %d pages of %zu bytes (%zu MiB); lower --cache-mb",
@@ -409,6 +422,7 @@ int kv_page_size(const kv_cache *kv) { return kv->o.page_size; }
 float *kv_page_ptr(kv_cache *kv, int page)
 {
     HSTU_ASSERT(page >= 0 && page < kv->n_pages);
+    HSTU_ASSERT(kv->pool); /* an external pool's pages live with its owner */
     return kv->pool + (size_t)page * kv->page_floats;
 }
 
@@ -473,9 +487,9 @@ bool kv_reserve(kv_cache *kv, int64_t user, int rows)
 
     /* Decide before touching anything: free pages plus every page that
      * eviction could reclaim (unpinned entries other than this user). */
-    int self_unpinned = e != KV_NONE && kv->entries[e].pin_slot == KV_NONE ? have : 0;
+    int self_unlocked = e != KV_NONE && !locked(&kv->entries[e]) ? have : 0;
     int in_use = kv->n_pages - kv->n_free;
-    int evictable = in_use - kv->pinned_pages - self_unpinned;
+    int evictable = in_use - kv->locked_pages - self_unlocked;
     if (need > kv->n_free + evictable) {
         kv->st.reserve_failures++;
         return false;
@@ -487,7 +501,7 @@ bool kv_reserve(kv_cache *kv, int64_t user, int rows)
     lru_touch(kv, e);
     while (kv->n_free < need) {
         int victim = kv->lru_tail;
-        while (victim != KV_NONE && kv->entries[victim].pin_slot != KV_NONE)
+        while (victim != KV_NONE && locked(&kv->entries[victim]))
             victim = kv->entries[victim].lru_prev;
         HSTU_ASSERT(victim != KV_NONE); /* the count above promised enough */
         entry_drop(kv, victim);
@@ -542,8 +556,42 @@ void kv_end(kv_cache *kv)
         else
             trim_pages(kv, e, pages_for(kv, kv->entries[e].rows));
     }
-    HSTU_ASSERT(kv->pinned_pages == 0);
     kv->in_batch = false;
+}
+
+void kv_hold(kv_cache *kv, int64_t user)
+{
+    int e = index_find(kv, user);
+    HSTU_ASSERT(e != KV_NONE && kv->entries[e].rows > 0); /* hold only committed entries */
+    kv_entry *x = &kv->entries[e];
+    if (x->holds++ == 0 && x->pin_slot == KV_NONE)
+        kv->locked_pages += x->n_pages;
+}
+
+void kv_release(kv_cache *kv, int64_t user)
+{
+    int e = index_find(kv, user);
+    HSTU_ASSERT(e != KV_NONE && kv->entries[e].holds > 0);
+    kv_entry *x = &kv->entries[e];
+    if (--x->holds == 0 && x->pin_slot == KV_NONE)
+        kv->locked_pages -= x->n_pages;
+}
+
+bool kv_held(const kv_cache *kv, int64_t user)
+{
+    int e = index_find(kv, user);
+    return e != KV_NONE && kv->entries[e].holds > 0;
+}
+
+size_t kv_page_elems(const kv_cache *kv) { return kv->page_floats; }
+
+bool kv_would_drop(const kv_cache *kv, int64_t user, const uint64_t *keys, int n)
+{
+    int e = index_find(kv, user);
+    if (e == KV_NONE || kv->entries[e].rows == 0)
+        return false;
+    const kv_entry *x = &kv->entries[e];
+    return x->rows > n || kv_hash_keys(keys, x->rows) != x->hash;
 }
 
 /* ---- explicit drops and statistics ------------------------------------- */
@@ -608,7 +656,7 @@ bool kv_check(const kv_cache *kv, char *buf, size_t n)
     if (n_free != kv->n_free)
         return check_fail(buf, n, "free list has %d pages, counter says %d", n_free, kv->n_free);
 
-    int live = 0, in_use = 0, pinned = 0, pinned_pages = 0;
+    int live = 0, in_use = 0, pinned = 0, locked_pages = 0;
     for (int e = 0; e < kv->entry_cap; e++) {
         const kv_entry *x = &kv->entries[e];
         if (!x->live)
@@ -648,8 +696,11 @@ bool kv_check(const kv_cache *kv, char *buf, size_t n)
                 return check_fail(buf, n, "user %lld: pin slot %d does not point back to it", (long long)x->user,
                                   x->pin_slot);
             pinned++;
-            pinned_pages += len;
         }
+        if (x->holds < 0)
+            return check_fail(buf, n, "user %lld: hold count %d", (long long)x->user, x->holds);
+        if (locked(x))
+            locked_pages += len;
         if (!kv->in_batch) {
             if (x->pin_slot != KV_NONE)
                 return check_fail(buf, n, "user %lld is pinned outside a batch", (long long)x->user);
@@ -667,9 +718,9 @@ bool kv_check(const kv_cache *kv, char *buf, size_t n)
         return check_fail(buf, n, "%d live entries, counter says %d", live, kv->n_entries);
     if (in_use + n_free != kv->n_pages)
         return check_fail(buf, n, "%d pages in use + %d free != pool of %d", in_use, n_free, kv->n_pages);
-    if (pinned != kv->n_pinned || pinned_pages != kv->pinned_pages)
-        return check_fail(buf, n, "%d pinned entries with %d pages; counters say %d and %d", pinned,
-                          pinned_pages, kv->n_pinned, kv->pinned_pages);
+    if (pinned != kv->n_pinned || locked_pages != kv->locked_pages)
+        return check_fail(buf, n, "%d pinned entries, %d pages pinned or held; counters say %d and %d", pinned,
+                          locked_pages, kv->n_pinned, kv->locked_pages);
 
     int slots = 0;
     for (size_t i = 0; i <= kv->index_mask; i++) {

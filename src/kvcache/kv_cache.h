@@ -34,7 +34,10 @@ typedef struct kv_options {
     int k_width;         /* floats per K row (H*Dqk) */
     int v_width;         /* floats per V row (H*Dv) */
     size_t budget_bytes; /* pool = floor(budget / page_bytes) pages, >= 1, where
-                          * page_bytes = n_layers * P * (k_width + v_width) * 4 */
+                          * page_bytes = n_layers * P * (k_width + v_width) * elem_bytes */
+    int elem_bytes;      /* bytes per element: 4 (fp32, also when 0) or 2 (bf16) */
+    bool external_pool;  /* bookkeeping only: the pages live elsewhere (the GPU
+                          * pool of the CUDA backend); kv_page_ptr must not be called */
 } kv_options;
 
 typedef struct kv_stats {
@@ -52,6 +55,8 @@ hstu_status kv_create(const kv_options *o, kv_cache **out, hstu_error *err);
 void kv_destroy(kv_cache *kv);
 
 size_t kv_page_bytes(const kv_cache *kv);
+/* Elements per page: n_layers * P * (k_width + v_width). */
+size_t kv_page_elems(const kv_cache *kv);
 int kv_page_size(const kv_cache *kv);
 /* Base of page p, 0 <= p < pages_total (floats; consecutive pages are
  * page_bytes apart, the pool is 64-byte aligned). Row r of a user lives in
@@ -101,6 +106,18 @@ void kv_commit(kv_cache *kv, int64_t user, int rows, const uint64_t *keys);
  * reserved in this batch and never committed. Between batches every entry
  * holds rows >= 1. */
 void kv_end(kv_cache *kv);
+
+/* Holds keep an entry's pages from eviction across batches while a
+ * background copy (the host tier's offload) reads them; holds nest. Hold
+ * only committed entries; a held entry must not be dropped (kv_lookup's
+ * rewrite drop, kv_evict, kv_clear): release it first (the caller waits for
+ * the copy). kv_held says whether a user has holds. */
+void kv_hold(kv_cache *kv, int64_t user);
+void kv_release(kv_cache *kv, int64_t user);
+bool kv_held(const kv_cache *kv, int64_t user);
+/* True when kv_lookup with these keys would drop the user's entry (a
+ * rewrite); changes nothing. */
+bool kv_would_drop(const kv_cache *kv, int64_t user, const uint64_t *keys, int n);
 
 /* Explicit drops, pinned entries included (call them between batches); they
  * do not count as evictions, which are the LRU evictions of kv_reserve.

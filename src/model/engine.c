@@ -57,6 +57,13 @@ void hstu_engine_options_default(hstu_engine_options *o)
     o->cache_bytes = (size_t)1 << 30;
     o->max_batch_tokens = 0;
     o->threads = 0;
+    o->host_cache_bytes = 0;
+    o->chunk_tokens = 1024;
+    o->offload_queue = 64;
+    o->layerwise_onload = true;
+    o->cuda_graphs = true;
+    o->graph_max_tokens = 8192;
+    o->graph_max_batch = 64;
 }
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -71,6 +78,12 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         return hstu_fail(err, HSTU_ERR_ARG, "page size %d: must be in 1..65536", o->page_size);
     if (o->max_batch_tokens < 0 || o->threads < 0)
         return hstu_fail(err, HSTU_ERR_ARG, "max batch tokens and threads must not be negative");
+    bool host_tier = gpu && o->use_cache && o->host_cache_bytes > 0;
+    if (host_tier && (o->chunk_tokens < o->page_size || o->chunk_tokens % o->page_size))
+        return hstu_fail(err, HSTU_ERR_ARG, "chunk of %d tokens: must be a positive multiple of the page size %d",
+                         o->chunk_tokens, o->page_size);
+    if (host_tier && (o->offload_queue < 1 || o->offload_queue > 65536))
+        return hstu_fail(err, HSTU_ERR_ARG, "offload queue of %d chunks: must be in 1..65536", o->offload_queue);
     int user_max = hstu_config_max_user_tokens(cfg);
     int T = o->max_batch_tokens ? o->max_batch_tokens : (user_max > 16384 ? user_max : 16384);
     if (T < user_max)
@@ -110,6 +123,9 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         (size_t)T * sizeof(uint64_t), retr ? (size_t)T * sizeof(int64_t) : 0,
         (size_t)e->max_pages * sizeof(int), (size_t)e->max_pages * sizeof(float *),
         ENGINE_MAX_USERS * sizeof(user_plan), ENGINE_MAX_USERS * sizeof(attn_seq),
+        host_tier ? (size_t)e->max_pages * sizeof(cuda_onload) : 0,
+        host_tier ? ((size_t)T / (size_t)o->chunk_tokens + 1) * sizeof(int) : 0,
+        host_tier ? (size_t)o->offload_queue * sizeof(int64_t) : 0,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -127,34 +143,63 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         (void **)&e->x, (void **)&e->xn, (void **)&e->uvqk, (void **)&e->attn, (void **)&e->y,
         (void **)&e->head_a, (void **)&e->head_b, (void **)&e->topk_scratch, (void **)&e->users,
         (void **)&e->keys, (void **)&e->exclude, (void **)&e->page_idx, (void **)&e->page_ptr,
-        (void **)&e->plans, (void **)&e->seqs,
+        (void **)&e->plans, (void **)&e->seqs, (void **)&e->onload, (void **)&e->off_slots,
+        (void **)&e->done_users,
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         *slots[i] = sizes[i] ? p : NULL;
         p += align64(sizes[i]);
     }
 
-    if (gpu) {
-        /* The GPU KV cache is issue 4: until then the CUDA backend computes
-         * every request in full (e->opt.use_cache says so to callers). */
-        e->opt.use_cache = false;
-        hstu_status st = cuda_backend_create(m, T, ENGINE_MAX_USERS, &e->cuda, err);
-        if (st != HSTU_OK) {
-            free(e->arena);
-            free(e);
-            return st;
-        }
-    } else if (o->use_cache) {
+    hstu_status st = HSTU_OK;
+    if (o->use_cache) {
+        /* One cache design, two places for the pages: host memory (fp32) for
+         * the CPU backends, the GPU (bf16) for cuda, whose pool the backend
+         * allocates from the bookkeeping's page count. */
         kv_options ko = {
             .n_layers = cfg->n_layers, .page_size = o->page_size,
             .k_width = cfg->n_heads * cfg->d_qk, .v_width = vw, .budget_bytes = o->cache_bytes,
+            .elem_bytes = gpu ? 2 : 4, .external_pool = gpu,
         };
-        hstu_status st = kv_create(&ko, &e->kv, err);
-        if (st != HSTU_OK) {
-            free(e->arena);
-            free(e);
-            return st;
+        st = kv_create(&ko, &e->kv, err);
+    }
+    cuda_cache_desc cc = {0};
+    if (st == HSTU_OK && host_tier) {
+        size_t chunk_bytes = kv_page_bytes(e->kv) * (size_t)(o->chunk_tokens / o->page_size);
+        size_t slots = o->host_cache_bytes / chunk_bytes;
+        if (slots < 1 || slots > (size_t)(1 << 24))
+            st = hstu_fail(err, HSTU_ERR_ARG,
+                           "host cache of %zu bytes: must hold 1 to %d chunks of %zu bytes (%d tokens); raise "
+                           "--host-cache-mb or lower --chunk-tokens",
+                           o->host_cache_bytes, 1 << 24, chunk_bytes, o->chunk_tokens);
+        else {
+            ht_options ho = {.n_slots = (int)slots, .chunk_rows = o->chunk_tokens, .max_pending = o->offload_queue};
+            st = ht_create(&ho, &e->ht, err);
+            cc.host_slots = (int)slots;
+            cc.chunk_rows = o->chunk_tokens;
+            cc.max_pending = o->offload_queue;
         }
+    }
+    if (st == HSTU_OK && gpu) {
+        if (e->kv) {
+            kv_stats ks;
+            kv_get_stats(e->kv, &ks);
+            cc.n_pages = ks.pages_total;
+            cc.page_size = o->page_size;
+            cc.page_elems = kv_page_elems(e->kv);
+            cc.layerwise = o->layerwise_onload;
+        }
+        cc.graphs = o->cuda_graphs;
+        cc.graph_max_tokens = o->graph_max_tokens;
+        cc.graph_max_batch = o->graph_max_batch;
+        st = cuda_backend_create(m, T, ENGINE_MAX_USERS, e->max_pages, &cc, &e->cuda, err);
+    }
+    if (st != HSTU_OK) {
+        ht_destroy(e->ht);
+        kv_destroy(e->kv);
+        free(e->arena);
+        free(e);
+        return st;
     }
     e->stats.page_size = o->page_size;
     *out = e;
@@ -165,8 +210,9 @@ void hstu_engine_destroy(hstu_engine *e)
 {
     if (!e)
         return;
+    cuda_backend_destroy(e->cuda); /* waits for the offloads in flight */
+    ht_destroy(e->ht);
     kv_destroy(e->kv);
-    cuda_backend_destroy(e->cuda);
     free(e->arena);
     free(e);
 }
@@ -177,7 +223,7 @@ size_t hstu_engine_bytes(const hstu_engine *e)
     if (e->kv) {
         kv_stats ks;
         kv_get_stats(e->kv, &ks);
-        pool = (size_t)ks.pages_total * kv_page_bytes(e->kv);
+        pool = e->cuda ? 0 : (size_t)ks.pages_total * kv_page_bytes(e->kv); /* cuda counts its own */
     }
     return e->arena_bytes + pool + (e->cuda ? cuda_backend_bytes(e->cuda) : 0);
 }
@@ -236,13 +282,54 @@ static int user_tokens(const hstu_config *c, const hstu_request *r)
            (c->family == HSTU_FAMILY_RANKING ? r->n_candidates : 0);
 }
 
+/* Offloads that have landed: their host chunks become usable and their
+ * device pages evictable again. With wait, every offload in flight. */
+static void offload_reap(hstu_engine *e, bool wait)
+{
+    if (!e->ht)
+        return;
+    int n;
+    while ((n = cuda_offload_poll(e->cuda, e->done_users, e->opt.offload_queue, wait)) > 0)
+        for (int i = 0; i < n; i++) {
+            ht_offload_done(e->ht, e->done_users[i]);
+            kv_release(e->kv, e->done_users[i]);
+        }
+}
+
+/* After a committed forward: copy the newly completed chunks of each user
+ * to the host tier in the background (skipped, never waited for, when the
+ * queue is full). */
+static hstu_status offload_start(hstu_engine *e, user_plan *plans, int B, hstu_error *err)
+{
+    int P = e->opt.page_size, ppc = e->opt.chunk_tokens / P;
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        if (p->paged < e->opt.chunk_tokens)
+            continue;
+        int first, max = p->paged / e->opt.chunk_tokens;
+        int n = ht_offload_begin(e->ht, p->req->user_id, e->keys + p->key0, p->paged, &first, e->off_slots, max);
+        if (n == 0)
+            continue;
+        kv_hold(e->kv, p->req->user_id);
+        /* The chunks' pages: the user's pages from page first * ppc on. */
+        hstu_status st = cuda_offload_submit(e->cuda, p->req->user_id, e->page_idx + p->page0 + first * ppc,
+                                             e->off_slots, n, err);
+        if (st != HSTU_OK)
+            return st;
+    }
+    return HSTU_OK;
+}
+
 /* Plans users [0, B) against the cache and runs them. */
 static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits, hstu_error *err)
 {
     const hstu_config *cfg = &e->model->cfg;
     int key_off = 0;
+    offload_reap(e, false);
     if (e->kv)
         kv_begin(e->kv);
+    if (e->ht)
+        ht_begin(e->ht);
     for (int b = 0; b < B; b++) {
         user_plan *p = &plans[b];
         const hstu_request *r = p->req;
@@ -251,14 +338,23 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         p->cacheable = cfg->family == HSTU_FAMILY_RANKING ? p->hist : p->hist - 1;
         p->c = 0;
         p->paged = 0;
+        p->host = 0;
         p->key0 = key_off;
         if (!e->kv)
             continue;
         for (int i = 0; i < p->cacheable; i++)
             e->keys[key_off + i] = forward_row_key(cfg, r, i);
         key_off += p->cacheable;
+        /* A lookup may drop a rewritten entry, whose pages an offload may
+         * still be reading: let that offload land first (rare). */
+        if (e->ht && kv_held(e->kv, r->user_id) && kv_would_drop(e->kv, r->user_id, e->keys + p->key0, p->cacheable))
+            offload_reap(e, true);
         p->c = kv_lookup(e->kv, r->user_id, e->keys + p->key0, p->cacheable);
-        if (p->c > 0)
+        if (p->c == 0 && e->ht)
+            p->c = p->host = ht_lookup(e->ht, r->user_id, e->keys + p->key0, p->cacheable);
+        if (p->host > 0)
+            e->stats.host_hits++;
+        else if (p->c > 0)
             e->stats.device_hits++;
         else
             e->stats.misses++;
@@ -270,12 +366,16 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         if (kv_reserve(e->kv, p->req->user_id, p->cacheable))
             p->paged = p->cacheable;
         else {
-            p->paged = p->c; /* no room: reuse what is cached, add nothing */
+            /* No room: reuse what is on the device, add nothing. A host hit
+             * has no pages to land in: it is computed in full. */
+            if (p->host > 0)
+                p->c = p->host = 0;
+            p->paged = p->c;
             e->stats.degraded++;
         }
     }
     /* Page tables, after every reserve (a reserve may evict only unpinned users). */
-    int page_off = 0;
+    int page_off = 0, n_onload = 0;
     for (int b = 0; b < B; b++) {
         user_plan *p = &plans[b];
         p->page0 = page_off;
@@ -284,18 +384,31 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         int n = kv_pages(e->kv, p->req->user_id, e->page_idx + page_off, e->max_pages - page_off);
         HSTU_ASSERT(n <= e->max_pages - page_off);
         HSTU_ASSERT((int64_t)n * kv_page_size(e->kv) >= p->paged);
-        for (int i = 0; i < n; i++)
-            e->page_ptr[page_off + i] = kv_page_ptr(e->kv, e->page_idx[page_off + i]);
+        if (!e->cuda)
+            for (int i = 0; i < n; i++)
+                e->page_ptr[page_off + i] = kv_page_ptr(e->kv, e->page_idx[page_off + i]);
+        if (p->host > 0) {
+            /* The host chunks' pages land in the user's first pages. */
+            int C = e->opt.chunk_tokens, P = e->opt.page_size, ppc = C / P;
+            int chunks = ht_slots(e->ht, p->req->user_id, e->off_slots, p->host / C);
+            HSTU_ASSERT(chunks == p->host / C);
+            for (int k = 0; k < chunks; k++)
+                for (int j = 0; j < ppc; j++)
+                    e->onload[n_onload++] = (cuda_onload){.slot = e->off_slots[k], .j = j,
+                                                          .page = e->page_idx[page_off + k * ppc + j]};
+        }
         page_off += n;
     }
     hstu_status st = HSTU_OK;
-    if (e->cuda)
-        st = cuda_forward_run(e->cuda, plans, B, logits, err);
-    else
+    if (e->cuda) {
+        cuda_batch_cache kc = {.page_idx = e->page_idx, .n_page_idx = page_off, .onload = e->onload,
+                               .n_onload = n_onload};
+        st = cuda_forward_run(e->cuda, plans, B, logits, &kc, err);
+    } else
         forward_run(e, plans, B, logits);
     for (int b = 0; b < B && st == HSTU_OK; b++) {
         user_plan *p = &plans[b];
-        p->res->tier = p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
+        p->res->tier = p->host > 0 ? HSTU_TIER_HOST : p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
         p->res->cached_tokens = p->c;
         p->res->computed_tokens = p->hist - p->c + p->cand;
         e->stats.tokens_reused += (uint64_t)p->c;
@@ -303,6 +416,14 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         if (e->kv && p->paged > 0)
             kv_commit(e->kv, p->req->user_id, p->paged, e->keys + p->key0);
     }
+    /* A failed forward commits nothing: its users' new pages are dropped by
+     * kv_end (entries reserved in this batch) or trimmed back. A host hit's
+     * onload pages count as new rows of the batch: on failure the entry is
+     * dropped with them. */
+    if (st == HSTU_OK && e->ht)
+        st = offload_start(e, plans, B, err);
+    if (e->ht)
+        ht_end(e->ht);
     if (e->kv)
         kv_end(e->kv);
     return st;
@@ -352,6 +473,30 @@ hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hst
 void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
 {
     *s = e->stats;
+    if (e->ht) {
+        ht_stats hs;
+        ht_get_stats(e->ht, &hs);
+        s->host_rewrites = hs.rewrites;
+        s->host_evictions = hs.evictions;
+        s->offloads = hs.offloads;
+        s->offloads_skipped = hs.offloads_skipped;
+        s->host_chunks_total = hs.slots_total;
+        s->host_chunks_in_use = hs.slots_in_use;
+        s->host_users = hs.users;
+        s->chunk_bytes = kv_page_bytes(e->kv) * (size_t)(e->opt.chunk_tokens / e->opt.page_size);
+        s->host_bytes = (size_t)hs.slots_total * s->chunk_bytes;
+    }
+    if (e->cuda) {
+        cuda_cache_counters cc;
+        cuda_cache_get_counters(e->cuda, &cc);
+        s->onload_bytes = cc.onload_bytes;
+        s->offload_bytes = cc.offload_bytes;
+        s->onload_ms = cc.onload_ms;
+        s->offload_ms = cc.offload_ms;
+        s->graph_runs = cc.graph_runs;
+        s->graph_captures = cc.graph_captures;
+        s->eager_runs = cc.eager_runs;
+    }
     if (e->kv) {
         kv_stats ks;
         kv_get_stats(e->kv, &ks);
@@ -365,8 +510,24 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
     }
 }
 
+void engine_cache_set(hstu_engine *e, const hstu_request *r, int device_rows, int host_rows)
+{
+    if (!e->kv)
+        return;
+    offload_reap(e, true);
+    int n = device_rows > host_rows ? device_rows : host_rows;
+    for (int i = 0; i < n; i++)
+        e->keys[i] = forward_row_key(&e->model->cfg, r, i);
+    kv_commit(e->kv, r->user_id, device_rows, e->keys);
+    if (e->ht)
+        ht_trim(e->ht, r->user_id, host_rows, e->keys);
+}
+
 void hstu_engine_cache_clear(hstu_engine *e)
 {
+    offload_reap(e, true); /* nothing may read pages that are being dropped */
+    if (e->ht)
+        ht_clear(e->ht);
     if (e->kv)
         kv_clear(e->kv);
 }

@@ -11,6 +11,7 @@
 #include "hstu.h"
 #include "cuda/cuda_backend.h"
 #include "kernels/ops.h"
+#include "kvcache/host_tier.h"
 #include "kvcache/kv_cache.h"
 #include "model/model.h"
 
@@ -29,6 +30,7 @@ typedef struct user_plan {
     int q0;         /* first dense row of this user's computed rows */
     int key0;       /* offset of this user's row keys in the keys scratch */
     int page0;      /* offset of this user's page pointers */
+    int host;       /* rows brought up from the host tier in this call (0, or c on a host hit) */
 } user_plan;
 
 struct hstu_engine {
@@ -37,6 +39,7 @@ struct hstu_engine {
     const hstu_ops *ops;   /* CPU backends: the kernel table (NULL for cuda) */
     cuda_backend *cuda;    /* the CUDA backend (NULL for CPU backends) */
     kv_cache *kv;          /* NULL without cache */
+    host_tier *ht;         /* the host tier (CUDA backend with host_cache_bytes); NULL otherwise */
     int max_tokens;        /* workspace rows */
     int max_pages;         /* page pointers per sub-batch */
 
@@ -56,6 +59,9 @@ struct hstu_engine {
     float **page_ptr;      /* [max_pages] */
     user_plan *plans;      /* [ENGINE_MAX_USERS] */
     attn_seq *seqs;        /* [ENGINE_MAX_USERS] */
+    cuda_onload *onload;   /* [max_pages] host-hit pages of a sub-batch (host tier) */
+    int *off_slots;        /* [max chunks of one user] offload scratch */
+    int64_t *done_users;   /* [offload_queue] users whose offload landed */
     void *arena;
     size_t arena_bytes;
 
@@ -65,6 +71,12 @@ struct hstu_engine {
 /* Computes the sub-batch plans[0..B) (c, paged, q0, pages set) and writes
  * results. Allocates nothing. */
 void forward_run(hstu_engine *e, user_plan *plans, int B, bool logits);
+
+/* For benchmarks and tests, between runs: keep only the first device_rows
+ * cached rows of this request's user on the device and host_rows on the
+ * host (0 drops the entry; neither may exceed what is cached; the request
+ * gives the keys). Waits for the offloads in flight first. */
+void engine_cache_set(hstu_engine *e, const hstu_request *r, int device_rows, int host_rows);
 
 /* The key of one cacheable row (what its K/V depend on beyond earlier rows). */
 uint64_t forward_row_key(const hstu_config *cfg, const hstu_request *r, int row);

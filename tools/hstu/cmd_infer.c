@@ -26,12 +26,15 @@ static void usage(FILE *f)
             "          -> {\"user_id\":7,\"items\":[ids],\"scores\":[..]}\n"
             "  a bad line -> {\"error\":\"line N: what was wrong\"}; the others go on.\n"
             "\n"
-            "  --backend B      cpu (default, OpenBLAS + OpenMP) or ref (plain loops)\n"
+            "  --backend B      cpu (default, OpenBLAS + OpenMP), ref (plain loops) or cuda\n"
             "  --no-cache       recompute every request in full\n"
             "  --logits         ranking: logits instead of probabilities\n"
             "  --batch N        run up to N consecutive requests of distinct users together (1)\n"
             "  --page-size P    KV page size in tokens (32)\n"
             "  --cache-mb M     KV page pool budget in MiB (1024)\n"
+            "  --host-cache-mb M   cuda: host tier of pinned memory for offloaded K/V chunks (0: none)\n"
+            "  --chunk-tokens N    cuda: rows per host chunk, a multiple of the page size (1024)\n"
+            "  --no-graphs      cuda: run the layers eagerly, without CUDA graphs\n"
             "  --max-tokens T   workspace rows per batch (default: 16384 or one user at the maxima)\n"
             "  --threads N      threads (default: all cores)\n"
             "  --stats          print cache statistics to stderr at the end\n");
@@ -83,6 +86,8 @@ int cmd_infer(int argc, char **argv)
         {"page-size", required_argument, 0, 'P'},  {"cache-mb", required_argument, 0, 'C'},
         {"max-tokens", required_argument, 0, 'T'}, {"threads", required_argument, 0, 't'},
         {"stats", no_argument, 0, 's'},            {"help", no_argument, 0, 'h'},
+        {"host-cache-mb", required_argument, 0, 'H'}, {"chunk-tokens", required_argument, 0, 'K'},
+        {"no-graphs", no_argument, 0, 'G'},
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *req_path = NULL;
@@ -110,6 +115,9 @@ int cmd_infer(int argc, char **argv)
         case 'T': eo.max_batch_tokens = (int)cli_parse_long("--max-tokens", optarg, 1, 1L << 26); break;
         case 't': eo.threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
         case 's': stats = true; break;
+        case 'H': eo.host_cache_bytes = (size_t)cli_parse_long("--host-cache-mb", optarg, 0, 1L << 24) << 20; break;
+        case 'K': eo.chunk_tokens = (int)cli_parse_long("--chunk-tokens", optarg, 1, 1L << 20); break;
+        case 'G': eo.cuda_graphs = false; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -138,6 +146,17 @@ int cmd_infer(int argc, char **argv)
         hstu_engine_create(m, &eo, &e, &err) != HSTU_OK) {
         fprintf(stderr, "hstu infer: %s\n", err.msg);
         goto done;
+    }
+    if (eo.backend == HSTU_BACKEND_CUDA && eo.use_cache) {
+        /* the memory plan, at start (docs/kvcache.md) */
+        hstu_cache_stats s;
+        hstu_engine_cache_stats(e, &s);
+        fprintf(stderr,
+                "hstu infer: GPU KV cache %d pages of %d tokens (%.2f MiB each) = %.0f MiB; host tier %d chunks "
+                "(%.1f MiB each) = %.0f MiB pinned; CUDA graphs %s; engine holds %.0f MiB\n",
+                s.pages_total, s.page_size, s.page_bytes / 1048576.0, s.pool_bytes / 1048576.0, s.host_chunks_total,
+                s.chunk_bytes / 1048576.0, s.host_bytes / 1048576.0, eo.cuda_graphs ? "on" : "off",
+                hstu_engine_bytes(e) / 1048576.0);
     }
     const hstu_config *cfg = hstu_model_config(m);
     int n = 0;
@@ -185,6 +204,15 @@ int cmd_infer(int argc, char **argv)
                 (unsigned long long)s.rewrites, (unsigned long long)s.evictions,
                 (unsigned long long)s.degraded, (unsigned long long)s.tokens_reused,
                 (unsigned long long)s.tokens_computed, s.pages_in_use, s.pages_total);
+        if (eo.backend == HSTU_BACKEND_CUDA)
+            fprintf(stderr,
+                    "host tier: %llu hits, %llu offloads (%llu skipped), %.1f MiB onloaded in %.2f ms, %.1f MiB "
+                    "offloaded in %.2f ms; chunks %d/%d; CUDA graphs: %llu replays, %llu buckets, %llu eager\n",
+                    (unsigned long long)s.host_hits, (unsigned long long)s.offloads,
+                    (unsigned long long)s.offloads_skipped, s.onload_bytes / 1048576.0, s.onload_ms,
+                    s.offload_bytes / 1048576.0, s.offload_ms, s.host_chunks_in_use, s.host_chunks_total,
+                    (unsigned long long)s.graph_runs, (unsigned long long)s.graph_captures,
+                    (unsigned long long)s.eager_runs);
     }
     rc = 0;
 done:

@@ -1,0 +1,466 @@
+/* bench_cache_gpu.c - the GPU KV cache on the bench-8x1024 preset (issue 4).
+ *
+ * Three parts, each case the median of repeated hstu_engine_run calls
+ * (synchronous: staging, every launch, the copy back), timed with CUDA
+ * events, after warm-up; every user has 256 candidates:
+ *   1. block: batch 1 and 8, total history L = 1024, 2048, 4096 tokens, of
+ *      which 0, L/2, 3L/4, L-256, L-128 are cached on the GPU (NVIDIA's paged
+ *      HSTU benchmark). Before each timed call every user's cache is cut
+ *      back to the cached length (engine_cache_set), so each call computes
+ *      exactly the new rows. Useful TFLOP/s and the floor:
+ *      max(FLOPs / GEMM ceiling, bytes / copy ceiling), bytes = the weights
+ *      plus the cached K/V read once per layer.
+ *   2. tiers: where the prefix (L - 128 rows) lives: GPU hit, host hit with
+ *      the layer-wise overlap, host hit with every layer onloaded first, and
+ *      miss; batch 1 and 8; L = 1024 .. 8192. Host chunks of 128 rows here
+ *      so that the host holds the same prefix as the GPU. Beside each host
+ *      hit: the PCIe floor (bytes moved / the measured host-to-device rate).
+ *   3. end to end: users whose histories grow by 128 tokens (64
+ *      item/action pairs) per request from 256 to 4096 tokens, batch
+ *      1, 2, 4, 8, 16: the whole sequence of requests without cache and with
+ *      the cache; the speedup.
+ * Ceilings measured in the same process: bf16 GEMM 8192^3 (cuBLASLt), device
+ * copy (1 GiB), pinned host-to-device copy (256 MiB).
+ *
+ * Build: scripts/gpu_pack.sh. Usage: bench_cache_gpu [--iters N] [--quick]
+ */
+#include "hstu.h"
+#include "kernels/attention_cuda.h"
+#include "kernels/gemm_cuda.h"
+#include "model/engine.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CANDS 256
+#define MAX_B 16
+#define MAX_TOK 8192
+
+static void die(const char *what, const char *msg)
+{
+    fprintf(stderr, "bench_cache_gpu: %s: %s\n", what, msg);
+    exit(1);
+}
+
+static void cuda_ok(cudaError_t e, const char *what)
+{
+    if (e != cudaSuccess)
+        die(what, cudaGetErrorString(e));
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static float median(float *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_float);
+    return v[n / 2];
+}
+
+/* ---- ceilings ------------------------------------------------------------- */
+
+static void *dev_fill(size_t bytes)
+{
+    void *p = NULL;
+    cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc");
+    cuda_ok(cudaMemset(p, 0x3c, bytes), "cudaMemset"); /* bf16 1.15: finite, not zero */
+    return p;
+}
+
+typedef struct ceilings {
+    double gemm_tflops, copy_tbs, h2d_gbs;
+} ceilings;
+
+static ceilings measure_ceilings(void)
+{
+    ceilings c;
+    cudaEvent_t a, b;
+    cudaEventCreate(&a), cudaEventCreate(&b);
+    float t[10], ms;
+    gemm_cuda *g = NULL;
+    char why[256];
+    if (gemm_cuda_create((size_t)32 << 20, &g, why, sizeof why))
+        die("gemm_cuda_create", why);
+    int n = 8192;
+    void *A = dev_fill((size_t)n * n * 2), *B = dev_fill((size_t)n * n * 2), *C = dev_fill((size_t)n * n * 2);
+    for (int i = 0; i < 13; i++) {
+        cudaEventRecord(a, 0);
+        if (gemm_cuda_run(g, n, n, n, A, n, B, n, 0, 0.0f, C, 0, n, GEMM_EPI_NONE, NULL, 0, why, sizeof why))
+            die("gemm", why);
+        cudaEventRecord(b, 0);
+        cudaEventSynchronize(b);
+        cudaEventElapsedTime(&ms, a, b);
+        if (i >= 3)
+            t[i - 3] = ms;
+    }
+    c.gemm_tflops = 2.0 * n * n * (double)n / (median(t, 10) * 1e-3) / 1e12;
+    cudaFree(A), cudaFree(B), cudaFree(C);
+    gemm_cuda_destroy(g);
+    size_t cb = (size_t)1 << 29;
+    void *src = dev_fill(cb), *dst = dev_fill(cb);
+    for (int i = 0; i < 13; i++) {
+        cudaEventRecord(a, 0);
+        cudaMemcpyAsync(dst, src, cb, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(b, 0);
+        cudaEventSynchronize(b);
+        cudaEventElapsedTime(&ms, a, b);
+        if (i >= 3)
+            t[i - 3] = ms;
+    }
+    c.copy_tbs = 2.0 * cb / (median(t, 10) * 1e-3) / 1e12;
+    void *h = NULL;
+    size_t hb = (size_t)256 << 20;
+    cuda_ok(cudaMallocHost(&h, hb), "cudaMallocHost");
+    memset(h, 1, hb);
+    for (int i = 0; i < 8; i++) {
+        cudaEventRecord(a, 0);
+        cudaMemcpyAsync(dst, h, hb, cudaMemcpyHostToDevice, 0);
+        cudaEventRecord(b, 0);
+        cudaEventSynchronize(b);
+        cudaEventElapsedTime(&ms, a, b);
+        if (i >= 3)
+            t[i - 3] = ms;
+    }
+    c.h2d_gbs = hb / (median(t, 5) * 1e-3) / 1e9;
+    cudaFreeHost(h), cudaFree(src), cudaFree(dst);
+    cudaEventDestroy(a), cudaEventDestroy(b);
+    return c;
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static int64_t g_items[MAX_B][MAX_TOK / 2], g_actions[MAX_B][MAX_TOK / 2], g_cands[CANDS];
+static float g_scores[MAX_B][CANDS * 16];
+
+static void make_histories(const hstu_config *cfg)
+{
+    uint64_t r = 12345;
+    for (int b = 0; b < MAX_B; b++)
+        for (int i = 0; i < MAX_TOK / 2; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            g_items[b][i] = (int64_t)((r >> 33) % (uint64_t)cfg->item_rows);
+            g_actions[b][i] = (int64_t)((r >> 20) % (uint64_t)cfg->action_rows);
+        }
+    for (int i = 0; i < CANDS; i++)
+        g_cands[i] = (int64_t)((i * 7919 + 13) % cfg->item_rows);
+}
+
+/* B users (ids base + b) with `tokens` history tokens each. */
+static void make_batch(hstu_request *q, hstu_result *res, int B, int tokens, int64_t base)
+{
+    for (int b = 0; b < B; b++) {
+        q[b] = (hstu_request){.user_id = base + b, .n_items = tokens / 2, .items = g_items[b],
+                              .actions = g_actions[b], .n_candidates = CANDS, .candidates = g_cands};
+        memset(&res[b], 0, sizeof res[b]);
+        res[b].scores = g_scores[b];
+    }
+}
+
+static float timed_run(hstu_engine *e, const hstu_request *q, hstu_result *res, int B)
+{
+    static cudaEvent_t a, b;
+    if (!a)
+        cudaEventCreate(&a), cudaEventCreate(&b);
+    hstu_error err = {0};
+    cudaEventRecord(a, 0);
+    if (hstu_engine_run(e, q, B, res, false, &err) != HSTU_OK)
+        die("hstu_engine_run", err.msg);
+    cudaEventRecord(b, 0);
+    cudaEventSynchronize(b);
+    float ms;
+    cudaEventElapsedTime(&ms, a, b);
+    return ms;
+}
+
+static bool g_graphs = true; /* CUDA graphs in the engines make_engine creates */
+
+static hstu_engine *make_engine(const hstu_model *m, int max_tok, size_t cache, size_t host, int chunk, bool lw)
+{
+    hstu_engine_options o;
+    hstu_engine_options_default(&o);
+    o.backend = HSTU_BACKEND_CUDA;
+    o.use_cache = cache > 0;
+    o.cache_bytes = cache;
+    o.host_cache_bytes = host;
+    o.chunk_tokens = chunk;
+    o.offload_queue = 4096;
+    o.layerwise_onload = lw;
+    o.max_batch_tokens = max_tok;
+    o.cuda_graphs = g_graphs;
+    hstu_engine *e = NULL;
+    hstu_error err = {0};
+    if (hstu_engine_create(m, &o, &e, &err) != HSTU_OK)
+        die("engine", err.msg);
+    return e;
+}
+
+/* Useful FLOPs of a forward computing rows [c, L) + CANDS per user. */
+static double flops_of(const hstu_config *cfg, int B, int L, int c)
+{
+    int d = cfg->d_model, W = hstu_config_uvqk_width(cfg), vw = cfg->n_heads * cfg->d_v;
+    double rows = (double)(L - c + CANDS);
+    double pairs = 0.5 * ((double)L * (L + 1) - (double)c * (c + 1)) + (double)CANDS * (L + 1);
+    double per_layer = rows * (2.0 * d * W + 2.0 * vw * d) + pairs * cfg->n_heads * 2.0 * (cfg->d_qk + cfg->d_v);
+    return B * (cfg->n_layers * per_layer + CANDS * 2.0 * (d * cfg->hidden[0] + cfg->hidden[0] * cfg->n_tasks));
+}
+
+int main(int argc, char **argv)
+{
+    int iters = 15;
+    bool quick = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--iters") && i + 1 < argc)
+            iters = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            quick = true;
+        else {
+            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick]\n");
+            return 2;
+        }
+    }
+    if (iters < 3)
+        iters = 3;
+    hstu_error err = {0};
+    hstu_config cfg;
+    if (hstu_config_preset("bench-8x1024", &cfg, &err) != HSTU_OK)
+        die("preset", err.msg);
+    cfg.max_history = MAX_TOK / 2; /* up to 8192 tokens for the tier part */
+    cfg.max_positions = MAX_TOK + 1;
+    int d = cfg.d_model, W = hstu_config_uvqk_width(&cfg), vw = cfg.n_heads * cfg.d_v;
+    int kw = cfg.n_heads * cfg.d_qk;
+    hstu_model *m = NULL;
+    if (hstu_model_create_random(&cfg, 1, &m, &err) != HSTU_OK)
+        die("model", err.msg);
+    make_histories(&cfg);
+    struct cudaDeviceProp prop;
+    cuda_ok(cudaGetDeviceProperties(&prop, 0), "device properties");
+    ceilings ce = measure_ceilings();
+    printf("device: %s, %d SMs; ceilings: bf16 GEMM %.0f TFLOP/s, device copy %.2f TB/s, pinned host->device "
+           "%.1f GB/s\n",
+           prop.name, prop.multiProcessorCount, ce.gemm_tflops, ce.copy_tbs, ce.h2d_gbs);
+    double weight_bytes = cfg.n_layers * 2.0 * ((double)d * W + (double)vw * d);
+    double kv_row_bytes = cfg.n_layers * 2.0 * (kw + vw); /* one row's K and V, every layer */
+    static hstu_request q[MAX_B];
+    static hstu_result res[MAX_B];
+    float t[64];
+
+    /* 0. the attention alone: cached keys from pages vs the same keys dense */
+    printf("\n0. attention alone, one layer (batch 8, hist 4096, 256 candidates): cached keys from pages vs dense\n");
+    {
+        const int B = 8, hist = 4096, H = cfg.n_heads, D = cfg.d_qk, P = 32, rows_u = hist + CANDS;
+        size_t page_elems = (size_t)cfg.n_layers * P * (kw + vw), n_pages = (size_t)B * (hist / P);
+        void *qkv = dev_fill((size_t)B * rows_u * W * 2), *pool = dev_fill(n_pages * page_elems * 2);
+        void *out = dev_fill((size_t)B * rows_u * vw * 2);
+        float *acc = NULL;
+        cuda_ok(cudaMalloc((void **)&acc, (size_t)B * rows_u * vw * 4), "cudaMalloc");
+        int *pt = malloc(sizeof(int) * n_pages), *d_pt = NULL;
+        for (size_t i = 0; i < n_pages; i++)
+            pt[i] = (int)((i * 7919) % n_pages); /* scattered */
+        cuda_ok(cudaMalloc((void **)&d_pt, sizeof(int) * n_pages), "cudaMalloc");
+        cudaMemcpy(d_pt, pt, sizeof(int) * n_pages, cudaMemcpyHostToDevice);
+        attn_cuda_seq *d_seqs = NULL, hs[8];
+        cuda_ok(cudaMalloc((void **)&d_seqs, sizeof hs), "cudaMalloc");
+        cudaEvent_t a, b;
+        cudaEventCreate(&a), cudaEventCreate(&b);
+        int cs[3] = {2048, 3840, 3968};
+        int *d_pt_seq = NULL;
+        for (size_t i = 0; i < n_pages; i++)
+            pt[i] = (int)i;
+        cuda_ok(cudaMalloc((void **)&d_pt_seq, sizeof(int) * n_pages), "cudaMalloc");
+        cudaMemcpy(d_pt_seq, pt, sizeof(int) * n_pages, cudaMemcpyHostToDevice);
+        /* variants: 3 scattered pages of all layers, 2 consecutive pages,
+         * 1 scattered pages of one layer each (layer-major pool), 0 dense */
+        static const char *vname[4] = {"dense", "paged, layer-major", "paged, in order", "paged"};
+        for (int ci = 0; ci < 3; ci++)
+            for (int var = 3; var >= 0; var--) {
+                int c = cs[ci], paged = var > 0;
+                for (int u = 0; u < B; u++)
+                    hs[u] = (attn_cuda_seq){.c = c, .hist = hist, .cand = CANDS, .paged = paged ? c : 0,
+                                            .q0 = u * rows_u + (paged ? 0 : c), .page0 = u * (hist / P)};
+                cudaMemcpy(d_seqs, hs, sizeof hs, cudaMemcpyHostToDevice);
+                attn_cuda_params ap = {.B = B, .H = H, .Dqk = D, .Dv = cfg.d_v, .seqs = d_seqs,
+                                       .max_rows = hist - c + CANDS, .q = (char *)qkv + 2 * vw * 2,
+                                       .k = (char *)qkv + (2 * vw + kw) * 2, .v = (char *)qkv + vw * 2, .ld_qkv = W,
+                                       .pages = pool, .page_table = var == 2 ? d_pt_seq : d_pt, .page_size = P,
+                                       .page_elems = var == 1 ? (size_t)P * (kw + vw) : page_elems,
+                                       .k_off = var == 1 ? 0 : 3 * (size_t)P * (kw + vw),
+                                       .v_off = (var == 1 ? 0 : 3 * (size_t)P * (kw + vw)) + P * kw,
+                                       .alpha = cfg.alpha, .N = cfg.attn_scale_len, .out = out, .ld_out = vw,
+                                       .acc = acc, .acc_rows = B * rows_u, .max_keys = rows_u};
+                for (int it = 0; it < iters + 2; it++) {
+                    cudaEventRecord(a, 0);
+                    if (attn_fwd_cuda(&ap, 0))
+                        die("attention", "launch failed");
+                    cudaEventRecord(b, 0);
+                    cudaEventSynchronize(b);
+                    float ms;
+                    cudaEventElapsedTime(&ms, a, b);
+                    if (it >= 2)
+                        t[it - 2] = ms;
+                }
+                float ms = median(t, iters);
+                double pairs = 0.5 * ((double)hist * (hist + 1) - (double)c * (c + 1)) + (double)CANDS * (hist + 1);
+                double fl = B * pairs * H * 2.0 * (cfg.d_qk + cfg.d_v);
+                printf("  cached %4d, keys %-20s %8.3f ms %7.0f TFLOP/s (splits %d)\n", c, vname[var],
+                       ms, fl / (ms * 1e-3) / 1e12, attn_cuda_splits(&ap));
+            }
+        cudaFree(qkv), cudaFree(pool), cudaFree(out), cudaFree(acc), cudaFree(d_pt), cudaFree(d_seqs);
+        cudaFree(d_pt_seq);
+        free(pt);
+    }
+
+    /* 1. block ---------------------------------------------------------------- */
+    printf("\n1. HSTU block, GPU-resident cache (bench-8x1024, %d candidates per user)\n", CANDS);
+    printf("%-5s %6s %7s %8s %9s %8s %8s %8s %7s %10s\n", "batch", "hist", "cached", "computed", "median_ms", "TFLOP/s",
+           "floor_ms", "floor%", "vs c=0", "no_graph");
+    {
+        size_t cache = (size_t)(8 * (4096 + 64) / 32 + 16) * (size_t)(kv_row_bytes * 32);
+        hstu_engine *e = make_engine(m, 8 * (4096 + CANDS), cache, 0, 1024, true);
+        g_graphs = false;
+        hstu_engine *eg = make_engine(m, 8 * (4096 + CANDS), cache, 0, 1024, true);
+        g_graphs = true;
+        int bs[2] = {1, 8}, Ls[3] = {1024, 2048, 4096};
+        for (int bi = 0; bi < 2; bi++)
+            for (int li = quick ? 2 : 0; li < 3; li++) {
+                int B = bs[bi], L = Ls[li];
+                int cs[5] = {0, L / 2, 3 * L / 4, L - 256, L - 128};
+                float base = 0, ng = 0;
+                make_batch(q, res, B, L, 100 * (bi * 3 + li));
+                timed_run(e, q, res, B); /* the cache now holds every user's L rows */
+                timed_run(eg, q, res, B);
+                for (int ci = 0; ci < 5; ci++) {
+                    int c = cs[ci];
+                    for (int k = 1; k >= 0; k--) {
+                        hstu_engine *x = k ? eg : e;
+                        for (int it = 0; it < iters + 2; it++) {
+                            for (int b = 0; b < B; b++)
+                                engine_cache_set(x, &q[b], c, 0);
+                            float ms = timed_run(x, q, res, B);
+                            if (it >= 2)
+                                t[it - 2] = ms;
+                        }
+                        if (k)
+                            ng = median(t, iters);
+                    }
+                    float ms = median(t, iters);
+                    if (ci == 0)
+                        base = ms;
+                    double fl = flops_of(&cfg, B, L, c);
+                    double bytes = weight_bytes + B * (double)c * kv_row_bytes;
+                    double floor_ms = fmax(fl / (ce.gemm_tflops * 1e12), bytes / (ce.copy_tbs * 1e12)) * 1e3;
+                    printf("%-5d %6d %7d %8d %9.3f %8.1f %8.3f %7.0f%% %6.2fx %10.3f\n", B, L, c, B * (L - c + CANDS),
+                           ms, fl / (ms * 1e-3) / 1e12, floor_ms, 100 * floor_ms / ms, base / ms, ng);
+                    fflush(stdout);
+                }
+            }
+        hstu_engine_destroy(e);
+        hstu_engine_destroy(eg);
+    }
+    printf("targets (issue, H100): batch 8 at 4096 with 3968 cached <= 2.5 ms, batch 1 <= 0.5 ms; NVIDIA (L20): "
+           "2.7 / 9.3 ms; Meta cached_forward (H100): 21 / 16.3 ms\n");
+
+    /* 2. tiers ---------------------------------------------------------------- */
+    printf("\n2. where the prefix lives (L - 128 rows cached; host chunks of 128 rows)\n");
+    printf("%-5s %6s %10s %10s %10s %10s %10s %10s %9s\n", "batch", "hist", "gpu_ms", "host_ms", "host_all_ms",
+           "miss_ms", "host/gpu", "pcie_ms", "onload_GB");
+    {
+        int Ls[4] = {1024, 2048, 4096, 8192};
+        int maxL = quick ? 4096 : 8192;
+        size_t per_user = (size_t)(maxL / 32 + 2) * (size_t)(kv_row_bytes * 32);
+        hstu_engine *lw = make_engine(m, 8 * (maxL + CANDS), per_user * 8, per_user * 8, 128, true);
+        hstu_engine *al = make_engine(m, 8 * (maxL + CANDS), per_user * 8, per_user * 8, 128, false);
+        int bs[2] = {1, 8};
+        for (int bi = 0; bi < 2; bi++)
+            for (int li = 0; li < 4 && Ls[li] <= maxL; li++) {
+                int B = bs[bi], L = Ls[li], c = L - 128;
+                float r[4];
+                hstu_cache_stats s0, s1;
+                hstu_engine_cache_stats(lw, &s0);
+                for (int kind = 0; kind < 4; kind++) {
+                    hstu_engine *e = kind == 2 ? al : lw;
+                    make_batch(q, res, B, L, 10000 + 100 * (bi * 4 + li) + (kind == 2 ? 50 : 0));
+                    /* prime: prefix on the device and (after its offload) the host */
+                    for (int b = 0; b < B; b++)
+                        q[b].n_items = c / 2;
+                    timed_run(e, q, res, B);
+                    for (int b = 0; b < B; b++)
+                        q[b].n_items = L / 2;
+                    for (int it = 0; it < iters + 2; it++) {
+                        for (int b = 0; b < B; b++)
+                            engine_cache_set(e, &q[b], kind == 0 ? c : 0, kind == 3 ? 0 : c);
+                        float ms = timed_run(e, q, res, B);
+                        if (it >= 2)
+                            t[it - 2] = ms;
+                    }
+                    r[kind] = median(t, iters);
+                    if (kind == 1)
+                        hstu_engine_cache_stats(lw, &s1);
+                    for (int b = 0; b < B; b++)
+                        engine_cache_set(e, &q[b], 0, 0);
+                }
+                double moved = (s1.onload_bytes - s0.onload_bytes) / (double)(iters + 2);
+                printf("%-5d %6d %10.3f %10.3f %10.3f %10.3f %9.2fx %10.3f %9.3f\n", B, L, r[0], r[1], r[2], r[3],
+                       r[1] / r[0], moved / (ce.h2d_gbs * 1e9) * 1e3, moved / 1e9);
+                fflush(stdout);
+            }
+        hstu_cache_stats cs;
+        hstu_engine_cache_stats(lw, &cs);
+        printf("layer-wise engine: %.2f GB onloaded in %.1f ms of copy time (%.1f GB/s), %.2f GB offloaded in %.1f ms "
+               "(%.1f GB/s), %llu offloads skipped\n",
+               cs.onload_bytes / 1e9, cs.onload_ms, cs.onload_bytes / 1e6 / (cs.onload_ms + 1e-9),
+               cs.offload_bytes / 1e9, cs.offload_ms, cs.offload_bytes / 1e6 / (cs.offload_ms + 1e-9),
+               (unsigned long long)cs.offloads_skipped);
+        hstu_engine_destroy(lw);
+        hstu_engine_destroy(al);
+    }
+    printf("target (issue): host hit <= 1.3x GPU hit at 4096 (NVIDIA FlexKV: 1.26x at 4K, 1.5x at 8K)\n");
+
+    /* 3. end to end -------------------------------------------------------- */
+    printf("\n3. end to end: histories grow by 128 tokens per request, 256 -> 4096 (31 requests per user)\n");
+    printf("%-5s %12s %12s %14s %9s %9s %12s\n", "batch", "nocache_ms", "cache_ms", "cache+graph_ms", "cache_x",
+           "c+g_x", "ms/request");
+    {
+        size_t per_user = (size_t)(4096 / 32 + 2) * (size_t)(kv_row_bytes * 32);
+        g_graphs = false;
+        hstu_engine *nc = make_engine(m, 16 * (4096 + CANDS), 0, 0, 1024, true);
+        hstu_engine *ca = make_engine(m, 16 * (4096 + CANDS), per_user * 16, 0, 1024, true);
+        g_graphs = true;
+        hstu_engine *cg = make_engine(m, 16 * (4096 + CANDS), per_user * 16, 0, 1024, true);
+        int bs[5] = {1, 2, 4, 8, 16};
+        for (int bi = 0; bi < 5; bi++) {
+            int B = bs[bi];
+            float tot[3] = {0, 0, 0};
+            int reps = quick ? 1 : 3;
+            float runs[3][3];
+            for (int rep = 0; rep < reps; rep++)
+                for (int k = 0; k < 3; k++) {
+                    hstu_engine *e = k == 2 ? cg : k ? ca : nc;
+                    hstu_engine_cache_clear(e);
+                    float sum = 0;
+                    int64_t base = 100000 + 1000 * bi + 100 * rep;
+                    for (int L = 256; L <= 4096; L += 128) {
+                        make_batch(q, res, B, L, base);
+                        sum += timed_run(e, q, res, B);
+                    }
+                    runs[k][rep] = sum;
+                }
+            for (int k = 0; k < 3; k++)
+                tot[k] = median(runs[k], reps);
+            printf("%-5d %12.1f %12.1f %14.1f %8.2fx %8.2fx %12.3f\n", B, tot[0], tot[1], tot[2], tot[0] / tot[1],
+                   tot[0] / tot[2], tot[2] / 31.0);
+            fflush(stdout);
+        }
+        hstu_engine_destroy(nc);
+        hstu_engine_destroy(ca);
+        hstu_engine_destroy(cg);
+    }
+    printf("target (issue): cache + graphs >= 3x over no cache (NVIDIA, L20: 1.3x - 2.7x)\n");
+    hstu_model_destroy(m);
+    return 0;
+}

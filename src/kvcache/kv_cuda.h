@@ -1,0 +1,50 @@
+/* kv_cuda.h - the GPU KV cache's data movement (spec/kvcache.md): the append
+ * of new history rows' K/V into their pages, and the page-block copies of
+ * the host tier (onload: host chunk -> device pages; offload: the reverse).
+ *
+ * Page layout (kv_cache.h), in bf16 elements: page p at pool + p *
+ * page_elems; layer l's block at + l * P * (kw + vw): P rows of K (kw wide)
+ * then P rows of V (vw wide). The K|V block of one layer of one page is
+ * therefore contiguous (blk = P * (kw + vw) elements), and the host tier
+ * stores chunks as [layer][page of chunk][blk], so every copy is a whole
+ * block. Host memory is pinned and mapped (cudaMallocHost under unified
+ * addressing): the copy kernels read or write it directly over PCIe, which
+ * lets one launch move any number of scattered pages.
+ *
+ * Each call launches on `stream` and returns a cudaError_t (0 = launched).
+ */
+#ifndef HSTU_KVCACHE_KV_CUDA_H
+#define HSTU_KVCACHE_KV_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One block copy: byte addresses of layer 0's block on each side. */
+typedef struct kv_copy {
+    uint64_t src, dst;
+} kv_copy;
+
+/* For i < n and layer l in [l0, l0 + nl): copies `bytes` (a multiple of 16,
+ * 16-byte aligned addresses) from copies[i].src + l * src_lstride to
+ * copies[i].dst + l * dst_lstride. copies is device-readable. */
+int kv_copy_cuda(const kv_copy *copies, int n, size_t bytes, size_t src_lstride, size_t dst_lstride, int l0,
+                 int nl, void *stream);
+
+/* The append of one layer: for i < n, row rows[i] of the uvqk activations
+ * (bf16, stride ld; v at column v_col, k at column k_col) goes to page
+ * slots[i] / P, slot slots[i] % P: K (kw elements) at pool + page *
+ * page_elems + k_off + slot * kw, V (vw) at ... + v_off + slot * vw.
+ * kw and vw multiples of 8; every address 16-byte aligned. Entries with
+ * slots[i] < 0 are skipped (padding). */
+int kv_append_cuda(int n, const int *rows, const int64_t *slots, const uint16_t *uvqk, int ld, int k_col, int v_col,
+                   int kw, int vw, uint16_t *pool, size_t page_elems, int P, size_t k_off, size_t v_off,
+                   void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
