@@ -258,7 +258,7 @@ int main(int argc, char **argv)
         void *qkv = dev_fill((size_t)B * rows_u * W * 2), *pool = dev_fill(n_pages * page_elems * 2);
         void *out = dev_fill((size_t)B * rows_u * vw * 2);
         float *acc = NULL;
-        cuda_ok(cudaMalloc((void **)&acc, (size_t)B * rows_u * vw * 4), "cudaMalloc");
+        cuda_ok(cudaMalloc((void **)&acc, (size_t)16 * B * rows_u * vw * 4), "cudaMalloc");
         int *pt = malloc(sizeof(int) * n_pages), *d_pt = NULL;
         for (size_t i = 0; i < n_pages; i++)
             pt[i] = (int)((i * 7919) % n_pages); /* scattered */
@@ -292,7 +292,8 @@ int main(int argc, char **argv)
                                        .k_off = var == 1 ? 0 : 3 * (size_t)P * (kw + vw),
                                        .v_off = (var == 1 ? 0 : 3 * (size_t)P * (kw + vw)) + P * kw,
                                        .alpha = cfg.alpha, .N = cfg.attn_scale_len, .out = out, .ld_out = vw,
-                                       .acc = acc, .acc_rows = B * rows_u, .max_keys = rows_u};
+                                       .acc = acc, .acc_cap = (size_t)16 * B * rows_u * vw, .acc_rows = B * rows_u,
+                                       .max_keys = rows_u};
                 for (int it = 0; it < iters + 2; it++) {
                     cudaEventRecord(a, 0);
                     if (attn_fwd_cuda(&ap, 0))

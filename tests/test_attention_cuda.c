@@ -483,9 +483,10 @@ static bool gpu_init(gpu_problem *g, const problem *pb)
     c->out = g->d_out;
     c->ld_out = p->ld_out;
     if (g_split) {
-        if (!CUDA_OK(cudaMalloc((void **)&g->d_acc, pb->rows * p->ld_out * sizeof(float))))
+        if (!CUDA_OK(cudaMalloc((void **)&g->d_acc, 16 * pb->rows * p->ld_out * sizeof(float))))
             goto fail;
         c->acc = g->d_acc;
+        c->acc_cap = 16 * pb->rows * p->ld_out;
         c->acc_rows = (int)pb->rows;
         for (int b = 0; b < pb->cs.nseq; b++)
             if (pb->cseqs[b].hist + pb->cseqs[b].cand > c->max_keys)

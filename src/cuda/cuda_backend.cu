@@ -94,7 +94,8 @@ struct cuda_backend {
     bf16_t *d_uvqk;       /* [T, W] u|v|q|k */
     bf16_t *d_attn;       /* [T, vw] */
     bf16_t *d_y;          /* [T, vw] SiLU(u) * LN(attn) */
-    float *d_acc;         /* [T, vw] the attention's split-KV sums (attention_cuda.h) */
+    float *d_acc;         /* [acc_cap] the attention's split-KV parts (attention_cuda.h) */
+    size_t acc_cap;       /* 16 splits of the rows that can need splitting (below) */
     bf16_t *d_mlp_a, *d_mlp_b;   /* [T, head_w8] ranking MLP ping-pong */
     float *d_logits;      /* [T, n_tasks8] */
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
@@ -253,7 +254,7 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_uvqk = (bf16_t *)carve(c, T * W * 2);
     cb->d_attn = (bf16_t *)carve(c, T * vw * 2);
     cb->d_y = (bf16_t *)carve(c, T * vw * 2);
-    cb->d_acc = (float *)carve(c, T * vw * 4);
+    cb->d_acc = (float *)carve(c, cb->acc_cap * 4);
     cb->d_mlp_a = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_mlp_b = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
@@ -678,6 +679,17 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
             cb->topk_cap = 1;
     }
     cb->stage_cap = stage_capacity((size_t)max_tokens, (size_t)max_users, (size_t)max_pages);
+    {
+        /* Split-KV happens only while the batch's row blocks x heads are
+         * fewer than the SMs: at most n_sm * 128 / H rows (+ a block of slack
+         * per user is covered by the factor 2), 16 parts each. */
+        int n_sm = 132;
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0);
+        size_t rows = (size_t)n_sm * 128 * 2 / (size_t)cfg->n_heads;
+        if (rows > (size_t)max_tokens)
+            rows = (size_t)max_tokens;
+        cb->acc_cap = 16 * rows * (size_t)vw;
+    }
     stage_fixed(cb);
     cb->layers = (layer_dev *)calloc((size_t)cfg->n_layers, sizeof *cb->layers);
     if (!cb->layers) {
@@ -1204,8 +1216,10 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     ap.seqs = (const attn_cuda_seq *)DEV(cb, sg.seqs);
     ap.max_rows = max_rows;
     ap.acc = cb->d_acc;
-    ap.acc_rows = T;
+    ap.acc_cap = cb->acc_cap;
+    ap.acc_rows = Bg > 0 ? Tg : T; /* a graph's slices are laid out for its bucket */
     ap.max_keys = max_keys;
+    ap.ld_out = cb->vw; /* (layer_forward sets it too; attn_cuda_splits reads it) */
     ap.page_size = cb->d_pool ? P : 1;
     if (cb->d_pool && sg.page_table) {
         ap.pages = cb->d_pool;

@@ -467,18 +467,18 @@ __device__ __forceinline__ void store_o(const float *o, const attn_cuda_params &
                                         int t4)
 {
     const float inv_n = 1.0f / (float)p.N;
-    if (gridDim.z > 1) { /* split-KV: partial sums add up in fp32 */
-        float *acc = p.acc + (size_t)(k.s.q0 + k.r0) * p.ld_out + (size_t)k.h * p.Dv;
+    if (gridDim.z > 1) { /* split-KV: this split's part, in its own slice */
+        float *acc = p.acc + (size_t)blockIdx.z * p.acc_rows * p.ld_out + (size_t)(k.s.q0 + k.r0) * p.ld_out +
+                     (size_t)k.h * p.Dv;
 #pragma unroll
         for (int j = 0; j < NB; j++) {
             const int col = 8 * j + 2 * t4;
             if (col < p.Dv) {
 #pragma unroll
                 for (int r = 0; r < 2; r++)
-                    if (lr[r] < k.nr) {
-                        atomicAdd(acc + (size_t)lr[r] * p.ld_out + col, o[4 * j + 2 * r] * inv_n);
-                        atomicAdd(acc + (size_t)lr[r] * p.ld_out + col + 1, o[4 * j + 2 * r + 1] * inv_n);
-                    }
+                    if (lr[r] < k.nr)
+                        *reinterpret_cast<float2 *>(acc + (size_t)lr[r] * p.ld_out + col) =
+                            make_float2(o[4 * j + 2 * r] * inv_n, o[4 * j + 2 * r + 1] * inv_n);
             }
         }
         return;
@@ -1033,15 +1033,29 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
     store_o<D / 8>(o, p, k, lr, t4);
 }
 
-/* out[r, c] = bf16(acc[r, c]) for c < width and the rows of sequence
- * blockIdx.y: the split-KV sums, rounded (no other row is written). */
-__global__ void acc_to_bf16_kernel(const attn_cuda_seq *seqs, const float *acc, bf16 *out, int width, int ld)
+/* out[r, c] = bf16(sum of the split parts of acc[., r, c]) for c < width
+ * and the rows of sequence blockIdx.y; a split that had no key tile of the
+ * row's block (blk_init's count) wrote nothing and is left out. */
+__global__ void acc_to_bf16_kernel(const attn_cuda_seq *seqs, const float *acc, bf16 *out, int width, int ld,
+                                   int acc_rows, int S)
 {
     const attn_cuda_seq s = seqs[blockIdx.y];
-    const size_t n = (size_t)(s.hist - s.c + s.cand) * (width / 2);
+    const int rows = s.hist - s.c + s.cand;
+    const size_t n = (size_t)rows * (width / 2), slice = (size_t)acc_rows * ld;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const size_t r = s.q0 + i / (width / 2), c = 2 * (i % (width / 2));
-        const float2 v = *reinterpret_cast<const float2 *>(acc + r * ld + c);
+        const int ri = (int)(i / (width / 2));
+        const size_t r = s.q0 + ri, c = 2 * (i % (width / 2));
+        /* the tiles of ri's row block, as blk_init counts them */
+        const int r0 = ri / BM * BM, nr = min(BM, rows - r0);
+        const int qv0 = s.c + r0, qv1 = qv0 + nr - 1, hist_end = min(s.hist, qv1 + 1);
+        const int nh = (hist_end + BN - 1) / BN, cand_lo = max(qv0, s.hist);
+        const int all = nh + (qv1 >= s.hist ? (qv1 + 1 - cand_lo + BN - 1) / BN : 0);
+        float2 v = make_float2(0.0f, 0.0f);
+        for (int z = 0; z < S; z++)
+            if (all * (z + 1) / S > all * z / S) {
+                const float2 w = *reinterpret_cast<const float2 *>(acc + z * slice + r * ld + c);
+                v.x += w.x, v.y += w.y;
+            }
         *reinterpret_cast<uint32_t *>(out + r * ld + c) = pack_bf16(v.x, v.y);
     }
 }
@@ -1133,11 +1147,13 @@ extern "C" int attn_cuda_splits(const attn_cuda_params *p)
     }
     const long long rb = ((long long)p->max_rows + BM - 1) / BM;
     long long ctas = (long long)p->B * p->H * rb;
-    if (!p->acc || p->acc_rows <= 0 || ctas <= 0 || ctas >= n_sm)
+    if (!p->acc || p->acc_rows <= 0 || p->ld_out <= 0 || ctas <= 0 || ctas >= n_sm)
         return 1;
     long long by_sm = (2LL * n_sm + ctas - 1) / ctas, by_keys = p->max_keys / (4 * BN);
+    long long by_acc = (long long)(p->acc_cap / ((size_t)p->acc_rows * (size_t)p->ld_out));
     long long S = by_sm < by_keys ? by_sm : by_keys;
-    return (int)(S > 16 ? 16 : S < 1 ? 1 : S);
+    S = S < by_acc ? S : by_acc;
+    return (int)(S > 16 ? 16 : S < 2 ? 1 : S);
 }
 
 extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
@@ -1172,19 +1188,15 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
         return (int)e;
     const int S = p->splits > 0 ? (p->splits > 64 ? 64 : p->splits) : attn_cuda_splits(p);
     cudaStream_t s = (cudaStream_t)stream;
-    if (S > 1) {
-        if (!aligned(p->acc, 8) || p->ld_out % 2 || (p->H * p->Dv) % 2)
-            return (int)cudaErrorInvalidValue;
-        e = cudaMemsetAsync(p->acc, 0, (size_t)p->acc_rows * p->ld_out * sizeof(float), s);
-        if (e != cudaSuccess)
-            return (int)e;
-    }
+    if (S > 1 && (!aligned(p->acc, 8) || p->ld_out % 2 || (p->H * p->Dv) % 2 ||
+                  (size_t)S * p->acc_rows * p->ld_out > p->acc_cap))
+        return (int)cudaErrorInvalidValue;
     fn<<<dim3((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), threads, smem, s>>>(*p);
     if (S > 1) {
         size_t n = (size_t)p->max_rows * (p->H * p->Dv / 2);
         unsigned blocks = (unsigned)((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
         acc_to_bf16_kernel<<<dim3(blocks, (unsigned)p->B), 256, 0, s>>>(p->seqs, p->acc, static_cast<bf16 *>(p->out),
-                                                                       p->H * p->Dv, p->ld_out);
+                                                                       p->H * p->Dv, p->ld_out, p->acc_rows, S);
     }
     return (int)cudaGetLastError();
 }

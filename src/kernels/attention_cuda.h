@@ -67,13 +67,15 @@ typedef struct attn_cuda_params {
     const int64_t *ts;           /* device timestamps, per sequence from ts0 */
     void *out;                   /* device bf16 [rows, H*Dv], stride ld_out */
     int ld_out;
-    /* Optional split-KV (NULL: never): fp32 scratch of acc_rows x ld_out,
-     * acc_rows covering every sequence's output rows; max_keys bounds
+    /* Optional split-KV (NULL: never): fp32 scratch of acc_cap floats;
+     * acc_rows covers every sequence's output rows; max_keys bounds
      * hist + cand over the sequences. When few CTAs would cover the GPU,
-     * several share a row block's keys and their parts add up in acc (zeroed
-     * here), then rounded into out: more launches, same result up to the
-     * order of fp32 additions. */
+     * S CTAs share a row block's keys, each writes its part to its own
+     * acc_rows x ld_out slice of acc (S * acc_rows * ld_out <= acc_cap), and
+     * a second kernel adds the parts and rounds them into out: same result
+     * up to the order of fp32 additions. */
     float *acc;
+    size_t acc_cap;
     int acc_rows, max_keys;
     int splits;                  /* 0: chosen from the sizes (attn_cuda_splits); else forced */
 } attn_cuda_params;
