@@ -4,8 +4,9 @@
 # `hstu serve` on loopback with two small random models, runs the server test
 # suite against the sanitized library, then several thousand requests from
 # concurrent loadgen clients (JSON and binary, ranking and retrieval, closed
-# and open loop), stops the server with SIGTERM and requires exit 0 and no
-# sanitizer report. Prints one line per case and "N passed, N failed, N skipped".
+# and open loop), requires the server's resident memory flat after the first
+# run, stops the server with SIGTERM and requires exit 0 and no sanitizer
+# report. Prints one line per case and "N passed, N failed, N skipped".
 BUILD=${BUILD:-build/asan}
 N=${SOAK_REQUESTS:-3000}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
@@ -50,15 +51,25 @@ if [ ! -s "$dir/ports" ]; then
 fi
 read -r port mport <"$dir/ports"
 lg() { "$BUILD/hstu" loadgen --port "$port" --metrics-port "$mport" "$@"; }
+rss() { awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$pid/status"; }
 run() { # $1 label, rest loadgen args
     label=$1; shift
     if lg "$@" >"$dir/lg.log" 2>&1; then ok "$label"; sed 's/^/    /' "$dir/lg.log"
     else bad "$label"; sed 's/^/    /' "$dir/lg.log"; fi
+    echo "    server RSS $(rss) MiB"
 }
 run "ranking JSON, 16 clients, $N requests" --requests "$N" --concurrency 16 --users 300 --candidates 16
+rss0=$(rss)
 run "ranking binary, 16 clients, $N requests" --requests "$N" --concurrency 16 --users 300 --candidates 16 --binary
 run "retrieval JSON, open loop 400/s" --model retr --rate 400 --requests $((N / 3)) --concurrency 8 --users 200
 run "retrieval binary, 8 clients" --model retr --requests $((N / 3)) --concurrency 8 --users 200 --binary
+run "ranking JSON again, 16 clients, $N requests" --requests "$N" --concurrency 16 --users 300 --candidates 16
+# memory flat: every buffer is sized at start; after the first run has
+# touched them, the rest may add only what ASan's quarantine holds of the
+# few allocations left (libmicrohttpd's responses, the engine's OpenMP teams)
+rss1=$(rss)
+if [ "$rss1" -le $((rss0 + 64)) ]; then ok "memory flat: RSS $rss0 -> $rss1 MiB after the first run"
+else bad "memory flat: RSS $rss0 -> $rss1 MiB after the first run (more than 64 MiB)"; fi
 kill -TERM "$pid"
 wait "$pid"; rc=$?
 if [ "$rc" -eq 0 ]; then ok "SIGTERM: exit 0"; else bad "SIGTERM: exit $rc"; fi
