@@ -30,6 +30,8 @@ typedef enum hstu_status {
     HSTU_ERR_FORMAT,       /* a config or checkpoint is malformed */
     HSTU_ERR_NOMEM,        /* an allocation failed */
     HSTU_ERR_UNSUPPORTED,  /* a valid input this build cannot run */
+    HSTU_ERR_DEVICE,       /* a GPU runtime call failed (launch, copy, sync); the
+                            * message names the step and the CUDA error */
 } hstu_status;
 
 #define HSTU_MSG_MAX 512

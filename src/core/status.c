@@ -13,6 +13,7 @@ const char *hstu_status_name(hstu_status s)
     case HSTU_ERR_FORMAT: return "bad format";
     case HSTU_ERR_NOMEM: return "out of memory";
     case HSTU_ERR_UNSUPPORTED: return "unsupported";
+    case HSTU_ERR_DEVICE: return "device error";
     }
     return "unknown status";
 }

@@ -173,7 +173,7 @@ static int pad8(int64_t n) { return (int)((n + 7) / 8 * 8); }
 
 static hstu_status cuda_fail(hstu_error *err, const char *what, int code)
 {
-    return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: %s failed: %s", what,
+    return hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s failed: %s", what,
                      cudaGetErrorString((cudaError_t)code));
 }
 
@@ -191,7 +191,7 @@ static hstu_status ck_gemm(cuda_backend *cb, int M, int N, int K, const bf16_t *
     if (gemm_cuda_run(cb->gemm, M, N, K, A, lda, B, ldb, b_trans, beta, C, c_f32, ldc, epi, bias, cb->stream, why,
                       sizeof why) == 0)
         return HSTU_OK;
-    return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: %s GEMM: %s", what, why);
+    return hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s GEMM: %s", what, why);
 }
 
 static uint16_t f2bf_host(float f)
@@ -458,7 +458,7 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
                            NULL, s, why, sizeof why) ||
             gemm_cuda_tune(cb->gemm, M, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
                            L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, s, why, sizeof why))
-            st = hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: GEMM tuning: %s", why);
+            st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: GEMM tuning: %s", why);
     }
     size_t act = (size_t)((char *)(cb->d_y + T * vw) - (char *)cb->d_x); /* x, xn, uvqk, attn, y: contiguous */
     if (st == HSTU_OK)
@@ -624,7 +624,7 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
                          "backend cuda: %lld embedding rows in all tables; at most %d are supported",
                          (long long)emb_rows, INT32_MAX - 8);
     if (cudaSetDevice(0) != cudaSuccess)
-        return hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: cannot use device 0");
+        return hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: cannot use device 0");
 
     cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
     if (!cb)
@@ -734,7 +734,7 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         HSTU_OK)
         goto fail;
     if (gemm_cuda_create(GEMM_WORKSPACE, &cb->gemm, why, sizeof why) != 0) {
-        st = hstu_fail(err, HSTU_ERR_UNSUPPORTED, "backend cuda: %s", why);
+        st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
         goto fail;
     }
     if ((st = upload_weights(cb, err)) != HSTU_OK)
