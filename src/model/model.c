@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "core/paths.h"
 #include "core/status.h"
 
 #include <errno.h>
@@ -281,8 +282,9 @@ fail:
 
 hstu_status hstu_model_save(const hstu_model *mc, const char *dir, hstu_dtype dtype, hstu_error *err)
 {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return hstu_fail(err, HSTU_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
+    hstu_status mk = core_mkdir_p(dir, err);
+    if (mk != HSTU_OK)
+        return mk;
     hstu_model *m = (hstu_model *)mc; /* model_tensors fills slots; the values stay as they are */
     hstu_model view = *m;              /* slots are written into a copy, the model is untouched */
     layer_weights *layers = calloc((size_t)m->cfg.n_layers, sizeof *layers);

@@ -7,6 +7,7 @@
  */
 #include "train/trainer.h"
 
+#include "core/paths.h"
 #include "core/status.h"
 #include "data/dataset.h"
 #include "eval/eval.h"
@@ -373,8 +374,8 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
         return hstu_fail(err, HSTU_ERR_ARG,
                          "bad training option: need batch >= 1, epochs >= 0, holdout 1 or 2, 0 <= dropout < 1, "
                          "temperature > 0, negatives >= 1");
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
-        return hstu_fail(err, HSTU_ERR_IO, "%s: cannot create directory: %s", out_dir, strerror(errno));
+    if ((s = core_mkdir_p(out_dir, err)) != HSTU_OK)
+        return s;
     if ((s = dataset_open(data_path, &ds, err)) != HSTU_OK)
         return s;
     if (r.o.resume) {
