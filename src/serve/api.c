@@ -53,6 +53,8 @@ void serve_options_default(serve_options *o)
     o->body_buffers = 64;
     o->max_connections = 256;
     o->cache_bytes = (size_t)1 << 30;
+    o->host_cache_bytes = 0;
+    o->cuda_graphs = true;
     o->max_top_k = 1000;
 }
 

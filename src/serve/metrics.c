@@ -148,6 +148,18 @@ char *metrics_text(repository *r, const http_pool_stats *ps)
     EACH("hstu_kv_cache_pages_total", "%d", s->cache.pages_total);
     FAMILY("hstu_kv_cache_users", "gauge", "Users with cached rows");
     EACH("hstu_kv_cache_users", "%d", s->cache.users);
+    FAMILY("hstu_kv_host_chunks_in_use", "gauge", "Host tier chunks holding offloaded K/V (cuda)");
+    EACH("hstu_kv_host_chunks_in_use", "%d", s->cache.host_chunks_in_use);
+    FAMILY("hstu_kv_host_chunks_total", "gauge", "Host tier chunk slots (cuda, --host-cache-mb)");
+    EACH("hstu_kv_host_chunks_total", "%d", s->cache.host_chunks_total);
+    FAMILY("hstu_kv_onload_bytes_total", "counter", "K/V bytes brought up from the host tier");
+    EACH("hstu_kv_onload_bytes_total", "%llu", (unsigned long long)s->cache.onload_bytes);
+    FAMILY("hstu_kv_offload_bytes_total", "counter", "K/V bytes copied to the host tier");
+    EACH("hstu_kv_offload_bytes_total", "%llu", (unsigned long long)s->cache.offload_bytes);
+    FAMILY("hstu_kv_offloads_skipped_total", "counter", "Offloads skipped because the offload queue was full");
+    EACH("hstu_kv_offloads_skipped_total", "%llu", (unsigned long long)s->cache.offloads_skipped);
+    FAMILY("hstu_cuda_graph_replays_total", "counter", "Forwards whose layers ran as replayed CUDA graphs");
+    EACH("hstu_cuda_graph_replays_total", "%llu", (unsigned long long)s->cache.graph_runs);
     FAMILY("hstu_batch_retries_total", "counter", "Batches the engine refused and the batcher ran job by job (0 unless a bug)");
     EACH("hstu_batch_retries_total", "%llu", (unsigned long long)s->batch_retries);
     FAMILY("hstu_batch_tokens_total", "counter", "Tokens in executed batches");

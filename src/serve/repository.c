@@ -65,6 +65,8 @@ static hstu_status load_model(repository *r, served_model *m)
     hstu_engine_options_default(&eo);
     eo.backend = o->backend;
     eo.cache_bytes = o->cache_bytes;
+    eo.host_cache_bytes = o->host_cache_bytes;
+    eo.cuda_graphs = o->cuda_graphs;
     eo.threads = o->threads;
     eo.max_batch_tokens = budget > user_max ? budget : user_max;
     if (hstu_engine_create(model, &eo, &engine, &err) != HSTU_OK)

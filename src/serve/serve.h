@@ -32,6 +32,8 @@ typedef struct serve_options {
     int body_buffers;             /* requests with a body held at once, 64 */
     int max_connections;          /* 256 */
     size_t cache_bytes;           /* KV cache per model, 1 GiB */
+    size_t host_cache_bytes;      /* cuda: host tier per model, 0 = none */
+    bool cuda_graphs;             /* cuda: CUDA graphs of the layers, true */
     int max_top_k;                /* 1000 */
     int threads;                  /* engine threads, 0 = all cores */
     int verbose;

@@ -53,6 +53,8 @@ static void usage(FILE *f)
             "  --max-connections N     concurrent connections (256)\n"
             "  --max-top-k K           retrieval top_k limit (1000)\n"
             "  --cache-mb M            KV cache per model in MiB (1024)\n"
+            "  --host-cache-mb M       cuda: host tier per model in MiB of pinned memory (0: none)\n"
+            "  --no-graphs             cuda: run the layers eagerly, without CUDA graphs\n"
             "  --threads N             engine threads (default: all cores)\n"
             "  --port-file FILE        write \"HTTP_PORT METRICS_PORT\" to FILE once listening\n");
 }
@@ -76,6 +78,8 @@ int cmd_serve(int argc, char **argv)
         {"max-connections", required_argument, 0, 'N'},
         {"max-top-k", required_argument, 0, 'K'},
         {"cache-mb", required_argument, 0, 'C'},
+        {"host-cache-mb", required_argument, 0, 'E'},
+        {"no-graphs", no_argument, 0, 'G'},
         {"threads", required_argument, 0, 't'},
         {"port-file", required_argument, 0, 'F'},
         {"help", no_argument, 0, 'h'},
@@ -111,6 +115,8 @@ int cmd_serve(int argc, char **argv)
         case 'N': o.max_connections = (int)cli_parse_long("--max-connections", optarg, 1, 65536); break;
         case 'K': o.max_top_k = (int)cli_parse_long("--max-top-k", optarg, 1, 100000); break;
         case 'C': o.cache_bytes = (size_t)cli_parse_long("--cache-mb", optarg, 1, 1L << 24) << 20; break;
+        case 'E': o.host_cache_bytes = (size_t)cli_parse_long("--host-cache-mb", optarg, 0, 1L << 24) << 20; break;
+        case 'G': o.cuda_graphs = false; break;
         case 't': o.threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
         case 'F': port_file = optarg; break;
         case 'h': usage(stdout); return 0;
