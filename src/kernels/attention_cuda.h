@@ -5,9 +5,10 @@
  *   a_i = sum_{j visible from i} SiLU(alpha * <q_i, k_j> + rab_ij) / N * v_j
  * q, k, v and out are bf16; scores and sums are fp32; no T x T matrix is
  * ever stored. Jagged: per-sequence metadata in a device array. History
- * K/V rows [0, paged) come from a bf16 page pool (the GPU KV cache, issue 4;
- * paged = 0 until then), rows [paged, hist) and the candidates' own K/V from
- * the dense rows.
+ * K/V rows [0, paged) come from a bf16 page pool (the GPU KV cache,
+ * docs/kvcache.md), rows [paged, hist) and the candidates' own K/V from the
+ * dense rows. Tiles wholly in the pages and page-aligned (page sizes 16, 32,
+ * 64) load as fast as dense ones; other page sizes take a slower path.
  *
  * Supported head widths: Dqk and Dv multiples of 16, at most 256
  * (attn_cuda_supported says so for a config, with the reason).
