@@ -19,10 +19,13 @@
  * At create, the two layer GEMMs are tuned (cuBLASLt's candidates timed)
  * for M = max_tokens, max_tokens / 2, ... on the scratch activations.
  *
- * A forward, on one stream: embedding gather (x = e * sqrt(d) + pos, and
- * layer 0's LN(x) in the same pass), then per layer LN (from layer 1 on)
- * -> uvqk GEMM -> bias+SiLU on v|q|k -> attention ->
- * SiLU(u + b_u) * LN(attn) -> proj GEMM into x (beta = 1, bias epilogue);
+ * A forward, on one stream: embedding gather of the rows after each user's
+ * cached prefix (x = e * sqrt(d) + pos, and layer 0's LN(x) in the same
+ * pass), then per layer (replayed as a CUDA graph of its bucket, or eagerly)
+ * LN (from layer 1 on) -> uvqk GEMM -> bias+SiLU on v|q|k -> append of the
+ * new history K/V to the page pool -> [wait for this layer's onload] ->
+ * attention (cached rows from the pages) -> SiLU(u + b_u) * LN(attn) ->
+ * proj GEMM into x (beta = 1, bias epilogue);
  * then the head. Ranking: candidate rows gathered and L2-normalised, the MLP
  * as GEMMs with bias(+ReLU) epilogues, logits copied back, sigmoid on the
  * host. Retrieval: each user's newest row normalised, scores against the

@@ -9,8 +9,11 @@
  * Memory plan: cuda_backend_create uploads the weights once (bf16; the
  * LayerNorm parameters, biases and rab tables may stay fp32) and allocates
  * activations for max_tokens rows and max_users users, plus pinned host
- * staging for per-batch metadata and results. cuda_forward_run allocates
- * nothing. Everything runs on one stream owned by the backend.
+ * staging for per-batch metadata and results, plus the KV cache's device
+ * page pool and host tier when the engine asks for them. cuda_forward_run
+ * allocates nothing. The forward runs on the backend's compute stream (the
+ * layers as CUDA graphs per bucket when enabled); the host tier's onload and
+ * offload run on two side streams ordered against it by events.
  *
  * Without a GPU (or in a build without nvcc) create fails with
  * HSTU_ERR_UNSUPPORTED and a message that says why.
