@@ -192,6 +192,26 @@ struct Blk {
     }
 };
 
+/* Fills the row-block fields of k (k.s set) for the block of rows
+ * [r0, r0 + BM) of the sequence's computed rows; returns its key tiles in
+ * all (before any split). */
+__device__ __forceinline__ int blk_rows(Blk &k, int r0, int rows)
+{
+    k.r0 = r0;
+    k.nr = min(BM, rows - k.r0);
+    k.qv0 = k.s.c + k.r0;
+    k.qv1 = k.qv0 + k.nr - 1;
+    k.hist_end = min(k.s.hist, k.qv1 + 1);
+    k.nh = (k.hist_end + BN - 1) / BN;
+    k.cand_lo = max(k.qv0, k.s.hist);
+    const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0;
+    return k.nh + nc;
+}
+
+/* Split z of S of a row block's `all` tiles: its first tile and count. */
+__device__ __forceinline__ int split_first(int all, int z, int S) { return all * z / S; }
+__device__ __forceinline__ int split_tiles(int all, int z, int S) { return all * (z + 1) / S - all * z / S; }
+
 /* Fills k for this CTA; false when the CTA has no rows (grid padding).
  * Grid: x = (sequence, head) pair, y = rank of the row block, heaviest
  * first (rank 0 = the sequence's last row block, which sees the most keys),
@@ -206,17 +226,9 @@ __device__ __forceinline__ bool blk_init(Blk &k, const attn_cuda_params &p)
     if ((int)blockIdx.y >= nmb)
         return false;
     const int m = nmb - 1 - (int)blockIdx.y;
-    k.r0 = m * BM;
-    k.nr = min(BM, rows - k.r0);
-    k.qv0 = k.s.c + k.r0;
-    k.qv1 = k.qv0 + k.nr - 1;
-    k.hist_end = min(k.s.hist, k.qv1 + 1);
-    k.nh = (k.hist_end + BN - 1) / BN;
-    k.cand_lo = max(k.qv0, k.s.hist);
-    const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0;
-    const int all = k.nh + nc, z = (int)blockIdx.z, S = (int)gridDim.z;
-    k.tb = all * z / S;
-    k.nt = all * (z + 1) / S - k.tb;
+    const int all = blk_rows(k, m * BM, rows), z = (int)blockIdx.z, S = (int)gridDim.z;
+    k.tb = split_first(all, z, S);
+    k.nt = split_tiles(all, z, S);
     return k.nt > 0; /* a split with no tile adds nothing */
 }
 
@@ -1039,20 +1051,17 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
 __global__ void acc_to_bf16_kernel(const attn_cuda_seq *seqs, const float *acc, bf16 *out, int width, int ld,
                                    int acc_rows, int S)
 {
-    const attn_cuda_seq s = seqs[blockIdx.y];
-    const int rows = s.hist - s.c + s.cand;
+    Blk k;
+    k.s = seqs[blockIdx.y];
+    const int rows = k.s.hist - k.s.c + k.s.cand;
     const size_t n = (size_t)rows * (width / 2), slice = (size_t)acc_rows * ld;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const int ri = (int)(i / (width / 2));
-        const size_t r = s.q0 + ri, c = 2 * (i % (width / 2));
-        /* the tiles of ri's row block, as blk_init counts them */
-        const int r0 = ri / BM * BM, nr = min(BM, rows - r0);
-        const int qv0 = s.c + r0, qv1 = qv0 + nr - 1, hist_end = min(s.hist, qv1 + 1);
-        const int nh = (hist_end + BN - 1) / BN, cand_lo = max(qv0, s.hist);
-        const int all = nh + (qv1 >= s.hist ? (qv1 + 1 - cand_lo + BN - 1) / BN : 0);
+        const size_t r = k.s.q0 + ri, c = 2 * (i % (width / 2));
+        const int all = blk_rows(k, ri / BM * BM, rows); /* ri's row block, as blk_init sees it */
         float2 v = make_float2(0.0f, 0.0f);
         for (int z = 0; z < S; z++)
-            if (all * (z + 1) / S > all * z / S) {
+            if (split_tiles(all, z, S) > 0) {
                 const float2 w = *reinterpret_cast<const float2 *>(acc + z * slice + r * ld + c);
                 v.x += w.x, v.y += w.y;
             }
