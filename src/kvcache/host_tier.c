@@ -184,6 +184,13 @@ void ht_begin(host_tier *ht)
     ht->in_batch = true;
 }
 
+/* True when the entry's committed rows are a prefix of keys[0..n). */
+static bool prefix_matches(const host_tier *ht, const ht_entry *x, const uint64_t *keys, int n)
+{
+    int rows = x->n_chunks * ht->o.chunk_rows;
+    return rows <= n && kv_hash_keys(keys, rows) == x->hash;
+}
+
 int ht_lookup(host_tier *ht, int64_t user, const uint64_t *keys, int n)
 {
     HSTU_ASSERT(ht->in_batch);
@@ -194,7 +201,7 @@ int ht_lookup(host_tier *ht, int64_t user, const uint64_t *keys, int n)
     }
     ht_entry *x = &ht->e[i];
     int rows = x->n_chunks * ht->o.chunk_rows;
-    if (rows > n || kv_hash_keys(keys, rows) != x->hash) {
+    if (!prefix_matches(ht, x, keys, n)) {
         kill(ht, i);
         ht->st.rewrites++;
         ht->st.misses++;
@@ -267,8 +274,7 @@ int ht_offload_begin(host_tier *ht, int64_t user, const uint64_t *keys, int rows
         ht_entry *x = &ht->e[i];
         if (x->n_pend > 0)
             return 0; /* one offload per user at a time */
-        int have = x->n_chunks * C;
-        if (have > rows || kv_hash_keys(keys, have) != x->hash) {
+        if (!prefix_matches(ht, x, keys, rows)) {
             if (x->pinned)
                 return 0; /* read by this batch's onload: leave it */
             kill(ht, i);

@@ -446,6 +446,12 @@ void kv_begin(kv_cache *kv)
     kv->in_batch = true;
 }
 
+/* True when the entry's committed rows are a prefix of keys[0..n). */
+static bool entry_matches(const kv_entry *x, const uint64_t *keys, int n)
+{
+    return x->rows <= n && kv_hash_keys(keys, x->rows) == x->hash;
+}
+
 int kv_lookup(kv_cache *kv, int64_t user, const uint64_t *keys, int n)
 {
     HSTU_ASSERT(kv->in_batch);
@@ -462,7 +468,7 @@ int kv_lookup(kv_cache *kv, int64_t user, const uint64_t *keys, int n)
         kv->st.misses++;
         return 0;
     }
-    if (x->rows > n || kv_hash_keys(keys, x->rows) != x->hash) {
+    if (!entry_matches(x, keys, n)) {
         entry_drop(kv, e);
         kv->st.rewrites++;
         kv->st.misses++;
@@ -590,8 +596,7 @@ bool kv_would_drop(const kv_cache *kv, int64_t user, const uint64_t *keys, int n
     int e = index_find(kv, user);
     if (e == KV_NONE || kv->entries[e].rows == 0)
         return false;
-    const kv_entry *x = &kv->entries[e];
-    return x->rows > n || kv_hash_keys(keys, x->rows) != x->hash;
+    return !entry_matches(&kv->entries[e], keys, n);
 }
 
 /* ---- explicit drops and statistics ------------------------------------- */
