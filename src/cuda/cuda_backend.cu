@@ -166,7 +166,6 @@ typedef struct staged {
     int *page_table;     /* [n_page_idx] device page ids */
     int *app_rows;       /* [n_app] dense rows appended to pages */
     int64_t *app_slots;  /* [n_app] page * P + slot */
-    int n_app;
     kv_copy *onload;     /* [n_onload] layer 0's blocks of the host hits */
 } staged;
 
@@ -760,6 +759,15 @@ fail:
 
 /* ---- the forward pass --------------------------------------------------- */
 
+/* Layer l's onloaded pages must have landed before its attention (layer-wise
+ * onload only; otherwise the compute stream waited for all of it at start). */
+static hstu_status wait_onload_layer(cuda_backend *cb, int l, hstu_error *err)
+{
+    if (!cb->onload_pending || !cb->cc.layerwise)
+        return HSTU_OK;
+    return ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[l], 0), "cudaStreamWaitEvent", err);
+}
+
 static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base, const staged *sg,
                                  int n_app, bool wait_onload, hstu_error *err)
 {
@@ -795,9 +803,7 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                                 v_off, s),
                  "KV append", err)) != HSTU_OK)
         return st;
-    /* Layer l's onloaded pages must have landed before its attention. */
-    if (wait_onload && cb->onload_pending && cb->cc.layerwise &&
-        (st = ck(cudaStreamWaitEvent(s, cb->ev_on[l], 0), "cudaStreamWaitEvent", err)) != HSTU_OK)
+    if (wait_onload && (st = wait_onload_layer(cb, l, err)) != HSTU_OK)
         return st;
     attn_cuda_params ap = *ap_base;
     ap.q = cb->d_uvqk + 2 * vw;
@@ -1113,7 +1119,6 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     int n_pt = kc ? kc->n_page_idx : 0;
     if (n_pt > 0)
         memcpy(sg.page_table, kc->page_idx, (size_t)n_pt * 4);
-    sg.n_app = n_app;
     if (n_onload > 0) {
         sg.onload = (kv_copy *)stage_take(&sgb, (size_t)n_onload * sizeof(kv_copy));
         for (int i = 0; i < n_onload; i++) {
@@ -1240,8 +1245,8 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
             return st;
         if (g) {
             for (int l = 0; l < cfg->n_layers; l++) {
-                if (cb->onload_pending && cb->cc.layerwise &&
-                    (st = ck(cudaStreamWaitEvent(s, cb->ev_on[l], 0), "cudaStreamWaitEvent", err)) != HSTU_OK)
+                /* a graph holds one layer: the wait sits between graphs */
+                if ((st = wait_onload_layer(cb, l, err)) != HSTU_OK)
                     return st;
                 if ((st = ck(cudaGraphLaunch(g->exec[l], s), "cudaGraphLaunch", err)) != HSTU_OK)
                     return st;
