@@ -22,13 +22,20 @@
  * Ceilings measured in the same process: bf16 GEMM 8192^3 (cuBLASLt), device
  * copy (1 GiB), pinned host-to-device copy (256 MiB).
  *
- * Build: scripts/gpu_pack.sh. Usage: bench_cache_gpu [--iters N] [--quick]
+ * --profile B L C runs only one block case (batch B, history L, C cached),
+ * warm, then once between cudaProfilerStart and cudaProfilerStop: for
+ * `ncu --profile-from-start off`, which then times each kernel of that one
+ * forward (scripts/gpu_profile.sh).
+ *
+ * Build: scripts/gpu_pack.sh.
+ * Usage: bench_cache_gpu [--iters N] [--quick] | --profile B L C [--no-graphs]
  */
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "model/engine.h"
 
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -210,19 +217,64 @@ static double flops_of(const hstu_config *cfg, int B, int L, int c)
     return B * (cfg->n_layers * per_layer + CANDS * 2.0 * (d * cfg->hidden[0] + cfg->hidden[0] * cfg->n_tasks));
 }
 
+/* --profile: one block case, warm, then once inside the profiler's range. */
+static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L, int c)
+{
+    static hstu_request q[MAX_B];
+    static hstu_result res[MAX_B];
+    size_t cache = (size_t)(B * (L + 64) / 32 + 16) * (size_t)(kv_row_bytes * 32);
+    hstu_engine *e = make_engine(m, 8 * (4096 + CANDS), cache, 0, 1024, true);
+    make_batch(q, res, B, L, 0);
+    timed_run(e, q, res, B); /* the cache now holds every user's L rows */
+    float t[20];
+    hstu_cache_stats s0, s1;
+    hstu_engine_cache_stats(e, &s0);
+    for (int it = 0; it < 20; it++) {
+        for (int b = 0; b < B; b++)
+            engine_cache_set(e, &q[b], c, 0);
+        t[it] = timed_run(e, q, res, B);
+    }
+    hstu_engine_cache_stats(e, &s1);
+    double nf = (double)(s1.gpu_forwards - s0.gpu_forwards);
+    for (int b = 0; b < B; b++)
+        engine_cache_set(e, &q[b], c, 0);
+    cudaProfilerStart();
+    float ms = timed_run(e, q, res, B);
+    cudaProfilerStop();
+    printf("profile: batch %d, history %d, cached %d, graphs %s: median %.3f ms warm (mean per forward: backend "
+           "host %.3f ms, GPU %.3f ms), %.3f ms profiled\n",
+           B, L, c, g_graphs ? "on" : "off", median(t, 20), (s1.gpu_host_ms - s0.gpu_host_ms) / nf,
+           (s1.gpu_busy_ms - s0.gpu_busy_ms) / nf, ms);
+    hstu_engine_destroy(e);
+}
+
 int main(int argc, char **argv)
 {
-    int iters = 15;
+    int iters = 15, prof[3] = {0, 0, -1};
     bool quick = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--iters") && i + 1 < argc)
             iters = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
-        else {
-            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick]\n");
+        else if (!strcmp(argv[i], "--no-graphs"))
+            g_graphs = false;
+        else if (!strcmp(argv[i], "--profile") && i + 3 < argc) {
+            for (int k = 0; k < 3; k++)
+                prof[k] = atoi(argv[++i]);
+            if (prof[0] < 1 || prof[0] > MAX_B || prof[1] < 2 || prof[1] > 4096 || prof[2] < 0 || prof[2] >= prof[1]) {
+                fprintf(stderr, "bench_cache_gpu: --profile B L C: 1 <= B <= %d, 2 <= L <= 4096, 0 <= C < L\n",
+                        MAX_B);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] | --profile B L C [--no-graphs]\n");
             return 2;
         }
+    }
+    if (!g_graphs && prof[2] < 0) {
+        fprintf(stderr, "bench_cache_gpu: --no-graphs goes with --profile (the benchmark times both)\n");
+        return 2;
     }
     if (iters < 3)
         iters = 3;
@@ -238,6 +290,11 @@ int main(int argc, char **argv)
     if (hstu_model_create_random(&cfg, 1, &m, &err) != HSTU_OK)
         die("model", err.msg);
     make_histories(&cfg);
+    if (prof[2] >= 0) {
+        profile_case(m, cfg.n_layers * 2 * (size_t)(kw + vw), prof[0], prof[1], prof[2]);
+        hstu_model_destroy(m);
+        return 0;
+    }
     struct cudaDeviceProp prop;
     cuda_ok(cudaGetDeviceProperties(&prop, 0), "device properties");
     ceilings ce = measure_ceilings();

@@ -221,6 +221,11 @@ typedef struct hstu_cache_stats {
     size_t chunk_bytes, host_bytes;
     /* CUDA graphs: forwards replayed, buckets captured, forwards run eagerly */
     uint64_t graph_runs, graph_captures, eager_runs;
+    /* CUDA forwards: how many, host time inside the backend, GPU time from
+     * the first copy to the last kernel; host time beyond the GPU's is
+     * launch and staging work the GPU waited for */
+    uint64_t gpu_forwards;
+    double gpu_host_ms, gpu_busy_ms;
 } hstu_cache_stats;
 
 void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s);

@@ -10,6 +10,9 @@
 # back) or /tmp/gpu_check. Exit status: non-zero when anything failed.
 # GPU_CHECK_SKIP="bench sanitizer cpu" leaves parts out; BENCH_ARGS (e.g.
 # --quick) goes to both benchmarks; ONLY="test_cuda" runs only those tests.
+# PROFILE="1 4096 3968, 8 4096 3968" also times every kernel of those block
+# cases (batch, history, cached) under ncu, one forward each, with graphs
+# and without (tools/ncu_table.py prints the table).
 set -u
 BIN=${BIN:-.device/bin}
 LOGS=${OUT:-/tmp/gpu_check}
@@ -125,6 +128,25 @@ case " $SKIP " in *" bench "*) ;; *)
         cat "$LOGS/bench_cache.log"
     fi
 ;; esac
+
+# ncu: every kernel of one forward per PROFILE case, clocks left alone.
+prof_logs=""
+if [ -n "${PROFILE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
+    NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    echo "$PROFILE" | tr ',' '\n' | while read -r pb pl pc; do
+        [ -n "$pb" ] || continue
+        for g in graphs no-graphs; do
+            flag=""; [ "$g" = no-graphs ] && flag=--no-graphs
+            name="profile_b${pb}_l${pl}_c${pc}_$g"
+            echo "== ncu: $name"
+            "$BIN/bench_cache_gpu" --profile "$pb" "$pl" "$pc" $flag 2>&1 | tail -n 1 | tee "$LOGS/$name.txt"
+            "$NCU" --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
+                "$BIN/bench_cache_gpu" --profile "$pb" "$pl" "$pc" $flag >"$LOGS/$name.csv" 2>"$LOGS/$name.err" ||
+                { tail -n 5 "$LOGS/$name.err"; }
+            python3 tools/ncu_table.py "$LOGS/$name.csv" | tee -a "$LOGS/$name.txt"
+        done
+    done
+fi
 
 echo
 echo "==== summary ===================================================="

@@ -53,6 +53,7 @@ extern "C" {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define GEMM_WORKSPACE ((size_t)32 << 20) /* cuBLASLt's suggestion for Hopper */
 #define SCORE_FLOATS ((size_t)64 << 20)   /* retrieval score rows: 256 MiB, or one row if larger */
@@ -129,6 +130,7 @@ struct cuda_backend {
     int ppc;              /* pages per chunk */
     cudaStream_t s_onload, s_offload;
     cudaEvent_t ev_staged, ev_submit, ev_on_start;
+    cudaEvent_t ev_fwd_start, ev_fwd_end; /* a forward's GPU span (counters' gpu_ms) */
     cudaEvent_t *ev_on;   /* [L] layer l's onload has landed */
     kv_copy *h_off_desc;  /* [host_slots * ppc] offload copies, by slot (pinned, read by the kernel) */
     struct off_job {
@@ -523,6 +525,10 @@ void cuda_backend_destroy(cuda_backend *cb)
         cudaEventDestroy(cb->ev_submit);
     if (cb->ev_on_start)
         cudaEventDestroy(cb->ev_on_start);
+    if (cb->ev_fwd_start)
+        cudaEventDestroy(cb->ev_fwd_start);
+    if (cb->ev_fwd_end)
+        cudaEventDestroy(cb->ev_fwd_end);
     if (cb->s_onload)
         cudaStreamDestroy(cb->s_onload);
     if (cb->s_offload)
@@ -733,7 +739,9 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
     if ((st = ck(cudaMemset(cb->d_arena, 0, cb->d_bytes), "cudaMemset", err)) != HSTU_OK)
         goto fail;
     if ((st = ck(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate", err)) !=
-        HSTU_OK)
+            HSTU_OK ||
+        (st = ck(cudaEventCreate(&cb->ev_fwd_start), "cudaEventCreate", err)) != HSTU_OK ||
+        (st = ck(cudaEventCreate(&cb->ev_fwd_end), "cudaEventCreate", err)) != HSTU_OK)
         goto fail;
     if (gemm_cuda_create(GEMM_WORKSPACE, &cb->gemm, why, sizeof why) != 0) {
         st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
@@ -828,6 +836,20 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                    L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, "proj", err);
 }
 
+/* The end of a forward's GPU work: waits for it and marks its span's end. */
+static hstu_status sync_forward(cuda_backend *cb, hstu_error *err)
+{
+    hstu_status st = ck(cudaEventRecord(cb->ev_fwd_end, cb->stream), "cudaEventRecord", err);
+    return st != HSTU_OK ? st : ck(cudaStreamSynchronize(cb->stream), "the forward pass", err);
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
 static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M, const staged *sg, bool logits,
                                 hstu_error *err)
 {
@@ -863,7 +885,7 @@ static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M
     if ((st = ck(cudaMemcpyAsync(cb->h_logits, cb->d_logits, bytes, cudaMemcpyDeviceToHost, s), "logits copy",
                  err)) != HSTU_OK)
         return st;
-    if ((st = ck(cudaStreamSynchronize(s), "the forward pass", err)) != HSTU_OK)
+    if ((st = sync_forward(cb, err)) != HSTU_OK)
         return st;
     int nt = cfg->n_tasks, row = 0;
     for (int b = 0; b < B; b++) {
@@ -918,7 +940,7 @@ static hstu_status head_retrieval(cuda_backend *cb, user_plan *plans, int B, con
             (st = ck(cudaMemcpyAsync(cb->h_topk_n, cb->d_topk_n, (size_t)G * 4, cudaMemcpyDeviceToHost, s),
                      "top-k copy", err)) != HSTU_OK)
             return st;
-        if ((st = ck(cudaStreamSynchronize(s), "the forward pass", err)) != HSTU_OK)
+        if ((st = sync_forward(cb, err)) != HSTU_OK)
             return st;
         for (int b = g0; b < g1; b++) {
             hstu_result *r = plans[b].res;
@@ -1049,8 +1071,8 @@ static hstu_status start_onload(cuda_backend *cb, const staged *sg, int n, hstu_
     return ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[L - 1], 0), "cudaStreamWaitEvent", err);
 }
 
-hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool logits, const cuda_batch_cache *kc,
-                             hstu_error *err)
+static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logits, const cuda_batch_cache *kc,
+                           hstu_error *err)
 {
     const hstu_config *cfg = &cb->model->cfg;
     bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
@@ -1081,6 +1103,8 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     if (st == HSTU_OK && cb->s_onload)
         st = ck(cudaStreamSynchronize(cb->s_onload), "an earlier onload", err);
     if (st != HSTU_OK)
+        return st;
+    if ((st = ck(cudaEventRecord(cb->ev_fwd_start, cb->stream), "cudaEventRecord", err)) != HSTU_OK)
         return st;
 
     /* CUDA graphs: the layer stack of this (batch, tokens) bucket, padded. */
@@ -1271,6 +1295,20 @@ head:
             cb->ctr.onload_ms += ms;
         cb->ctr.onload_bytes += (uint64_t)n_onload * cb->page_bytes;
     }
+    float ms = 0;
+    if (st == HSTU_OK && cudaEventElapsedTime(&ms, cb->ev_fwd_start, cb->ev_fwd_end) == cudaSuccess) {
+        cb->ctr.gpu_ms += ms;
+        cb->ctr.forwards++;
+    }
+    return st;
+}
+
+hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool logits, const cuda_batch_cache *kc,
+                             hstu_error *err)
+{
+    double t0 = now_ms();
+    hstu_status st = forward(cb, plans, B, logits, kc, err);
+    cb->ctr.forward_ms += now_ms() - t0;
     return st;
 }
 

@@ -74,6 +74,11 @@ typedef struct cuda_cache_counters {
     double onload_ms, offload_ms;
     uint64_t graph_runs, graph_captures, eager_runs;
     int graphs_held;
+    /* Forwards that ran (T > 0), the host time inside cuda_forward_run and
+     * the GPU time from its first copy to its last kernel (CUDA events):
+     * their difference is host work the GPU waited for. */
+    uint64_t forwards;
+    double forward_ms, gpu_ms;
 } cuda_cache_counters;
 
 /* True when this build has CUDA and a device is usable; otherwise writes

@@ -496,6 +496,9 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->graph_runs = cc.graph_runs;
         s->graph_captures = cc.graph_captures;
         s->eager_runs = cc.eager_runs;
+        s->gpu_forwards = cc.forwards;
+        s->gpu_host_ms = cc.forward_ms;
+        s->gpu_busy_ms = cc.gpu_ms;
     }
     if (e->kv) {
         kv_stats ks;
