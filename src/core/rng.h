@@ -10,13 +10,16 @@
 
 typedef struct rng { uint64_t s; } rng;
 
-static inline uint64_t rng_next(rng *r)
+/* The splitmix64 finaliser: a bijection on 64 bits with full avalanche
+ * (also the hash behind the KV cache's keys). */
+static inline uint64_t rng_mix64(uint64_t z)
 {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
+
+static inline uint64_t rng_next(rng *r) { return rng_mix64(r->s += 0x9e3779b97f4a7c15ull); }
 
 /* Uniform in [0, 1). */
 static inline double rng_uniform(rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }

@@ -11,40 +11,33 @@
  */
 #include "model/engine.h"
 
+#include "core/rng.h"
 #include "core/status.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static inline uint64_t mix64(uint64_t z)
+/* A table number and an id as one key: exact (table in the high half) for
+ * ids below 2^32, which every table of a realistic size has; hashed above. */
+static inline uint64_t table_key(uint64_t table, int64_t id)
 {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    uint64_t u = (uint64_t)id;
+    return u >> 32 ? rng_mix64(rng_mix64(u) ^ table) : table << 32 | u;
 }
 
 uint64_t forward_row_key(const hstu_config *cfg, const hstu_request *r, int row)
 {
-    uint64_t a, b, c;
     if (cfg->family == HSTU_FAMILY_RANKING) {
         int k = cfg->n_context;
-        if (row < k) {
-            a = (uint64_t)row + 1; /* table: context j */
-            b = (uint64_t)r->context[row];
-        } else {
-            int t = row - k;
-            a = t % 2 == 0 ? 1000 : 1001; /* table: item or action */
-            b = (uint64_t)(t % 2 == 0 ? r->items[t / 2] : r->actions[t / 2]);
-        }
-        c = 0;
-    } else {
-        /* Row r's K/V depend on its item, its time and the next row's time. */
-        a = (uint64_t)r->items[row];
-        b = (uint64_t)r->timestamps[row];
-        c = (uint64_t)r->timestamps[row + 1];
+        if (row < k)
+            return table_key((uint64_t)row + 1, r->context[row]); /* context j */
+        int t = row - k;
+        return t % 2 == 0 ? table_key(1000, r->items[t / 2]) : table_key(1001, r->actions[t / 2]);
     }
-    return mix64(mix64(mix64(a) ^ b) ^ c);
+    /* Retrieval: row r's K/V depend on its item, its time and the next row's time. */
+    uint64_t a = (uint64_t)r->items[row], b = (uint64_t)r->timestamps[row], c = (uint64_t)r->timestamps[row + 1];
+    return rng_mix64(rng_mix64(rng_mix64(a) ^ b) ^ c);
 }
 
 /* Embedding row of user sequence row `row` (history) or candidate `j`. */
