@@ -28,7 +28,10 @@
  * forward (scripts/gpu_profile.sh).
  *
  * Build: scripts/gpu_pack.sh.
- * Usage: bench_cache_gpu [--iters N] [--quick] | --profile B L C [--no-graphs]
+ * --attention runs part 0 only (the attention alone, with its split-KV
+ * factors by hand).
+ *
+ * Usage: bench_cache_gpu [--iters N] [--quick] [--attention] | --profile B L C [--no-graphs]
  */
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
@@ -185,6 +188,26 @@ static float timed_run(hstu_engine *e, const hstu_request *q, hstu_result *res, 
     return ms;
 }
 
+/* Median ms of one attention launch (iters timed after 2 warm-up). */
+static float time_attention(const attn_cuda_params *ap, int iters, float *t)
+{
+    cudaEvent_t a, b;
+    cudaEventCreate(&a), cudaEventCreate(&b);
+    for (int it = 0; it < iters + 2; it++) {
+        cudaEventRecord(a, 0);
+        if (attn_fwd_cuda(ap, 0))
+            die("attention", "launch failed");
+        cudaEventRecord(b, 0);
+        cudaEventSynchronize(b);
+        float ms;
+        cudaEventElapsedTime(&ms, a, b);
+        if (it >= 2)
+            t[it - 2] = ms;
+    }
+    cudaEventDestroy(a), cudaEventDestroy(b);
+    return median(t, iters);
+}
+
 static bool g_graphs = true; /* CUDA graphs in the engines make_engine creates */
 
 static hstu_engine *make_engine(const hstu_model *m, int max_tok, size_t cache, size_t host, int chunk, bool lw)
@@ -251,12 +274,14 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
 int main(int argc, char **argv)
 {
     int iters = 15, prof[3] = {0, 0, -1};
-    bool quick = false;
+    bool quick = false, attention_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--iters") && i + 1 < argc)
             iters = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
+        else if (!strcmp(argv[i], "--attention"))
+            attention_only = true;
         else if (!strcmp(argv[i], "--no-graphs"))
             g_graphs = false;
         else if (!strcmp(argv[i], "--profile") && i + 3 < argc) {
@@ -268,7 +293,7 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] | --profile B L C [--no-graphs]\n");
+            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] [--attention] | --profile B L C [--no-graphs]\n");
             return 2;
         }
     }
@@ -314,8 +339,6 @@ int main(int argc, char **argv)
         size_t page_elems = (size_t)cfg.n_layers * P * (kw + vw), n_pages = (size_t)B * (hist / P);
         void *qkv = dev_fill((size_t)B * rows_u * W * 2), *pool = dev_fill(n_pages * page_elems * 2);
         void *out = dev_fill((size_t)B * rows_u * vw * 2);
-        float *acc = NULL;
-        cuda_ok(cudaMalloc((void **)&acc, (size_t)16 * B * rows_u * vw * 4), "cudaMalloc");
         int *pt = malloc(sizeof(int) * n_pages), *d_pt = NULL;
         for (size_t i = 0; i < n_pages; i++)
             pt[i] = (int)((i * 7919) % n_pages); /* scattered */
@@ -323,8 +346,6 @@ int main(int argc, char **argv)
         cudaMemcpy(d_pt, pt, sizeof(int) * n_pages, cudaMemcpyHostToDevice);
         attn_cuda_seq *d_seqs = NULL, hs[8];
         cuda_ok(cudaMalloc((void **)&d_seqs, sizeof hs), "cudaMalloc");
-        cudaEvent_t a, b;
-        cudaEventCreate(&a), cudaEventCreate(&b);
         int cs[3] = {2048, 3840, 3968};
         int *d_pt_seq = NULL;
         for (size_t i = 0; i < n_pages; i++)
@@ -349,28 +370,35 @@ int main(int argc, char **argv)
                                        .k_off = var == 1 ? 0 : 3 * (size_t)P * (kw + vw),
                                        .v_off = (var == 1 ? 0 : 3 * (size_t)P * (kw + vw)) + P * kw,
                                        .alpha = cfg.alpha, .N = cfg.attn_scale_len, .out = out, .ld_out = vw,
-                                       .acc = acc, .acc_cap = (size_t)16 * B * rows_u * vw, .acc_rows = B * rows_u,
                                        .max_keys = rows_u};
-                for (int it = 0; it < iters + 2; it++) {
-                    cudaEventRecord(a, 0);
-                    if (attn_fwd_cuda(&ap, 0))
-                        die("attention", "launch failed");
-                    cudaEventRecord(b, 0);
-                    cudaEventSynchronize(b);
-                    float ms;
-                    cudaEventElapsedTime(&ms, a, b);
-                    if (it >= 2)
-                        t[it - 2] = ms;
-                }
-                float ms = median(t, iters);
+                float ms = time_attention(&ap, iters, t);
                 double pairs = 0.5 * ((double)hist * (hist + 1) - (double)c * (c + 1)) + (double)CANDS * (hist + 1);
                 double fl = B * pairs * H * 2.0 * (cfg.d_qk + cfg.d_v);
                 printf("  cached %4d, keys %-20s %8.3f ms %7.0f TFLOP/s (splits %d)\n", c, vname[var],
                        ms, fl / (ms * 1e-3) / 1e12, attn_cuda_splits(&ap));
+                if (c != 3968 || var != 3)
+                    continue;
+                /* the split-KV factor by hand, batch 8 and 1 */
+                for (int nb = 8; nb >= 1; nb -= 7) {
+                    printf("    batch %d, splits", nb);
+                    ap.B = nb;
+                    for (int S = 1; S <= ATTN_CUDA_MAX_SPLITS; S++) {
+                        ap.splits = S;
+                        printf(" %d: %.3f", S, time_attention(&ap, iters, t));
+                    }
+                    ap.B = B;
+                    ap.splits = 0;
+                    printf(" ms (chosen: %d)\n", attn_cuda_splits(&ap));
+                }
             }
-        cudaFree(qkv), cudaFree(pool), cudaFree(out), cudaFree(acc), cudaFree(d_pt), cudaFree(d_seqs);
+        cudaFree(qkv), cudaFree(pool), cudaFree(out), cudaFree(d_pt), cudaFree(d_seqs);
         cudaFree(d_pt_seq);
         free(pt);
+    }
+
+    if (attention_only) {
+        hstu_model_destroy(m);
+        return 0;
     }
 
     /* 1. block ---------------------------------------------------------------- */

@@ -144,6 +144,7 @@ if [ -n "${PROFILE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
                 "$BIN/bench_cache_gpu" --profile "$pb" "$pl" "$pc" $flag >"$LOGS/$name.csv" 2>"$LOGS/$name.err" ||
                 { tail -n 5 "$LOGS/$name.err"; }
             python3 tools/ncu_table.py "$LOGS/$name.csv" | tee -a "$LOGS/$name.txt"
+            rm -f "$LOGS/$name.csv" # the table holds it; the device tool returns few files
         done
     done
 fi

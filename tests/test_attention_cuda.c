@@ -399,11 +399,10 @@ typedef struct gpu_problem {
     cudaStream_t stream;
     attn_cuda_params cp;
     size_t out_bytes;
-    float *d_acc;
 } gpu_problem;
 
-/* Split-KV: gpu_init hands the kernel an fp32 scratch (case_split). */
-static bool g_split;
+/* Split-KV (case_split): 0 none, -1 the kernel's own choice, else forced. */
+static int g_splits;
 
 /* Records a failed CUDA call as a test failure; true when it succeeded. */
 static bool cuda_ok(cudaError_t e, const char *what, int line)
@@ -424,7 +423,6 @@ static void gpu_free(gpu_problem *g)
     cudaFree(g->d_ts);
     cudaFree(g->d_pos);
     cudaFree(g->d_tsw);
-    cudaFree(g->d_acc);
     if (g->stream)
         cudaStreamDestroy(g->stream);
     memset(g, 0, sizeof(*g));
@@ -482,12 +480,8 @@ static bool gpu_init(gpu_problem *g, const problem *pb)
     c->ts = g->d_ts;
     c->out = g->d_out;
     c->ld_out = p->ld_out;
-    if (g_split) {
-        if (!CUDA_OK(cudaMalloc((void **)&g->d_acc, 16 * pb->rows * p->ld_out * sizeof(float))))
-            goto fail;
-        c->acc = g->d_acc;
-        c->acc_cap = 16 * pb->rows * p->ld_out;
-        c->acc_rows = (int)pb->rows;
+    if (g_splits) {
+        c->splits = g_splits > 0 ? g_splits : 0;
         for (int b = 0; b < pb->cs.nseq; b++)
             if (pb->cseqs[b].hist + pb->cseqs[b].cand > c->max_keys)
                 c->max_keys = pb->cseqs[b].hist + pb->cseqs[b].cand;
@@ -698,9 +692,12 @@ static void case_silu_tails(void)
 static void case_split(void)
 {
     /* Few new rows over long cached histories: a handful of row blocks, so
-     * several CTAs share each block's key tiles and add in fp32. Pages, rab,
-     * candidates; one user alone (the batch-1 case) and three. */
-    g_split = true;
+     * several CTAs (one cluster) share each block's key tiles and add in
+     * fp32 through shared memory. Pages, rab, candidates; one user alone
+     * (the batch-1 case) and three; the kernel's own split, then forced
+     * splits that do not divide the 128 rows of a block, and more splits
+     * than a block has tiles (empty parts). */
+    g_splits = -1;
     case_spec one = {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128, .nseq = 1,
                      .seqs = {SEQ(3000, 3128, 40, 3000)}};
     check_case(&one, 80);
@@ -708,7 +705,17 @@ static void case_split(void)
                        .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}};
     if (!t_case_failed())
         check_case(&three, 81);
-    g_split = false;
+    static const int forced[4] = {3, 7, ATTN_CUDA_MAX_SPLITS, 2};
+    for (int i = 0; i < 4 && !t_case_failed(); i++) {
+        g_splits = forced[i];
+        check_case(&one, 82 + i);
+    }
+    case_spec few = {.H = 1, .Dqk = 64, .Dv = 64, .P = 16, .N = 512, .nseq = 2,
+                     .seqs = {SEQ(0, 100, 5, 0), SEQ(96, 130, 3, 96)}};
+    g_splits = ATTN_CUDA_MAX_SPLITS;
+    if (!t_case_failed())
+        check_case(&few, 86);
+    g_splits = 0;
 }
 
 static void case_batch_independence(void)
@@ -833,7 +840,7 @@ static const test_case kCases[] = {
     {"attention cuda: D 256, long history, unaligned blocks", case_long, 0, 1},
     {"attention cuda: SiLU tails (large logits)", case_silu_tails, 0, 1},
     {"attention cuda: a user's rows alone = in a batch (bitwise)", case_batch_independence, 0, 1},
-    {"attention cuda: split-KV (few rows, long cached histories), fp32 sums", case_split, 1, 1},
+    {"attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster", case_split, 1, 1},
 };
 
 int main(void)
@@ -871,7 +878,7 @@ static const char *const kNames[] = {
     "attention cuda: D 256, long history, unaligned blocks",
     "attention cuda: SiLU tails (large logits)",
     "attention cuda: a user's rows alone = in a batch (bitwise)",
-    "attention cuda: split-KV (few rows, long cached histories), fp32 sums",
+    "attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster",
 };
 
 int main(void)

@@ -22,9 +22,9 @@
  * A forward, on one stream: embedding gather of the rows after each user's
  * cached prefix (x = e * sqrt(d) + pos, and layer 0's LN(x) in the same
  * pass), then per layer (replayed as a CUDA graph of its bucket, or eagerly)
- * LN (from layer 1 on) -> uvqk GEMM -> bias+SiLU on v|q|k -> append of the
+ * LN (from layer 1 on) -> uvqk GEMM (columns u|q|v|k) -> bias+SiLU on v|k -> append of the
  * new history K/V to the page pool -> [wait for this layer's onload] ->
- * attention (cached rows from the pages) -> SiLU(u + b_u) * LN(attn) ->
+ * attention (q's bias+SiLU as it loads Q; cached rows from the pages) -> SiLU(u + b_u) * LN(attn) ->
  * proj GEMM into x (beta = 1, bias epilogue);
  * then the head. Ranking: candidate rows gathered and L2-normalised, the MLP
  * as GEMMs with bias(+ReLU) epilogues, logits copied back, sigmoid on the
@@ -63,8 +63,8 @@ extern "C" {
 
 typedef struct layer_dev {
     float *ln_in_w, *ln_in_b;   /* [d8] (NULL without ln_affine) */
-    bf16_t *uvqk_w;             /* [d8, W] (rows d..d8 zero) */
-    float *uvqk_b;              /* [W] (NULL without uvqk_bias) */
+    bf16_t *uvqk_w;             /* [d8, W] columns u|q|v|k (upload_uvqk; rows d..d8 zero) */
+    float *uvqk_b;              /* [W] u|q|v|k (NULL without uvqk_bias) */
     float *ln_out_w, *ln_out_b; /* [vw] (NULL without ln_affine) */
     bf16_t *proj_w;             /* [vw, d8] (columns d..d8 zero) */
     void *proj_b;               /* [d8], x's type (the GEMM's bias is C's type); NULL without proj_bias */
@@ -95,11 +95,9 @@ struct cuda_backend {
     bf16_t *d_item_unit;  /* [n_items8, d8] normalised items (retrieval) */
     void *d_x;            /* [T, d8] residual stream, bf16 or fp32 (x_f32) */
     bf16_t *d_xn;         /* [T, d8] LN(x) */
-    bf16_t *d_uvqk;       /* [T, W] u|v|q|k */
+    bf16_t *d_uvqk;       /* [T, W] u|q|v|k (upload_uvqk) */
     bf16_t *d_attn;       /* [T, vw] */
     bf16_t *d_y;          /* [T, vw] SiLU(u) * LN(attn) */
-    float *d_acc;         /* [acc_cap] the attention's split-KV parts (attention_cuda.h) */
-    size_t acc_cap;       /* 16 splits of the rows that can need splitting (below) */
     bf16_t *d_mlp_a, *d_mlp_b;   /* [T, head_w8] ranking MLP ping-pong */
     float *d_logits;      /* [T, n_tasks8] */
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
@@ -258,7 +256,6 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_uvqk = (bf16_t *)carve(c, T * W * 2);
     cb->d_attn = (bf16_t *)carve(c, T * vw * 2);
     cb->d_y = (bf16_t *)carve(c, T * vw * 2);
-    cb->d_acc = (float *)carve(c, cb->acc_cap * 4);
     cb->d_mlp_a = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_mlp_b = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
@@ -361,6 +358,50 @@ static hstu_status upload_f32(float *dst, const float *src, int64_t n, int64_t n
     return HSTU_OK;
 }
 
+/* The device keeps the projection's columns as u|q|v|k, not the
+ * checkpoint's u|v|q|k: v and k, the two that need activating in a pass
+ * of their own (q is activated by the attention as it loads Q, u by
+ * ln_mul), are then one contiguous range. Column c of the device's
+ * layout comes from column uvqk_src(c) of the model's. */
+static int uvqk_src(const cuda_backend *cb, int c)
+{
+    int vw = cb->vw, kw = cb->kw;
+    if (c < vw)
+        return c;                           /* u */
+    if (c < vw + kw)
+        return c - vw + 2 * vw;             /* q */
+    if (c < 2 * vw + kw)
+        return c - (vw + kw) + vw;          /* v */
+    return c;                               /* k */
+}
+
+static hstu_status upload_uvqk(const cuda_backend *cb, bf16_t *dst, const float *src, uint16_t *buf,
+                               hstu_error *err)
+{
+    int d = cb->d, W = cb->W;
+    for (int r = 0; r < cb->d8; r++) { /* one row at a time: the buffer holds a row of W */
+        for (int c = 0; c < W; c++)
+            buf[c] = r < d ? f2bf_host(src[(size_t)r * W + uvqk_src(cb, c)]) : 0;
+        hstu_status st = ck(cudaMemcpy(dst + (size_t)r * W, buf, (size_t)W * 2, cudaMemcpyHostToDevice),
+                            "weight upload (cudaMemcpy)", err);
+        if (st != HSTU_OK)
+            return st;
+    }
+    return HSTU_OK;
+}
+
+static hstu_status upload_uvqk_bias(const cuda_backend *cb, float *dst, const float *src, hstu_error *err)
+{
+    float *f = (float *)malloc((size_t)cb->W * 4);
+    if (!f)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory for the weight upload");
+    for (int c = 0; c < cb->W; c++)
+        f[c] = src[uvqk_src(cb, c)];
+    hstu_status st = ck(cudaMemcpy(dst, f, (size_t)cb->W * 4, cudaMemcpyHostToDevice), "weight upload (cudaMemcpy)", err);
+    free(f);
+    return st;
+}
+
 static hstu_status upload_weights(cuda_backend *cb, hstu_error *err)
 {
     const hstu_model *m = cb->model;
@@ -386,7 +427,7 @@ static hstu_status upload_weights(cuda_backend *cb, hstu_error *err)
     for (int l = 0; l < cfg->n_layers && st == HSTU_OK; l++) {
         const layer_weights *w = &m->layers[l];
         layer_dev *L = &cb->layers[l];
-        st = upload_bf16(L->uvqk_w, d, W, d8, W, w->uvqk_w, W, buf, err);
+        st = upload_uvqk(cb, L->uvqk_w, w->uvqk_w, buf, err);
         if (st == HSTU_OK)
             st = upload_bf16(L->proj_w, vw, d, vw, d8, w->proj_w, d, buf, err);
         if (st == HSTU_OK && L->ln_in_w)
@@ -394,7 +435,7 @@ static hstu_status upload_weights(cuda_backend *cb, hstu_error *err)
         if (st == HSTU_OK && L->ln_in_b)
             st = upload_f32(L->ln_in_b, w->ln_in_b, d, d8, buf, err);
         if (st == HSTU_OK && L->uvqk_b)
-            st = upload_f32(L->uvqk_b, w->uvqk_b, W, W, buf, err);
+            st = upload_uvqk_bias(cb, L->uvqk_b, w->uvqk_b, err);
         if (st == HSTU_OK && L->ln_out_w)
             st = upload_f32(L->ln_out_w, w->ln_out_w, vw, vw, buf, err);
         if (st == HSTU_OK && L->ln_out_b)
@@ -687,17 +728,6 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
             cb->topk_cap = 1;
     }
     cb->stage_cap = stage_capacity((size_t)max_tokens, (size_t)max_users, (size_t)max_pages);
-    {
-        /* Split-KV happens only while the batch's row blocks x heads are
-         * fewer than the SMs: at most n_sm * 128 / H rows (+ a block of slack
-         * per user is covered by the factor 2), 16 parts each. */
-        int n_sm = 132;
-        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0);
-        size_t rows = (size_t)n_sm * 128 * 2 / (size_t)cfg->n_heads;
-        if (rows > (size_t)max_tokens)
-            rows = (size_t)max_tokens;
-        cb->acc_cap = 16 * rows * (size_t)vw;
-    }
     stage_fixed(cb);
     cb->layers = (layer_dev *)calloc((size_t)cfg->n_layers, sizeof *cb->layers);
     if (!cb->layers) {
@@ -795,10 +825,12 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE, NULL,
                       "uvqk", err)) != HSTU_OK)
         return st;
-    /* v|q|k: bias, and SiLU when silu_uvqk = all; u's bias and SiLU are
-     * applied where u is read (ln_mul). */
-    if ((st = ck(bias_silu_cuda(T, W - vw, cb->d_uvqk + vw, W, L->uvqk_b ? L->uvqk_b + vw : NULL,
-                                cfg->silu_uvqk == HSTU_SILU_ALL, s),
+    /* Columns u|q|v|k (upload_uvqk). v|k: bias, and SiLU when silu_uvqk =
+     * all; q's are applied by the attention as it loads Q, u's where u is
+     * read (ln_mul). */
+    const bool silu_all = cfg->silu_uvqk == HSTU_SILU_ALL;
+    if ((st = ck(bias_silu_cuda(T, vw + kw, cb->d_uvqk + vw + kw, W, L->uvqk_b ? L->uvqk_b + vw + kw : NULL,
+                                silu_all, s),
                  "bias+SiLU", err)) != HSTU_OK)
         return st;
     size_t P = (size_t)cb->cc.page_size, k_off = (size_t)l * P * (size_t)(kw + vw), v_off = k_off + P * (size_t)kw;
@@ -807,16 +839,18 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
      * activations, so the two do not wait for each other). */
     if (n_app > 0 &&
         (st = ck(kv_append_cuda(n_app, (const int *)DEV(cb, sg->app_rows), (const int64_t *)DEV(cb, sg->app_slots),
-                                cb->d_uvqk, W, 2 * vw + kw, vw, kw, vw, cb->d_pool, cb->cc.page_elems, (int)P, k_off,
+                                cb->d_uvqk, W, 2 * vw + kw, vw + kw, kw, vw, cb->d_pool, cb->cc.page_elems, (int)P, k_off,
                                 v_off, s),
                  "KV append", err)) != HSTU_OK)
         return st;
     if (wait_onload && (st = wait_onload_layer(cb, l, err)) != HSTU_OK)
         return st;
     attn_cuda_params ap = *ap_base;
-    ap.q = cb->d_uvqk + 2 * vw;
+    ap.q = cb->d_uvqk + vw;
+    ap.q_bias = L->uvqk_b ? L->uvqk_b + vw : NULL;
+    ap.q_silu = silu_all;
     ap.k = cb->d_uvqk + 2 * vw + kw;
-    ap.v = cb->d_uvqk + vw;
+    ap.v = cb->d_uvqk + vw + kw;
     ap.ld_qkv = W;
     ap.pos_w = L->rab_pos;
     ap.ts_w = L->rab_time;
@@ -1012,7 +1046,6 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
     attn_cuda_params ap = *ap_in;
     ap.B = Bg;
     ap.max_rows = Tg;
-    ap.acc_rows = Tg;
     bool ok = true;
     for (int l = 0; l < L && ok; l++) {
         cudaGraph_t graph = NULL;
@@ -1113,9 +1146,10 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         Bg = 1;
         while (Bg < B)
             Bg *= 2;
-        Tg = T <= 1024 ? 64 : ((T + 511) / 512) * 512;
-        while (T <= 1024 && Tg < T)
-            Tg *= 2;
+        /* Padding costs every GEMM and row-wise pass of every layer: 128-row
+         * steps up to 1024 (a batch-1 cached call's 384 rows ran as 512 with
+         * powers of two), 512-row steps above. */
+        Tg = T <= 64 ? 64 : T <= 1024 ? (T + 127) / 128 * 128 : (T + 511) / 512 * 512;
         if (Bg > cb->max_users || Tg > cb->max_tokens || Bg > cb->cc.graph_max_batch)
             Bg = Tg = 0;
     }
@@ -1247,9 +1281,6 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     ap.Dv = cfg->d_v;
     ap.seqs = (const attn_cuda_seq *)DEV(cb, sg.seqs);
     ap.max_rows = max_rows;
-    ap.acc = cb->d_acc;
-    ap.acc_cap = cb->acc_cap;
-    ap.acc_rows = Bg > 0 ? Tg : T; /* a graph's slices are laid out for its bucket */
     ap.max_keys = max_keys;
     ap.ld_out = cb->vw; /* (layer_forward sets it too; attn_cuda_splits reads it) */
     ap.page_size = cb->d_pool ? P : 1;

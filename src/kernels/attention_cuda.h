@@ -54,6 +54,12 @@ typedef struct attn_cuda_params {
     int max_rows;                /* max over seqs of (hist - c) + cand: grid sizing */
     const void *q, *k, *v;       /* device bf16, row stride ld_qkv elements */
     int ld_qkv;
+    /* q as the projection left it: each CTA applies q = phi(q + q_bias)
+     * (q_bias device fp32 [H*Dqk] or NULL; phi = SiLU when q_silu, else
+     * the identity) to its Q tile in shared memory, rounded to bf16, so that
+     * no pass over q is needed before (k and v come activated). */
+    const float *q_bias;
+    int q_silu;
     /* Page pool (bf16), page p at pages + p * page_elems; layer block K at
      * + k_off, V at + v_off; rows H*Dqk (K) and H*Dv (V) wide. */
     const void *pages;
@@ -68,20 +74,19 @@ typedef struct attn_cuda_params {
     const int64_t *ts;           /* device timestamps, per sequence from ts0 */
     void *out;                   /* device bf16 [rows, H*Dv], stride ld_out */
     int ld_out;
-    /* Optional split-KV (NULL: never): fp32 scratch of acc_cap floats;
-     * acc_rows covers every sequence's output rows; max_keys bounds
-     * hist + cand over the sequences. When few CTAs would cover the GPU,
-     * S CTAs share a row block's keys, each writes its part to its own
-     * acc_rows x ld_out slice of acc (S * acc_rows * ld_out <= acc_cap), and
-     * a second kernel adds the parts and rounds them into out: same result
-     * up to the order of fp32 additions. */
-    float *acc;
-    size_t acc_cap;
-    int acc_rows, max_keys;
+    /* Split-KV: when few row blocks would leave most SMs idle, S (<=
+     * ATTN_CUDA_MAX_SPLITS) CTAs of one thread-block cluster share a row
+     * block's keys and add their fp32 parts in shared memory before the one
+     * bf16 rounding: the same result up to the order of fp32 additions.
+     * max_keys bounds hist + cand over the sequences (sizes the split). */
+    int max_keys;
     int splits;                  /* 0: chosen from the sizes (attn_cuda_splits); else forced */
 } attn_cuda_params;
 
-/* The split-KV factor attn_fwd_cuda picks for these sizes (1: no split). */
+#define ATTN_CUDA_MAX_SPLITS 8
+
+/* The split-KV factor attn_fwd_cuda picks for these sizes (1: no split;
+ * the default kernel only). */
 int attn_cuda_splits(const attn_cuda_params *p);
 
 /* True when the kernel handles these head widths; otherwise writes why. */

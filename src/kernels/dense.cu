@@ -16,7 +16,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#define ROWS_PER_BLOCK 8 /* warps per block, one row each */
+#define ROWS_PER_BLOCK 8 /* warps per block at most, one row each */
 #define VEC 8            /* elements per 16-byte bf16 access */
 #define MAX_NC 8         /* chunks per lane on the register path: rows up to 2048 */
 
@@ -93,7 +93,16 @@ static int vec_chunks(int width, int ld0, int ld1, const void *p0, const void *p
 
 static int finish(void) { return (int)cudaGetLastError(); }
 
-static dim3 row_grid(int rows) { return dim3((unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK)); }
+/* One warp per row, in blocks of up to ROWS_PER_BLOCK warps: fewer when the
+ * rows are few, so that the blocks spread over at least ~2 x 132 SMs (a
+ * batch of one user's 512 rows took 64 blocks, half the GPU, at 8). */
+static int row_warps(int rows) { return rows >= 2112 ? 8 : rows >= 1056 ? 4 : rows >= 528 ? 2 : 1; }
+static dim3 row_grid(int rows)
+{
+    const int w = row_warps(rows);
+    return dim3((unsigned)((rows + w - 1) / w));
+}
+static dim3 row_block(int rows) { return dim3((unsigned)(32 * row_warps(rows))); }
 
 /* Zeroes columns [width, ld) of one bf16 row (the GEMMs' K padding). */
 __device__ __forceinline__ void zero_pad(bf16_t *y, int width, int ld, int lane)
@@ -191,7 +200,7 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                      float eps, bf16_t *xn, int ldxn)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int t = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int t = blockIdx.x * (blockDim.x / 32) + warp;
     if (t >= T)
         return;
     const bf16_t *e = table + (size_t)rows[t] * ld_table;
@@ -239,7 +248,7 @@ __global__ void embed_any_kernel(int T, int width, const bf16_t *table, int ld_t
                                  const bf16_t *pos_table, int ld_pos, const int *pos, float scale, X *x, int ldx)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int t = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int t = blockIdx.x * (blockDim.x / 32) + warp;
     if (t >= T)
         return;
     const bf16_t *e = table + (size_t)rows[t] * ld_table;
@@ -260,7 +269,7 @@ static int embed_launch(int T, int width, const bf16_t *table, int ld_table, con
                         const bf16_t *pos_table, int ld_pos, const int *pos, float scale, X *x, int ldx,
                         const float *w, const float *b, float eps, bf16_t *xn, int ldxn, cudaStream_t s)
 {
-    dim3 g = row_grid(T), blk(32 * ROWS_PER_BLOCK);
+    dim3 g = row_grid(T), blk = row_block(T);
     int nc = 0;
     if (ld_table % VEC == 0 && ld_pos % VEC == 0 && aligned16(table) && aligned16(pos_table))
         nc = vec_chunks(width, ldx, xn ? ldxn : ldx, x, xn ? (const void *)xn : (const void *)x);
@@ -315,7 +324,7 @@ __global__ void layernorm_vec_kernel(int rows, int width, const X *x, int ldx, c
                                      const float *b, float eps, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
         return;
     const X *xr = x + (size_t)r * ldx;
@@ -341,7 +350,7 @@ __global__ void layernorm_any_kernel(int rows, int width, const X *x, int ldx, c
                                      const float *b, float eps, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
         return;
     const X *xr = x + (size_t)r * ldx;
@@ -369,7 +378,7 @@ static int layernorm_launch(int rows, int width, const X *x, int ldx, const floa
 {
     if (rows <= 0)
         return 0;
-    dim3 g = row_grid(rows), blk(32 * ROWS_PER_BLOCK);
+    dim3 g = row_grid(rows), blk = row_block(rows);
     int nc = vec_chunks(width, ldx, ldy, x, y);
     if (w && (!aligned16(w) || !aligned16(b)))
         nc = 0;
@@ -397,39 +406,39 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
 
 /* ---- bias + SiLU, in place on bf16 ------------------------------------ */
 
-/* One warp per row, four 16-byte chunks per lane per step, all loads of a
- * step issued before the math. */
+/* One warp per row and 1024-column slice (grid y), four 16-byte chunks per
+ * lane, all loads issued before the math. */
+constexpr int BS_COLS = 4 * 32 * VEC;
 __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
         return;
     bf16_t *xr = x + (size_t)r * ldx;
-    for (int c0 = lane * VEC; c0 < width; c0 += 4 * 32 * VEC) {
-        float v[4][VEC];
+    const int c0 = blockIdx.y * BS_COLS + lane * VEC;
+    float v[4][VEC];
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            if (c0 + i * 32 * VEC < width)
-                load8(xr + c0 + i * 32 * VEC, v[i]);
+    for (int i = 0; i < 4; i++)
+        if (c0 + i * 32 * VEC < width)
+            load8(xr + c0 + i * 32 * VEC, v[i]);
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int c = c0 + i * 32 * VEC;
-            if (c < width) {
-                if (bias) {
-                    float bv[VEC];
-                    load8(bias + c, bv);
+    for (int i = 0; i < 4; i++) {
+        int c = c0 + i * 32 * VEC;
+        if (c < width) {
+            if (bias) {
+                float bv[VEC];
+                load8(bias + c, bv);
 #pragma unroll
-                    for (int j = 0; j < VEC; j++)
-                        v[i][j] += bv[j];
-                }
-                if (silu_on) {
-#pragma unroll
-                    for (int j = 0; j < VEC; j++)
-                        v[i][j] = silu(v[i][j]);
-                }
-                store8(xr + c, v[i]);
+                for (int j = 0; j < VEC; j++)
+                    v[i][j] += bv[j];
             }
+            if (silu_on) {
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    v[i][j] = silu(v[i][j]);
+            }
+            store8(xr + c, v[i]);
         }
     }
 }
@@ -453,7 +462,8 @@ extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const flo
     cudaStream_t s = (cudaStream_t)stream;
     bool vec = width % VEC == 0 && ldx % VEC == 0 && aligned16(x) && (!bias || aligned16(bias));
     if (vec) {
-        bias_silu_vec_kernel<<<row_grid(rows), 32 * ROWS_PER_BLOCK, 0, s>>>(rows, width, x, ldx, bias, silu_on);
+        dim3 g(row_grid(rows).x, (unsigned)((width + BS_COLS - 1) / BS_COLS));
+        bias_silu_vec_kernel<<<g, row_block(rows), 0, s>>>(rows, width, x, ldx, bias, silu_on);
     } else {
         /* Enough blocks to fill the GPU several times over; the loop takes the rest. */
         size_t blocks = ((size_t)rows * width + 255) / 256;
@@ -475,7 +485,7 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                       const float *w, const float *b, float eps, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
         return;
     const bf16_t *ar = a + (size_t)r * lda;
@@ -513,7 +523,7 @@ __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda,
                                   int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
         return;
     const bf16_t *ar = a + (size_t)r * lda;
@@ -545,7 +555,7 @@ extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const 
     if (rows <= 0)
         return 0;
     cudaStream_t s = (cudaStream_t)stream;
-    dim3 g = row_grid(rows), blk(32 * ROWS_PER_BLOCK);
+    dim3 g = row_grid(rows), blk = row_block(rows);
     int nc = vec_chunks(width, lda, ldy, a, y);
     if (ldu % VEC || !aligned16(u) || (ubias && !aligned16(ubias)) || (w && (!aligned16(w) || !aligned16(b))))
         nc = 0;
@@ -566,7 +576,7 @@ template <typename X>
 __global__ void gather_l2norm_kernel(int n, int width, const X *x, int ldx, const int *rows, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int i = blockIdx.x * ROWS_PER_BLOCK + warp;
+    int i = blockIdx.x * (blockDim.x / 32) + warp;
     if (i >= n)
         return;
     const X *xr = x + (size_t)rows[i] * ldx;
@@ -587,7 +597,7 @@ extern "C" int gather_l2norm_cuda(int n, int width, const float *x, int ldx, con
 {
     if (n <= 0)
         return 0;
-    gather_l2norm_kernel<float><<<row_grid(n), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(n, width, x, ldx,
+    gather_l2norm_kernel<float><<<row_grid(n), row_block(n), 0, (cudaStream_t)stream>>>(n, width, x, ldx,
                                                                                              rows, y, ldy);
     return finish();
 }
@@ -597,7 +607,7 @@ extern "C" int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ld
 {
     if (n <= 0)
         return 0;
-    gather_l2norm_kernel<bf16_t><<<row_grid(n), 32 * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(n, width, x, ldx,
+    gather_l2norm_kernel<bf16_t><<<row_grid(n), row_block(n), 0, (cudaStream_t)stream>>>(n, width, x, ldx,
                                                                                               rows, y, ldy);
     return finish();
 }

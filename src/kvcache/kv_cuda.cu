@@ -36,28 +36,30 @@ extern "C" int kv_copy_cuda(const kv_copy *copies, int n, size_t bytes, size_t s
     return (int)cudaGetLastError();
 }
 
-/* One warp per row: K then V, 16 bytes per lane per step. */
+/* One thread per 16-byte chunk of a row's K|V: a few new rows still spread
+ * over the whole GPU, and each thread has one load in flight (a warp per
+ * row looped over its chunks, a load's latency each, 7 us for 128 rows). */
 __global__ void kv_append_kernel(int n, const int *rows, const int64_t *slots, const uint16_t *uvqk, int ld,
                                  int k_col, int v_col, int kw, int vw, uint16_t *pool, size_t page_elems, int P,
                                  size_t k_off, size_t v_off)
 {
-    const int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (i >= n)
+    const int kc = kw / 8, cpr = kc + vw / 8;
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (long long)n * cpr)
         return;
+    const int i = (int)(t / cpr), c = (int)(t - (long long)i * cpr);
     const int64_t s = slots[i];
     if (s < 0)
         return; /* padding (a CUDA graph's fixed-size list) */
     const uint16_t *row = uvqk + (size_t)rows[i] * ld;
     const int64_t page = s / P, slot = s - page * P;
     uint16_t *base = pool + (size_t)page * page_elems;
-    const uint4 *k = reinterpret_cast<const uint4 *>(row + k_col);
-    const uint4 *v = reinterpret_cast<const uint4 *>(row + v_col);
-    uint4 *kd = reinterpret_cast<uint4 *>(base + k_off + (size_t)slot * kw);
-    uint4 *vd = reinterpret_cast<uint4 *>(base + v_off + (size_t)slot * vw);
-    for (int c = lane; c < kw / 8; c += 32)
-        kd[c] = k[c];
-    for (int c = lane; c < vw / 8; c += 32)
-        vd[c] = v[c];
+    if (c < kc)
+        reinterpret_cast<uint4 *>(base + k_off + (size_t)slot * kw)[c] =
+            reinterpret_cast<const uint4 *>(row + k_col)[c];
+    else
+        reinterpret_cast<uint4 *>(base + v_off + (size_t)slot * vw)[c - kc] =
+            reinterpret_cast<const uint4 *>(row + v_col)[c - kc];
 }
 
 extern "C" int kv_append_cuda(int n, const int *rows, const int64_t *slots, const uint16_t *uvqk, int ld, int k_col,
@@ -68,8 +70,8 @@ extern "C" int kv_append_cuda(int n, const int *rows, const int64_t *slots, cons
         return 0;
     if (kw % 8 || vw % 8 || ld % 8 || k_col % 8 || v_col % 8 || page_elems % 8 || k_off % 8 || v_off % 8)
         return (int)cudaErrorInvalidValue;
-    const int warps = 8;
-    kv_append_kernel<<<(unsigned)((n + warps - 1) / warps), 32 * warps, 0, (cudaStream_t)stream>>>(
+    const long long chunks = (long long)n * ((kw + vw) / 8);
+    kv_append_kernel<<<(unsigned)((chunks + 255) / 256), 256, 0, (cudaStream_t)stream>>>(
         n, rows, slots, uvqk, ld, k_col, v_col, kw, vw, pool, page_elems, P, k_off, v_off);
     return (int)cudaGetLastError();
 }
