@@ -12,14 +12,21 @@
  *   - resume: a run stopped mid-epoch (and one stopped at an epoch end) and
  *     resumed equals the uninterrupted run byte for byte;
  *   - errors: resuming with another seed, a config that does not fit the data.
+ *   - --keep-best: best/ follows the best validation HR@10 of the evaluations
+ *     the trainer logs, evaluates to exactly that number, and survives a
+ *     resumed run whose evaluations are worse (a learning rate far too high
+ *     makes them so); the state file carries the best value; the options it
+ *     needs are named when missing.
  * Small shapes and few steps: the whole file runs in seconds.
  */
 #include "core/status.h"
 #include "data/builder.h"
 #include "eval/eval.h"
 #include "harness.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +290,156 @@ static void test_errors(void)
     T_CHECK(s != HSTU_OK && strstr(err.msg, "--resume"), "resume from nothing: %d %s", s, err.msg);
 }
 
+/* The "eval  epoch E  valid: N users  HR@10 X" lines of a trainer log: hr[E] = X
+ * (4 decimals), -1 where epoch E was not evaluated. */
+static void parse_evals(const char *log, double *hr, int max_epoch)
+{
+    for (int e = 0; e <= max_epoch; e++)
+        hr[e] = -1;
+    for (const char *p = log; (p = strstr(p, "eval  epoch ")) != NULL; p++) {
+        int e, users;
+        double x;
+        if (sscanf(p, "eval  epoch %d  valid: %d users  HR@10 %lf", &e, &users, &x) == 3 && e >= 1 &&
+            e <= max_epoch)
+            hr[e] = x;
+    }
+}
+
+static void run_logged(const char *data, const char *out, const trainer_options *o, trainer_report *rep,
+                       char **log, hstu_status *s, hstu_error *err)
+{
+    hstu_config cfg = parse(RETRIEVAL_CFG);
+    size_t n;
+    FILE *f = open_memstream(log, &n);
+    HSTU_ASSERT(f);
+    *s = trainer_run(data, &cfg, out, o, f, rep, err);
+    fclose(f);
+}
+
+static void keep_best_options(trainer_options *o, int epochs)
+{
+    small_options(o);
+    o->holdout = 2;
+    o->keep_best = true;
+    o->eval_every = 1;
+    o->epochs = epochs;
+}
+
+static void test_keep_best(void)
+{
+    char data[512], out[512], path[600];
+    path_in(data, sizeof data, "ret.hstu");
+    path_in(out, sizeof out, "keep-best");
+    trainer_options o;
+    keep_best_options(&o, 5);
+    trainer_report rep;
+    hstu_error err = {0};
+    hstu_status s;
+    char *log = NULL;
+    run_logged(data, out, &o, &rep, &log, &s, &err);
+    T_REQUIRE(s == HSTU_OK, "trainer_run: %s", err.msg);
+    double hr[7];
+    parse_evals(log, hr, 6);
+    free(log);
+    int want = 0; /* the first epoch of the highest HR@10: "strictly better" keeps the earlier of a tie */
+    for (int e = 1; e <= 5; e++) {
+        T_REQUIRE(hr[e] >= 0, "no validation line for epoch %d in the log", e);
+        if (want == 0 || hr[e] > hr[want])
+            want = e;
+    }
+    printf("    valid HR@10 by epoch: %.4f %.4f %.4f %.4f %.4f; best epoch %lld\n", hr[1], hr[2], hr[3], hr[4],
+           hr[5], (long long)rep.best_epoch);
+    /* a best after epoch 1 means best/ was replaced at least once (not only created) */
+    T_REQUIRE(want > 1, "the planted rule should improve HR@10 after epoch 1 (got %.4f then %.4f)", hr[1], hr[2]);
+    T_CHECK(rep.best_epoch == want, "best epoch %lld, the log's best is epoch %d", (long long)rep.best_epoch, want);
+    T_CHECK(fabs(rep.best_metric - hr[want]) < 5.1e-5, "best HR@10 %.6f, the log says %.4f", rep.best_metric,
+            hr[want]);
+    tr_best b;
+    T_REQUIRE(tr_best_read(out, &b, &err) == HSTU_OK, "best.json: %s", err.msg);
+    T_CHECK(b.epoch == rep.best_epoch && b.value == rep.best_metric, "best.json says epoch %lld HR@10 %.17g",
+            (long long)b.epoch, b.value);
+    snprintf(path, sizeof path, "%s/.best.tmp", out);
+    T_CHECK(access(path, F_OK) != 0, "%s was left behind", path);
+    /* the state file carries the best value, exactly */
+    hstu_model *cm = NULL;
+    float *am = NULL, *av = NULL;
+    tr_state st;
+    T_REQUIRE(tr_checkpoint_load(out, &cm, &am, &av, &st, &err) == HSTU_OK, "%s", err.msg);
+    T_CHECK(st.best_epoch == rep.best_epoch && st.best_metric == rep.best_metric,
+            "state: best epoch %lld HR@10 %.17g", (long long)st.best_epoch, st.best_metric);
+    hstu_model_destroy(cm);
+    free(am);
+    free(av);
+    /* best/ loads as `hstu eval --model` loads it and scores exactly what training logged */
+    snprintf(path, sizeof path, "%s/best", out);
+    hstu_model *m = NULL;
+    T_REQUIRE(hstu_model_load(path, &m, &err) == HSTU_OK, "hstu_model_load %s: %s", path, err.msg);
+    dataset *ds = NULL;
+    T_REQUIRE(dataset_open(data, &ds, &err) == HSTU_OK, "%s", err.msg);
+    eval_options eo;
+    eval_options_default(&eo);
+    eo.engine.threads = o.threads;
+    eo.engine.use_cache = false;
+    eo.split = DATASET_VALID;
+    eval_metrics mt;
+    T_CHECK(eval_model(m, ds, &eo, &mt, &err) == HSTU_OK, "eval valid: %s", err.msg);
+    T_CHECK(mt.hr10 == rep.best_metric, "best/ scores valid HR@10 %.17g, training logged %.17g", mt.hr10,
+            rep.best_metric);
+    eo.split = DATASET_TEST;
+    T_CHECK(eval_model(m, ds, &eo, &mt, &err) == HSTU_OK && mt.n_users > 0, "eval test: %s", err.msg);
+    dataset_close(ds);
+    hstu_model_destroy(m);
+    snprintf(path, sizeof path, "%s/best/model.safetensors", out);
+    size_t n0, n1;
+    char *before = slurp(path, &n0);
+    T_REQUIRE(before, "cannot read %s", path);
+    /* resume with a learning rate far too high: the next evaluations are worse and
+       must leave best/ alone, which only the restored best value can tell */
+    keep_best_options(&o, 6);
+    o.resume = true;
+    o.adam.lr = 1.0f;
+    trainer_report rep2;
+    run_logged(data, out, &o, &rep2, &log, &s, &err);
+    T_REQUIRE(s == HSTU_OK, "resume: %s", err.msg);
+    parse_evals(log, hr, 6);
+    T_CHECK(strstr(log, "best so far: epoch") != NULL, "the resumed run does not report the best so far");
+    free(log);
+    printf("    resumed at lr 1: valid HR@10 %.4f at epoch 6\n", hr[6]);
+    T_REQUIRE(hr[6] >= 0 && hr[6] < rep.best_metric, "the precondition failed: epoch 6 at lr 1 scores %.4f, not "
+              "below the best %.4f", hr[6], rep.best_metric);
+    T_CHECK(rep2.best_epoch == rep.best_epoch && rep2.best_metric == rep.best_metric,
+            "after the resume: best epoch %lld HR@10 %.6f (was %lld, %.6f)", (long long)rep2.best_epoch,
+            rep2.best_metric, (long long)rep.best_epoch, rep.best_metric);
+    char *after = slurp(path, &n1);
+    T_CHECK(after && n0 == n1 && memcmp(before, after, n0) == 0, "best/ was rewritten by a worse evaluation");
+    free(before);
+    free(after);
+}
+
+static void test_keep_best_errors(void)
+{
+    char data[512], rdata[512], out[512];
+    path_in(data, sizeof data, "ret.hstu");
+    path_in(rdata, sizeof rdata, "rank.hstu");
+    path_in(out, sizeof out, "keep-best-err");
+    hstu_config cfg = parse(RETRIEVAL_CFG), rcfg = parse(RANKING_CFG);
+    trainer_options o;
+    keep_best_options(&o, 1);
+    o.holdout = 1;
+    trainer_report rep;
+    hstu_error err = {0};
+    hstu_status s = trainer_run(data, &cfg, out, &o, NULL, &rep, &err);
+    T_CHECK(s == HSTU_ERR_ARG && strstr(err.msg, "add --holdout 2"), "holdout 1: %d %s", s, err.msg);
+    keep_best_options(&o, 1);
+    o.eval_every = 0;
+    s = trainer_run(data, &cfg, out, &o, NULL, &rep, &err);
+    T_CHECK(s == HSTU_ERR_ARG && strstr(err.msg, "--eval-every"), "eval-every 0: %d %s", s, err.msg);
+    keep_best_options(&o, 1);
+    s = trainer_run(rdata, &rcfg, out, &o, NULL, &rep, &err);
+    T_CHECK(s == HSTU_ERR_ARG && strstr(err.msg, "ranking"), "ranking: %d %s", s, err.msg);
+    T_CHECK(access(out, F_OK) != 0, "a refused run created %s", out);
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/hstu_test_train_%d", (int)getpid());
@@ -295,6 +452,9 @@ int main(void)
     t_run("deterministic: two runs, identical checkpoints", test_deterministic);
     t_run("resume mid-epoch and at an epoch end: bit-identical to an uninterrupted run", test_resume);
     t_run("errors: resume with another seed, table too small, nothing to resume", test_errors);
+    t_run("--keep-best: best/ holds the best valid HR@10, evaluates to it, survives a worse resumed run",
+          test_keep_best);
+    t_run("--keep-best errors: holdout 1, no evaluations, ranking", test_keep_best_errors);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
     if (system(cmd) != 0)

@@ -11,6 +11,7 @@
 #include "core/status.h"
 #include "model/model.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -102,7 +103,7 @@ static hstu_status write_state(const char *dir, const hstu_model *m, const float
     const char *names[3] = {"param", "adam.m", "adam.v"};
     const float *data[3] = {m->arena, am, av};
     int64_t numel[3] = {P, P, P};
-    char v[7][32];
+    char v[9][32];
     snprintf(v[0], 32, "%lld", (long long)st->step);
     snprintf(v[1], 32, "%lld", (long long)st->epoch);
     snprintf(v[2], 32, "%lld", (long long)st->batch);
@@ -110,11 +111,14 @@ static hstu_status write_state(const char *dir, const hstu_model *m, const float
     snprintf(v[4], 32, "%d", st->batch_users);
     snprintf(v[5], 32, "%d", st->holdout);
     snprintf(v[6], 32, "%d", st->threads);
+    snprintf(v[7], 32, "%lld", (long long)st->best_epoch);
+    snprintf(v[8], 32, "%.17g", st->best_epoch > 0 ? st->best_metric : 0.0);
     const char *meta[] = {"format", TR_STATE_FORMAT, "step", v[0], "epoch", v[1], "batch", v[2], "seed", v[3],
-                          "batch_users", v[4], "holdout", v[5], "threads", v[6]};
+                          "batch_users", v[4], "holdout", v[5], "threads", v[6], "best_epoch", v[7],
+                          "best_metric", v[8]};
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, TR_STATE_FILE);
-    return tr_write_safetensors(path, names, data, numel, 3, meta, 8, err);
+    return tr_write_safetensors(path, names, data, numel, 3, meta, 10, err);
 }
 
 hstu_status tr_checkpoint_save(const char *dir, const hstu_model *m, const float *adam_m, const float *adam_v,
@@ -218,6 +222,19 @@ hstu_status tr_checkpoint_load(const char *dir, hstu_model **mout, float **am, f
             goto fail;
     *st = (tr_state){.step = v[0], .epoch = v[1], .batch = v[2], .seed = (uint64_t)v[3],
                      .batch_users = (int)v[4], .holdout = (int)v[5], .threads = (int)v[6]};
+    /* best_*: absent from states written before --keep-best existed (= no best yet) */
+    if (json_object_get(meta, "best_epoch")) {
+        const char *bm = json_string_value(json_object_get(meta, "best_metric"));
+        char *end = NULL;
+        if ((s = meta_int(meta, "best_epoch", path, &st->best_epoch, err)) != HSTU_OK)
+            goto fail;
+        st->best_metric = bm ? strtod(bm, &end) : 0;
+        if (!bm || !*bm || *end || st->best_epoch < 0) {
+            s = hstu_fail(err, HSTU_ERR_FORMAT, "%s: __metadata__ \"best_epoch\"/\"best_metric\" are not an "
+                          "epoch and a number", path);
+            goto fail;
+        }
+    }
     json_decref(hdr);
     st_close(&f);
     model_finish(m);
@@ -231,5 +248,123 @@ fail:
     hstu_model_destroy(m);
     free(mm);
     free(vv);
+    return s;
+}
+
+/* Removes a directory that holds plain files only (best/, its temporary). */
+static void remove_flat_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char p[4400];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+static hstu_status fsync_file(const char *path, hstu_error *err)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return hstu_fail(err, HSTU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int rc = fsync(fd);
+    close(fd);
+    return rc == 0 ? HSTU_OK : hstu_fail(err, HSTU_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+}
+
+static hstu_status write_best_json(const char *path, const tr_best *b, hstu_error *err)
+{
+    json_t *o = json_pack("{s:I, s:I, s:s, s:s, s:f, s:s}", "epoch", (json_int_t)b->epoch, "step",
+                          (json_int_t)b->step, "split", b->split, "metric", b->metric, "value", b->value, "eval",
+                          b->eval_line ? b->eval_line : "");
+    /* jansson prints reals with %.17g: the value reads back exactly */
+    char *text = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(o);
+    if (!text)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "out of memory for %s", path);
+    hstu_status s = HSTU_OK;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        s = hstu_fail(err, HSTU_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    if (s == HSTU_OK && (s = write_all(fd, text, strlen(text), path, err)) == HSTU_OK)
+        s = write_all(fd, "\n", 1, path, err);
+    if (fd >= 0 && s == HSTU_OK && fsync(fd) != 0)
+        s = hstu_fail(err, HSTU_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    if (fd >= 0 && close(fd) != 0 && s == HSTU_OK)
+        s = hstu_fail(err, HSTU_ERR_IO, "%s: close failed: %s", path, strerror(errno));
+    free(text);
+    return s;
+}
+
+hstu_status tr_best_save(const char *dir, const hstu_model *m, const tr_best *b, hstu_error *err)
+{
+    char tmp[4096], best[4096], old[4096], path[4200];
+    snprintf(tmp, sizeof tmp, "%s/.best.tmp", dir);
+    snprintf(best, sizeof best, "%s/best", dir);
+    snprintf(old, sizeof old, "%s/.best.old", dir);
+    remove_flat_dir(tmp); /* left by a run that died while writing it */
+    hstu_status s = hstu_model_save(m, tmp, HSTU_DTYPE_F32, err);
+    if (s != HSTU_OK)
+        goto fail;
+    snprintf(path, sizeof path, "%s/best.json", tmp);
+    if ((s = write_best_json(path, b, err)) != HSTU_OK)
+        goto fail;
+    snprintf(path, sizeof path, "%s/config.json", tmp); /* hstu_model_save does not fsync it */
+    if ((s = fsync_file(path, err)) != HSTU_OK)
+        goto fail;
+    sync_dir(tmp);
+    if (access(best, F_OK) != 0) {
+        if (rename(tmp, best) != 0) {
+            s = hstu_fail(err, HSTU_ERR_IO, "%s: cannot rename %s to it: %s", best, tmp, strerror(errno));
+            goto fail;
+        }
+    } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, best, RENAME_EXCHANGE) == 0) {
+        remove_flat_dir(tmp); /* now the previous best */
+    } else if (errno == EINVAL || errno == ENOSYS) {
+        /* a file system without RENAME_EXCHANGE: best/ is absent for a moment, never partial */
+        remove_flat_dir(old);
+        if (rename(best, old) != 0 || rename(tmp, best) != 0) {
+            s = hstu_fail(err, HSTU_ERR_IO, "%s: cannot replace it with %s: %s", best, tmp, strerror(errno));
+            goto fail;
+        }
+        remove_flat_dir(old);
+    } else {
+        s = hstu_fail(err, HSTU_ERR_IO, "%s: cannot exchange it with %s: %s", best, tmp, strerror(errno));
+        goto fail;
+    }
+    sync_dir(dir);
+    return HSTU_OK;
+fail:
+    remove_flat_dir(tmp);
+    return s;
+}
+
+hstu_status tr_best_read(const char *dir, tr_best *b, hstu_error *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/best/best.json", dir);
+    *b = (tr_best){0};
+    if (access(path, F_OK) != 0)
+        return HSTU_OK;
+    json_error_t je;
+    json_t *o = json_load_file(path, 0, &je);
+    json_t *e = o ? json_object_get(o, "epoch") : NULL, *v = o ? json_object_get(o, "value") : NULL;
+    json_t *st = o ? json_object_get(o, "step") : NULL;
+    hstu_status s = HSTU_OK;
+    if (!json_is_integer(e) || !json_is_number(v) || json_integer_value(e) < 1)
+        s = hstu_fail(err, HSTU_ERR_FORMAT,
+                      "%s: not a best.json of hstu train (needs an integer \"epoch\" >= 1 and a number \"value\"); "
+                      "remove %s/best to start the selection afresh",
+                      path, dir);
+    else
+        *b = (tr_best){.epoch = json_integer_value(e), .step = json_is_integer(st) ? json_integer_value(st) : 0,
+                       .value = json_number_value(v)};
+    json_decref(o);
     return s;
 }

@@ -235,7 +235,10 @@ static void fmt_eta(double s, char *buf, size_t cap)
         snprintf(buf, cap, "%.0fs", s);
 }
 
-static hstu_status evaluate(run *r, hstu_model *m, int64_t epoch, trainer_report *rep, hstu_error *err)
+/* Evaluates m on the trainer's split (validation with holdout 2, else test)
+ * into rep; line receives the logged line. */
+static hstu_status evaluate(run *r, hstu_model *m, int64_t epoch, trainer_report *rep, char *line, size_t cap,
+                            hstu_error *err)
 {
     eval_options eo;
     eval_options_default(&eo);
@@ -250,14 +253,55 @@ static hstu_status evaluate(run *r, hstu_model *m, int64_t epoch, trainer_report
         hstu_error_prefix(err, "evaluation after epoch %lld", (long long)epoch + 1);
         return s;
     }
-    char line[1024];
-    eval_metrics_format(&mt, r->ds, line, sizeof line);
+    eval_metrics_format(&mt, r->ds, line, cap);
     say(r, "eval  epoch %lld  %s\n", (long long)epoch + 1, line);
     rep->evaluated = true;
     rep->metric = mt.family == HSTU_FAMILY_RETRIEVAL ? mt.hr10 : mt.mean_auc;
     rep->n_tasks = mt.family == HSTU_FAMILY_RANKING ? mt.n_tasks : 0;
     for (int t = 0; t < rep->n_tasks; t++)
         rep->auc[t] = mt.auc[t];
+    return HSTU_OK;
+}
+
+/* --keep-best selects on the validation split: retrieval with holdout 2 only. */
+static hstu_status check_keep_best(const trainer_options *o, hstu_family family, hstu_error *err)
+{
+    if (!o->keep_best)
+        return HSTU_OK;
+    if (family != HSTU_FAMILY_RETRIEVAL)
+        return hstu_fail(err, HSTU_ERR_ARG,
+                         "--keep-best selects the model on a validation split, and ranking datasets have none "
+                         "(train and test users only; selecting on test would overstate the test metric): "
+                         "train without --keep-best");
+    if (o->holdout != 2)
+        return hstu_fail(err, HSTU_ERR_ARG,
+                         "--keep-best selects the model on the validation split, which exists only with "
+                         "--holdout 2 (with --holdout 1 the validation item is a training target and the "
+                         "evaluations are on test): add --holdout 2");
+    if (o->eval_every < 1)
+        return hstu_fail(err, HSTU_ERR_ARG,
+                         "--keep-best selects the model at evaluations: give --eval-every N >= 1");
+    return HSTU_OK;
+}
+
+/* After an evaluation: if its metric beats the best so far, m goes to
+ * out_dir/best/ and st records it (the checkpoint written next saves it). */
+static hstu_status update_best(run *r, const char *out_dir, const hstu_model *m, int64_t ep, double metric,
+                               const char *line, tr_state *st, hstu_error *err)
+{
+    if (st->best_epoch > 0 && !(metric > st->best_metric)) {
+        say(r, "best  still epoch %lld  valid HR@10 %.4f  (%s/best)\n", (long long)st->best_epoch,
+            st->best_metric, out_dir);
+        return HSTU_OK;
+    }
+    tr_best b = {.epoch = ep + 1, .step = st->step, .split = "valid", .metric = "HR@10", .value = metric,
+                 .eval_line = line};
+    hstu_status s = tr_best_save(out_dir, m, &b, err);
+    if (s != HSTU_OK)
+        return s;
+    st->best_epoch = ep + 1;
+    st->best_metric = metric;
+    say(r, "best  epoch %lld  valid HR@10 %.4f  -> %s/best\n", (long long)st->best_epoch, metric, out_dir);
     return HSTU_OK;
 }
 
@@ -374,6 +418,8 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
         return hstu_fail(err, HSTU_ERR_ARG,
                          "bad training option: need batch >= 1, epochs >= 0, holdout 1 or 2, 0 <= dropout < 1, "
                          "temperature > 0, negatives >= 1");
+    if (cfg_in && !r.o.resume && (s = check_keep_best(&r.o, cfg_in->family, err)) != HSTU_OK)
+        return s;
     if ((s = core_mkdir_p(out_dir, err)) != HSTU_OK)
         return s;
     if ((s = dataset_open(data_path, &ds, err)) != HSTU_OK)
@@ -413,6 +459,19 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
     st.threads = threads;
     r.ds = ds;
     r.cfg = &m->cfg;
+    if ((s = check_keep_best(&r.o, r.cfg->family, err)) != HSTU_OK)
+        goto done;
+    if (r.o.keep_best && r.o.resume) {
+        /* best/ is written before the checkpoint that records it: a run that died
+           between the two left a best/ the state does not know; keep it if better */
+        tr_best on_disk;
+        if ((s = tr_best_read(out_dir, &on_disk, err)) != HSTU_OK)
+            goto done;
+        if (on_disk.epoch > 0 && (st.best_epoch == 0 || on_disk.value > st.best_metric)) {
+            st.best_epoch = on_disk.epoch;
+            st.best_metric = on_disk.value;
+        }
+    }
     if ((s = dataset_check_config(ds, r.cfg, err)) != HSTU_OK)
         goto done;
     if ((s = make_examples(&r, err)) != HSTU_OK)
@@ -446,6 +505,9 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
     if (r.o.resume)
         say(&r, "resume at step %lld (epoch %lld, batch %lld)\n", (long long)st.step, (long long)st.epoch + 1,
             (long long)st.batch);
+    if (r.o.keep_best && st.best_epoch > 0)
+        say(&r, "best so far: epoch %lld, valid HR@10 %.4f (%s/best)\n", (long long)st.best_epoch, st.best_metric,
+            out_dir);
     double t_run0 = now_s(), t_draw = 0, step_time = 0;
     int64_t steps_run = 0, tokens_run = 0;
     bool tty = isatty(2);
@@ -505,16 +567,23 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
         say(&r, "epoch %lld%s  loss %.5f  %lld tokens  %.1f s  %.0f tokens/s  (step %lld, %.0f s trained)\n",
             (long long)ep + 1, epoch_done ? "" : " (partial)", rep->last_loss, (long long)tok_ep, now_s() - t_ep,
             (double)tok_ep / (now_s() - t_ep), (long long)st.step, st.seconds);
+        /* evaluate (and write best/) before the checkpoint, which records the best so far */
+        bool last = st.step >= total || st.epoch >= r.o.epochs;
+        if (r.o.eval_every > 0 && epoch_done && ((ep + 1) % r.o.eval_every == 0 || last)) {
+            char line[1024];
+            if ((s = evaluate(&r, m, ep, rep, line, sizeof line, err)) != HSTU_OK)
+                goto done;
+            if (r.o.keep_best && (s = update_best(&r, out_dir, m, ep, rep->metric, line, &st, err)) != HSTU_OK)
+                goto done;
+        }
         if ((s = tr_checkpoint_save(out_dir, m, am, av, &st, err)) != HSTU_OK)
             goto done;
-        bool last = st.step >= total || st.epoch >= r.o.epochs;
-        if (r.o.eval_every > 0 && epoch_done && ((ep + 1) % r.o.eval_every == 0 || last))
-            if ((s = evaluate(&r, m, ep, rep, err)) != HSTU_OK)
-                goto done;
         if (!epoch_done)
             break;
     }
     rep->steps = st.step;
+    rep->best_epoch = r.o.keep_best ? st.best_epoch : 0;
+    rep->best_metric = r.o.keep_best ? st.best_metric : 0;
     rep->seconds = now_s() - t_run0;
     rep->tokens_per_s = step_time > 0 ? (double)tokens_run / step_time : 0;
 done:

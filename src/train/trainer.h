@@ -44,6 +44,10 @@ typedef struct trainer_options {
     int64_t save_every;      /* also checkpoint every N steps, 0 = at epoch ends only (default) */
     int64_t max_steps;       /* stop after this many steps in all, 0 = no limit (tests) */
     bool resume;             /* continue from out_dir's checkpoint */
+    bool keep_best;          /* after each evaluation whose validation HR@10 beats every earlier one,
+                                write the model to out_dir/best/ (checkpoint.h); retrieval with
+                                holdout 2 and eval_every >= 1 only: ranking data has no validation
+                                split, and selecting on test would overstate the test metric */
     bool progress;           /* the progress line on stderr (default true) */
     bool init_random;        /* start from hstu_model_create_random, not the paper's init */
     const char *dump_path;   /* tools/check_train_torch.py: run the first step only and write its
@@ -63,6 +67,8 @@ typedef struct trainer_report {
     double metric;           /* the last evaluation: HR@10 (retrieval) or mean AUC (ranking) */
     int n_tasks;             /* ranking: tasks of the last evaluation (0 for retrieval) */
     double auc[HSTU_MAX_TASKS]; /* ranking: its per-task AUC (eval_metrics.auc, NaN if undefined) */
+    int64_t best_epoch;      /* keep_best: 1-based epoch of out_dir/best/ (across resumes), 0 = none */
+    double best_metric;      /* its validation HR@10 */
 } trainer_report;
 
 /* Trains on the dataset at data_path and writes out_dir (created). cfg is

@@ -42,7 +42,14 @@ static void usage(FILE *f)
             "  --eval-users N      evaluate at most N users (default: all)\n"
             "  --save-every N      also checkpoint every N steps inside an epoch (default: epoch ends)\n"
             "  --max-steps N       stop after N steps in all (default: no limit)\n"
-            "  --resume            continue from DIR's checkpoint (same --seed, --batch, --holdout)\n"
+            "  --keep-best         after each evaluation whose validation HR@10 beats all earlier ones,\n"
+            "                      write the model to DIR/best/ (config.json, model.safetensors and\n"
+            "                      best.json: epoch, metric), replacing the old best/ atomically;\n"
+            "                      selection is on the validation split, so it needs --holdout 2 and\n"
+            "                      --eval-every N (retrieval only); `hstu eval --model DIR/best\n"
+            "                      --split test` then measures the selected model on test\n"
+            "  --resume            continue from DIR's checkpoint (same --seed, --batch, --holdout;\n"
+            "                      the best so far carries over)\n"
             "  --init paper|random initial weights: the paper code's (default) or `hstu init`'s\n"
             "  --no-progress       no progress line on stderr\n"
             "  --dump-step FILE    (for tools/check_train_torch.py) run the first step only and write\n"
@@ -65,7 +72,7 @@ int cmd_train(int argc, char **argv)
 {
     enum { O_DATA = 1, O_CONFIG, O_OUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_DROPOUT, O_NEG, O_TEMP, O_HOLDOUT,
            O_SEED, O_THREADS, O_EVAL_EVERY, O_EVAL_USERS, O_SAVE_EVERY, O_MAX_STEPS, O_RESUME, O_INIT,
-           O_NO_PROGRESS, O_FIT, O_DUMP };
+           O_NO_PROGRESS, O_FIT, O_DUMP, O_KEEP_BEST };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},         {"config", required_argument, 0, O_CONFIG},
         {"out", required_argument, 0, O_OUT},           {"epochs", required_argument, 0, O_EPOCHS},
@@ -78,6 +85,7 @@ int cmd_train(int argc, char **argv)
         {"max-steps", required_argument, 0, O_MAX_STEPS}, {"resume", no_argument, 0, O_RESUME},
         {"init", required_argument, 0, O_INIT},         {"no-progress", no_argument, 0, O_NO_PROGRESS},
         {"fit-tables", no_argument, 0, O_FIT},          {"dump-step", required_argument, 0, O_DUMP},
+        {"keep-best", no_argument, 0, O_KEEP_BEST},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -106,6 +114,7 @@ int cmd_train(int argc, char **argv)
         case O_SAVE_EVERY: o.save_every = cli_parse_long("--save-every", optarg, 0, 0x7fffffffL); break;
         case O_MAX_STEPS: o.max_steps = cli_parse_long("--max-steps", optarg, 0, 0x7fffffffL); break;
         case O_RESUME: o.resume = true; break;
+        case O_KEEP_BEST: o.keep_best = true; break;
         case O_INIT:
             if (strcmp(optarg, "paper") && strcmp(optarg, "random")) {
                 fprintf(stderr, "hstu train: --init %s: choose paper or random\n", optarg);
@@ -164,5 +173,12 @@ int cmd_train(int argc, char **argv)
     }
     fprintf(stderr, "hstu train: %lld steps, %.0f tokens/s, %.1f s; model in %s\n", (long long)rep.steps,
             rep.tokens_per_s, rep.seconds, out);
+    if (o.keep_best && rep.best_epoch > 0)
+        fprintf(stderr,
+                "hstu train: best validation HR@10 %.4f at epoch %lld: %s/best (measure it on test with "
+                "`hstu eval --model %s/best --data %s --split test`)\n",
+                rep.best_metric, (long long)rep.best_epoch, out, out, data);
+    else if (o.keep_best)
+        fprintf(stderr, "hstu train: no evaluation yet, so no %s/best\n", out);
     return 0;
 }
