@@ -37,6 +37,11 @@
  * columns, so any multiple of 16 up to 256 works; Dqk != Dv is padded to
  * the larger.
  *
+ * q may come before its bias and SiLU (q_bias, q_silu): each CTA activates
+ * its Q tile in shared memory after loading it. Few row blocks over long
+ * keys split the keys across the CTAs of a cluster (the default kernel
+ * only); their fp32 parts add up in shared memory (split_reduce).
+ *
  * SiLU(x) = h + h tanh(h) with h = x/2, one MUFU op (tanh.approx, relative
  * error ~2^-11, below the bf16 rounding of P). Time buckets use a table of
  * the exact bucket boundaries computed from the CPU's attn_time_bucket, so
