@@ -6,6 +6,8 @@
  */
 #include "train/ops.h"
 
+#include "core/rng.h"
+
 #include <math.h>
 
 static inline float sigmoidf(float z) { return 1.0f / (1.0f + expf(-z)); }
@@ -55,18 +57,11 @@ void tr_relu_bwd(size_t n, const float *y, float *dy)
         dy[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-static inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 uint64_t tr_dropout_key(uint64_t seed, uint64_t step, int layer, int site)
 {
-    uint64_t k = mix64(seed + 0x9e3779b97f4a7c15ull);
-    k = mix64(k ^ (step + 1) * 0xd1b54a32d192ed03ull);
-    return mix64(k ^ ((uint64_t)(layer + 1) << 8 | (uint64_t)site));
+    uint64_t k = rng_mix64(seed + 0x9e3779b97f4a7c15ull);
+    k = rng_mix64(k ^ (step + 1) * 0xd1b54a32d192ed03ull);
+    return rng_mix64(k ^ ((uint64_t)(layer + 1) << 8 | (uint64_t)site));
 }
 
 void tr_dropout(size_t n, float rate, uint64_t key, float *x)
@@ -78,7 +73,7 @@ void tr_dropout(size_t n, float rate, uint64_t key, float *x)
     float scale = 1.0f / (1.0f - rate);
 #pragma omp parallel for schedule(static) if (n >= 65536)
     for (size_t i = 0; i < n; i++) {
-        uint64_t h = mix64(key + i * 0x9e3779b97f4a7c15ull) >> 32;
+        uint64_t h = rng_mix64(key + i * 0x9e3779b97f4a7c15ull) >> 32;
         x[i] = h >= cut ? x[i] * scale : 0.0f;
     }
 }

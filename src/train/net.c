@@ -18,6 +18,7 @@
  */
 #include "train/net.h"
 
+#include "core/rng.h"
 #include "core/status.h"
 #include "train/loss.h"
 #include "train/ops.h"
@@ -376,13 +377,6 @@ static void layer_backward(tr_net *n, const tr_batch *b, uint64_t step, bool tra
                      gw->ln_in_w, gw->ln_in_b);
 }
 
-static inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* Retrieval head: sampled softmax on every row with a target. Writes gx. */
 static double head_retrieval(tr_net *n, const tr_batch *b, uint64_t step)
 {
@@ -397,7 +391,7 @@ static double head_retrieval(tr_net *n, const tr_batch *b, uint64_t step)
     if (R == 0)
         return 0.0;
     tr_l2norm_fwd((int)items, d, m->item, d, n->unit, d, n->unit_norm);
-    uint64_t key = mix64(mix64(n->o.seed ^ 0x5a3c0ffee0ddf00dull) + step);
+    uint64_t key = rng_mix64(rng_mix64(n->o.seed ^ 0x5a3c0ffee0ddf00dull) + step);
 #pragma omp parallel for schedule(static) if (R >= 64)
     for (int i = 0; i < R; i++) {
         int r = n->sup_rows[i];
@@ -407,11 +401,11 @@ static double head_retrieval(tr_net *n, const tr_batch *b, uint64_t step)
             q[k] = x[k];
         n->pos_ids[i] = b->target[r];
         /* negatives of row i: a stream keyed by (seed, step, i) */
-        uint64_t s = mix64(key + (uint64_t)i * 0x9e3779b97f4a7c15ull);
+        uint64_t s = rng_mix64(key + (uint64_t)i * 0x9e3779b97f4a7c15ull);
         int64_t *neg = n->neg_ids + (size_t)i * K;
         for (int k = 0; k < K; k++) {
             s += 0x9e3779b97f4a7c15ull;
-            neg[k] = 1 + (int64_t)(mix64(s) % (uint64_t)n->o.n_sample_items);
+            neg[k] = 1 + (int64_t)(rng_mix64(s) % (uint64_t)n->o.n_sample_items);
         }
     }
     tr_l2norm_fwd(R, d, n->q, d, n->q, d, n->qnorm);

@@ -8,6 +8,7 @@
 #include "train/trainer.h"
 
 #include "core/paths.h"
+#include "core/rng.h"
 #include "core/status.h"
 #include "data/dataset.h"
 #include "eval/eval.h"
@@ -49,13 +50,8 @@ static double now_s(void)
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static uint64_t mix64(uint64_t z)
-{
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+/* splitmix64's step: the finaliser of z + the golden-ratio increment. */
+static uint64_t mix64(uint64_t z) { return rng_mix64(z + 0x9e3779b97f4a7c15ull); }
 
 /* One training example: which user, and which slice of its items. */
 typedef struct example {
