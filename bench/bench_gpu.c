@@ -218,7 +218,8 @@ static void run_kernel(stage_arg *a, int kind)
                     why);
         break;
     case K_SILU:
-        cuda_ok((cudaError_t)bias_silu_cuda(a->T, a->W - a->vw, a->uvqk + a->vw, a->W, a->bias, 1, a->s),
+        /* v|k, the last half of the backend's u|q|v|k columns (q is activated in the attention) */
+        cuda_ok((cudaError_t)bias_silu_cuda(a->T, a->W / 2, a->uvqk + a->W / 2, a->W, a->bias, 1, a->s),
                 "bias_silu");
         break;
     case K_ATTN: cuda_ok((cudaError_t)attn_fwd_cuda(&a->ap, a->s), "attention"); break;
@@ -509,11 +510,11 @@ int main(int argc, char **argv)
             }
             /* per kernel, one call each (a layer's worth) */
             static const char *names[N_KERNELS] = {
-                "embed + LN (bf16 x)", "layernorm (bf16 x)", "uvqk GEMM",         "bias+SiLU v|q|k",
+                "embed + LN (bf16 x)", "layernorm (bf16 x)", "uvqk GEMM",         "bias+SiLU v|k",
                 "attention",           "SiLU(u)*LN(attn)",   "proj GEMM (bf16 x)", "proj GEMM (f32 x)",
                 "layernorm (f32 x)"};
             double kb[N_KERNELS] = {
-                (double)T * d * (2 + 2 + 2 + 2), (double)T * d * (2 + 2), 0, 2.0 * T * (W - vw) * 2, 0,
+                (double)T * d * (2 + 2 + 2 + 2), (double)T * d * (2 + 2), 0, 2.0 * T * (W / 2) * 2, 0,
                 (double)T * vw * 2 * 3,          0,                       0, (double)T * d * (4 + 2),
             };
             double kf[N_KERNELS] = {0, 0, (double)T * 2.0 * d * W, 0, attn_fl, 0, (double)T * 2.0 * vw * d,
