@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static void add(model_tensor *list, int *n, float **slot, tensor_init init, int64_t d0, int64_t d1,
                 const char *fmt, int idx)
@@ -316,7 +317,9 @@ hstu_status hstu_model_save(const hstu_model *mc, const char *dir, hstu_dtype dt
     char *json = hstu_config_to_json(&m->cfg);
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = json ? fopen(path, "wb") : NULL;
-    if (!f || fputs(json, f) < 0 || fputc('\n', f) < 0)
+    /* flushed to disk like model.safetensors (st_write), so that callers
+     * may rename the directory's files into place at once */
+    if (!f || fputs(json, f) < 0 || fputc('\n', f) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0)
         st = hstu_fail(err, HSTU_ERR_IO, "%s: cannot write", path);
     if (f && fclose(f) != 0 && st == HSTU_OK)
         st = hstu_fail(err, HSTU_ERR_IO, "%s: cannot write", path);

@@ -136,13 +136,6 @@ hstu_status tr_checkpoint_save(const char *dir, const hstu_model *m, const float
     for (int i = 0; i < 2; i++) {
         snprintf(from, sizeof from, "%s/%s", tmpdir, files[i]);
         snprintf(to, sizeof to, "%s/%s", dir, files[i]);
-        if (i == 1) { /* hstu_model_save does not fsync config.json: do it before the rename */
-            int fd = open(from, O_RDONLY);
-            if (fd >= 0) {
-                fsync(fd);
-                close(fd);
-            }
-        }
         if (rename(from, to) != 0)
             return hstu_fail(err, HSTU_ERR_IO, "%s: cannot rename %s over it: %s", to, from, strerror(errno));
     }
@@ -268,16 +261,6 @@ static void remove_flat_dir(const char *dir)
     rmdir(dir);
 }
 
-static hstu_status fsync_file(const char *path, hstu_error *err)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return hstu_fail(err, HSTU_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    close(fd);
-    return rc == 0 ? HSTU_OK : hstu_fail(err, HSTU_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-}
-
 static hstu_status write_best_json(const char *path, const tr_best *b, hstu_error *err)
 {
     json_t *o = json_pack("{s:I, s:I, s:s, s:s, s:f, s:s}", "epoch", (json_int_t)b->epoch, "step",
@@ -314,9 +297,6 @@ hstu_status tr_best_save(const char *dir, const hstu_model *m, const tr_best *b,
         goto fail;
     snprintf(path, sizeof path, "%s/best.json", tmp);
     if ((s = write_best_json(path, b, err)) != HSTU_OK)
-        goto fail;
-    snprintf(path, sizeof path, "%s/config.json", tmp); /* hstu_model_save does not fsync it */
-    if ((s = fsync_file(path, err)) != HSTU_OK)
         goto fail;
     sync_dir(tmp);
     if (access(best, F_OK) != 0) {
