@@ -295,6 +295,21 @@ __device__ __forceinline__ void q_activate(uint32_t sq, int r_lo, int n, const a
     }
 }
 
+/* The Q tile by all NTHREADS threads of the single-role kernels (mma.sync,
+ * plain wgmma); with q_bias or q_silu it waits for the tile and activates
+ * it in place, and the caller's next barrier orders that before any read. */
+template <int D>
+__device__ __forceinline__ void load_q_whole(uint32_t sq, const attn_cuda_params &p, const Blk &k)
+{
+    load_q<D, NTHREADS>(sq, p, k, threadIdx.x);
+    if (p.q_bias || p.q_silu) {
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        q_activate<D>(sq, 0, BM, p, k, threadIdx.x, NTHREADS);
+    }
+}
+
 /* A tile wholly inside the pages, starting on a page boundary, for a page
  * size PS known at compile time (16, 32, 64) that this thread's row step
  * divides: its BN / PS page ids are loaded once and every row's address is
@@ -671,13 +686,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) attn_mma_kernel(const attn_cuda_p
     }
     const float half_alpha = 0.5f * p.alpha;
 
-    load_q<D, NTHREADS>(sQ, p, k, threadIdx.x);
-    if (p.q_bias || p.q_silu) { /* the loop's first barrier orders it before the products */
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
-        q_activate<D>(sQ, 0, BM, p, k, threadIdx.x, NTHREADS);
-    }
+    load_q_whole<D>(sQ, p, k); /* the loop's first barrier (and fence) orders it before the products */
     load_kv<D, true, true, NTHREADS>(sK, sV, p, k, k.k0(0), k.kend(0), threadIdx.x);
     cp_async_commit();
 
@@ -938,13 +947,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) attn_wgmma_kernel(const attn_cuda
     /* Iteration t: wait for tile t, start S = Q K^T, load tile t+1 into the
      * other buffers (free: iteration t-1 finished with them before the
      * barrier) while it runs, then the weights and O += P V. */
-    load_q<D, NTHREADS>(sQ, p, k, threadIdx.x);
-    if (p.q_bias || p.q_silu) { /* the loop's first fence and barrier order it before the products */
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
-        q_activate<D>(sQ, 0, BM, p, k, threadIdx.x, NTHREADS);
-    }
+    load_q_whole<D>(sQ, p, k); /* the loop's first barrier (and fence) orders it before the products */
     load_kv<D, true, true, NTHREADS>(sK, sV, p, k, k.k0(0), k.kend(0), threadIdx.x);
     cp_async_commit();
     for (int t = 0; t < k.nt; t++) {
