@@ -42,6 +42,7 @@
 #include "kvcache/kv_cuda.h"
 
 extern "C" {
+#include "core/clock.h"
 #include "core/status.h"
 #include "model/engine.h"
 #include "model/model.h"
@@ -53,7 +54,6 @@ extern "C" {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define GEMM_WORKSPACE ((size_t)32 << 20) /* cuBLASLt's suggestion for Hopper */
 #define SCORE_FLOATS ((size_t)64 << 20)   /* retrieval score rows: 256 MiB, or one row if larger */
@@ -397,7 +397,8 @@ static hstu_status upload_uvqk_bias(const cuda_backend *cb, float *dst, const fl
         return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory for the weight upload");
     for (int c = 0; c < cb->W; c++)
         f[c] = src[uvqk_src(cb, c)];
-    hstu_status st = ck(cudaMemcpy(dst, f, (size_t)cb->W * 4, cudaMemcpyHostToDevice), "weight upload (cudaMemcpy)", err);
+    hstu_status st =
+        ck(cudaMemcpy(dst, f, (size_t)cb->W * 4, cudaMemcpyHostToDevice), "weight upload (cudaMemcpy)", err);
     free(f);
     return st;
 }
@@ -839,8 +840,8 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
      * activations, so the two do not wait for each other). */
     if (n_app > 0 &&
         (st = ck(kv_append_cuda(n_app, (const int *)DEV(cb, sg->app_rows), (const int64_t *)DEV(cb, sg->app_slots),
-                                cb->d_uvqk, W, 2 * vw + kw, vw + kw, kw, vw, cb->d_pool, cb->cc.page_elems, (int)P, k_off,
-                                v_off, s),
+                                cb->d_uvqk, W, 2 * vw + kw, vw + kw, kw, vw, cb->d_pool, cb->cc.page_elems, (int)P,
+                                k_off, v_off, s),
                  "KV append", err)) != HSTU_OK)
         return st;
     if (wait_onload && (st = wait_onload_layer(cb, l, err)) != HSTU_OK)
@@ -875,13 +876,6 @@ static hstu_status sync_forward(cuda_backend *cb, hstu_error *err)
 {
     hstu_status st = ck(cudaEventRecord(cb->ev_fwd_end, cb->stream), "cudaEventRecord", err);
     return st != HSTU_OK ? st : ck(cudaStreamSynchronize(cb->stream), "the forward pass", err);
-}
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
 
 static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M, const staged *sg, bool logits,
@@ -1337,9 +1331,9 @@ head:
 hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool logits, const cuda_batch_cache *kc,
                              hstu_error *err)
 {
-    double t0 = now_ms();
+    double t0 = core_now_s();
     hstu_status st = forward(cb, plans, B, logits, kc, err);
-    cb->ctr.forward_ms += now_ms() - t0;
+    cb->ctr.forward_ms += (core_now_s() - t0) * 1e3;
     return st;
 }
 

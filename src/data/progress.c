@@ -1,17 +1,14 @@
 /* progress.c - the stderr progress bar. See progress.h. */
 #include "data/progress.h"
 
+#include "core/clock.h"
+
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-double progress_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
+double progress_now(void) { return core_now_s(); }
 
 void progress_init(progress *p, const char *label, uint64_t total, bool enabled)
 {

@@ -7,6 +7,7 @@
  */
 #include "train/trainer.h"
 
+#include "core/clock.h"
 #include "core/paths.h"
 #include "core/rng.h"
 #include "core/status.h"
@@ -41,13 +42,6 @@ void trainer_options_default(trainer_options *o)
     adamw_options_default(&o->adam);
     o->eval_every = 1;
     o->progress = true;
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 /* splitmix64's step: the finaliser of z + the golden-ratio increment. */
@@ -504,25 +498,25 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
     if (r.o.keep_best && st.best_epoch > 0)
         say(&r, "best so far: epoch %lld, valid HR@10 %.4f (%s/best)\n", (long long)st.best_epoch, st.best_metric,
             out_dir);
-    double t_run0 = now_s(), t_draw = 0, step_time = 0;
+    double t_run0 = core_now_s(), t_draw = 0, step_time = 0;
     int64_t steps_run = 0, tokens_run = 0;
     bool tty = isatty(2);
     while (st.step < total && st.epoch < r.o.epochs) {
         epoch_order(&r, st.epoch);
-        double loss_sum = 0, t_ep = now_s();
+        double loss_sum = 0, t_ep = core_now_s();
         int64_t loss_n = 0, tok_ep = 0;
         while (st.batch < per_epoch && st.step < total) {
             int64_t from = st.batch * r.o.batch_users;
             int count = (int)(r.n_ex - from < r.o.batch_users ? r.n_ex - from : r.o.batch_users);
             fill_batch(&r, from, count, &batch);
-            double t0 = now_s();
+            double t0 = core_now_s();
             double loss = tr_net_step(net, &batch, (uint64_t)st.step, true);
             if (r.o.dump_path) {
                 s = dump_step(&r, net, &batch, m, loss, r.o.dump_path, err);
                 goto done;
             }
             adamw_step(&r.o.adam, st.step + 1, P, m->arena, g->arena, am, av);
-            double dt = now_s() - t0;
+            double dt = core_now_s() - t0;
             step_time += dt;
             st.seconds += dt;
             st.step++;
@@ -538,7 +532,7 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
             }
             loss_sum += loss;
             loss_n++;
-            double t = now_s();
+            double t = core_now_s();
             if (r.o.progress && (t - t_draw >= (tty ? 0.5 : 10.0) || st.step == total)) {
                 char eta[32];
                 fmt_eta((double)(total - st.step) * step_time / (double)steps_run, eta, sizeof eta);
@@ -561,8 +555,8 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
             st.batch = 0;
         }
         say(&r, "epoch %lld%s  loss %.5f  %lld tokens  %.1f s  %.0f tokens/s  (step %lld, %.0f s trained)\n",
-            (long long)ep + 1, epoch_done ? "" : " (partial)", rep->last_loss, (long long)tok_ep, now_s() - t_ep,
-            (double)tok_ep / (now_s() - t_ep), (long long)st.step, st.seconds);
+            (long long)ep + 1, epoch_done ? "" : " (partial)", rep->last_loss, (long long)tok_ep, core_now_s() - t_ep,
+            (double)tok_ep / (core_now_s() - t_ep), (long long)st.step, st.seconds);
         /* evaluate (and write best/) before the checkpoint, which records the best so far */
         bool last = st.step >= total || st.epoch >= r.o.epochs;
         if (r.o.eval_every > 0 && epoch_done && ((ep + 1) % r.o.eval_every == 0 || last)) {
@@ -580,7 +574,7 @@ hstu_status trainer_run(const char *data_path, const hstu_config *cfg_in, const 
     rep->steps = st.step;
     rep->best_epoch = r.o.keep_best ? st.best_epoch : 0;
     rep->best_metric = r.o.keep_best ? st.best_metric : 0;
-    rep->seconds = now_s() - t_run0;
+    rep->seconds = core_now_s() - t_run0;
     rep->tokens_per_s = step_time > 0 ? (double)tokens_run / step_time : 0;
 done:
     if (r.logfile)

@@ -8,6 +8,8 @@
  */
 #include "cli.h"
 
+#include "core/clock.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -272,12 +274,7 @@ void cli_error_print(FILE *out, const char *msg)
     json_decref(o);
 }
 
-double cli_now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
+double cli_now_ms(void) { return core_now_s() * 1e3; }
 
 double cli_peak_rss_mib(void)
 {

@@ -23,6 +23,7 @@
  * one line each; --csv appends one row per run.
  */
 #include "cli.h"
+#include "core/clock.h"
 #include "serve/http_client.h"
 
 #include <getopt.h>
@@ -73,13 +74,6 @@ typedef struct lg_state {
     double next_send;       /* open loop: the next scheduled send time */
     uint64_t rng;
 } lg_state;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint64_t mix(uint64_t x)
 {
@@ -329,7 +323,7 @@ static void *client_main(void *arg)
         double scheduled;
         pthread_mutex_lock(&s->mu);
         bool stop = s->warming ? s->sent >= c->users
-                               : (c->requests > 0 && s->sent >= c->requests) || (c->duration_s > 0 && now_s() >= s->t_end);
+                               : (c->requests > 0 && s->sent >= c->requests) || (c->duration_s > 0 && core_now_s() >= s->t_end);
         bool open = c->rate > 0 && !s->warming;
         if (!stop) {
             s->sent++;
@@ -344,14 +338,14 @@ static void *client_main(void *arg)
         if (stop)
             break;
         if (open) {
-            double wait = scheduled - now_s();
+            double wait = scheduled - core_now_s();
             if (wait > 0)
                 usleep((useconds_t)(wait * 1e6));
         }
         int n;
         int u = pick_user(s, &n);
         make_request(s, u, n, &rng, &b, scratch);
-        double t_start = open ? scheduled : now_s();
+        double t_start = open ? scheduled : core_now_s();
         hc_response r = {0};
         int rc = -1;
         if (c->binary)
@@ -373,7 +367,7 @@ static void *client_main(void *arg)
                     break;
             }
         }
-        double ms = (now_s() - t_start) * 1e3;
+        double ms = (core_now_s() - t_start) * 1e3;
         if (rc != 0 && fd >= 0) {
             close(fd);
             fd = -1;
@@ -585,26 +579,27 @@ int cmd_loadgen(int argc, char **argv)
         st.zipf_cdf[u] /= z;
     if (c->warmup_users) {
         st.warming = true;
-        double w0 = now_s();
+        double w0 = core_now_s();
         for (int i = 0; i < c->concurrency; i++)
             pthread_create(&th[i], NULL, client_main, &st);
         for (int i = 0; i < c->concurrency; i++)
             pthread_join(th[i], NULL);
-        fprintf(stderr, "hstu loadgen: warm-up: %d users in %.1f s, %ld errors\n", c->users, now_s() - w0, st.errors);
+        fprintf(stderr, "hstu loadgen: warm-up: %d users in %.1f s, %ld errors\n", c->users, core_now_s() - w0,
+                st.errors);
         st.warming = false;
         st.sent = st.done = st.errors = st.status_503 = st.lat_n = 0;
         st.next_user = 0;
     }
     server_snap before, after;
     snapshot(c, &before);
-    st.t0 = now_s();
+    st.t0 = core_now_s();
     st.t_end = st.t0 + c->duration_s;
     st.next_send = st.t0;
     for (int i = 0; i < c->concurrency; i++)
         pthread_create(&th[i], NULL, client_main, &st);
     for (int i = 0; i < c->concurrency; i++)
         pthread_join(th[i], NULL);
-    double secs = now_s() - st.t0;
+    double secs = core_now_s() - st.t0;
     snapshot(c, &after);
     qsort(st.lat_ms, (size_t)st.lat_n, sizeof(double), cmp_double);
     double mean = 0;
