@@ -20,7 +20,7 @@
  * Every timed buffer holds random data (never zeros or constants).
  *
  * Build: scripts/gpu_pack.sh (links against build/libhstu.a).
- * Usage: bench_gpu [--iters N] [--warmup N] [--quick]
+ * Usage: bench_gpu [--iters N] [--warmup N] [--quick] [--gemm M[,M...]]
  */
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
@@ -219,7 +219,7 @@ static void run_kernel(stage_arg *a, int kind)
         break;
     case K_SILU:
         /* v|k, the last half of the backend's u|q|v|k columns (q is activated in the attention) */
-        cuda_ok((cudaError_t)bias_silu_cuda(a->T, a->W / 2, a->uvqk + a->W / 2, a->W, a->bias, 1, a->s),
+        cuda_ok((cudaError_t)bias_silu_cuda(a->T, a->W / 2, a->uvqk + a->W / 2, a->W, a->bias, 1, NULL, a->s),
                 "bias_silu");
         break;
     case K_ATTN: cuda_ok((cudaError_t)attn_fwd_cuda(&a->ap, a->s), "attention"); break;
@@ -284,8 +284,50 @@ static void run_sweep(void *p)
 }
 
 /* Row-major C[M,N] (+)= A[M,K] @ B[K,N]: times every algorithm cuBLASLt's
- * heuristic offers (up to 16) and prints the first choice and the best. */
-static void sweep(const char *name, int M, int N, int K, int c_f32, float beta, cudaStream_t s, int iters)
+ * heuristic offers (up to 32) and prints the first choice and the best; with
+ * `detail`, every candidate with its tile, stages and split-K, plus each
+ * split-K variant (2, 3, 4) of the candidates that allow one. A time is the
+ * median over `iters` of the mean of 20 calls in a CUDA graph, so that host
+ * time and the events do not dominate the few-microsecond shapes. */
+typedef struct graph_arg {
+    cudaGraphExec_t exec;
+    cudaStream_t s;
+} graph_arg;
+
+static void run_graph(void *p)
+{
+    graph_arg *g = p;
+    cuda_ok(cudaGraphLaunch(g->exec, g->s), "cudaGraphLaunch");
+}
+
+/* Median ms of one call of fn(arg), timed as 20 calls captured in a CUDA
+ * graph: cuBLASLt's host time per call (several us) would otherwise be
+ * what is measured for the small shapes. */
+static float time_graph20(timed_fn fn, void *arg, cudaStream_t s, int iters)
+{
+    cudaGraph_t graph;
+    graph_arg g = {NULL, s};
+    cuda_ok(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "capture");
+    for (int i = 0; i < 20; i++)
+        fn(arg);
+    cuda_ok(cudaStreamEndCapture(s, &graph), "capture");
+    cuda_ok(cudaGraphInstantiate(&g.exec, graph, 0), "instantiate");
+    float ms = time_median(run_graph, &g, s, 1, iters) / 20.0f;
+    cudaGraphExecDestroy(g.exec);
+    cudaGraphDestroy(graph);
+    return ms;
+}
+
+static int algo_attr(const cublasLtMatmulAlgo_t *a, cublasLtMatmulAlgoConfigAttributes_t which)
+{
+    int32_t v = 0;
+    size_t got = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(a, which, &v, sizeof v, &got);
+    return (int)v;
+}
+
+static void sweep(const char *name, int M, int N, int K, int c_f32, float beta, cudaStream_t s, int iters,
+                  int detail)
 {
     cublasLtHandle_t lt;
     if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS)
@@ -303,25 +345,51 @@ static void sweep(const char *name, int M, int N, int K, int c_f32, float beta, 
     cublasLtMatrixLayoutCreate(&lc, c_f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, N);
     cublasLtMatmulPreferenceCreate(&pref);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes);
-    cublasLtMatmulHeuristicResult_t res[16];
+    cublasLtMatmulHeuristicResult_t res[32];
     int found = 0;
-    cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 16, res, &found);
+    cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 32, res, &found);
     double flops = 2.0 * M * (double)N * K;
     float first = 0, best = 1e30f;
     int best_i = -1;
+    char best_cfg[96] = "";
     for (int i = 0; i < found; i++) {
-        sweep_arg sa = {lt, desc, la, lb, lc, &res[i].algo, A, B, C, ws, ws_bytes, beta, s, 0};
-        float ms = time_median(run_sweep, &sa, s, 2, iters);
-        if (sa.failed)
-            continue;
-        if (i == 0)
-            first = ms;
-        if (ms < best)
-            best = ms, best_i = i;
+        for (int split = 1; split <= (detail ? 4 : 1); split++) {
+            cublasLtMatmulAlgo_t algo = res[i].algo;
+            if (split > 1) {
+                if (algo_attr(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) > 1)
+                    break; /* the heuristic's own split-K choice */
+                int32_t sk = split;
+                uint32_t red = CUBLASLT_REDUCTION_SCHEME_INPLACE;
+                cublasLtMatmulHeuristicResult_t chk;
+                if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &sk, sizeof sk) ||
+                    cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red,
+                                                         sizeof red) ||
+                    cublasLtMatmulAlgoCheck(lt, desc, la, lb, lc, lc, &algo, &chk) ||
+                    chk.workspaceSize > ws_bytes)
+                    continue;
+            }
+            sweep_arg sa = {lt, desc, la, lb, lc, &algo, A, B, C, ws, ws_bytes, beta, s, 0};
+            float ms = time_graph20(run_sweep, &sa, s, iters);
+            if (sa.failed)
+                continue;
+            char cfg[96];
+            snprintf(cfg, sizeof cfg, "id %d tile %d stages %d split-K %d red %d swizzle %d", 
+                     algo_attr(&algo, CUBLASLT_ALGO_CONFIG_ID), algo_attr(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID),
+                     algo_attr(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID),
+                     algo_attr(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+                     algo_attr(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+                     algo_attr(&algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING));
+            if (detail)
+                printf("    #%-2d %8.4f ms %5.0f TFLOP/s  %s\n", i, ms, flops / (ms * 1e-3) / 1e12, cfg);
+            if (i == 0 && split == 1)
+                first = ms;
+            if (ms < best)
+                best = ms, best_i = i, snprintf(best_cfg, sizeof best_cfg, "%s", cfg);
+        }
     }
-    printf("%-22s %6d %5d %5d %-4s %3d algos: first %.3f ms (%.0f TFLOP/s), best #%d %.3f ms (%.0f TFLOP/s)\n",
+    printf("%-22s %6d %5d %5d %-4s %3d algos: first %.4f ms (%.0f TFLOP/s), best #%d %.4f ms (%.0f TFLOP/s) %s\n",
            name, M, N, K, c_f32 ? "f32" : "bf16", found, first, flops / (first * 1e-3) / 1e12, best_i, best,
-           flops / (best * 1e-3) / 1e12);
+           flops / (best * 1e-3) / 1e12, best_cfg);
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lc);
     cublasLtMatmulDescDestroy(desc);
@@ -333,6 +401,7 @@ int main(int argc, char **argv)
 {
     int iters = 20, warmup = 3;
     bool quick = false;
+    const char *gemm_ms_list = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--iters") && i + 1 < argc)
             iters = atoi(argv[++i]);
@@ -340,8 +409,12 @@ int main(int argc, char **argv)
             warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = true;
+        else if (!strcmp(argv[i], "--gemm") && i + 1 < argc)
+            gemm_ms_list = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_gpu [--iters N] [--warmup N] [--quick]\n");
+            fprintf(stderr, "usage: bench_gpu [--iters N] [--warmup N] [--quick] [--gemm M[,M...]]\n"
+                            "  --gemm: only sweep cuBLASLt's algorithms (and their split-K variants)\n"
+                            "          for the layer GEMMs at these row counts, every candidate shown\n");
             return 2;
         }
     }
@@ -357,6 +430,23 @@ int main(int argc, char **argv)
     cuda_ok(cudaGetDeviceProperties(&prop, 0), "device properties");
     cudaStream_t s;
     cuda_ok(cudaStreamCreate(&s), "stream");
+    if (gemm_ms_list) {
+        printf("device: %s, %d SMs; cuBLASLt algorithms (row-major C[M,N] = A[M,K] @ B[K,N]):\n", prop.name,
+               prop.multiProcessorCount);
+        for (const char *p = gemm_ms_list; *p;) {
+            int M = atoi(p);
+            if (M < 1)
+                die("--gemm", "expected row counts such as 384,1024");
+            sweep("uvqk", M, W, d, 0, 0.0f, s, 5, 1);
+            sweep("proj, f32 residual", M, d, vw, 1, 1.0f, s, 5, 1);
+            sweep("proj, bf16 residual", M, d, vw, 0, 1.0f, s, 5, 1);
+            p = strchr(p, ',');
+            if (!p)
+                break;
+            p++;
+        }
+        return 0;
+    }
 
     /* Ceilings. */
     gemm_cuda *g = NULL;
@@ -543,9 +633,9 @@ int main(int argc, char **argv)
         printf("\ncuBLASLt algorithms (row-major C[M,N] = A[M,K] @ B[K,N]):\n");
         int Ms[2] = {MAX_B * (hist_tokens[2] + CANDS), hist_tokens[2] + CANDS};
         for (int i = 0; i < 2; i++) {
-            sweep("uvqk", Ms[i], W, d, 0, 0.0f, s, 10);
-            sweep("proj, f32 residual", Ms[i], d, vw, 1, 1.0f, s, 10);
-            sweep("proj, bf16 residual", Ms[i], d, vw, 0, 1.0f, s, 10);
+            sweep("uvqk", Ms[i], W, d, 0, 0.0f, s, 5, 0);
+            sweep("proj, f32 residual", Ms[i], d, vw, 1, 1.0f, s, 5, 0);
+            sweep("proj, bf16 residual", Ms[i], d, vw, 0, 1.0f, s, 5, 0);
         }
     }
     printf("\ntargets (issue, H100): batch 8 at 4096+256 <= 11 ms, batch 1 at 4096+256 <= 3 ms; "

@@ -380,7 +380,7 @@ static void test_bias_silu(void)
                 float *x = rand_bf((size_t)rows * ld, -6, 6), *b = rand_f32((size_t)w, -1, 1);
                 uint16_t *d_x = up_bf16(x, (size_t)rows * ld);
                 float *d_b = up_f32(b, w);
-                T_CHECK(bias_silu_cuda(rows, w, d_x, ld, bias ? d_b : NULL, silu_on, NULL) == 0, "launch");
+                T_CHECK(bias_silu_cuda(rows, w, d_x, ld, bias ? d_b : NULL, silu_on, NULL, NULL) == 0, "launch");
                 if (sync_ok("bias_silu")) {
                     float *y = xmalloc(sizeof(float) * rows * ld), *ref = xmalloc(sizeof(float) * rows * ld);
                     down_bf16(y, d_x, (size_t)rows * ld);
@@ -1079,18 +1079,20 @@ static void test_model_kuairand(void)
 
 /* ---- the GPU KV cache ---------------------------------------------------- */
 
-/* kv_append_cuda and kv_copy_cuda are copies: exact. */
+/* The append (bias_silu_cuda with pages) writes exactly what the pass
+ * leaves in the activations; kv_copy_cuda copies: exact. */
 static void test_kv_kernels(void)
 {
     const int P = 4, L = 3, kw = 32, vw = 48, W = 2 * vw + 2 * kw, T = 37, n_pages = 20;
     size_t page_elems = (size_t)L * P * (kw + vw), blk = (size_t)P * (kw + vw);
-    float *act = rand_f32((size_t)T * W, -1, 1);
-    uint16_t *d_act = up_bf16(act, (size_t)T * W);
+    float *act = rand_f32((size_t)T * W, -4, 4), *bias = rand_f32((size_t)(vw + kw), -1, 1);
+    float *d_bias = up_f32(bias, vw + kw);
     uint16_t *d_pool = dmalloc((size_t)n_pages * page_elems * 2);
-    cudaMemset(d_pool, 0, (size_t)n_pages * page_elems * 2);
-    /* rows 0..T-1 appended to slots of shuffled pages, layer 1 */
-    int rows[T], perm[n_pages];
-    int64_t slots[T];
+    float *pool = xmalloc((size_t)n_pages * page_elems * 4), *out = xmalloc((size_t)T * W * 4);
+    /* rows T-1, T-2, ... to consecutive slots of shuffled pages, layer 1; every
+     * third row (a candidate, a cached row) has none */
+    int perm[n_pages];
+    int64_t row_slot[T];
     for (int p = 0; p < n_pages; p++)
         perm[p] = p;
     rng r = {5};
@@ -1099,25 +1101,50 @@ static void test_kv_kernels(void)
         perm[p] = perm[q], perm[q] = t;
     }
     for (int i = 0; i < T; i++)
-        rows[i] = T - 1 - i, slots[i] = (int64_t)perm[i / P] * P + i % P;
-    int *d_rows = up_int(rows, T);
-    int64_t *d_slots = dmalloc(sizeof slots);
-    cudaMemcpy(d_slots, slots, sizeof slots, cudaMemcpyHostToDevice);
+        row_slot[T - 1 - i] = i % 3 == 2 ? -1 : (int64_t)perm[i / P] * P + i % P;
+    int64_t *d_slots = dmalloc(sizeof row_slot);
+    cudaMemcpy(d_slots, row_slot, sizeof row_slot, cudaMemcpyHostToDevice);
     size_t k_off = 1 * blk, v_off = k_off + (size_t)P * kw;
-    T_CHECK(kv_append_cuda(T, d_rows, d_slots, d_act, W, 2 * vw + kw, vw, kw, vw, d_pool, page_elems, P, k_off,
-                           v_off, NULL) == 0, "append launch");
-    T_REQUIRE(sync_ok("append"), "append failed");
-    float *pool = xmalloc((size_t)n_pages * page_elems * 4);
-    down_bf16(pool, d_pool, (size_t)n_pages * page_elems);
-    int bad = 0;
-    for (int i = 0; i < T; i++) {
-        const float *page = pool + (size_t)perm[i / P] * page_elems;
-        for (int c = 0; c < kw; c++)
-            bad += page[k_off + (size_t)(i % P) * kw + c] != rbf(act[(size_t)rows[i] * W + 2 * vw + kw + c]);
-        for (int c = 0; c < vw; c++)
-            bad += page[v_off + (size_t)(i % P) * vw + c] != rbf(act[(size_t)rows[i] * W + vw + c]);
+    bias_silu_pages pages = {d_slots, d_pool, page_elems, k_off, v_off, P, kw, vw};
+    for (int variant = 0; variant < 2; variant++) { /* bias + SiLU; neither (a copy) */
+        uint16_t *d_act = up_bf16(act, (size_t)T * W);
+        cudaMemset(d_pool, 0, (size_t)n_pages * page_elems * 2);
+        T_CHECK(bias_silu_cuda(T, vw + kw, d_act + vw + kw, W, variant ? NULL : d_bias, variant == 0, &pages,
+                               NULL) == 0,
+                "append launch");
+        T_REQUIRE(sync_ok("append"), "append failed");
+        down_bf16(pool, d_pool, (size_t)n_pages * page_elems);
+        down_bf16(out, d_act, (size_t)T * W);
+        int bad = 0, moved = 0;
+        for (int row = 0; row < T; row++) {
+            int64_t sl = row_slot[row];
+            if (sl < 0)
+                continue;
+            const float *page = pool + (size_t)(sl / P) * page_elems, *o = out + (size_t)row * W;
+            for (int c = 0; c < kw; c++)
+                bad += page[k_off + (size_t)(sl % P) * kw + c] != o[2 * vw + kw + c];
+            for (int c = 0; c < vw; c++)
+                bad += page[v_off + (size_t)(sl % P) * vw + c] != o[vw + kw + c];
+            for (int c = 0; c < W && variant == 1; c++)
+                moved += o[c] != rbf(act[(size_t)row * W + c]);
+        }
+        T_CHECK(bad == 0, "append (variant %d): %d elements differ from the pass's output", variant, bad);
+        T_CHECK(moved == 0, "append without bias or SiLU changed the activations (%d elements)", moved);
+        /* nothing else in the pool was written: count the nonzero elements */
+        size_t nonzero = 0, want = 0;
+        for (size_t e = 0; e < (size_t)n_pages * page_elems; e++)
+            nonzero += pool[e] != 0.0f;
+        for (int row = 0; row < T; row++)
+            if (row_slot[row] >= 0)
+                for (int c = vw + kw; c < W; c++)
+                    want += out[(size_t)row * W + c] != 0.0f;
+        T_CHECK(nonzero == want, "append (variant %d): %zu pool elements written, want %zu", variant, nonzero, want);
+        cudaFree(d_act);
     }
-    T_CHECK(bad == 0, "append: %d elements differ", bad);
+    /* a width other than vw + kw is refused */
+    T_CHECK(bias_silu_cuda(T, vw, d_pool, W, NULL, 1, &pages, NULL) != 0, "a bad width is refused");
+    cudaGetLastError();
+    int bad;
     /* block copy: pages -> pinned host chunks ([layer][page][blk]) and back into other pages */
     const int ppc = 2, n_chunks = 3;
     uint16_t *host = NULL;
@@ -1156,8 +1183,8 @@ static void test_kv_kernels(void)
             bad += pool2[(size_t)(n_pages - 1 - k) * page_elems + e] != pool[(size_t)perm[k] * page_elems + e];
     T_CHECK(bad == 0, "onload: %d elements differ", bad);
     cudaFreeHost(host), cudaFreeHost(cp);
-    cudaFree(d_act), cudaFree(d_pool), cudaFree(d_rows), cudaFree(d_slots);
-    free(act), free(pool), free(pool2);
+    cudaFree(d_pool), cudaFree(d_slots), cudaFree(d_bias);
+    free(act), free(bias), free(out), free(pool), free(pool2);
 }
 
 /* A cached CUDA engine against a full-recompute CUDA engine, the fp32

@@ -142,7 +142,7 @@ struct cuda_backend {
 
     /* Staging: the arrays the layer kernels read sit at fixed offsets (a
      * CUDA graph holds their addresses); the rest is packed after fx_end. */
-    size_t fx_seqs, fx_pt, fx_app_rows, fx_app_slots, fx_ts, fx_end;
+    size_t fx_seqs, fx_pt, fx_row_slot, fx_ts, fx_end;
     /* CUDA graphs of the layers, per (batch, tokens, splits) bucket. */
     struct graph_entry {
         int B, T, S;
@@ -164,8 +164,7 @@ typedef struct staged {
     int *excl_b, *excl_e;/* [B] the user's exclusion list in excl (retrieval) */
     int *excl;           /* [sum hist] every history item (retrieval) */
     int *page_table;     /* [n_page_idx] device page ids */
-    int *app_rows;       /* [n_app] dense rows appended to pages */
-    int64_t *app_slots;  /* [n_app] page * P + slot */
+    int64_t *row_slot;   /* [T] page * P + slot of a dense row appended to the pages, or -1 */
     kv_copy *onload;     /* [n_onload] layer 0's blocks of the host hits */
 } staged;
 
@@ -301,17 +300,16 @@ static void stage_fixed(cuda_backend *cb)
     size_t T = (size_t)cb->max_tokens, U = (size_t)cb->max_users;
     cb->fx_seqs = 0;
     cb->fx_pt = align16(cb->fx_seqs + U * sizeof(attn_cuda_seq));
-    cb->fx_app_rows = align16(cb->fx_pt + (size_t)cb->max_pages * 4);
-    cb->fx_app_slots = align16(cb->fx_app_rows + T * 4);
-    cb->fx_ts = align16(cb->fx_app_slots + T * 8);
+    cb->fx_row_slot = align16(cb->fx_pt + (size_t)cb->max_pages * 4);
+    cb->fx_ts = align16(cb->fx_row_slot + T * 8);
     cb->fx_end = align16(cb->fx_ts + T * 8);
 }
 
 static size_t stage_capacity(size_t T, size_t U, size_t pages)
 {
-    /* tok_row, tok_pos, ts, head rows (T or U), excl, append rows and slots;
-     * seqs, 4 top-k arrays; page table, onload copies; alignment */
-    return T * (4 + 4 + 8 + 4 + 4 + 4 + 8) + U * 4 + U * sizeof(attn_cuda_seq) + U * 4 * 4 +
+    /* tok_row, tok_pos, ts, head rows (T or U), excl, row slots; seqs, 4
+     * top-k arrays; page table, onload copies; alignment */
+    return T * (4 + 4 + 8 + 4 + 4 + 8) + U * 4 + U * sizeof(attn_cuda_seq) + U * 4 * 4 +
            pages * (4 + sizeof(kv_copy)) + 16 * 32;
 }
 
@@ -808,7 +806,7 @@ static hstu_status wait_onload_layer(cuda_backend *cb, int l, hstu_error *err)
 }
 
 static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base, const staged *sg,
-                                 int n_app, bool wait_onload, hstu_error *err)
+                                 bool append, bool wait_onload, hstu_error *err)
 {
     const hstu_config *cfg = &cb->model->cfg;
     const layer_dev *L = &cb->layers[l];
@@ -827,22 +825,18 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                       "uvqk", err)) != HSTU_OK)
         return st;
     /* Columns u|q|v|k (upload_uvqk). v|k: bias, and SiLU when silu_uvqk =
-     * all; q's are applied by the attention as it loads Q, u's where u is
+     * all, in the same pass as the new history rows' append to their pages
+     * (the attention below reads the cached rows from the pages and this
+     * call's rows from the dense activations, so the two do not wait for each
+     * other); q's are applied by the attention as it loads Q, u's where u is
      * read (ln_mul). */
     const bool silu_all = cfg->silu_uvqk == HSTU_SILU_ALL;
-    if ((st = ck(bias_silu_cuda(T, vw + kw, cb->d_uvqk + vw + kw, W, L->uvqk_b ? L->uvqk_b + vw + kw : NULL,
-                                silu_all, s),
-                 "bias+SiLU", err)) != HSTU_OK)
-        return st;
     size_t P = (size_t)cb->cc.page_size, k_off = (size_t)l * P * (size_t)(kw + vw), v_off = k_off + P * (size_t)kw;
-    /* The new history rows' K/V into their pages (the attention below reads
-     * the cached rows from the pages and this call's rows from the dense
-     * activations, so the two do not wait for each other). */
-    if (n_app > 0 &&
-        (st = ck(kv_append_cuda(n_app, (const int *)DEV(cb, sg->app_rows), (const int64_t *)DEV(cb, sg->app_slots),
-                                cb->d_uvqk, W, 2 * vw + kw, vw + kw, kw, vw, cb->d_pool, cb->cc.page_elems, (int)P,
-                                k_off, v_off, s),
-                 "KV append", err)) != HSTU_OK)
+    bias_silu_pages pages = {(const int64_t *)DEV(cb, sg->row_slot), cb->d_pool, cb->cc.page_elems, k_off, v_off,
+                             (int)P, kw, vw};
+    if ((st = ck(bias_silu_cuda(T, vw + kw, cb->d_uvqk + vw + kw, W, L->uvqk_b ? L->uvqk_b + vw + kw : NULL,
+                                silu_all, append ? &pages : NULL, s),
+                 "bias+SiLU and KV append", err)) != HSTU_OK)
         return st;
     if (wait_onload && (st = wait_onload_layer(cb, l, err)) != HSTU_OK)
         return st;
@@ -1046,7 +1040,7 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
         hstu_error cap_err;
         memset(&cap_err, 0, sizeof cap_err);
         ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-        hstu_status st = ok ? layer_forward(cb, Tg, l, &ap, sg, Tg, false, &cap_err) : HSTU_ERR_UNSUPPORTED;
+        hstu_status st = ok ? layer_forward(cb, Tg, l, &ap, sg, cb->d_pool != NULL, false, &cap_err) : HSTU_ERR_UNSUPPORTED;
         if (ok)
             ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
         if (ok)
@@ -1155,8 +1149,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     memset(&sg, 0, sizeof sg);
     sg.seqs = (attn_cuda_seq *)(cb->h_stage + cb->fx_seqs);
     sg.page_table = (int *)(cb->h_stage + cb->fx_pt);
-    sg.app_rows = (int *)(cb->h_stage + cb->fx_app_rows);
-    sg.app_slots = (int64_t *)(cb->h_stage + cb->fx_app_slots);
+    sg.row_slot = (int64_t *)(cb->h_stage + cb->fx_row_slot);
     sg.ts = retr ? (int64_t *)(cb->h_stage + cb->fx_ts) : NULL;
     sg.tok_row = (int *)stage_take(&sgb, (size_t)T * 4);
     sg.tok_pos = (int *)stage_take(&sgb, (size_t)T * 4);
@@ -1181,7 +1174,11 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
             sg.onload[i].dst = (uint64_t)(uintptr_t)((char *)cb->d_pool + (size_t)o->page * cb->page_bytes);
         }
     }
-    int max_pos = cfg->max_positions - 1, cand_i = 0, ts_off = 0, app_i = 0, P = cb->cc.page_size;
+    int max_pos = cfg->max_positions - 1, cand_i = 0, ts_off = 0, P = cb->cc.page_size;
+    int T_run = Bg > 0 ? Tg : T; /* the rows the layers run: padding rows append nothing */
+    if (cb->d_pool) /* (a graph's layers append whenever the cache is on) */
+        for (int i = 0; i < T_run; i++)
+            sg.row_slot[i] = -1;
     size_t group_total = 0;
     int group_users = 0;
     for (int b = 0; b < B; b++) {
@@ -1192,11 +1189,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
             sg.tok_row[q0 + i - c] = retr ? (int)r->items[i] : ranking_row(cb, r, i);
             sg.tok_pos[q0 + i - c] = i < max_pos ? i : max_pos;
         }
-        for (int i = c; i < p->paged; i++, app_i++) {
-            int pg = kc->page_idx[p->page0 + i / P];
-            sg.app_rows[app_i] = q0 + i - c;
-            sg.app_slots[app_i] = (int64_t)pg * P + i % P;
-        }
+        for (int i = c; i < p->paged; i++)
+            sg.row_slot[q0 + i - c] = (int64_t)kc->page_idx[p->page0 + i / P] * P + i % P;
         int cq = q0 + p->hist - c; /* dense row of the first candidate */
         int cpos = p->hist < max_pos ? p->hist : max_pos; /* every candidate sits at position h */
         for (int i = 0; i < p->cand; i++) {
@@ -1236,22 +1230,19 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
             ts_off += p->hist;
         }
     }
-    int n_seq = B, n_app_run = n_app;
-    if (Bg > 0) { /* padding: users of length 0, appends that skip */
+    int n_seq = B;
+    if (Bg > 0) { /* padding: users of length 0 */
         for (int b = B; b < Bg; b++)
             memset(&sg.seqs[b], 0, sizeof sg.seqs[b]);
-        for (int i = n_app; i < Tg; i++)
-            sg.app_rows[i] = 0, sg.app_slots[i] = -1;
         n_seq = Bg;
-        n_app_run = Tg;
     }
     cudaStream_t s = cb->stream;
-    struct { size_t off, bytes; } cp[6] = {
+    struct { size_t off, bytes; } cp[5] = {
         {cb->fx_seqs, (size_t)n_seq * sizeof(attn_cuda_seq)}, {cb->fx_pt, (size_t)n_pt * 4},
-        {cb->fx_app_rows, (size_t)n_app_run * 4},             {cb->fx_app_slots, (size_t)n_app_run * 8},
-        {cb->fx_ts, retr ? (size_t)hist_total * 8 : 0},      {cb->fx_end, sgb.used - cb->fx_end},
+        {cb->fx_row_slot, cb->d_pool ? (size_t)T_run * 8 : 0}, {cb->fx_ts, retr ? (size_t)hist_total * 8 : 0},
+        {cb->fx_end, sgb.used - cb->fx_end},
     };
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 5; i++)
         if (cp[i].bytes > 0 &&
             (st = ck(cudaMemcpyAsync(cb->d_stage + cp[i].off, cb->h_stage + cp[i].off, cp[i].bytes,
                                      cudaMemcpyHostToDevice, s),
@@ -1306,7 +1297,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     }
     cb->ctr.eager_runs++;
     for (int l = 0; l < cfg->n_layers; l++)
-        if ((st = layer_forward(cb, T, l, &ap, &sg, n_app, true, err)) != HSTU_OK)
+        if ((st = layer_forward(cb, T, l, &ap, &sg, n_app > 0, true, err)) != HSTU_OK)
             return st;
 head:
     if (retr)

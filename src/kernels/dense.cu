@@ -409,7 +409,12 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
 /* One warp per row and 1024-column slice (grid y), four 16-byte chunks per
  * lane, all loads issued before the math. */
 constexpr int BS_COLS = 4 * 32 * VEC;
-__global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on)
+/* With APPEND, a row r with pg.row_slot[r] >= 0 also goes to its page slot:
+ * the pass's columns [0, vw) to V, [vw, vw + kw) to K (each 16-byte chunk
+ * lies in one of them: vw is a multiple of 8). */
+template <bool APPEND>
+__global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
+                                     bias_silu_pages pg)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
@@ -417,6 +422,16 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
         return;
     bf16_t *xr = x + (size_t)r * ldx;
     const int c0 = blockIdx.y * BS_COLS + lane * VEC;
+    bf16_t *k_dst = NULL, *v_dst = NULL;
+    if (APPEND) {
+        const int64_t slot = pg.row_slot[r];
+        if (slot >= 0) {
+            const int64_t page = slot / pg.P, in_page = slot - page * pg.P;
+            bf16_t *base = pg.pool + (size_t)page * pg.page_elems;
+            v_dst = base + pg.v_off + (size_t)in_page * pg.vw;
+            k_dst = base + pg.k_off + (size_t)in_page * pg.kw - pg.vw; /* indexed by the pass's column */
+        }
+    }
     float v[4][VEC];
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -438,7 +453,10 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
                 for (int j = 0; j < VEC; j++)
                     v[i][j] = silu(v[i][j]);
             }
-            store8(xr + c, v[i]);
+            if (bias || silu_on)
+                store8(xr + c, v[i]);
+            if (APPEND && v_dst)
+                store8((c < pg.vw ? v_dst : k_dst) + c, v[i]);
         }
     }
 }
@@ -455,15 +473,25 @@ __global__ void bias_silu_any_kernel(int rows, int width, bf16_t *x, int ldx, co
 }
 
 extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
-                              void *stream)
+                              const bias_silu_pages *pages, void *stream)
 {
-    if (rows <= 0 || width <= 0 || (!bias && !silu_on))
+    if (rows <= 0 || width <= 0 || (!bias && !silu_on && !pages))
         return 0;
     cudaStream_t s = (cudaStream_t)stream;
     bool vec = width % VEC == 0 && ldx % VEC == 0 && aligned16(x) && (!bias || aligned16(bias));
+    if (pages) {
+        const bias_silu_pages *pg = pages;
+        if (!vec || pg->kw % VEC || pg->vw % VEC || pg->vw + pg->kw != width || pg->page_elems % VEC ||
+            pg->k_off % VEC || pg->v_off % VEC || pg->P < 1 || !aligned16(pg->pool))
+            return (int)cudaErrorInvalidValue;
+    }
     if (vec) {
         dim3 g(row_grid(rows).x, (unsigned)((width + BS_COLS - 1) / BS_COLS));
-        bias_silu_vec_kernel<<<g, row_block(rows), 0, s>>>(rows, width, x, ldx, bias, silu_on);
+        if (pages)
+            bias_silu_vec_kernel<true><<<g, row_block(rows), 0, s>>>(rows, width, x, ldx, bias, silu_on, *pages);
+        else
+            bias_silu_vec_kernel<false>
+                <<<g, row_block(rows), 0, s>>>(rows, width, x, ldx, bias, silu_on, bias_silu_pages{});
     } else {
         /* Enough blocks to fill the GPU several times over; the loop takes the rest. */
         size_t blocks = ((size_t)rows * width + 255) / 256;

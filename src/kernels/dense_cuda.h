@@ -51,9 +51,27 @@ int layernorm_cuda(int rows, int width, const float *x, int ldx, const float *w,
 int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx, const float *w, const float *b, float eps,
                         bf16_t *y, int ldy, void *stream);
 
+/* Where bias_silu_cuda also writes each row's result: the paged KV pool of
+ * one layer. Row r with row_slot[r] >= 0 goes to page row_slot[r] / P, slot
+ * row_slot[r] % P: the pass's columns [0, vw) (V) to pool + page *
+ * page_elems + v_off + slot * vw, columns [vw, vw + kw) (K) to ... + k_off +
+ * slot * kw. row_slot[r] < 0: not appended (cached rows, candidates,
+ * padding). kw and vw multiples of 8, vw + kw = the pass's width, every
+ * address 16-byte aligned. */
+typedef struct bias_silu_pages {
+    const int64_t *row_slot; /* [rows], device-readable */
+    bf16_t *pool;
+    size_t page_elems, k_off, v_off;
+    int P, kw, vw;
+} bias_silu_pages;
+
 /* In place on bf16 x, columns [0, width): x += bias (fp32 [width], or
- * NULL), then SiLU when `silu`. The uvqk epilogue for the v|q|k columns. */
-int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu, void *stream);
+ * NULL), then SiLU when `silu`; with `pages` (or NULL), the rows that have
+ * a slot are also written to the KV pool (they are, with neither bias nor
+ * SiLU). The uvqk epilogue for the v|k columns and the cache's append, in
+ * one pass. */
+int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu,
+                   const bias_silu_pages *pages, void *stream);
 
 /* y[r] = SiLU(u[r] + ubias) * (LN(a[r]) * w + b), LN over all `width`
  * columns; a, u, y bf16; ubias, w, b fp32 [width] or NULL (w and b

@@ -1,4 +1,5 @@
-/* kv_cuda.cu - append and block copies of the GPU KV cache (kv_cuda.h). */
+/* kv_cuda.cu - block copies of the GPU KV cache (kv_cuda.h); the append of
+ * new rows runs in the layer's bias+SiLU pass (bias_silu_cuda). */
 #include "kvcache/kv_cuda.h"
 
 #include <cuda_runtime.h>
@@ -33,45 +34,5 @@ extern "C" int kv_copy_cuda(const kv_copy *copies, int n, size_t bytes, size_t s
         return (int)cudaErrorInvalidValue;
     kv_copy_kernel<<<dim3((unsigned)n, (unsigned)nl), 256, 0, (cudaStream_t)stream>>>(copies, bytes, src_lstride,
                                                                                      dst_lstride, l0);
-    return (int)cudaGetLastError();
-}
-
-/* One thread per 16-byte chunk of a row's K|V: a few new rows still spread
- * over the whole GPU, and each thread has one load in flight (a warp per
- * row looped over its chunks, a load's latency each, 7 us for 128 rows). */
-__global__ void kv_append_kernel(int n, const int *rows, const int64_t *slots, const uint16_t *uvqk, int ld,
-                                 int k_col, int v_col, int kw, int vw, uint16_t *pool, size_t page_elems, int P,
-                                 size_t k_off, size_t v_off)
-{
-    const int kc = kw / 8, cpr = kc + vw / 8;
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (long long)n * cpr)
-        return;
-    const int i = (int)(t / cpr), c = (int)(t - (long long)i * cpr);
-    const int64_t s = slots[i];
-    if (s < 0)
-        return; /* padding (a CUDA graph's fixed-size list) */
-    const uint16_t *row = uvqk + (size_t)rows[i] * ld;
-    const int64_t page = s / P, slot = s - page * P;
-    uint16_t *base = pool + (size_t)page * page_elems;
-    if (c < kc)
-        reinterpret_cast<uint4 *>(base + k_off + (size_t)slot * kw)[c] =
-            reinterpret_cast<const uint4 *>(row + k_col)[c];
-    else
-        reinterpret_cast<uint4 *>(base + v_off + (size_t)slot * vw)[c - kc] =
-            reinterpret_cast<const uint4 *>(row + v_col)[c - kc];
-}
-
-extern "C" int kv_append_cuda(int n, const int *rows, const int64_t *slots, const uint16_t *uvqk, int ld, int k_col,
-                              int v_col, int kw, int vw, uint16_t *pool, size_t page_elems, int P, size_t k_off,
-                              size_t v_off, void *stream)
-{
-    if (n <= 0)
-        return 0;
-    if (kw % 8 || vw % 8 || ld % 8 || k_col % 8 || v_col % 8 || page_elems % 8 || k_off % 8 || v_off % 8)
-        return (int)cudaErrorInvalidValue;
-    const long long chunks = (long long)n * ((kw + vw) / 8);
-    kv_append_kernel<<<(unsigned)((chunks + 255) / 256), 256, 0, (cudaStream_t)stream>>>(
-        n, rows, slots, uvqk, ld, k_col, v_col, kw, vw, pool, page_elems, P, k_off, v_off);
     return (int)cudaGetLastError();
 }

@@ -1,6 +1,7 @@
-/* kv_cuda.h - the GPU KV cache's data movement (spec/kvcache.md): the append
- * of new history rows' K/V into their pages, and the page-block copies of
- * the host tier (onload: host chunk -> device pages; offload: the reverse).
+/* kv_cuda.h - the GPU KV cache's data movement (spec/kvcache.md): the
+ * page-block copies of the host tier (onload: host chunk -> device pages;
+ * offload: the reverse). The append of new history rows' K/V into their
+ * pages is part of the layer's bias+SiLU pass (bias_silu_cuda, dense_cuda.h).
  *
  * Page layout (kv_cache.h), in bf16 elements: page p at pool + p *
  * page_elems; layer l's block at + l * P * (kw + vw): P rows of K (kw wide)
@@ -33,16 +34,6 @@ typedef struct kv_copy {
  * copies[i].dst + l * dst_lstride. copies is device-readable. */
 int kv_copy_cuda(const kv_copy *copies, int n, size_t bytes, size_t src_lstride, size_t dst_lstride, int l0,
                  int nl, void *stream);
-
-/* The append of one layer: for i < n, row rows[i] of the uvqk activations
- * (bf16, stride ld; v at column v_col, k at column k_col) goes to page
- * slots[i] / P, slot slots[i] % P: K (kw elements) at pool + page *
- * page_elems + k_off + slot * kw, V (vw) at ... + v_off + slot * vw.
- * kw and vw multiples of 8; every address 16-byte aligned. Entries with
- * slots[i] < 0 are skipped (padding). */
-int kv_append_cuda(int n, const int *rows, const int64_t *slots, const uint16_t *uvqk, int ld, int k_col, int v_col,
-                   int kw, int vw, uint16_t *pool, size_t page_elems, int P, size_t k_off, size_t v_off,
-                   void *stream);
 
 #ifdef __cplusplus
 }
