@@ -208,6 +208,47 @@ static float time_attention(const attn_cuda_params *ap, int iters, float *t)
     return median(t, iters);
 }
 
+/* One traced run of the attention (attn_cuda_params.trace): for each phase
+ * of the default kernel, when the CTAs reach it after the first CTA started
+ * (mean and latest, us), and how long the phase takes a CTA (mean). */
+static void trace_attention(attn_cuda_params ap, const char *label)
+{
+    const size_t max_ctas = (size_t)ap.B * ap.H * (size_t)((ap.max_rows + 63) / 64) * ATTN_CUDA_MAX_SPLITS;
+    const size_t n = max_ctas * ATTN_CUDA_TRACE_POINTS;
+    unsigned long long *d = NULL, *h = calloc(n, sizeof *h);
+    cuda_ok(cudaMalloc((void **)&d, n * sizeof *d), "cudaMalloc");
+    cudaMemset(d, 0, n * sizeof *d);
+    ap.trace = d;
+    if (attn_fwd_cuda(&ap, 0) || cudaDeviceSynchronize() != cudaSuccess)
+        die("attention", "traced launch failed");
+    cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
+    static const char *names[ATTN_CUDA_TRACE_POINTS] = {"start", "Q landed", "Q activated", "first S",
+                                                        "loop done", "last PV done", "stored"};
+    unsigned long long t0 = ~0ull;
+    for (size_t c = 0; c < max_ctas; c++)
+        if (h[c * ATTN_CUDA_TRACE_POINTS] && h[c * ATTN_CUDA_TRACE_POINTS] < t0)
+            t0 = h[c * ATTN_CUDA_TRACE_POINTS];
+    printf("    trace, %s (us after the first CTA's start: mean, latest; phase: mean):\n     ", label);
+    for (int k = 0; k < ATTN_CUDA_TRACE_POINTS; k++) {
+        double sum = 0, last = 0, dsum = 0;
+        int cnt = 0;
+        for (size_t c = 0; c < max_ctas; c++) {
+            const unsigned long long *r = h + c * ATTN_CUDA_TRACE_POINTS;
+            if (!r[k] || !r[0] || (k > 0 && !r[k - 1]))
+                continue;
+            double at = (double)(r[k] - t0) * 1e-3;
+            sum += at, cnt++;
+            last = at > last ? at : last;
+            dsum += k > 0 ? (double)(r[k] - r[k - 1]) * 1e-3 : 0;
+        }
+        if (cnt)
+            printf(" %s %.1f, %.1f (%.1f);", names[k], sum / cnt, last, dsum / cnt);
+    }
+    printf("\n");
+    cudaFree(d);
+    free(h);
+}
+
 static bool g_graphs = true; /* CUDA graphs in the engines make_engine creates */
 
 static hstu_engine *make_engine(const hstu_model *m, int max_tok, size_t cache, size_t host, int chunk, bool lw)
@@ -386,9 +427,17 @@ int main(int argc, char **argv)
                         ap.splits = S;
                         printf(" %d: %.3f", S, time_attention(&ap, iters, t));
                     }
-                    ap.B = B;
                     ap.splits = 0;
                     printf(" ms (chosen: %d)\n", attn_cuda_splits(&ap));
+                    char label[64];
+                    snprintf(label, sizeof label, "batch %d, splits %d", nb, attn_cuda_splits(&ap));
+                    trace_attention(ap, label);
+                    if (nb == 1) {
+                        ap.splits = 1;
+                        trace_attention(ap, "batch 1, splits 1");
+                        ap.splits = 0;
+                    }
+                    ap.B = B;
                 }
             }
         cudaFree(qkv), cudaFree(pool), cudaFree(out), cudaFree(d_pt), cudaFree(d_seqs);

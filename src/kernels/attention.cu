@@ -57,6 +57,17 @@
 
 namespace {
 
+/* Profiling stamp (attn_cuda_params.trace): one thread per CTA and point. */
+__device__ __forceinline__ void trace_stamp(const attn_cuda_params &p, int point)
+{
+    if (p.trace) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        const size_t cta = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
+        p.trace[cta * ATTN_CUDA_TRACE_POINTS + point] = t;
+    }
+}
+
 constexpr int BN = 64;       /* keys per tile */
 constexpr int BM = 128;      /* query rows per CTA */
 constexpr int NTHREADS = 256;
@@ -595,13 +606,14 @@ __device__ __forceinline__ uint32_t cluster_addr(uint32_t a, int rank)
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
     return r;
 }
+/* (No memory clobber: the loads of one row may all be in flight at once;
+ * the cluster barriers around them order them against the writes.) */
 __device__ __forceinline__ float4 cluster_ld4(uint32_t a)
 {
     float4 v;
     asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
                  : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "r"(a)
-                 : "memory");
+                 : "r"(a));
     return v;
 }
 __device__ __forceinline__ int cluster_ld_s32(uint32_t a)
@@ -647,12 +659,19 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
     for (int i = tid; i < (hi - lo) * cpr; i += nthreads) {
         const int row = lo + i / cpr, col = 4 * (i % cpr);
         const uint32_t off = part + (uint32_t)(row * part_stride<D>() + col) * 4u;
+        /* every part's load issued before the first add (one remote latency
+         * per item, not S: a loop of load-then-add took 8 us of a 25 us
+         * kernel at S = 8), then added in rank order */
+        float4 v[ATTN_CUDA_MAX_SPLITS];
+#pragma unroll
+        for (int r = 0; r < ATTN_CUDA_MAX_SPLITS; r++)
+            if (r < S && (live >> r & 1u))
+                v[r] = cluster_ld4(cluster_addr(off, r));
         float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int r = 0; r < S; r++)
-            if (live >> r & 1u) {
-                const float4 v = cluster_ld4(cluster_addr(off, r));
-                a.x += v.x, a.y += v.y, a.z += v.z, a.w += v.w;
-            }
+#pragma unroll
+        for (int r = 0; r < ATTN_CUDA_MAX_SPLITS; r++)
+            if (r < S && (live >> r & 1u))
+                a.x += v[r].x, a.y += v[r].y, a.z += v[r].z, a.w += v[r].w;
         uint32_t *dst = reinterpret_cast<uint32_t *>(out + (size_t)row * p.ld_out + col);
         dst[0] = pack_bf16(a.x * inv_n, a.y * inv_n);
         dst[1] = pack_bf16(a.z * inv_n, a.w * inv_n);
@@ -1021,6 +1040,40 @@ template <int N> __device__ __forceinline__ void reg_alloc()
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
+/* store_o through shared memory, for the warp-specialised kernel (its 256
+ * computing threads, tid 0..255, after both are done with Q, K and V): the
+ * fragments go to a bf16 tile at `stage` (rows D + 8 elements apart: the
+ * fragment writes meet no bank conflict), then whole rows leave as 16-byte
+ * stores (the fragment stores wrote 16 bytes per row and instruction and
+ * took 4.5 us of a CTA). The output must allow it (out_vec16). */
+template <int D>
+__device__ __forceinline__ void store_o_staged(const float *o, const attn_cuda_params &p, const Blk &k,
+                                               const int (&lr)[2], int t4, bf16 *stage, int tid)
+{
+    constexpr int SR = D + 8;
+    const float inv_n = 1.0f / (float)p.N;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            *reinterpret_cast<uint32_t *>(stage + lr[r] * SR + 8 * j + 2 * t4) =
+                pack_bf16(o[4 * j + 2 * r] * inv_n, o[4 * j + 2 * r + 1] * inv_n);
+    bar_sync(3, 256);
+    bf16 *out = static_cast<bf16 *>(p.out) + (size_t)(k.s.q0 + k.r0) * p.ld_out + (size_t)k.h * p.Dv;
+    const int cpr = p.Dv / 8;
+    for (int i = tid; i < k.nr * cpr; i += 256) {
+        const int row = i / cpr, c = 8 * (i - row * cpr);
+        *reinterpret_cast<uint4 *>(out + (size_t)row * p.ld_out + c) =
+            *reinterpret_cast<const uint4 *>(stage + row * SR + c);
+    }
+}
+
+/* Whether every output row of attention p starts 16-byte aligned. */
+__device__ __forceinline__ bool out_vec16(const attn_cuda_params &p)
+{
+    return p.ld_out % 8 == 0 && p.Dv % 8 == 0 && ((uintptr_t)p.out & 15) == 0;
+}
+
 constexpr int WS_THREADS = 384; /* a loading warpgroup + two computing warpgroups */
 constexpr int WS_PRODUCER_REGS = 56, WS_CONSUMER_REGS = 224; /* 128 x 56 + 256 x 224 = 384 x 168 */
 
@@ -1051,6 +1104,9 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
     __shared__ __align__(8) uint64_t bars[1 + 2 * (KS + VS)];
     __shared__ int s_empty; /* split-KV: this CTA's split has no tile */
     static_assert(part_bytes<D>() + 1024 <= ws_smem_bytes<D>(), "the split part fits over Q, K and V");
+    static_assert(BM * (D + 8) * 2 + 1024 <= ws_smem_bytes<D>(), "the staged output fits over Q, K and V");
+    if (threadIdx.x == 0)
+        trace_stamp(p, ATTN_TRACE_START);
     Blk k;
     if (!blk_init(k, p))
         return; /* grid padding: the whole cluster leaves */
@@ -1138,11 +1194,16 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
     /* cp.async writes through the generic proxy and wgmma reads through the
      * async one: after acquiring a buffer, a proxy fence before the reads. */
     mbar_wait(qfull, 0);
+    const bool stamp = threadIdx.x == 128;
+    if (stamp)
+        trace_stamp(p, ATTN_TRACE_Q_LANDED);
     if (p.q_bias || p.q_silu) { /* each computing warpgroup its own 64 rows */
         q_activate<D>(sQ, 64 * cw, 64, p, k, threadIdx.x % 128, 128);
         fence_proxy_async();
         bar_sync(4 + cw, 128);
     }
+    if (stamp)
+        trace_stamp(p, ATTN_TRACE_Q_READY);
     mbar_wait(kfull(0), 0);
     fence_proxy_async();
     bar_sync(1 + cw, 256);
@@ -1154,6 +1215,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
     if (lead)
         mbar_arrive(kempty(0));
     fence_regs(s);
+    if (stamp)
+        trace_stamp(p, ATTN_TRACE_FIRST_S);
     tile_weights<8, RAB>(s, k, 0, qv, tsn, t4, half_alpha, rb);
     pack_p<8>(pf, s);
 
@@ -1181,6 +1244,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
         fence_frags(pf);
         pack_p<8>(pf, s);
     }
+    if (stamp)
+        trace_stamp(p, ATTN_TRACE_LOOP_DONE);
     const int vb = (k.nt - 1) % VS;
     mbar_wait(vfull(vb), ((k.nt - 1) / VS) & 1);
     fence_proxy_async();
@@ -1192,13 +1257,20 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
         bar_arrive(2 - cw, 256);
     wg_wait<0>();
     fence_regs(o);
+    if (stamp)
+        trace_stamp(p, ATTN_TRACE_PV_DONE);
+    uint8_t *free_smem = smem_raw + (sQ - smem_u32(smem_raw)); /* Q, K, V: idle after the barrier */
     if (split) {
         bar_sync(3, 256); /* both computing warpgroups are done reading Q, K and V */
-        split_store<D>(o, reinterpret_cast<float *>(smem_raw + (sQ - smem_u32(smem_raw))), lr, t4);
+        split_store<D>(o, reinterpret_cast<float *>(free_smem), lr, t4);
         split_reduce<D>(p, k, sQ, smem_u32(&s_empty), threadIdx.x - 128, 256);
-        return;
-    }
-    store_o<D / 8>(o, p, k, lr, t4);
+    } else if (out_vec16(p)) {
+        bar_sync(3, 256);
+        store_o_staged<D>(o, p, k, lr, t4, reinterpret_cast<bf16 *>(free_smem), threadIdx.x - 128);
+    } else
+        store_o<D / 8>(o, p, k, lr, t4);
+    if (stamp)
+        trace_stamp(p, ATTN_TRACE_END);
 }
 
 } /* namespace */

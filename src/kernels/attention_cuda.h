@@ -81,9 +81,25 @@ typedef struct attn_cuda_params {
      * max_keys bounds hist + cand over the sequences (sizes the split). */
     int max_keys;
     int splits;                  /* 0: chosen from the sizes (attn_cuda_splits); else forced */
+    /* Profiling (bench_cache_gpu --attention): NULL, or device [CTAs *
+     * ATTN_CUDA_TRACE_POINTS] where the default kernel's CTA i (x fastest,
+     * then y, then z) stamps the global timer (ns) as it passes the points
+     * of enum attn_cuda_trace_point. */
+    unsigned long long *trace;
 } attn_cuda_params;
 
 #define ATTN_CUDA_MAX_SPLITS 8
+
+enum attn_cuda_trace_point {
+    ATTN_TRACE_START,     /* the CTA runs (its first instruction) */
+    ATTN_TRACE_Q_LANDED,  /* the Q tile is in shared memory (computing warpgroup 0) */
+    ATTN_TRACE_Q_READY,   /* ... and activated */
+    ATTN_TRACE_FIRST_S,   /* the first tile's scores are in registers */
+    ATTN_TRACE_LOOP_DONE, /* every tile but the last P V issued and done */
+    ATTN_TRACE_PV_DONE,   /* the last P V is done */
+    ATTN_TRACE_END,       /* the output is stored (after the split reduction, if any) */
+    ATTN_CUDA_TRACE_POINTS
+};
 
 /* The split-KV factor attn_fwd_cuda picks for these sizes (1: no split;
  * the default kernel only). */
