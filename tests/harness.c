@@ -1,5 +1,13 @@
 /* harness.c - see harness.h. */
+#if !defined(_GNU_SOURCE) && !defined(_XOPEN_SOURCE)
+#define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
+#endif
 #include "harness.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <math.h>
 #include <stdarg.h>
@@ -73,3 +81,21 @@ bool t_has_nonfinite(const float *a, size_t n)
             return true;
     return false;
 }
+
+bool t_tmpdir(char *dir, size_t n, const char *name)
+{
+    snprintf(dir, n, "/tmp/hstu_test_%s_XXXXXX", name);
+    if (!mkdtemp(dir)) {
+        printf("FAIL  setup: mkdtemp %s: %s\n", dir, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+void t_rmtree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }

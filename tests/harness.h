@@ -18,6 +18,12 @@ void t_skip(const char *name, const char *why);
 int t_summary(void);
 bool t_case_failed(void);
 
+/* Creates a fresh directory /tmp/hstu_test_<name>_XXXXXX into dir (n >=
+ * 64 bytes); false (with the reason printed) when it cannot. */
+bool t_tmpdir(char *dir, size_t n, const char *name);
+/* Removes dir and everything under it. */
+void t_rmtree(const char *dir);
+
 /* max|a-b| / max(max|b|, tiny): the spec's per-tensor relative error. */
 double t_rel_err(const float *a, const float *b, size_t n);
 /* True when any value is NaN or Inf. */

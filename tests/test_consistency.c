@@ -32,7 +32,6 @@
 #include "serve/serve.h"
 #include "train/trainer.h"
 
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -213,21 +212,12 @@ static void test_consistency(void)
     dataset_close(ds);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 int main(void)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/hstu_test_consistency_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
+    if (!t_tmpdir(g_dir, sizeof g_dir, "consistency"))
         return 1;
-    }
     t_run("trained ranking model: per-task AUC of training = eval (cache off, on) = serve (1e-4)",
           test_consistency);
-    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    t_rmtree(g_dir);
     return t_summary();
 }

@@ -10,7 +10,7 @@
  * files under $HSTU_SHARED/data are prepped and counted when present.
  * Files live in a mkdtemp directory removed at the end.
  */
-#define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
+#define _XOPEN_SOURCE 700 /* POSIX */
 #include "harness.h"
 
 #include "data/builder.h"
@@ -20,7 +20,6 @@
 #include "data/synthetic.h"
 #include "data/textfile.h"
 
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -685,19 +684,10 @@ static void test_real_ml100k(void) { prep_real("ml-100k/u.data", 943, 1682, 1000
 /* counts from ../shared/data/ml-1m/README.md (measured when the copy was made) */
 static void test_real_ml1m(void) { prep_real("ml-1m/ml-1m.txt", 6039, 3416, 999572, false); }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 int main(void)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/hstu_test_data_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
+    if (!t_tmpdir(g_dir, sizeof g_dir, "data"))
         return 1;
-    }
     t_run("text fields: csv quotes, '::', blanks, strict integers", test_text_fields);
     t_run("MovieLens u.data, ratings.dat, ratings.csv: remap, time order, ties", test_movielens_formats);
     t_run("format guessed from the file name", test_format_guess);
@@ -719,6 +709,6 @@ int main(void)
         t_run("real MovieLens 1M (SASRec text): 6039 users, 3416 items, 999572", test_real_ml1m);
     else
         t_skip("real MovieLens 1M", "no $HSTU_SHARED/data/ml-1m");
-    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    t_rmtree(g_dir);
     return t_summary();
 }

@@ -10,7 +10,7 @@
  * must match the uncached numbers within 1e-4 while the cache really was
  * used. Tiny random models and datasets built in a mkdtemp directory.
  */
-#define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
+#define _XOPEN_SOURCE 700 /* POSIX */
 #include "harness.h"
 
 #include "core/rng.h"
@@ -21,7 +21,6 @@
 #include "eval/metrics.h"
 #include "serve/serve.h"
 
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -583,19 +582,10 @@ static void test_through_server(void)
     hstu_model_destroy(qm);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 int main(void)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/hstu_test_eval_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
+    if (!t_tmpdir(g_dir, sizeof g_dir, "eval"))
         return 1;
-    }
     t_run("AUC by hand (ties count one half) and against all pairs", test_auc_by_hand);
     t_run("rank (engine tie rule, exclusions), HR/NDCG/MRR by hand", test_rank_by_hand);
     t_run("retrieval eval = a plain loop (truncation, repeats, timestamps)", test_retrieval_loop);
@@ -605,6 +595,6 @@ int main(void)
     t_run("retrieval: cached valid then test = uncached (1e-4)", test_cache_retrieval);
     t_run("ranking: cached with warm prefixes = uncached = ref (1e-4)", test_cache_ranking);
     t_run("through hstu serve: the same AUC and HR/NDCG/MRR (1e-4)", test_through_server);
-    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    t_rmtree(g_dir);
     return t_summary();
 }

@@ -17,7 +17,6 @@
 #include "data/synthetic.h"
 #include "harness.h"
 
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,20 +62,11 @@ static void test_preset_fits(void)
     dataset_close(ds);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 int main(void)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/hstu_test_preset_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
+    if (!t_tmpdir(g_dir, sizeof g_dir, "preset"))
         return 1;
-    }
     t_run("kuairand-1k's context tables = what prep writes for 1,000 KuaiRand users", test_preset_fits);
-    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    t_rmtree(g_dir);
     return t_summary();
 }

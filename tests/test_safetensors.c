@@ -8,14 +8,13 @@
  * names the problem. Files live in a mkdtemp directory removed at the end.
  */
 #if !defined(_GNU_SOURCE) && !defined(_XOPEN_SOURCE)
-#define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
+#define _XOPEN_SOURCE 700 /* mkdtemp */
 #endif
 #include "core/safetensors.h"
 #include "harness.h"
 
 #include <errno.h>
 #include <float.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -908,14 +907,6 @@ static void test_write_errors(void)
 
 /* ---- main --------------------------------------------------------------- */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 int main(void)
 {
     const char *base = getenv("TMPDIR");
@@ -940,6 +931,6 @@ int main(void)
     t_run("reader: every truncation of a valid file", test_truncations);
     t_run("st_open: missing file and directory", test_open_errors);
     t_run("writer: bad arguments, i/o errors, atomic replace", test_write_errors);
-    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    t_rmtree(g_dir);
     return t_summary();
 }
