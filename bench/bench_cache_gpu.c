@@ -83,6 +83,25 @@ static void *dev_fill(size_t bytes)
     return p;
 }
 
+/* Median ms of n copies (after 3 unmeasured), n <= 10. */
+static float time_memcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, int n)
+{
+    cudaEvent_t a, b;
+    cudaEventCreate(&a), cudaEventCreate(&b);
+    float t[10], ms;
+    for (int i = 0; i < n + 3; i++) {
+        cudaEventRecord(a, 0);
+        cudaMemcpyAsync(dst, src, bytes, kind, 0);
+        cudaEventRecord(b, 0);
+        cudaEventSynchronize(b);
+        cudaEventElapsedTime(&ms, a, b);
+        if (i >= 3)
+            t[i - 3] = ms;
+    }
+    cudaEventDestroy(a), cudaEventDestroy(b);
+    return median(t, n);
+}
+
 typedef struct ceilings {
     double gemm_tflops, copy_tbs, h2d_gbs;
 } ceilings;
@@ -114,30 +133,12 @@ static ceilings measure_ceilings(void)
     gemm_cuda_destroy(g);
     size_t cb = (size_t)1 << 29;
     void *src = dev_fill(cb), *dst = dev_fill(cb);
-    for (int i = 0; i < 13; i++) {
-        cudaEventRecord(a, 0);
-        cudaMemcpyAsync(dst, src, cb, cudaMemcpyDeviceToDevice, 0);
-        cudaEventRecord(b, 0);
-        cudaEventSynchronize(b);
-        cudaEventElapsedTime(&ms, a, b);
-        if (i >= 3)
-            t[i - 3] = ms;
-    }
-    c.copy_tbs = 2.0 * cb / (median(t, 10) * 1e-3) / 1e12;
+    c.copy_tbs = 2.0 * cb / (time_memcpy(dst, src, cb, cudaMemcpyDeviceToDevice, 10) * 1e-3) / 1e12;
     void *h = NULL;
     size_t hb = (size_t)256 << 20;
     cuda_ok(cudaMallocHost(&h, hb), "cudaMallocHost");
     memset(h, 1, hb);
-    for (int i = 0; i < 8; i++) {
-        cudaEventRecord(a, 0);
-        cudaMemcpyAsync(dst, h, hb, cudaMemcpyHostToDevice, 0);
-        cudaEventRecord(b, 0);
-        cudaEventSynchronize(b);
-        cudaEventElapsedTime(&ms, a, b);
-        if (i >= 3)
-            t[i - 3] = ms;
-    }
-    c.h2d_gbs = hb / (median(t, 5) * 1e-3) / 1e9;
+    c.h2d_gbs = hb / (time_memcpy(dst, h, hb, cudaMemcpyHostToDevice, 5) * 1e-3) / 1e9;
     cudaFreeHost(h), cudaFree(src), cudaFree(dst);
     cudaEventDestroy(a), cudaEventDestroy(b);
     return c;

@@ -429,7 +429,7 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
             const int64_t page = slot / pg.P, in_page = slot - page * pg.P;
             bf16_t *base = pg.pool + (size_t)page * pg.page_elems;
             v_dst = base + pg.v_off + (size_t)in_page * pg.vw;
-            k_dst = base + pg.k_off + (size_t)in_page * pg.kw - pg.vw; /* indexed by the pass's column */
+            k_dst = base + pg.k_off + (size_t)in_page * pg.kw;
         }
     }
     float v[4][VEC];
@@ -456,7 +456,7 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
             if (bias || silu_on)
                 store8(xr + c, v[i]);
             if (APPEND && v_dst)
-                store8((c < pg.vw ? v_dst : k_dst) + c, v[i]);
+                store8(c < pg.vw ? v_dst + c : k_dst + (c - pg.vw), v[i]);
         }
     }
 }
