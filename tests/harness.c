@@ -82,6 +82,24 @@ bool t_has_nonfinite(const float *a, size_t n)
     return false;
 }
 
+uint16_t t_f2bf(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float t_bf2f(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 bool t_tmpdir(char *dir, size_t n, const char *name)
 {
     snprintf(dir, n, "/tmp/hstu_test_%s_XXXXXX", name);

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 void t_fail_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -28,6 +29,10 @@ void t_rmtree(const char *dir);
 double t_rel_err(const float *a, const float *b, size_t n);
 /* True when any value is NaN or Inf. */
 bool t_has_nonfinite(const float *a, size_t n);
+
+/* bf16 bits <-> float: round to nearest even (NaN stays NaN), and exact widening. */
+uint16_t t_f2bf(float f);
+float t_bf2f(uint16_t b);
 
 #define T_CHECK(cond, ...)                                     \
     do {                                                       \

@@ -38,6 +38,7 @@
 #include "kernels/attention_cuda.h"
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
+#include "kernels/gemm_fused_cuda.h"
 #include "kernels/topk_cuda.h"
 #include "kvcache/kv_cuda.h"
 
@@ -78,6 +79,7 @@ struct cuda_backend {
     int64_t emb_rows, action_off, ctx_off[HSTU_MAX_CONTEXT];
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
+    bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
     size_t topk_cap;   /* result slots per top-k group */
     cudaStream_t stream;
@@ -695,6 +697,11 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * (docs/cuda.md: accuracy of both, and the time bf16 saves). */
         const char *res = getenv("HSTU_CUDA_RESIDUAL");
         cb->x_f32 = res && (!strcmp(res, "f32") || !strcmp(res, "fp32"));
+        /* The fused uvqk GEMM only with HSTU_CUDA_FUSED_GEMM=1: its
+         * cp.async-fed loads make it slower than cuBLASLt + the bias_silu
+         * pass today (docs/cuda.md, "The fused uvqk GEMM"). */
+        const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
+        cb->fused_uvqk = fg && !strcmp(fg, "1");
     }
     if (cfg->family == HSTU_FAMILY_RANKING) {
         cb->action_off = cfg->item_rows;
@@ -776,6 +783,8 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
         goto fail;
     }
+    if (cb->fused_uvqk && (st = ck(gemm_fused_prepare(), "the fused GEMM's launch attributes", err)) != HSTU_OK)
+        goto fail;
     if ((st = upload_weights(cb, err)) != HSTU_OK)
         goto fail;
     /* The uploads and the memset ran on the legacy stream (a pageable
@@ -821,22 +830,27 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                                                  cfg->ln_eps, cb->d_xn, d8, s),
                  "LayerNorm", err)) != HSTU_OK)
         return st;
-    if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE, NULL,
-                      "uvqk", err)) != HSTU_OK)
-        return st;
     /* Columns u|q|v|k (upload_uvqk). v|k: bias, and SiLU when silu_uvqk =
-     * all, in the same pass as the new history rows' append to their pages
-     * (the attention below reads the cached rows from the pages and this
-     * call's rows from the dense activations, so the two do not wait for each
-     * other); q's are applied by the attention as it loads Q, u's where u is
-     * read (ln_mul). */
+     * all, with the new history rows' append to their pages: in one pass
+     * after cuBLASLt's GEMM, or with HSTU_CUDA_FUSED_GEMM=1 (where its
+     * shapes allow) in the fused GEMM's epilogue. The attention below reads the cached
+     * rows from the pages and this call's rows from the dense activations, so
+     * the two do not wait for each other. q's bias and SiLU are applied by the
+     * attention as it loads Q, u's where u is read (ln_mul). */
     const bool silu_all = cfg->silu_uvqk == HSTU_SILU_ALL;
     size_t P = (size_t)cb->cc.page_size, k_off = (size_t)l * P * (size_t)(kw + vw), v_off = k_off + P * (size_t)kw;
     bias_silu_pages pages = {(const int64_t *)DEV(cb, sg->row_slot), cb->d_pool, cb->cc.page_elems, k_off, v_off,
                              (int)P, kw, vw};
-    if ((st = ck(bias_silu_cuda(T, vw + kw, cb->d_uvqk + vw + kw, W, L->uvqk_b ? L->uvqk_b + vw + kw : NULL,
-                                silu_all, append ? &pages : NULL, s),
-                 "bias+SiLU and KV append", err)) != HSTU_OK)
+    gemm_fused_epilogue fe = {L->uvqk_b, vw + kw, silu_all, append ? &pages : NULL, vw + kw};
+    if (cb->fused_uvqk && gemm_fused_supported(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, NULL, 0)) {
+        if ((st = ck(gemm_fused_cuda(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, s),
+                     "uvqk GEMM with bias+SiLU and KV append", err)) != HSTU_OK)
+            return st;
+    } else if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
+                             NULL, "uvqk", err)) != HSTU_OK ||
+               (st = ck(bias_silu_cuda(T, vw + kw, cb->d_uvqk + vw + kw, W, L->uvqk_b ? L->uvqk_b + vw + kw : NULL,
+                                       silu_all, append ? &pages : NULL, s),
+                        "bias+SiLU and KV append", err)) != HSTU_OK)
         return st;
     if (wait_onload && (st = wait_onload_layer(cb, l, err)) != HSTU_OK)
         return st;

@@ -48,6 +48,7 @@
  * the GPU's buckets equal the reference's (the test checks the table).
  */
 #include "kernels/attention_cuda.h"
+#include "kernels/sm90.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -56,6 +57,8 @@
 #include <stdio.h>
 
 namespace {
+
+using namespace sm90;
 
 /* Profiling stamp (attn_cuda_params.trace): one thread per CTA and point. */
 __device__ __forceinline__ void trace_stamp(const attn_cuda_params &p, int point)
@@ -117,30 +120,7 @@ constexpr int THR_N = 146;   /* time-bucket boundaries 0..145 (|dt| <= 2^63 give
     9011200702924931585ull,
 __device__ const unsigned long long kThr[THR_N] = {ATTN_THR_TABLE};
 
-typedef __nv_bfloat16 bf16;
-
-/* ---- small device helpers ---------------------------------------------- */
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16 bytes global -> shared; zero-fills the destination when !pred (src is
- * then not read, but must still be a valid address). */
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool pred)
-{
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-/* Makes this thread's completed shared-memory writes visible to the async
- * proxy (wgmma reads shared memory through it). */
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* ---- small device helpers (the rest: sm90.cuh) --------------------------- */
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr)
 {
@@ -168,22 +148,6 @@ __device__ __forceinline__ float tanh_approx(float x)
     float y;
     asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
-}
-
-/* Two floats to a bf16x2 register, lo in the low half (round to nearest). */
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-/* Byte offset of 16-byte chunk ch of row r in a [ROWS][D] bf16 tile stored
- * as D/64 column blocks of ROWS x 128 bytes, the chunk index XOR (r % 8):
- * wgmma's 128-byte swizzle, and conflict-free for ldmatrix too. Tiles
- * start 1024-byte aligned. */
-template <int ROWS> __device__ __forceinline__ uint32_t tile_off(int r, int ch)
-{
-    return (uint32_t)((ch >> 3) * (ROWS * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
 }
 
 /* ---- the block's rows and key tiles ------------------------------------ */
@@ -762,37 +726,6 @@ __global__ void __launch_bounds__(NTHREADS, 1) attn_mma_kernel(const attn_cuda_p
 
 /* ---- kernel 2: wgmma ---------------------------------------------------- */
 
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wg_wait()
-{
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-/* Keeps the compiler from moving reads or writes of r across this point
- * (accumulators that an in-flight wgmma owns). */
-template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N])
-{
-#pragma unroll
-    for (int i = 0; i < N; i++)
-        asm volatile("" : "+f"(r[i])::"memory");
-}
-/* The same for A fragments: keeps them live (unclobbered) until here. */
-__device__ __forceinline__ void fence_frags(uint32_t (&r)[16])
-{
-#pragma unroll
-    for (int i = 0; i < 16; i++)
-        asm volatile("" : "+r"(r[i])::"memory");
-}
-
-/* Shared-memory matrix descriptor, 128-byte swizzle. For K-major operands
- * sbo is the distance between 8-row groups (lbo unused); for the MN-major V,
- * lbo is the distance between 64-column blocks and sbo between 8-key groups. */
-__device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo)
-{
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
-           ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
-}
-
 /* wgmma wrappers: PTX names every accumulator register, so each shape is
  * spelled out (m64n64k16 with both operands in shared memory; m64nNk16 with
  * A in registers and B = V transposed, N = 64, 128, 256). */
@@ -996,49 +929,6 @@ __global__ void __launch_bounds__(NTHREADS, 1) attn_wgmma_kernel(const attn_cuda
 }
 
 /* ---- kernel 3: warp-specialized wgmma ------------------------------------ */
-
-/* mbarriers (shared::cta) and named barriers. */
-__device__ __forceinline__ void mbar_init(uint32_t a, int count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t a)
-{
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a) : "memory");
-}
-/* Arrives once all of this thread's earlier cp.async copies have landed. */
-__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a)
-{
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
-}
-/* Waits for the completion of the barrier's phase of the given parity. */
-__device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t parity)
-{
-    uint32_t done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(a), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
-__device__ __forceinline__ void bar_sync(int id, int n)
-{
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(int id, int n)
-{
-    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
-}
-template <int N> __device__ __forceinline__ void reg_dealloc()
-{
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-template <int N> __device__ __forceinline__ void reg_alloc()
-{
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-}
 
 /* store_o through shared memory, for the warp-specialised kernel (its 256
  * computing threads, tid 0..255, after both are done with Q, K and V): the

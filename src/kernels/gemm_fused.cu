@@ -1,0 +1,358 @@
+/* gemm_fused.cu - C = act(A @ W + bias) with the KV append, on Hopper (see
+ * gemm_fused_cuda.h for the contract).
+ *
+ * One CTA computes a 128 x BN tile of C (BN = 128 or 256) with the
+ * attention's warp-specialised structure (attention.cu, attn_ws_kernel):
+ * warpgroup 0 only loads, with cp.async, 64-wide K slices of A (128 x 64,
+ * K-major) and of W (64 x BN, MN-major) into a ring of STAGES buffers, each
+ * buffer's mbarrier completing when every loading thread's copies have
+ * landed; warpgroups 1 and 2 only compute, 64 rows each, with wgmma reading
+ * both operands from shared memory (W transposed by the instruction), one
+ * slice's products in flight while the previous slice's buffer is released.
+ * The epilogue adds the bias and applies SiLU in registers, stages the tile
+ * as bf16 in the (then idle) ring, and writes whole 16-byte pieces of rows:
+ * to C, and for rows with a page slot also to the pool.
+ *
+ * Rows past M and columns past K or N load as zeros (cp.async's zero fill)
+ * and are not stored.
+ */
+#include "kernels/gemm_fused_cuda.h"
+#include "kernels/sm90.cuh"
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+namespace {
+
+using namespace sm90;
+
+constexpr int BM = 128, BK = 64;
+constexpr int NTHREADS = 384; /* a loading warpgroup + two computing warpgroups */
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
+
+template <int BN> struct Cfg {
+    static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE = A_BYTES + B_BYTES;
+    static constexpr int STAGES = (192 * 1024) / STAGE; /* 6 at BN 128, 4 at BN 256 */
+    static constexpr int SMEM = STAGES * STAGE + 1024;  /* + the 1024-byte alignment of the ring */
+    static constexpr int SR = BN + 8;                   /* staged output row, elements */
+    static_assert(BM * SR * 2 <= STAGES * STAGE, "the staged tile fits in the ring");
+};
+
+__device__ __forceinline__ void wgmma_m64n128k16_ss_tb(float (&d)[64], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+        "}, "
+        "%64, %65, p, 1, 1, 0, 1;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+__device__ __forceinline__ void wgmma_m64n256k16_ss_tb(float (&d)[128], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+        "}, "
+        "%128, %129, p, 1, 1, 0, 1;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+template <int BN> struct Mma;
+template <> struct Mma<128> {
+    static __device__ __forceinline__ void run(float (&d)[64], uint64_t da, uint64_t db)
+    {
+        wgmma_m64n128k16_ss_tb(d, da, db, 1);
+    }
+};
+template <> struct Mma<256> {
+    static __device__ __forceinline__ void run(float (&d)[128], uint64_t da, uint64_t db)
+    {
+        wgmma_m64n256k16_ss_tb(d, da, db, 1);
+    }
+};
+
+struct Args {
+    int M, N, K, lda, ldw, ldc;
+    const bf16 *A, *W;
+    bf16 *C;
+    gemm_fused_epilogue epi;
+    bias_silu_pages pg; /* valid when epi.pages */
+};
+
+/* SiLU with the fast divide, as dense.cu's bias_silu pass. */
+__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+
+/* Slice kt of A (rows m0.., 128 x 64) and W (64 x BN, columns n0..) into
+ * the stage at sa / sb; thread tid of the loading warpgroup. */
+template <int BN>
+__device__ __forceinline__ void load_slice(uint32_t sa, uint32_t sb, const Args &a, int m0, int n0, int kt, int tid)
+{
+    const int k0 = kt * BK;
+    {
+        const int ch = tid % 8, r0 = tid / 8; /* 8 chunks per row, 16 rows per step */
+        const bool kok = k0 + ch * 8 < a.K;
+#pragma unroll
+        for (int i = 0; i < BM / 16; i++) {
+            const int r = r0 + 16 * i;
+            const bool ok = kok && m0 + r < a.M;
+            cp_async16(sa + tile_off<BM>(r, ch), ok ? a.A + (size_t)(m0 + r) * a.lda + k0 + ch * 8 : a.A, ok);
+        }
+    }
+    {
+        constexpr int CPR = BN / 8, RSTEP = 128 / CPR;
+        const int ch = tid % CPR, r0 = tid / CPR;
+        const bool nok = n0 + ch * 8 < a.N;
+#pragma unroll
+        for (int i = 0; i < BK / RSTEP; i++) {
+            const int r = r0 + RSTEP * i;
+            const bool ok = nok && k0 + r < a.K;
+            cp_async16(sb + tile_off<BK>(r, ch), ok ? a.W + (size_t)(k0 + r) * a.ldw + n0 + ch * 8 : a.W, ok);
+        }
+    }
+}
+
+template <int BN>
+__global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const Args a)
+{
+    typedef Cfg<BN> C;
+    constexpr int S = C::STAGES;
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ __align__(8) uint64_t bars[2 * S];
+    const uint32_t ring = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    auto sa = [&](int s) { return ring + (uint32_t)(s * C::STAGE); };
+    auto sb = [&](int s) { return ring + (uint32_t)(s * C::STAGE + C::A_BYTES); };
+    const uint32_t full0 = smem_u32(&bars[0]), empty0 = full0 + 8u * S;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, nk = (a.K + BK - 1) / BK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; s++) {
+            mbar_init(full0 + 8u * s, 128); /* every loading thread's copies */
+            mbar_init(empty0 + 8u * s, 8);  /* every computing warp */
+        }
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+        reg_dealloc<PRODUCER_REGS>();
+        const int tid = threadIdx.x;
+        for (int kt = 0; kt < nk; kt++) {
+            const int s = kt % S;
+            if (kt >= S) /* use u of a buffer waits for the release of use u - 1 */
+                mbar_wait(empty0 + 8u * s, (kt / S - 1) & 1);
+            load_slice<BN>(sa(s), sb(s), a, m0, n0, kt, tid);
+            mbar_arrive_cp_async(full0 + 8u * s);
+        }
+        return;
+    }
+
+    reg_alloc<CONSUMER_REGS>();
+    const int cw = wg - 1, ww = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4;
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++)
+        acc[i] = 0.0f;
+    for (int kt = 0; kt < nk; kt++) {
+        const int s = kt % S;
+        mbar_wait(full0 + 8u * s, (kt / S) & 1);
+        /* cp.async wrote through the generic proxy; wgmma reads through the async one */
+        fence_proxy_async();
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            const uint64_t da = gmma_desc(sa(s) + cw * 64 * 128 + kk * 32, 16, 1024);
+            const uint64_t db = gmma_desc(sb(s) + kk * 16 * 128, BK * 128, 1024);
+            Mma<BN>::run(acc, da, db);
+        }
+        wg_commit();
+        wg_wait<1>(); /* slice kt - 1's products are done: its buffer goes back */
+        if (kt > 0 && lane == 0)
+            mbar_arrive(empty0 + 8u * ((kt - 1) % S));
+    }
+    wg_wait<0>();
+    fence_regs(acc);
+
+    /* bias and SiLU in registers: acc[4j + 2h + e] is row 64 cw + 16 ww + g + 8h,
+     * column n0 + 8j + 2 t4 + e */
+    const gemm_fused_epilogue &e = a.epi;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int c = n0 + 8 * j + 2 * t4;
+        if (c >= e.act_from && c < a.N) {
+            float2 b = e.bias ? *reinterpret_cast<const float2 *>(e.bias + c) : make_float2(0.0f, 0.0f);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float v0 = acc[4 * j + 2 * h] + b.x, v1 = acc[4 * j + 2 * h + 1] + b.y;
+                if (e.silu)
+                    v0 = silu(v0), v1 = silu(v1);
+                acc[4 * j + 2 * h] = v0, acc[4 * j + 2 * h + 1] = v1;
+            }
+        }
+    }
+    /* stage as bf16 over the ring (idle: every slice was consumed, both
+     * warpgroups' products are done after the barrier), then whole rows */
+    bar_sync(1, 256);
+    bf16 *stage = reinterpret_cast<bf16 *>(smem_raw + (ring - smem_u32(smem_raw)));
+    const int lr = 64 * cw + 16 * ww + g;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            *reinterpret_cast<uint32_t *>(stage + (lr + 8 * h) * C::SR + 8 * j + 2 * t4) =
+                pack_bf16(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+    bar_sync(1, 256);
+    const int tid = threadIdx.x - 128;
+    constexpr int CPR = BN / 8;
+    const int rows = min(BM, a.M - m0), kv_lo = e.kv_col, kv_mid = kv_lo + a.pg.vw, kv_hi = kv_mid + a.pg.kw;
+    for (int i = tid; i < rows * CPR; i += 256) {
+        const int r = i / CPR, ch = i - r * CPR, c = n0 + 8 * ch;
+        if (c >= a.N)
+            continue;
+        const uint4 v = *reinterpret_cast<const uint4 *>(stage + r * C::SR + 8 * ch);
+        *reinterpret_cast<uint4 *>(a.C + (size_t)(m0 + r) * a.ldc + c) = v;
+        if (e.pages && c >= kv_lo && c < kv_hi) {
+            const int64_t slot = a.pg.row_slot[m0 + r];
+            if (slot >= 0) {
+                const int64_t page = slot / a.pg.P, in_page = slot - page * a.pg.P;
+                bf16_t *base = a.pg.pool + (size_t)page * a.pg.page_elems;
+                bf16_t *dst = c < kv_mid ? base + a.pg.v_off + (size_t)in_page * a.pg.vw + (c - kv_lo)
+                                         : base + a.pg.k_off + (size_t)in_page * a.pg.kw + (c - kv_mid);
+                *reinterpret_cast<uint4 *>(dst) = v;
+            }
+        }
+    }
+}
+
+/* The kernels' shared-memory limit is per function, set once: before the
+ * first launch, outside any stream capture (gemm_fused_prepare). */
+template <int BN> int prepare()
+{
+    static bool done = false;
+    if (!done) {
+        cudaError_t e = cudaFuncSetAttribute(gemm_fused_kernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Cfg<BN>::SMEM);
+        if (e != cudaSuccess)
+            return (int)e;
+        done = true;
+    }
+    return 0;
+}
+
+template <int BN> int launch(const Args &a, cudaStream_t s)
+{
+    int rc = prepare<BN>();
+    if (rc)
+        return rc;
+    dim3 grid((unsigned)((a.N + BN - 1) / BN), (unsigned)((a.M + BM - 1) / BM));
+    gemm_fused_kernel<BN><<<grid, NTHREADS, Cfg<BN>::SMEM, s>>>(a);
+    return (int)cudaGetLastError();
+}
+
+int g_forced_bn = 0;
+
+bool aligned(const void *p, uintptr_t n) { return ((uintptr_t)p & (n - 1)) == 0; }
+
+} /* namespace */
+
+extern "C" int gemm_fused_prepare(void)
+{
+    int rc = prepare<128>();
+    return rc ? rc : prepare<256>();
+}
+
+extern "C" void gemm_fused_force_bn(int bn) { g_forced_bn = bn == 128 || bn == 256 ? bn : 0; }
+
+/* 256-wide tiles once they fill the GPU (132 SMs) at least once; below, the
+ * 128-wide ones double the CTAs. */
+extern "C" int gemm_fused_tile_n(int M, int N)
+{
+    if (g_forced_bn)
+        return g_forced_bn;
+    const long tiles256 = (long)((M + BM - 1) / BM) * ((N + 255) / 256);
+    return tiles256 >= 132 ? 256 : 128;
+}
+
+extern "C" bool gemm_fused_supported(int M, int N, int K, const bf16_t *A, int lda, const bf16_t *W, int ldw,
+                                     const bf16_t *C, int ldc, const gemm_fused_epilogue *epi, char *why, size_t n)
+{
+    const char *bad = NULL;
+    if (M < 0 || N < 8 || K < 8 || N % 8 || K % 8)
+        bad = "needs M >= 0 and N, K positive multiples of 8";
+    else if (lda % 8 || ldw % 8 || ldc % 8 || lda < K || ldw < N || ldc < N)
+        bad = "needs row strides that are multiples of 8 elements and hold a row";
+    else if (!aligned(A, 16) || !aligned(W, 16) || !aligned(C, 16))
+        bad = "needs A, W and C 16-byte aligned";
+    else if (epi && epi->bias && !aligned(epi->bias, 8))
+        bad = "needs the bias 8-byte aligned";
+    else if (epi && epi->act_from < N && (epi->act_from < 0 || epi->act_from % 8))
+        bad = "needs the first activated column at a multiple of 8";
+    else if (epi && epi->pages) {
+        const bias_silu_pages *pg = epi->pages;
+        if (pg->kw % 8 || pg->vw % 8 || epi->kv_col % 8 || epi->kv_col < 0 || epi->kv_col + pg->vw + pg->kw > N ||
+            pg->page_elems % 8 || pg->k_off % 8 || pg->v_off % 8 || pg->P < 1 || !aligned(pg->pool, 16) ||
+            !pg->row_slot)
+            bad = "needs the append's widths, offsets and V/K columns in multiples of 8, inside C, a 16-byte "
+                  "aligned pool and a slot map";
+    }
+    if (bad && why && n)
+        snprintf(why, n, "fused GEMM %dx%dx%d: %s", M, N, K, bad);
+    return bad == NULL;
+}
+
+extern "C" int gemm_fused_cuda(int M, int N, int K, const bf16_t *A, int lda, const bf16_t *W, int ldw, bf16_t *C,
+                               int ldc, const gemm_fused_epilogue *epi, void *stream)
+{
+    if (!gemm_fused_supported(M, N, K, A, lda, W, ldw, C, ldc, epi, NULL, 0))
+        return (int)cudaErrorInvalidValue;
+    if (M == 0)
+        return 0;
+    Args a = {M, N, K, lda, ldw, ldc, reinterpret_cast<const bf16 *>(A), reinterpret_cast<const bf16 *>(W),
+              reinterpret_cast<bf16 *>(C), {NULL, N, 0, NULL, 0}, {}};
+    if (epi) {
+        a.epi = *epi;
+        if (epi->pages)
+            a.pg = *epi->pages;
+    }
+    cudaStream_t s = (cudaStream_t)stream;
+    return gemm_fused_tile_n(M, N) == 256 ? launch<256>(a, s) : launch<128>(a, s);
+}

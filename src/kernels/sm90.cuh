@@ -1,0 +1,131 @@
+/* sm90.cuh - Hopper (sm_90a) building blocks shared by the tensor-core kernels
+ * (attention.cu, gemm_fused.cu): cp.async copies, shared-memory tiles in
+ * wgmma's 128-byte-swizzled layout and their descriptors, wgmma's fences and
+ * groups, mbarriers, named barriers and register reallocation.
+ *
+ * Device-only, header-only; everything lives in namespace sm90.
+ */
+#ifndef HSTU_KERNELS_SM90_CUH
+#define HSTU_KERNELS_SM90_CUH
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace sm90 {
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared; zero-fills the destination when !pred (src is
+ * then not read, but must still be a valid address). */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool pred)
+{
+    const int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+/* Makes this thread's completed shared-memory writes visible to the async
+ * proxy (wgmma reads shared memory through it). */
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+/* Two floats to a bf16x2 register, lo in the low half (round to nearest). */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* Byte offset of 16-byte chunk ch of row r in a [ROWS][D] bf16 tile stored
+ * as D/64 column blocks of ROWS x 128 bytes, the chunk index XOR (r % 8):
+ * wgmma's 128-byte swizzle, and conflict-free for ldmatrix too. Tiles
+ * start 1024-byte aligned. */
+template <int ROWS> __device__ __forceinline__ uint32_t tile_off(int r, int ch)
+{
+    return (uint32_t)((ch >> 3) * (ROWS * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wg_wait()
+{
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* Keeps the compiler from moving reads or writes of r across this point
+ * (accumulators that an in-flight wgmma owns). */
+template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+f"(r[i])::"memory");
+}
+/* The same for A fragments: keeps them live (unclobbered) until here. */
+__device__ __forceinline__ void fence_frags(uint32_t (&r)[16])
+{
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        asm volatile("" : "+r"(r[i])::"memory");
+}
+
+/* Shared-memory matrix descriptor, 128-byte swizzle. For K-major operands
+ * sbo is the distance between 8-row groups (lbo unused); for the MN-major V,
+ * lbo is the distance between 64-column blocks and sbo between 8-key groups. */
+__device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo)
+{
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+/* mbarriers (shared::cta) and named barriers. */
+__device__ __forceinline__ void mbar_init(uint32_t a, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t a)
+{
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a) : "memory");
+}
+/* Arrives once all of this thread's earlier cp.async copies have landed. */
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
+/* Waits for the completion of the barrier's phase of the given parity. */
+__device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t parity)
+{
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(a), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ void bar_sync(int id, int n)
+{
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int n)
+{
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+template <int N> __device__ __forceinline__ void reg_dealloc()
+{
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void reg_alloc()
+{
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+} /* namespace sm90 */
+
+#endif
