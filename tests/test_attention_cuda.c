@@ -77,25 +77,7 @@ static void select_kernels(void)
 
 /* ---- bf16 on the host --------------------------------------------------- */
 
-static uint16_t f2bf(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
-    return (uint16_t)(u >> 16);
-}
-
-static float bf2f(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static float round_bf16(float f) { return bf2f(f2bf(f)); }
+static float round_bf16(float f) { return t_bf2f(t_f2bf(f)); }
 
 /* ---- problems ------------------------------------------------------------- */
 
@@ -306,9 +288,9 @@ static void problem_init(problem *pb, const case_spec *cs, uint64_t seed)
     p->seqs = pb->seqs;
     free(perm);
     for (size_t i = 0; i < rows * p->ld_qkv; i++)
-        pb->qkv_bf[i] = f2bf(pb->qkv[i]);
+        pb->qkv_bf[i] = t_f2bf(pb->qkv[i]);
     for (size_t i = 0; i < (size_t)npages * pb->page_elems; i++)
-        pb->pool_bf[i] = f2bf(pb->pool[i]);
+        pb->pool_bf[i] = t_f2bf(pb->pool[i]);
 }
 
 /* ---- the bf16-emulating reference ----------------------------------------- */
@@ -524,7 +506,7 @@ static void check_output(const problem *pb, const uint16_t *out, const char *kna
                 poison_broken += out[i] != POISON;
                 continue;
             }
-            double g = bf2f(out[i]), e = pb->out_ref[i], m = pb->out_emul[i];
+            double g = t_bf2f(out[i]), e = pb->out_ref[i], m = pb->out_emul[i];
             if (!isfinite(g)) {
                 bad++;
                 continue;

@@ -76,25 +76,7 @@ static bool g_kernels_only;
 
 /* ---- bf16 and device helpers -------------------------------------------- */
 
-static uint16_t f2bf(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static float bf2f(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static float rbf(float f) { return bf2f(f2bf(f)); }
+static float rbf(float f) { return t_bf2f(t_f2bf(f)); }
 
 static void round_bf16(float *x, size_t n)
 {
@@ -151,7 +133,7 @@ static uint16_t *up_bf16(const float *h, size_t n)
 {
     uint16_t *t = xmalloc(n * 2 + 2), *d = dmalloc(n * 2);
     for (size_t i = 0; i < n; i++)
-        t[i] = f2bf(h[i]);
+        t[i] = t_f2bf(h[i]);
     cudaMemcpy(d, t, n * 2, cudaMemcpyHostToDevice);
     free(t);
     return d;
@@ -169,7 +151,7 @@ static void down_bf16(float *h, const uint16_t *d, size_t n)
     uint16_t *t = xmalloc(n * 2 + 2);
     cudaMemcpy(t, d, n * 2, cudaMemcpyDeviceToHost);
     for (size_t i = 0; i < n; i++)
-        h[i] = bf2f(t[i]);
+        h[i] = t_bf2f(t[i]);
     free(t);
 }
 
@@ -1163,7 +1145,7 @@ static void test_kv_kernels(void)
         for (int l = 0; l < L; l++)
             for (size_t e = 0; e < blk; e++) {
                 float want = pool[(size_t)perm[k] * page_elems + (size_t)l * blk + e];
-                float got = bf2f(host[(size_t)(k / ppc) * ppc * page_elems + ((size_t)l * ppc + k % ppc) * blk + e]);
+                float got = t_bf2f(host[(size_t)(k / ppc) * ppc * page_elems + ((size_t)l * ppc + k % ppc) * blk + e]);
                 bad += got != want;
             }
     T_CHECK(bad == 0, "offload: %d elements differ", bad);

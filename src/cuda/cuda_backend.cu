@@ -500,8 +500,11 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
     hstu_status st = ck(cudaGetLastError(), "GEMM tuning (fill)", err);
     char why[256];
     for (int M = cb->max_tokens; M >= 64 && st == HSTU_OK; M /= 2) {
-        if (gemm_cuda_tune(cb->gemm, M, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
-                           NULL, s, why, sizeof why) ||
+        /* the uvqk GEMM goes to cuBLASLt unless the fused kernel takes it */
+        bool fused = cb->fused_uvqk &&
+                     gemm_fused_supported(M, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, NULL, NULL, 0);
+        if ((!fused && gemm_cuda_tune(cb->gemm, M, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W,
+                                      GEMM_EPI_NONE, NULL, s, why, sizeof why)) ||
             gemm_cuda_tune(cb->gemm, M, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
                            L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, s, why, sizeof why))
             st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: GEMM tuning: %s", why);

@@ -67,9 +67,10 @@ int gemm_fused_prepare(void);
 int gemm_fused_cuda(int M, int N, int K, const bf16_t *A, int lda, const bf16_t *W, int ldw, bf16_t *C, int ldc,
                     const gemm_fused_epilogue *epi, void *stream);
 
-/* The tile width the call would take (128 or 256), for benchmarks and docs;
- * 0 forces the choice of later calls to be automatic again (a test may force
- * either width with gemm_fused_force_bn). */
+/* The tile width a call of M rows and N columns takes (128 or 256), for
+ * benchmarks and docs. gemm_fused_force_bn(128 or 256) makes later calls
+ * take that width (tests, benchmarks); gemm_fused_force_bn(0) returns to
+ * the automatic choice. */
 int gemm_fused_tile_n(int M, int N);
 void gemm_fused_force_bn(int bn);
 
