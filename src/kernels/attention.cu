@@ -143,13 +143,6 @@ __device__ __forceinline__ void mma_bf16(float *c, const uint32_t (&a)[4], uint3
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ float tanh_approx(float x)
-{
-    float y;
-    asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
 /* ---- the block's rows and key tiles ------------------------------------ */
 
 struct Blk {
@@ -559,17 +552,6 @@ template <int D> constexpr int smem_bytes() { return 2 * D * (BM + 4 * BN) + 102
 template <int D> __host__ __device__ constexpr int part_stride() { return D + 8; } /* floats; +8 spreads the rows over the banks */
 template <int D> __host__ __device__ constexpr int part_bytes() { return BM * part_stride<D>() * 4; }
 
-__device__ __forceinline__ void cluster_sync()
-{
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-/* The address of this shared-memory word in the cluster's CTA `rank`. */
-__device__ __forceinline__ uint32_t cluster_addr(uint32_t a, int rank)
-{
-    uint32_t r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
-    return r;
-}
 /* (No memory clobber: the loads of one row may all be in flight at once;
  * the cluster barriers around them order them against the writes.) */
 __device__ __forceinline__ float4 cluster_ld4(uint32_t a)

@@ -1,42 +1,42 @@
 /* gemm_fused.cu - C = act(A @ W + bias) with the KV append, on Hopper (see
  * gemm_fused_cuda.h for the contract).
  *
- * One CTA computes a 128 x BN tile of C (BN = 128 or 256) with the
- * attention's warp-specialised structure (attention.cu, attn_ws_kernel):
- * warpgroup 0 only loads, with cp.async, 64-wide K slices of A (128 x 64,
- * K-major) and of W (64 x BN, MN-major) into a ring of STAGES buffers, each
- * buffer's mbarrier completing when every loading thread's copies have
- * landed; warpgroups 1 and 2 only compute, 64 rows each, with wgmma reading
- * both operands from shared memory (W transposed by the instruction), one
- * slice's products in flight while the previous slice's buffer is released.
- * The epilogue adds the bias and applies SiLU in registers, stages the tile
- * as bf16 in the (then idle) ring, and writes whole 16-byte pieces of rows:
- * to C, and for rows with a page slot also to the pool.
+ * Persistent and warp-specialised: one CTA per SM walks the 128 x BN tiles
+ * of C (BN = 128 or 256). One thread of the loading warp issues TMA copies
+ * of 64-wide K slices of A (128 x 64, K-major) and W (64 x BN, MN-major) into
+ * a ring of stages that runs on across tiles; warpgroups 0 and 1 compute,
+ * 64 rows each, with wgmma reading both operands from shared memory (W
+ * transposed by the instruction), one slice's products in flight while the
+ * previous slice's buffer is released. The epilogue adds the bias and
+ * applies SiLU in registers, stages the tile as bf16 in the loads' swizzled
+ * layout, and one thread stores it with TMA; rows with a page slot also go
+ * to the pool in 16-byte pieces.
  *
- * Rows past M and columns past K or N load as zeros (cp.async's zero fill)
- * and are not stored.
+ * Rows past M and columns past K or N load as zeros (TMA's fill outside the
+ * tensor) and are not stored (TMA stores clip to the tensor).
  */
 #include "kernels/gemm_fused_cuda.h"
 #include "kernels/sm90.cuh"
+#include "kernels/tma.cuh"
 
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
 using namespace sm90;
 
 constexpr int BM = 128, BK = 64;
-constexpr int NTHREADS = 384; /* a loading warpgroup + two computing warpgroups */
-constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
+constexpr int NTHREADS = 288; /* two computing warpgroups (warps 0-7) + a loading warp (8) */
 
 template <int BN> struct Cfg {
     static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE = A_BYTES + B_BYTES;
-    static constexpr int STAGES = (192 * 1024) / STAGE; /* 6 at BN 128, 4 at BN 256 */
-    static constexpr int SMEM = STAGES * STAGE + 1024;  /* + the 1024-byte alignment of the ring */
-    static constexpr int SR = BN + 8;                   /* staged output row, elements */
-    static_assert(BM * SR * 2 <= STAGES * STAGE, "the staged tile fits in the ring");
+    static constexpr int OUT_BYTES = BM * BN * 2;                      /* the staged output tile */
+    static constexpr int STAGES = (208 * 1024 - OUT_BYTES) / STAGE;    /* 4 at BN 128, 3 at BN 256 */
+    static constexpr int SMEM = STAGES * STAGE + OUT_BYTES + 1024;     /* + the 1024-byte alignment */
 };
 
 __device__ __forceinline__ void wgmma_m64n128k16_ss_tb(float (&d)[64], uint64_t da, uint64_t db, int scale_d)
@@ -112,147 +112,149 @@ template <> struct Mma<256> {
 };
 
 struct Args {
-    int M, N, K, lda, ldw, ldc;
-    const bf16 *A, *W;
-    bf16 *C;
+    CUtensorMap ta; /* A [M, K] in 128 x 64 boxes */
+    CUtensorMap tw; /* W [K, N] in 64 x 64 boxes */
+    CUtensorMap tc; /* C [M, N] in 128 x 64 boxes (stores) */
+    int M, N, K;
+    int tiles_n, tiles; /* tiles along N, in all */
     gemm_fused_epilogue epi;
     bias_silu_pages pg; /* valid when epi.pages */
 };
 
-/* SiLU with the fast divide, as dense.cu's bias_silu pass. */
-__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
-
-/* Slice kt of A (rows m0.., 128 x 64) and W (64 x BN, columns n0..) into
- * the stage at sa / sb; thread tid of the loading warpgroup. */
+/* Persistent: CTA b takes tiles b, b + gridDim.x, ... (tile t is row block
+ * t / tiles_n, column block t % tiles_n, so CTAs running together share A's
+ * rows and W's columns in L2). The loading thread runs through every tile's
+ * K slices in one ring of S stages (full[s]: its bytes landed; empty[s]:
+ * every computing warp is done with it), so the next tile's loads go on
+ * during an epilogue. The epilogue stages the tile as bf16 in its own
+ * buffer, in the layout of the loads, and one thread stores it with TMA
+ * while the appends read it. */
 template <int BN>
-__device__ __forceinline__ void load_slice(uint32_t sa, uint32_t sb, const Args &a, int m0, int n0, int kt, int tid)
-{
-    const int k0 = kt * BK;
-    {
-        const int ch = tid % 8, r0 = tid / 8; /* 8 chunks per row, 16 rows per step */
-        const bool kok = k0 + ch * 8 < a.K;
-#pragma unroll
-        for (int i = 0; i < BM / 16; i++) {
-            const int r = r0 + 16 * i;
-            const bool ok = kok && m0 + r < a.M;
-            cp_async16(sa + tile_off<BM>(r, ch), ok ? a.A + (size_t)(m0 + r) * a.lda + k0 + ch * 8 : a.A, ok);
-        }
-    }
-    {
-        constexpr int CPR = BN / 8, RSTEP = 128 / CPR;
-        const int ch = tid % CPR, r0 = tid / CPR;
-        const bool nok = n0 + ch * 8 < a.N;
-#pragma unroll
-        for (int i = 0; i < BK / RSTEP; i++) {
-            const int r = r0 + RSTEP * i;
-            const bool ok = nok && k0 + r < a.K;
-            cp_async16(sb + tile_off<BK>(r, ch), ok ? a.W + (size_t)(k0 + r) * a.ldw + n0 + ch * 8 : a.W, ok);
-        }
-    }
-}
-
-template <int BN>
-__global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const Args a)
+__global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_constant__ Args a)
 {
     typedef Cfg<BN> C;
     constexpr int S = C::STAGES;
     extern __shared__ uint8_t smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * S];
-    const uint32_t ring = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t ring = (smem_u32(smem_raw) + 1023u) & ~1023u, out = ring + S * C::STAGE;
     auto sa = [&](int s) { return ring + (uint32_t)(s * C::STAGE); };
     auto sb = [&](int s) { return ring + (uint32_t)(s * C::STAGE + C::A_BYTES); };
     const uint32_t full0 = smem_u32(&bars[0]), empty0 = full0 + 8u * S;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, nk = (a.K + BK - 1) / BK;
+    const int nk = (a.K + BK - 1) / BK;
     if (threadIdx.x == 0) {
         for (int s = 0; s < S; s++) {
-            mbar_init(full0 + 8u * s, 128); /* every loading thread's copies */
-            mbar_init(empty0 + 8u * s, 8);  /* every computing warp */
+            mbar_init(full0 + 8u * s, 1);  /* the loading thread's arrival, plus the stage's bytes */
+            mbar_init(empty0 + 8u * s, 8); /* every computing warp */
         }
     }
     __syncthreads();
 
-    const int wg = threadIdx.x / 128;
-    if (wg == 0) {
-        reg_dealloc<PRODUCER_REGS>();
-        const int tid = threadIdx.x;
-        for (int kt = 0; kt < nk; kt++) {
-            const int s = kt % S;
-            if (kt >= S) /* use u of a buffer waits for the release of use u - 1 */
-                mbar_wait(empty0 + 8u * s, (kt / S - 1) & 1);
-            load_slice<BN>(sa(s), sb(s), a, m0, n0, kt, tid);
-            mbar_arrive_cp_async(full0 + 8u * s);
+    if (threadIdx.x >= 256) {
+        if (threadIdx.x == 256) { /* one thread issues every copy */
+            tma_prefetch_map(&a.ta);
+            tma_prefetch_map(&a.tw);
+            int it = 0; /* slices issued, over all tiles: use it / S of buffer it % S */
+            for (int t = blockIdx.x; t < a.tiles; t += gridDim.x) {
+                const int m0 = t / a.tiles_n * BM, n0 = t % a.tiles_n * BN;
+                for (int kt = 0; kt < nk; kt++, it++) {
+                    const int s = it % S;
+                    const uint32_t full = full0 + 8u * s;
+                    if (it >= S) /* use u of a buffer waits for the release of use u - 1 */
+                        mbar_wait(empty0 + 8u * s, (it / S - 1) & 1);
+                    mbar_arrive_expect_tx(full, C::STAGE);
+                    tma_load_2d(sa(s), &a.ta, full, kt * BK, m0);
+#pragma unroll
+                    for (int j = 0; j < BN / 64; j++)
+                        tma_load_2d(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK);
+                }
+            }
         }
         return;
     }
 
-    reg_alloc<CONSUMER_REGS>();
-    const int cw = wg - 1, ww = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    const int g = lane / 4, t4 = lane % 4;
-    float acc[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++)
-        acc[i] = 0.0f;
-    for (int kt = 0; kt < nk; kt++) {
-        const int s = kt % S;
-        mbar_wait(full0 + 8u * s, (kt / S) & 1);
-        /* cp.async wrote through the generic proxy; wgmma reads through the async one */
-        fence_proxy_async();
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) {
-            const uint64_t da = gmma_desc(sa(s) + cw * 64 * 128 + kk * 32, 16, 1024);
-            const uint64_t db = gmma_desc(sb(s) + kk * 16 * 128, BK * 128, 1024);
-            Mma<BN>::run(acc, da, db);
-        }
-        wg_commit();
-        wg_wait<1>(); /* slice kt - 1's products are done: its buffer goes back */
-        if (kt > 0 && lane == 0)
-            mbar_arrive(empty0 + 8u * ((kt - 1) % S));
-    }
-    wg_wait<0>();
-    fence_regs(acc);
-
-    /* bias and SiLU in registers: acc[4j + 2h + e] is row 64 cw + 16 ww + g + 8h,
-     * column n0 + 8j + 2 t4 + e */
+    const int cw = threadIdx.x / 128, ww = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4, lr = 64 * cw + 16 * ww + g;
     const gemm_fused_epilogue &e = a.epi;
+    const int kv_lo = e.kv_col, kv_mid = kv_lo + a.pg.vw, kv_hi = kv_mid + a.pg.kw;
+    int it = 0;
+    for (int t = blockIdx.x; t < a.tiles; t += gridDim.x) {
+        const int m0 = t / a.tiles_n * BM, n0 = t % a.tiles_n * BN;
+        float acc[BN / 2];
 #pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-        const int c = n0 + 8 * j + 2 * t4;
-        if (c >= e.act_from && c < a.N) {
-            float2 b = e.bias ? *reinterpret_cast<const float2 *>(e.bias + c) : make_float2(0.0f, 0.0f);
+        for (int i = 0; i < BN / 2; i++)
+            acc[i] = 0.0f;
+        for (int kt = 0; kt < nk; kt++, it++) {
+            const int s = it % S;
+            mbar_wait(full0 + 8u * s, (it / S) & 1); /* TMA and wgmma are both the async proxy: no fence */
+            wg_fence();
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                float v0 = acc[4 * j + 2 * h] + b.x, v1 = acc[4 * j + 2 * h + 1] + b.y;
-                if (e.silu)
-                    v0 = silu(v0), v1 = silu(v1);
-                acc[4 * j + 2 * h] = v0, acc[4 * j + 2 * h + 1] = v1;
+            for (int kk = 0; kk < BK / 16; kk++) {
+                const uint64_t da = gmma_desc(sa(s) + cw * 64 * 128 + kk * 32, 16, 1024);
+                const uint64_t db = gmma_desc(sb(s) + kk * 16 * 128, BK * 128, 1024);
+                Mma<BN>::run(acc, da, db);
+            }
+            wg_commit();
+            wg_wait<1>(); /* slice it - 1's products are done: its buffer goes back */
+            if (kt > 0 && lane == 0)
+                mbar_arrive(empty0 + 8u * ((it - 1) % S));
+        }
+        wg_wait<0>();
+        fence_regs(acc);
+        if (lane == 0) /* the tile's last slice */
+            mbar_arrive(empty0 + 8u * ((it - 1) % S));
+
+        /* bias and SiLU in registers: acc[4j + 2h + x] is row lr + 8h,
+         * column n0 + 8j + 2 t4 + x */
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            const int c = n0 + 8 * j + 2 * t4;
+            if (c >= e.act_from && c < a.N) {
+                float2 b = e.bias ? *reinterpret_cast<const float2 *>(e.bias + c) : make_float2(0.0f, 0.0f);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    float v0 = acc[4 * j + 2 * h] + b.x, v1 = acc[4 * j + 2 * h + 1] + b.y;
+                    if (e.silu)
+                        v0 = silu_fast(v0), v1 = silu_fast(v1);
+                    acc[4 * j + 2 * h] = v0, acc[4 * j + 2 * h + 1] = v1;
+                }
             }
         }
-    }
-    /* stage as bf16 over the ring (idle: every slice was consumed, both
-     * warpgroups' products are done after the barrier), then whole rows */
-    bar_sync(1, 256);
-    bf16 *stage = reinterpret_cast<bf16 *>(smem_raw + (ring - smem_u32(smem_raw)));
-    const int lr = 64 * cw + 16 * ww + g;
+        /* The staging buffer is free once the last tile's store has read it
+         * (thread 0 waits) and its appends are done (every thread: barrier). */
+        if (threadIdx.x == 0)
+            bulk_wait_read<0>();
+        bar_sync(1, 256);
 #pragma unroll
-    for (int j = 0; j < BN / 8; j++)
+        for (int j = 0; j < BN / 8; j++)
 #pragma unroll
-        for (int h = 0; h < 2; h++)
-            *reinterpret_cast<uint32_t *>(stage + (lr + 8 * h) * C::SR + 8 * j + 2 * t4) =
-                pack_bf16(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-    bar_sync(1, 256);
-    const int tid = threadIdx.x - 128;
-    constexpr int CPR = BN / 8;
-    const int rows = min(BM, a.M - m0), kv_lo = e.kv_col, kv_mid = kv_lo + a.pg.vw, kv_hi = kv_mid + a.pg.kw;
-    for (int i = tid; i < rows * CPR; i += 256) {
-        const int r = i / CPR, ch = i - r * CPR, c = n0 + 8 * ch;
-        if (c >= a.N)
-            continue;
-        const uint4 v = *reinterpret_cast<const uint4 *>(stage + r * C::SR + 8 * ch);
-        *reinterpret_cast<uint4 *>(a.C + (size_t)(m0 + r) * a.ldc + c) = v;
-        if (e.pages && c >= kv_lo && c < kv_hi) {
-            const int64_t slot = a.pg.row_slot[m0 + r];
-            if (slot >= 0) {
+            for (int h = 0; h < 2; h++)
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(out + tile_off<BM>(lr + 8 * h, j) + 4 * t4),
+                             "r"(pack_bf16(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]))
+                             : "memory");
+        fence_proxy_async(); /* the TMA store reads through the async proxy */
+        bar_sync(1, 256);
+        if (threadIdx.x == 0) {
+#pragma unroll
+            for (int j = 0; j < BN / 64; j++)
+                if (n0 + 64 * j < a.N)
+                    tma_store_2d(&a.tc, out + j * (BM * 128), n0 + 64 * j, m0);
+            bulk_commit();
+        }
+        /* the appends: rows with a page slot, the tile's V and K columns */
+        if (e.pages && n0 < kv_hi && n0 + BN > kv_lo) {
+            constexpr int CPR = BN / 8;
+            const int rows = min(BM, a.M - m0);
+            for (int i = threadIdx.x; i < rows * CPR; i += 256) {
+                const int r = i / CPR, ch = i - r * CPR, c = n0 + 8 * ch;
+                if (c < kv_lo || c >= kv_hi)
+                    continue;
+                const int64_t slot = a.pg.row_slot[m0 + r];
+                if (slot < 0)
+                    continue;
+                uint4 v;
+                asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                             : "r"(out + tile_off<BM>(r, ch)));
                 const int64_t page = slot / a.pg.P, in_page = slot - page * a.pg.P;
                 bf16_t *base = a.pg.pool + (size_t)page * a.pg.page_elems;
                 bf16_t *dst = c < kv_mid ? base + a.pg.v_off + (size_t)in_page * a.pg.vw + (c - kv_lo)
@@ -261,6 +263,8 @@ __global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const Args a)
             }
         }
     }
+    if (threadIdx.x == 0)
+        bulk_wait_all<0>(); /* the shared memory stays until the last store has read it */
 }
 
 /* The kernels' shared-memory limit is per function, set once: before the
@@ -278,12 +282,16 @@ template <int BN> int prepare()
     return 0;
 }
 
-template <int BN> int launch(const Args &a, cudaStream_t s)
+int g_sms = 0; /* the device's SMs (grid of the persistent kernel) */
+
+template <int BN> int launch(Args &a, cudaStream_t s)
 {
     int rc = prepare<BN>();
     if (rc)
         return rc;
-    dim3 grid((unsigned)((a.N + BN - 1) / BN), (unsigned)((a.M + BM - 1) / BM));
+    a.tiles_n = (a.N + BN - 1) / BN;
+    a.tiles = a.tiles_n * ((a.M + BM - 1) / BM);
+    const int grid = a.tiles < g_sms ? a.tiles : g_sms;
     gemm_fused_kernel<BN><<<grid, NTHREADS, Cfg<BN>::SMEM, s>>>(a);
     return (int)cudaGetLastError();
 }
@@ -346,8 +354,24 @@ extern "C" int gemm_fused_cuda(int M, int N, int K, const bf16_t *A, int lda, co
         return (int)cudaErrorInvalidValue;
     if (M == 0)
         return 0;
-    Args a = {M, N, K, lda, ldw, ldc, reinterpret_cast<const bf16 *>(A), reinterpret_cast<const bf16 *>(W),
-              reinterpret_cast<bf16 *>(C), {NULL, N, 0, NULL, 0}, {}};
+    Args a;
+    memset(&a, 0, sizeof a);
+    a.M = M, a.N = N, a.K = K;
+    a.epi.act_from = N;
+    int rc = tma::encode_matrix(&a.ta, A, (uint64_t)M, (uint64_t)K, (uint64_t)lda, BM);
+    if (!rc)
+        rc = tma::encode_matrix(&a.tw, W, (uint64_t)K, (uint64_t)N, (uint64_t)ldw, BK);
+    if (!rc)
+        rc = tma::encode_matrix(&a.tc, C, (uint64_t)M, (uint64_t)N, (uint64_t)ldc, BM);
+    if (!rc && !g_sms) {
+        int dev = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e == cudaSuccess)
+            e = cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev);
+        rc = (int)e;
+    }
+    if (rc)
+        return rc;
     if (epi) {
         a.epi = *epi;
         if (epi->pages)

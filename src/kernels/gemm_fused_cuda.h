@@ -27,11 +27,9 @@
  * candidates) are 48 of cuBLASLt's 128 x 256 tiles on 132 SMs; this kernel
  * takes 128 x 128 tiles there (96 CTAs) and 128 x 256 tiles once there are
  * enough rows to fill the GPU, and saves the pass over v|k. Measured on an
- * H100 it is not there yet: its loads (cp.async, 16 bytes per thread) reach
- * about 21 GB/s per SM, and it runs at 0.3-0.4x the speed of cuBLASLt plus
- * the pass (docs/cuda.md, "The fused uvqk GEMM"); the backend uses it only
- * with HSTU_CUDA_FUSED_GEMM=1. Tensor-memory-accelerator loads are the next
- * step.
+ * H100 it is not there yet: TMA-fed and persistent, it runs at 0.75-0.9x
+ * the speed of cuBLASLt plus the pass (docs/cuda.md, "The fused uvqk
+ * GEMM"); the backend uses it only with HSTU_CUDA_FUSED_GEMM=1.
  *
  * sm_90a only. Launches on `stream` and returns a cudaError_t value
  * (0 = launched; cudaErrorInvalidValue for arguments it does not support).

@@ -1,7 +1,7 @@
 /* sm90.cuh - Hopper (sm_90a) building blocks shared by the tensor-core kernels
  * (attention.cu, gemm_fused.cu): cp.async copies, shared-memory tiles in
  * wgmma's 128-byte-swizzled layout and their descriptors, wgmma's fences and
- * groups, mbarriers, named barriers and register reallocation.
+ * groups, mbarriers, named barriers, register reallocation and TMA loads.
  *
  * Device-only, header-only; everything lives in namespace sm90.
  */
@@ -41,6 +41,21 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* tanh with one MUFU operation (relative error about 2^-11). */
+__device__ __forceinline__ float tanh_approx(float x)
+{
+    float y;
+    asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+/* SiLU(x) = x sigmoid(x) = h + h tanh(h) with h = x / 2: one MUFU operation
+ * (the quotient form takes two); error far below a bf16 rounding. */
+__device__ __forceinline__ float silu_fast(float x)
+{
+    const float h = 0.5f * x;
+    return fmaf(h, tanh_approx(h), h);
 }
 
 /* Byte offset of 16-byte chunk ch of row r in a [ROWS][D] bf16 tile stored
@@ -97,6 +112,14 @@ __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a)
 {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
 }
+/* Arrives and adds `bytes` to the transaction count the phase waits for
+ * (the TMA copies that complete_tx on this barrier). */
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t a, uint32_t bytes)
+{
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(a),
+                 "r"(bytes)
+                 : "memory");
+}
 /* Waits for the completion of the barrier's phase of the given parity. */
 __device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t parity)
 {
@@ -124,6 +147,57 @@ template <int N> __device__ __forceinline__ void reg_dealloc()
 template <int N> __device__ __forceinline__ void reg_alloc()
 {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+/* Thread-block clusters: a barrier of every thread of every CTA (each
+ * thread's earlier shared-memory writes visible to the others after it),
+ * and the address of a shared-memory word in the cluster's CTA `rank`. */
+__device__ __forceinline__ void cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cluster_addr(uint32_t a, int rank)
+{
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+/* Tensor-memory-accelerator loads: the box of the tensor map (a
+ * __grid_constant__ kernel parameter, see tma.cuh) at element coordinates
+ * c0 (innermost), c1 into shared memory at dst (1024-byte aligned for
+ * the 128-byte swizzle), counted in bytes on the mbarrier at bar. Elements
+ * outside the tensor arrive as zeros (and count). */
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void *map, uint32_t bar, int c0, int c1)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, "
+                 "%4}], [%2];\n" ::"r"(dst),
+                 "l"(map), "r"(bar), "r"(c0), "r"(c1)
+                 : "memory");
+}
+/* TMA store: the box at (c0, c1) of the tensor map from shared memory at src
+ * (same layout as the loads); parts outside the tensor are not written.
+ * Stores issued by a thread are committed as a bulk group; wait_read<N>
+ * waits until at most N groups still read shared memory, wait_all<N> until
+ * at most N groups have not completed their writes. */
+__device__ __forceinline__ void tma_store_2d(const void *map, uint32_t src, int c0, int c1)
+{
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(map),
+                 "r"(src), "r"(c0), "r"(c1)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void bulk_wait_read()
+{
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N> __device__ __forceinline__ void bulk_wait_all()
+{
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+/* Fetches a tensor map ahead of its first use. */
+__device__ __forceinline__ void tma_prefetch_map(const void *map)
+{
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 }
 
 } /* namespace sm90 */
