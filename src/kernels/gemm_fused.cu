@@ -34,9 +34,12 @@ constexpr int NTHREADS = 288; /* two computing warpgroups (warps 0-7) + a loadin
 
 template <int BN> struct Cfg {
     static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BK * BN * 2, STAGE = A_BYTES + B_BYTES;
-    static constexpr int OUT_BYTES = BM * BN * 2;                      /* the staged output tile */
-    static constexpr int STAGES = (208 * 1024 - OUT_BYTES) / STAGE;    /* 4 at BN 128, 3 at BN 256 */
-    static constexpr int SMEM = STAGES * STAGE + OUT_BYTES + 1024;     /* + the 1024-byte alignment */
+    /* The output leaves in parts of at most 128 columns through a staging
+     * buffer of that size, which leaves room for 4 stages at BN 256. */
+    static constexpr int OUT_COLS = BN < 128 ? BN : 128, PARTS = BN / OUT_COLS;
+    static constexpr int OUT_BYTES = BM * OUT_COLS * 2;
+    static constexpr int STAGES = (224 * 1024 - OUT_BYTES) / STAGE; /* 6 at BN 128, 4 at BN 256 */
+    static constexpr int SMEM = STAGES * STAGE + OUT_BYTES + 1024;  /* + the 1024-byte alignment */
 };
 
 __device__ __forceinline__ void wgmma_m64n128k16_ss_tb(float (&d)[64], uint64_t da, uint64_t db, int scale_d)
@@ -219,47 +222,52 @@ __global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_co
                 }
             }
         }
-        /* The staging buffer is free once the last tile's store has read it
-         * (thread 0 waits) and its appends are done (every thread: barrier). */
-        if (threadIdx.x == 0)
-            bulk_wait_read<0>();
-        bar_sync(1, 256);
+        /* Part by part: the staging buffer is free once the last part's
+         * store has read it (thread 0 waits) and its appends are done
+         * (every thread: the barrier). */
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++)
+        for (int part = 0; part < C::PARTS; part++) {
+            constexpr int JP = C::OUT_COLS / 8; /* 8-column groups of a part */
+            const int np = n0 + part * C::OUT_COLS;
+            if (threadIdx.x == 0)
+                bulk_wait_read<0>();
+            bar_sync(1, 256);
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(out + tile_off<BM>(lr + 8 * h, j) + 4 * t4),
-                             "r"(pack_bf16(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]))
-                             : "memory");
-        fence_proxy_async(); /* the TMA store reads through the async proxy */
-        bar_sync(1, 256);
-        if (threadIdx.x == 0) {
+            for (int j = 0; j < JP; j++)
 #pragma unroll
-            for (int j = 0; j < BN / 64; j++)
-                if (n0 + 64 * j < a.N)
-                    tma_store_2d(&a.tc, out + j * (BM * 128), n0 + 64 * j, m0);
-            bulk_commit();
-        }
-        /* the appends: rows with a page slot, the tile's V and K columns */
-        if (e.pages && n0 < kv_hi && n0 + BN > kv_lo) {
-            constexpr int CPR = BN / 8;
-            const int rows = min(BM, a.M - m0);
-            for (int i = threadIdx.x; i < rows * CPR; i += 256) {
-                const int r = i / CPR, ch = i - r * CPR, c = n0 + 8 * ch;
-                if (c < kv_lo || c >= kv_hi)
-                    continue;
-                const int64_t slot = a.pg.row_slot[m0 + r];
-                if (slot < 0)
-                    continue;
-                uint4 v;
-                asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                             : "r"(out + tile_off<BM>(r, ch)));
-                const int64_t page = slot / a.pg.P, in_page = slot - page * a.pg.P;
-                bf16_t *base = a.pg.pool + (size_t)page * a.pg.page_elems;
-                bf16_t *dst = c < kv_mid ? base + a.pg.v_off + (size_t)in_page * a.pg.vw + (c - kv_lo)
-                                         : base + a.pg.k_off + (size_t)in_page * a.pg.kw + (c - kv_mid);
-                *reinterpret_cast<uint4 *>(dst) = v;
+                for (int h = 0; h < 2; h++)
+                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(out + tile_off<BM>(lr + 8 * h, j) + 4 * t4),
+                                 "r"(pack_bf16(acc[4 * (part * JP + j) + 2 * h], acc[4 * (part * JP + j) + 2 * h + 1]))
+                                 : "memory");
+            fence_proxy_async(); /* the TMA store reads through the async proxy */
+            bar_sync(1, 256);
+            if (threadIdx.x == 0) {
+#pragma unroll
+                for (int j = 0; j < C::OUT_COLS / 64; j++)
+                    if (np + 64 * j < a.N)
+                        tma_store_2d(&a.tc, out + j * (BM * 128), np + 64 * j, m0);
+                bulk_commit();
+            }
+            /* the appends: rows with a page slot, the part's V and K columns */
+            if (e.pages && np < kv_hi && np + C::OUT_COLS > kv_lo) {
+                const int rows = min(BM, a.M - m0);
+                for (int i = threadIdx.x; i < rows * JP; i += 256) {
+                    const int r = i / JP, ch = i - r * JP, c = np + 8 * ch;
+                    if (c < kv_lo || c >= kv_hi)
+                        continue;
+                    const int64_t slot = a.pg.row_slot[m0 + r];
+                    if (slot < 0)
+                        continue;
+                    uint4 v;
+                    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                                 : "r"(out + tile_off<BM>(r, ch)));
+                    const int64_t page = slot / a.pg.P, in_page = slot - page * a.pg.P;
+                    bf16_t *base = a.pg.pool + (size_t)page * a.pg.page_elems;
+                    bf16_t *dst = c < kv_mid ? base + a.pg.v_off + (size_t)in_page * a.pg.vw + (c - kv_lo)
+                                             : base + a.pg.k_off + (size_t)in_page * a.pg.kw + (c - kv_mid);
+                    *reinterpret_cast<uint4 *>(dst) = v;
+                }
             }
         }
     }
