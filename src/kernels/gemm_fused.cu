@@ -22,7 +22,6 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 namespace {
@@ -130,8 +129,8 @@ struct Args {
  * K slices in one ring of S stages (full[s]: its bytes landed; empty[s]:
  * every computing warp is done with it), so the next tile's loads go on
  * during an epilogue. The epilogue stages the tile as bf16 in its own
- * buffer, in the layout of the loads, and one thread stores it with TMA
- * while the appends read it. */
+ * buffer (up to 128 columns at a time), in the layout of the loads, and one
+ * thread stores each part with TMA while the appends read it. */
 template <int BN>
 __global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_constant__ Args a)
 {
