@@ -1,7 +1,7 @@
 /* tma.cuh - host side of the tensor memory accelerator: describing a bf16
  * matrix in global memory as a CUtensorMap whose boxes land in shared memory
  * in wgmma's 128-byte-swizzled layout (sm90.cuh's tile_off, one 64-column
- * block of rows x 128 bytes per box). The device side is sm90::tma_load_*.
+ * block of rows x 128 bytes per box). The device side is sm90::tma_load_2d and tma_store_2d.
  *
  * cuTensorMapEncodeTiled is a driver function; it is reached through the
  * runtime's cudaGetDriverEntryPointByVersion, so nothing links libcuda.
@@ -37,39 +37,22 @@ static inline encode_tiled_fn encoder()
     return fn;
 }
 
-/* A bf16 tensor of `rank` (2 or 3) dimensions, dim[0] innermost (contiguous),
- * stride_bytes[i] the step of dimension i + 1; boxes of box[0] x box[1] (x
- * box[2]) elements, box[0] * 2 <= 128 bytes, 128-byte swizzle, zeros
- * outside. Returns a cudaError_t value (cudaErrorInvalidValue when the
- * driver cannot encode it). */
-static inline int encode_bf16(CUtensorMap *map, const void *base, int rank, const uint64_t *dim,
-                              const uint64_t *stride_bytes, const uint32_t *box)
+/* A row-major bf16 matrix of `rows` x `cols` (row stride ld elements) in
+ * boxes of box_rows x 64 columns (128 bytes, the 128-byte swizzle), zeros
+ * outside the matrix. Returns a cudaError_t value (cudaErrorNotSupported
+ * without the driver's encoder, cudaErrorInvalidValue when it refuses). */
+static inline int encode_matrix(CUtensorMap *map, const void *base, uint64_t rows, uint64_t cols, uint64_t ld,
+                                uint32_t box_rows)
 {
     encode_tiled_fn fn = encoder();
     if (!fn)
         return (int)cudaErrorNotSupported;
-    cuuint64_t d[3], st[2];
-    cuuint32_t b[3], es[3] = {1, 1, 1};
-    for (int i = 0; i < rank; i++) {
-        d[i] = dim[i];
-        b[i] = box[i];
-        if (i + 1 < rank)
-            st[i] = stride_bytes[i];
-    }
-    CUresult r = fn(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, (cuuint32_t)rank, const_cast<void *>(base), d, st, b, es,
+    const cuuint64_t dim[2] = {cols, rows}, stride[1] = {ld * 2};
+    const cuuint32_t box[2] = {64, box_rows}, step[2] = {1, 1};
+    CUresult r = fn(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(base), dim, stride, box, step,
                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     return r == CUDA_SUCCESS ? 0 : (int)cudaErrorInvalidValue;
-}
-
-/* A row-major bf16 matrix of `rows` x `cols` (row stride ld elements) in
- * boxes of box_rows x 64 columns. */
-static inline int encode_matrix(CUtensorMap *map, const void *base, uint64_t rows, uint64_t cols, uint64_t ld,
-                                uint32_t box_rows)
-{
-    const uint64_t dim[2] = {cols, rows}, st[1] = {ld * 2};
-    const uint32_t box[2] = {64, box_rows};
-    return encode_bf16(map, base, 2, dim, st, box);
 }
 
 } /* namespace tma */
