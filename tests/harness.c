@@ -14,6 +14,10 @@
 #include <stdio.h>
 #include <time.h>
 
+#ifdef HSTU_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 static int n_pass, n_fail, n_skip;
 static int case_failures;
 
@@ -99,6 +103,31 @@ float t_bf2f(uint16_t b)
     memcpy(&f, &u, 4);
     return f;
 }
+
+void *t_xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "out of host memory (%zu bytes)\n", bytes);
+        abort();
+    }
+    return p;
+}
+
+#ifdef HSTU_HAVE_CUDA
+void *t_dpoison(size_t bytes)
+{
+    void *p = NULL;
+    if (bytes < 16)
+        bytes = 16;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc(%zu) failed\n", bytes);
+        abort();
+    }
+    cudaMemset(p, 0xff, bytes);
+    return p;
+}
+#endif
 
 bool t_tmpdir(char *dir, size_t n, const char *name)
 {

@@ -25,6 +25,15 @@ bool t_tmpdir(char *dir, size_t n, const char *name);
 /* Removes dir and everything under it. */
 void t_rmtree(const char *dir);
 
+/* malloc that aborts the test binary (with a message) when memory runs out;
+ * 0 bytes gives a valid pointer. */
+void *t_xmalloc(size_t bytes);
+#ifdef HSTU_HAVE_CUDA
+/* cudaMalloc of at least 16 bytes filled with 0xFF bytes (bf16 NaN bits):
+ * an output a kernel should write and did not stays NaN. Aborts on failure. */
+void *t_dpoison(size_t bytes);
+#endif
+
 /* max|a-b| / max(max|b|, tiny): the spec's per-tensor relative error. */
 double t_rel_err(const float *a, const float *b, size_t n);
 /* True when any value is NaN or Inf. */

@@ -84,31 +84,9 @@ static void round_bf16(float *x, size_t n)
         x[i] = rbf(x[i]);
 }
 
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "test_cuda: out of host memory\n");
-        abort();
-    }
-    return p;
-}
-
-static void *dmalloc(size_t bytes)
-{
-    void *p = NULL;
-    if (cudaMalloc(&p, bytes ? bytes : 16) != cudaSuccess) {
-        fprintf(stderr, "test_cuda: cudaMalloc(%zu) failed\n", bytes);
-        abort();
-    }
-    /* Poison: every output element the kernels should write must be written. */
-    cudaMemset(p, 0xff, bytes ? bytes : 16);
-    return p;
-}
-
 static float *rand_f32(size_t n, float lo, float hi)
 {
-    float *p = xmalloc(sizeof(float) * n);
+    float *p = t_xmalloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++)
         p[i] = rng_range(&g_rng, lo, hi);
     return p;
@@ -124,14 +102,14 @@ static float *rand_bf(size_t n, float lo, float hi)
 
 static float *up_f32(const float *h, size_t n)
 {
-    float *d = dmalloc(n * 4);
+    float *d = t_dpoison(n * 4);
     cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice);
     return d;
 }
 
 static uint16_t *up_bf16(const float *h, size_t n)
 {
-    uint16_t *t = xmalloc(n * 2 + 2), *d = dmalloc(n * 2);
+    uint16_t *t = t_xmalloc(n * 2 + 2), *d = t_dpoison(n * 2);
     for (size_t i = 0; i < n; i++)
         t[i] = t_f2bf(h[i]);
     cudaMemcpy(d, t, n * 2, cudaMemcpyHostToDevice);
@@ -141,14 +119,14 @@ static uint16_t *up_bf16(const float *h, size_t n)
 
 static int *up_int(const int *h, size_t n)
 {
-    int *d = dmalloc(n * 4);
+    int *d = t_dpoison(n * 4);
     cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice);
     return d;
 }
 
 static void down_bf16(float *h, const uint16_t *d, size_t n)
 {
-    uint16_t *t = xmalloc(n * 2 + 2);
+    uint16_t *t = t_xmalloc(n * 2 + 2);
     cudaMemcpy(t, d, n * 2, cudaMemcpyDeviceToHost);
     for (size_t i = 0; i < n; i++)
         h[i] = t_bf2f(t[i]);
@@ -184,7 +162,7 @@ static double l2_rel(const float *a, const float *b, size_t n)
 /* Packs rows x width of a strided buffer. */
 static float *pack(const float *x, int rows, int width, int ld)
 {
-    float *p = xmalloc(sizeof(float) * ((size_t)rows * width + 1));
+    float *p = t_xmalloc(sizeof(float) * ((size_t)rows * width + 1));
     for (int r = 0; r < rows; r++)
         memcpy(p + (size_t)r * width, x + (size_t)r * ld, sizeof(float) * width);
     return p;
@@ -251,7 +229,7 @@ static void test_embed(void)
                 bool x_f32 = mode < 2, ln = mode == 1 || mode == 2, affine = padded == 0;
                 float *tab = rand_bf((size_t)rows_tab * ld, -1, 1), *pos = rand_bf((size_t)n_pos * ld, -0.5f, 0.5f);
                 float *gw = rand_f32((size_t)d, 0.5f, 1.5f), *gb = rand_f32((size_t)d, -0.5f, 0.5f);
-                int *rows = xmalloc(sizeof(int) * T), *p = xmalloc(sizeof(int) * T);
+                int *rows = t_xmalloc(sizeof(int) * T), *p = t_xmalloc(sizeof(int) * T);
                 for (int t = 0; t < T; t++) {
                     rows[t] = (int)rng_below(&g_rng, rows_tab);
                     p[t] = (int)rng_below(&g_rng, n_pos);
@@ -260,8 +238,8 @@ static void test_embed(void)
                 uint16_t *d_tab = up_bf16(tab, (size_t)rows_tab * ld), *d_pos = up_bf16(pos, (size_t)n_pos * ld);
                 int *d_rows = up_int(rows, T), *d_p = up_int(p, T);
                 float *d_w = up_f32(gw, d), *d_b = up_f32(gb, d);
-                void *d_x = dmalloc((size_t)T * ld * (x_f32 ? 4 : 2));
-                uint16_t *d_xn = dmalloc((size_t)T * ldn * 2);
+                void *d_x = t_dpoison((size_t)T * ld * (x_f32 ? 4 : 2));
+                uint16_t *d_xn = t_dpoison((size_t)T * ldn * 2);
                 if (mode == 0)
                     T_CHECK(embed_cuda(T, d, d_tab, ld, d_rows, d_pos, ld, d_p, scale, d_x, ld, NULL) == 0, "launch");
                 else
@@ -270,7 +248,7 @@ static void test_embed(void)
                                           NULL) == 0,
                             "launch");
                 if (sync_ok("embed")) {
-                    float *x = xmalloc(sizeof(float) * T * ld), *ref = xmalloc(sizeof(float) * T * ld);
+                    float *x = t_xmalloc(sizeof(float) * T * ld), *ref = t_xmalloc(sizeof(float) * T * ld);
                     if (x_f32)
                         down_f32(x, d_x, (size_t)T * ld);
                     else
@@ -291,7 +269,7 @@ static void test_embed(void)
                         free(r);
                     }
                     if (ln) {
-                        float *y = xmalloc(sizeof(float) * T * ldn), *lr = xmalloc(sizeof(float) * T * d);
+                        float *y = t_xmalloc(sizeof(float) * T * ldn), *lr = t_xmalloc(sizeof(float) * T * d);
                         down_bf16(y, d_xn, (size_t)T * ldn);
                         layernorm_ref(T, d, x, ld, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, lr, d);
                         snprintf(what, sizeof what, "embed + LN width %d ld %d x %s", d, ld, x_f32 ? "f32" : "bf16");
@@ -323,7 +301,7 @@ static void test_layernorm(void)
                 float *gw = rand_f32((size_t)w, 0.5f, 1.5f), *gb = rand_f32((size_t)w, -0.5f, 0.5f);
                 void *d_x = x16 ? (void *)up_bf16(x, (size_t)rows * ldx) : (void *)up_f32(x, (size_t)rows * ldx);
                 float *d_w = up_f32(gw, w), *d_b = up_f32(gb, w);
-                uint16_t *d_y = dmalloc((size_t)rows * ldy * 2);
+                uint16_t *d_y = t_dpoison((size_t)rows * ldy * 2);
                 if (x16)
                     T_CHECK(layernorm_bf16_cuda(rows, w, d_x, ldx, affine ? d_w : NULL, affine ? d_b : NULL, 1e-5f,
                                                 d_y, ldy, NULL) == 0,
@@ -333,7 +311,7 @@ static void test_layernorm(void)
                                            ldy, NULL) == 0,
                             "launch");
                 if (sync_ok("layernorm")) {
-                    float *y = xmalloc(sizeof(float) * rows * ldy), *ref = xmalloc(sizeof(float) * rows * w);
+                    float *y = t_xmalloc(sizeof(float) * rows * ldy), *ref = t_xmalloc(sizeof(float) * rows * w);
                     down_bf16(y, d_y, (size_t)rows * ldy);
                     layernorm_ref(rows, w, x, ldx, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
                     char what[96];
@@ -364,7 +342,7 @@ static void test_bias_silu(void)
                 float *d_b = up_f32(b, w);
                 T_CHECK(bias_silu_cuda(rows, w, d_x, ld, bias ? d_b : NULL, silu_on, NULL, NULL) == 0, "launch");
                 if (sync_ok("bias_silu")) {
-                    float *y = xmalloc(sizeof(float) * rows * ld), *ref = xmalloc(sizeof(float) * rows * ld);
+                    float *y = t_xmalloc(sizeof(float) * rows * ld), *ref = t_xmalloc(sizeof(float) * rows * ld);
                     down_bf16(y, d_x, (size_t)rows * ld);
                     memcpy(ref, x, sizeof(float) * rows * ld);
                     bias_silu_ref(rows, w, ref, ld, bias ? b : NULL, silu_on ? w : 0);
@@ -404,12 +382,12 @@ static void test_ln_mul(void)
                 float *ub = rand_f32(w, -1, 1), *gw = rand_f32(w, 0.5f, 1.5f), *gb = rand_f32(w, -0.5f, 0.5f);
                 uint16_t *d_a = up_bf16(a, (size_t)rows * lda), *d_u = up_bf16(u, (size_t)rows * ldu);
                 float *d_ub = up_f32(ub, w), *d_w = up_f32(gw, w), *d_b = up_f32(gb, w);
-                uint16_t *d_y = dmalloc((size_t)rows * ldy * 2);
+                uint16_t *d_y = t_dpoison((size_t)rows * ldy * 2);
                 T_CHECK(ln_mul_cuda(rows, w, d_a, lda, d_u, ldu, ubias ? d_ub : NULL, affine ? d_w : NULL,
                                     affine ? d_b : NULL, 1e-5f, d_y, ldy, NULL) == 0,
                         "launch");
                 if (sync_ok("ln_mul")) {
-                    float *y = xmalloc(sizeof(float) * rows * ldy), *ref = xmalloc(sizeof(float) * rows * w);
+                    float *y = t_xmalloc(sizeof(float) * rows * ldy), *ref = t_xmalloc(sizeof(float) * rows * w);
                     down_bf16(y, d_y, (size_t)rows * ldy);
                     /* the reference formulas: u' = SiLU(u + ub) (bias_silu_ref), then ln_mul_ref */
                     float *us = pack(u, rows, w, ldu);
@@ -435,18 +413,18 @@ static void test_gather_l2norm(void)
             float *x = x16 ? rand_bf((size_t)src_rows * ldx, -1, 1) : rand_f32((size_t)src_rows * ldx, -1, 1);
             for (int c = 0; c < w; c++)
                 x[(size_t)7 * ldx + c] = 0.0f; /* one zero row: the 1e-6 clamp */
-            int *rows = xmalloc(sizeof(int) * n);
+            int *rows = t_xmalloc(sizeof(int) * n);
             for (int i = 0; i < n; i++)
                 rows[i] = i == 0 ? 7 : (int)rng_below(&g_rng, src_rows);
             void *d_x = x16 ? (void *)up_bf16(x, (size_t)src_rows * ldx) : (void *)up_f32(x, (size_t)src_rows * ldx);
             int *d_rows = up_int(rows, n);
-            uint16_t *d_y = dmalloc((size_t)n * ldy * 2);
+            uint16_t *d_y = t_dpoison((size_t)n * ldy * 2);
             if (x16)
                 T_CHECK(gather_l2norm_bf16_cuda(n, w, d_x, ldx, d_rows, d_y, ldy, NULL) == 0, "launch");
             else
                 T_CHECK(gather_l2norm_cuda(n, w, d_x, ldx, d_rows, d_y, ldy, NULL) == 0, "launch");
             if (sync_ok("gather_l2norm")) {
-                float *y = xmalloc(sizeof(float) * n * ldy), *ref = xmalloc(sizeof(float) * n * w);
+                float *y = t_xmalloc(sizeof(float) * n * ldy), *ref = t_xmalloc(sizeof(float) * n * w);
                 down_bf16(y, d_y, (size_t)n * ldy);
                 for (int i = 0; i < n; i++)
                     memcpy(ref + (size_t)i * w, x + (size_t)rows[i] * ldx, sizeof(float) * w);
@@ -487,7 +465,7 @@ static void test_gemm(void)
             }
             uint16_t *d_A = up_bf16(A, (size_t)M * lda), *d_B = up_bf16(Bm, (size_t)(b_trans ? N : K) * ldb);
             /* beta = 0 must ignore C: it starts as NaN (dmalloc's poison) */
-            void *d_C = beta == 0.0f ? dmalloc((size_t)M * ldc * (c_f32 ? 4 : 2))
+            void *d_C = beta == 0.0f ? t_dpoison((size_t)M * ldc * (c_f32 ? 4 : 2))
                         : c_f32      ? (void *)up_f32(C0, (size_t)M * ldc)
                                      : (void *)up_bf16(C0, (size_t)M * ldc);
             void *d_bias = c_f32 ? (void *)up_f32(bias, N) : (void *)up_bf16(bias, N);
@@ -499,7 +477,7 @@ static void test_gemm(void)
             T_CHECK(rc == 0, "%s: %s", what, why);
             if (rc == 0 && sync_ok(what)) {
                 /* reference: op(B) as [K, N], then gemm_ref on the same bf16 values */
-                float *Bk = xmalloc(sizeof(float) * K * N);
+                float *Bk = t_xmalloc(sizeof(float) * K * N);
                 for (int k = 0; k < K; k++)
                     for (int n = 0; n < N; n++)
                         Bk[(size_t)k * N + n] = b_trans ? Bm[(size_t)n * ldb + k] : Bm[(size_t)k * ldb + n];
@@ -512,7 +490,7 @@ static void test_gemm(void)
                     gemm_cpu(M, N, K, A, lda, Bk, N, beta, ref, N);
                 if (epi != GEMM_EPI_NONE)
                     bias_act_ref(M, N, ref, N, bias, epi == GEMM_EPI_RELU_BIAS);
-                float *out = xmalloc(sizeof(float) * M * ldc);
+                float *out = t_xmalloc(sizeof(float) * M * ldc);
                 if (c_f32)
                     down_f32(out, d_C, (size_t)M * ldc);
                 else
@@ -548,14 +526,14 @@ static void test_topk(void)
     int n_cases = g_small ? 3 : 6;
     for (int ci = 0; ci < n_cases; ci++) {
         int n = cases[ci][0], B = cases[ci][1], kmax = cases[ci][2], d = 4, ld = n + 3;
-        float *users = xmalloc(sizeof(float) * B * d), *items = xmalloc(sizeof(float) * (size_t)n * d);
+        float *users = t_xmalloc(sizeof(float) * B * d), *items = t_xmalloc(sizeof(float) * (size_t)n * d);
         for (int i = 0; i < B * d; i++)
             users[i] = (float)(rng_below(&g_rng, 9) - 4);
         for (size_t i = 0; i < (size_t)n * d; i++)
             items[i] = (float)(rng_below(&g_rng, 7) - 3) / 4.0f;
         int k[16], n_excl[16], excl_b[16], excl_e[16], out_off[16], total = 0, n_ex = 0;
-        int *excl = xmalloc(sizeof(int) * (B * 64 + 1));
-        int64_t *excl64 = xmalloc(sizeof(int64_t) * (B * 64 + 1));
+        int *excl = t_xmalloc(sizeof(int) * (B * 64 + 1));
+        int64_t *excl64 = t_xmalloc(sizeof(int64_t) * (B * 64 + 1));
         const int64_t *ex_ptr[16];
         for (int b = 0; b < B; b++) {
             k[b] = b == 0 ? kmax : b == 1 ? 1 : 1 + (int)rng_below(&g_rng, kmax);
@@ -581,7 +559,7 @@ static void test_topk(void)
             excl_e[b] = n_ex;
         }
         /* scores exactly as topk_ref computes them */
-        float *scores = xmalloc(sizeof(float) * (size_t)B * ld);
+        float *scores = t_xmalloc(sizeof(float) * (size_t)B * ld);
         for (int b = 0; b < B; b++)
             for (int j = 0; j < ld; j++) {
                 float s = 0.0f;
@@ -592,15 +570,15 @@ static void test_topk(void)
         float *d_scores = up_f32(scores, (size_t)B * ld);
         int *d_excl = up_int(excl, n_ex + 1), *d_eb = up_int(excl_b, B), *d_ee = up_int(excl_e, B);
         int *d_k = up_int(k, B), *d_off = up_int(out_off, B);
-        int *d_ids = dmalloc((size_t)(total + 1) * 4), *d_n = dmalloc((size_t)B * 4);
-        float *d_vals = dmalloc((size_t)(total + 1) * 4);
+        int *d_ids = t_dpoison((size_t)(total + 1) * 4), *d_n = t_dpoison((size_t)B * 4);
+        float *d_vals = t_dpoison((size_t)(total + 1) * 4);
         topk_cuda_params tp = {.B = B, .n_items = n, .ld = ld, .scores = d_scores, .exclude = d_excl,
                                .excl_begin = d_eb, .excl_end = d_ee, .k = d_k, .out_off = d_off,
                                .ids = d_ids, .vals = d_vals, .n_out = d_n};
         T_CHECK(topk_cuda(&tp, NULL) == 0, "launch");
         if (sync_ok("topk")) {
-            int *ids = xmalloc(sizeof(int) * (total + 1)), nout[16];
-            float *vals = xmalloc(sizeof(float) * (total + 1));
+            int *ids = t_xmalloc(sizeof(int) * (total + 1)), nout[16];
+            float *vals = t_xmalloc(sizeof(float) * (total + 1));
             cudaMemcpy(ids, d_ids, (size_t)total * 4, cudaMemcpyDeviceToHost);
             cudaMemcpy(vals, d_vals, (size_t)total * 4, cudaMemcpyDeviceToHost);
             cudaMemcpy(nout, d_n, (size_t)B * 4, cudaMemcpyDeviceToHost);
@@ -608,8 +586,8 @@ static void test_topk(void)
             float *rsc[16];
             int rn[16];
             for (int b = 0; b < B; b++) {
-                rid[b] = xmalloc(sizeof(int64_t) * (k[b] + 1));
-                rsc[b] = xmalloc(sizeof(float) * (k[b] + 1));
+                rid[b] = t_xmalloc(sizeof(int64_t) * (k[b] + 1));
+                rsc[b] = t_xmalloc(sizeof(float) * (k[b] + 1));
             }
             topk_params rp = {.B = B, .d = d, .users = users, .items = items, .n_items = n,
                               .exclude = ex_ptr, .n_exclude = n_excl, .k = k, .ids = rid, .scores = rsc,
@@ -808,7 +786,7 @@ static void compare_ranking(const hstu_config *c, const hstu_request *q, int B, 
         n += (size_t)q[b].n_candidates * c->n_tasks;
     if (n == 0)
         return;
-    float *fg = xmalloc(sizeof(float) * n), *fr = xmalloc(sizeof(float) * n), *fe = xmalloc(sizeof(float) * n);
+    float *fg = t_xmalloc(sizeof(float) * n), *fr = t_xmalloc(sizeof(float) * n), *fe = t_xmalloc(sizeof(float) * n);
     size_t off = 0;
     for (int b = 0; b < B; b++) {
         size_t k = (size_t)q[b].n_candidates * c->n_tasks;
@@ -834,8 +812,8 @@ static void compare_retrieval(const hstu_config *c, const hstu_request *q, int B
                 g->res[b].n_topk, q[b].top_k);
         n += (size_t)g->res[b].n_topk;
     }
-    float *fg = xmalloc(sizeof(float) * (n + 1)), *fr = xmalloc(sizeof(float) * (n + 1));
-    float *fe = xmalloc(sizeof(float) * (n + 1));
+    float *fg = t_xmalloc(sizeof(float) * (n + 1)), *fr = t_xmalloc(sizeof(float) * (n + 1));
+    float *fe = t_xmalloc(sizeof(float) * (n + 1));
     size_t off = 0;
     double noise = 0;
     for (int b = 0; b < B; b++)
@@ -1069,8 +1047,8 @@ static void test_kv_kernels(void)
     size_t page_elems = (size_t)L * P * (kw + vw), blk = (size_t)P * (kw + vw);
     float *act = rand_f32((size_t)T * W, -4, 4), *bias = rand_f32((size_t)(vw + kw), -1, 1);
     float *d_bias = up_f32(bias, vw + kw);
-    uint16_t *d_pool = dmalloc((size_t)n_pages * page_elems * 2);
-    float *pool = xmalloc((size_t)n_pages * page_elems * 4), *out = xmalloc((size_t)T * W * 4);
+    uint16_t *d_pool = t_dpoison((size_t)n_pages * page_elems * 2);
+    float *pool = t_xmalloc((size_t)n_pages * page_elems * 4), *out = t_xmalloc((size_t)T * W * 4);
     /* rows T-1, T-2, ... to consecutive slots of shuffled pages, layer 1; every
      * third row (a candidate, a cached row) has none */
     int perm[n_pages];
@@ -1084,7 +1062,7 @@ static void test_kv_kernels(void)
     }
     for (int i = 0; i < T; i++)
         row_slot[T - 1 - i] = i % 3 == 2 ? -1 : (int64_t)perm[i / P] * P + i % P;
-    int64_t *d_slots = dmalloc(sizeof row_slot);
+    int64_t *d_slots = t_dpoison(sizeof row_slot);
     cudaMemcpy(d_slots, row_slot, sizeof row_slot, cudaMemcpyHostToDevice);
     size_t k_off = 1 * blk, v_off = k_off + (size_t)P * kw;
     bias_silu_pages pages = {d_slots, d_pool, page_elems, k_off, v_off, P, kw, vw};
@@ -1157,7 +1135,7 @@ static void test_kv_kernels(void)
     for (int l = 0; l < L; l++)
         T_CHECK(kv_copy_cuda(cp, n_chunks * ppc, blk * 2, (size_t)ppc * blk * 2, blk * 2, l, 1, NULL) == 0, "onload");
     T_REQUIRE(sync_ok("onload"), "onload failed");
-    float *pool2 = xmalloc((size_t)n_pages * page_elems * 4);
+    float *pool2 = t_xmalloc((size_t)n_pages * page_elems * 4);
     down_bf16(pool2, d_pool, (size_t)n_pages * page_elems);
     bad = 0;
     for (int k = 0; k < n_chunks * ppc; k++)
@@ -1215,7 +1193,7 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
     /* ranking: every round's logits, one tensor per engine (the bf16 rule
      * on a batch of a few logits is a coin toss) */
     size_t cap = (size_t)rounds * 5 * MAXM * MAXT, nl = 0;
-    float *lc = xmalloc(cap * 4), *lg = xmalloc(cap * 4), *lr = xmalloc(cap * 4), *le = xmalloc(cap * 4);
+    float *lc = t_xmalloc(cap * 4), *lg = t_xmalloc(cap * 4), *lr = t_xmalloc(cap * 4), *le = t_xmalloc(cap * 4);
     double cached_vs_full = 0;
     for (int round = 0; round < rounds; round++) {
         int B = 1 + (int)rng_below(&r, 5), pick[5];

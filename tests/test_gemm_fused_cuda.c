@@ -49,31 +49,9 @@
 
 static rng g_rng = {0x9e3779b97f4a7c15ull};
 
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "test_gemm_fused_cuda: out of host memory\n");
-        abort();
-    }
-    return p;
-}
-
-/* Device memory filled with the poison (bf16 NaN bits). */
-static void *dpoison(size_t bytes)
-{
-    void *p = NULL;
-    if (cudaMalloc(&p, bytes ? bytes : 16) != cudaSuccess) {
-        fprintf(stderr, "test_gemm_fused_cuda: cudaMalloc(%zu) failed\n", bytes);
-        abort();
-    }
-    cudaMemset(p, 0xff, bytes ? bytes : 16);
-    return p;
-}
-
 static void *upload(const void *h, size_t bytes)
 {
-    void *d = dpoison(bytes);
+    void *d = t_dpoison(bytes);
     cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
     return d;
 }
@@ -99,9 +77,9 @@ typedef struct fcase {
 static double run_case(const fcase *fc, int bn)
 {
     const int M = fc->M, N = fc->N, K = fc->K, lda = K + fc->pad, ldw = N + fc->pad, ldc = N + fc->pad;
-    uint16_t *hA = xmalloc((size_t)M * lda * 2 + 2), *hW = xmalloc((size_t)K * ldw * 2);
-    float *A = xmalloc((size_t)M * lda * 4 + 4), *W = xmalloc((size_t)K * ldw * 4);
-    float *bias = xmalloc((size_t)N * 4), *ref = xmalloc((size_t)M * N * 4 + 4);
+    uint16_t *hA = t_xmalloc((size_t)M * lda * 2 + 2), *hW = t_xmalloc((size_t)K * ldw * 2);
+    float *A = t_xmalloc((size_t)M * lda * 4 + 4), *W = t_xmalloc((size_t)K * ldw * 4);
+    float *bias = t_xmalloc((size_t)N * 4), *ref = t_xmalloc((size_t)M * N * 4 + 4);
     rand_bf16((size_t)M * lda, hA, A);
     rand_bf16((size_t)K * ldw, hW, W);
     for (int c = 0; c < N; c++)
@@ -118,8 +96,8 @@ static double run_case(const fcase *fc, int bn)
     const int P = 4, n_pages = M / P + 3;
     const size_t page_elems = (size_t)3 * P * (fc->vw + fc->kw), k_off = (size_t)P * (fc->vw + fc->kw),
                  v_off = k_off + (size_t)P * fc->kw;
-    int64_t *slot = xmalloc(sizeof(int64_t) * (M + 1));
-    int *perm = xmalloc(sizeof(int) * n_pages);
+    int64_t *slot = t_xmalloc(sizeof(int64_t) * (M + 1));
+    int *perm = t_xmalloc(sizeof(int) * n_pages);
     for (int p = 0; p < n_pages; p++)
         perm[p] = p;
     for (int p = n_pages - 1; p > 0; p--) {
@@ -130,9 +108,9 @@ static double run_case(const fcase *fc, int bn)
         slot[r] = r % 3 == 2 ? -1 : (int64_t)perm[r / P] * P + r % P;
 
     void *d_A = upload(hA, (size_t)M * lda * 2 + 2), *d_W = upload(hW, (size_t)K * ldw * 2);
-    void *d_bias = upload(bias, (size_t)N * 4), *d_C = dpoison((size_t)M * ldc * 2 + 16);
+    void *d_bias = upload(bias, (size_t)N * 4), *d_C = t_dpoison((size_t)M * ldc * 2 + 16);
     void *d_slot = upload(slot, sizeof(int64_t) * (M + 1));
-    void *d_pool = fc->append ? dpoison((size_t)n_pages * page_elems * 2) : NULL;
+    void *d_pool = fc->append ? t_dpoison((size_t)n_pages * page_elems * 2) : NULL;
     bias_silu_pages pg = {d_slot, d_pool, page_elems, k_off, v_off, P, fc->kw, fc->vw};
     gemm_fused_epilogue epi = {fc->bias ? d_bias : NULL, fc->bias || fc->silu ? fc->act_from : N, fc->silu,
                                fc->append ? &pg : NULL, fc->kv_col};
@@ -149,7 +127,7 @@ static double run_case(const fcase *fc, int bn)
     cudaError_t e = cudaDeviceSynchronize();
     T_CHECK(rc == 0 && e == cudaSuccess, "%s: launch %d, sync %s", what, rc, cudaGetErrorString(e));
     if (rc == 0 && e == cudaSuccess) {
-        uint16_t *out = xmalloc((size_t)M * ldc * 2 + 2);
+        uint16_t *out = t_xmalloc((size_t)M * ldc * 2 + 2);
         cudaMemcpy(out, d_C, (size_t)M * ldc * 2, cudaMemcpyDeviceToHost);
         int bad = 0, pad_written = 0;
         for (int r = 0; r < M; r++) {
@@ -167,7 +145,7 @@ static double run_case(const fcase *fc, int bn)
         T_CHECK(pad_written == 0, "%s: %d padding values written", what, pad_written);
         if (fc->append) {
             size_t n = (size_t)n_pages * page_elems;
-            uint16_t *pool = xmalloc(n * 2), *expect = xmalloc(n * 2);
+            uint16_t *pool = t_xmalloc(n * 2), *expect = t_xmalloc(n * 2);
             cudaMemcpy(pool, d_pool, n * 2, cudaMemcpyDeviceToHost);
             for (size_t i = 0; i < n; i++)
                 expect[i] = POISON;
@@ -207,7 +185,7 @@ static void run_cases(const fcase *cs, int n)
 static void test_args(void)
 {
     char why[256];
-    void *d = dpoison(1 << 20);
+    void *d = t_dpoison(1 << 20);
     const bf16_t *p = d;
     T_CHECK(gemm_fused_supported(0, 128, 64, p, 64, p, 128, p, 128, NULL, why, sizeof why), "M 0: %s", why);
     T_CHECK(gemm_fused_cuda(0, 128, 64, p, 64, p, 128, d, 128, NULL, NULL) == 0, "M 0 is a no-op");
