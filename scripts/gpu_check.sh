@@ -12,7 +12,9 @@
 # --quick) goes to both benchmarks; ONLY="test_cuda" runs only those tests.
 # PROFILE="1 4096 3968, 8 4096 3968" also times every kernel of those block
 # cases (batch, history, cached) under ncu, one forward each, with graphs
-# and without (tools/ncu_table.py prints the table).
+# and without (tools/ncu_table.py prints the table). NCU_CACHE=none keeps
+# ncu from flushing the caches before each kernel (times as in the real
+# forward, where weights and activations may sit in L2); default: all.
 set -u
 BIN=${BIN:-.device/bin}
 LOGS=${OUT:-/tmp/gpu_check}
@@ -140,7 +142,7 @@ if [ -n "${PROFILE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
             name="profile_b${pb}_l${pl}_c${pc}_$g"
             echo "== ncu: $name"
             "$BIN/bench_cache_gpu" --profile "$pb" "$pl" "$pc" $flag 2>&1 | tail -n 1 | tee "$LOGS/$name.txt"
-            "$NCU" --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
+            "$NCU" --clock-control none --cache-control "${NCU_CACHE:-all}" --profile-from-start off --metrics gpu__time_duration.sum --csv \
                 "$BIN/bench_cache_gpu" --profile "$pb" "$pl" "$pc" $flag >"$LOGS/$name.csv" 2>"$LOGS/$name.err" ||
                 { tail -n 5 "$LOGS/$name.err"; }
             python3 tools/ncu_table.py "$LOGS/$name.csv" | tee -a "$LOGS/$name.txt"

@@ -485,8 +485,8 @@ __global__ void fill_uniform_kernel(bf16_t *x, size_t n, uint32_t seed)
     }
 }
 
-/* Times cuBLASLt's candidates for the two layer GEMMs at M = max_tokens,
- * max_tokens / 2, ... (one choice per power-of-two bucket of M; see gemm.cu)
+/* Times cuBLASLt's candidates for the two layer GEMMs at the row counts a
+ * forward runs (calls at other M take the nearest tuned M's; see gemm.cu),
  * on the activation buffers, filled with random values for the purpose (they
  * are scratch until the first forward), then clears them again. */
 static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
@@ -499,7 +499,22 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
     fill_uniform_kernel<<<1024, 256, 0, s>>>(cb->d_y, T * vw, 2u);
     hstu_status st = ck(cudaGetLastError(), "GEMM tuning (fill)", err);
     char why[256];
-    for (int M = cb->max_tokens; M >= 64 && st == HSTU_OK; M /= 2) {
+    /* B from every layer's weights in turn (the region from layer 0's uvqk
+     * weights to the last layer's proj weights): cold, as in a forward */
+    const layer_dev *Ll = &cb->layers[cb->model->cfg.n_layers - 1];
+    const char *w0 = (const char *)L->uvqk_w, *w1 = (const char *)(Ll->proj_w + (size_t)vw * d8);
+    gemm_cuda_tune_cold(cb->gemm, w0, (size_t)(w1 - w0));
+    /* M: the graphs' row buckets up to 1024 (64, then 128-row steps: forward()),
+     * then max_tokens, max_tokens / 2, ... down to above 1024 */
+    int Ms[64], nm = 0;
+    for (int M = 64; M <= 1024 && M <= cb->max_tokens; M += M < 128 ? 64 : 128)
+        Ms[nm++] = M;
+    for (int M = cb->max_tokens; M > 1024 && nm < 24; M /= 2)
+        Ms[nm++] = M;
+    if (nm == 0)
+        Ms[nm++] = cb->max_tokens;
+    for (int i = 0; i < nm && st == HSTU_OK; i++) {
+        int M = Ms[i];
         /* the uvqk GEMM goes to cuBLASLt unless the fused kernel takes it */
         bool fused = cb->fused_uvqk &&
                      gemm_fused_supported(M, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, NULL, NULL, 0);
@@ -509,6 +524,7 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
                            L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, s, why, sizeof why))
             st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: GEMM tuning: %s", why);
     }
+    gemm_cuda_tune_cold(cb->gemm, NULL, 0);
     size_t act = (size_t)((char *)(cb->d_y + T * vw) - (char *)cb->d_x); /* x, xn, uvqk, attn, y: contiguous */
     if (st == HSTU_OK)
         st = ck(cudaMemsetAsync(cb->d_x, 0, act, s), "cudaMemset", err);

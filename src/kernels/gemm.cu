@@ -8,11 +8,11 @@
  * Descriptors are initialised in caller storage (the *Init forms), so a call
  * allocates nothing. Algorithms, per exact shape, come from (in order):
  *   1. the cache of shapes already run;
- *   2. a tuned choice for the same shape with M in the same power-of-two
- *      bucket (gemm_cuda_tune, run once at create: it times cuBLASLt's
- *      candidates, since its heuristic's first choice measured up to 13%
- *      slower on the forward's shapes), if cublasLtMatmulAlgoCheck accepts
- *      it for this M;
+ *   2. the tuned choice for the same shape at the nearest tuned M
+ *      (gemm_cuda_tune, run at create for the M the forward runs: it times
+ *      cuBLASLt's candidates, since its heuristic's first choice measured
+ *      up to 13% slower on the forward's shapes), if cublasLtMatmulAlgoCheck
+ *      accepts it for this M;
  *   3. cuBLASLt's heuristic.
  */
 #include "kernels/gemm_cuda.h"
@@ -24,7 +24,7 @@
 #include <string.h>
 
 #define GEMM_CACHE 256 /* exact shapes remembered; a forward uses fewer than 10 per batch size */
-#define GEMM_TUNED 64  /* tuned (shape, M bucket) choices */
+#define GEMM_TUNED 64  /* tuned (shape, M) choices */
 #define TUNE_ALGOS 8   /* candidates timed per tuned shape */
 
 typedef struct gemm_key {
@@ -33,7 +33,7 @@ typedef struct gemm_key {
 } gemm_key;
 
 typedef struct gemm_entry {
-    gemm_key key; /* in the tuned table, key.M is the bucket floor(log2(M)) */
+    gemm_key key;
     cublasLtMatmulAlgo_t algo;
 } gemm_entry;
 
@@ -45,6 +45,8 @@ struct gemm_cuda {
     int n_cached, next_evict;
     gemm_entry tuned[GEMM_TUNED];
     int n_tuned;
+    const char *cold;  /* gemm_cuda_tune_cold: B operands are read from here, slice by slice */
+    size_t cold_bytes;
 };
 
 /* One call's descriptors, in caller storage. */
@@ -65,13 +67,8 @@ static unsigned ptr_align(const void *p)
     return al;
 }
 
-static int m_bucket(int M)
-{
-    int b = 0;
-    while (b < 30 && (1 << (b + 1)) <= M)
-        b++;
-    return b;
-}
+/* How far apart two row counts are, as the ratio of the larger to the smaller. */
+static double m_ratio(int a, int b) { return a > b ? (double)a / b : (double)b / a; }
 
 static int fail(char *why, size_t n, const char *what, int code)
 {
@@ -184,7 +181,7 @@ static const cublasLtMatmulAlgo_t *remember(gemm_cuda *g, const gemm_key *key, c
     return &g->cache[slot].algo;
 }
 
-/* The algorithm for this call: cached, tuned for its M bucket, or the heuristic's. */
+/* The algorithm for this call: cached, tuned at the nearest M, or the heuristic's. */
 static int find_algo(gemm_cuda *g, gemm_call *c, const cublasLtMatmulAlgo_t **out, char *why, size_t n)
 {
     for (int i = 0; i < g->n_cached; i++)
@@ -193,18 +190,22 @@ static int find_algo(gemm_cuda *g, gemm_call *c, const cublasLtMatmulAlgo_t **ou
             return 0;
         }
     gemm_key bk = c->key;
-    bk.M = m_bucket(c->key.M);
-    for (int i = 0; i < g->n_tuned; i++)
-        if (!memcmp(&g->tuned[i].key, &bk, sizeof bk)) {
-            cublasLtMatmulHeuristicResult_t chk;
-            if (cublasLtMatmulAlgoCheck(g->lt, c->desc, c->la, c->lb, c->lc, c->lc, &g->tuned[i].algo, &chk) ==
-                    CUBLAS_STATUS_SUCCESS &&
-                chk.workspaceSize <= g->workspace_bytes) {
-                *out = remember(g, &c->key, &g->tuned[i].algo);
-                return 0;
-            }
-            break;
+    int near = -1;
+    for (int i = 0; i < g->n_tuned; i++) {
+        bk.M = g->tuned[i].key.M;
+        if (!memcmp(&g->tuned[i].key, &bk, sizeof bk) &&
+            (near < 0 || m_ratio(bk.M, c->key.M) < m_ratio(g->tuned[near].key.M, c->key.M)))
+            near = i;
+    }
+    if (near >= 0) {
+        cublasLtMatmulHeuristicResult_t chk;
+        if (cublasLtMatmulAlgoCheck(g->lt, c->desc, c->la, c->lb, c->lc, c->lc, &g->tuned[near].algo, &chk) ==
+                CUBLAS_STATUS_SUCCESS &&
+            chk.workspaceSize <= g->workspace_bytes) {
+            *out = remember(g, &c->key, &g->tuned[near].algo);
+            return 0;
         }
+    }
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     cublasStatus_t s = heuristic(g, c, 1, &res, &found);
@@ -269,13 +270,18 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
     }
     float alpha = 1.0f, best_ms = 1e30f;
     int best = 0;
+    /* With a cold region, each run reads its B from the next slice of it,
+     * so that B comes from DRAM as the layer's weights do in a forward. */
+    size_t b_bytes = ((size_t)(b_trans ? N : K) * (size_t)ldb * 2 + 255) & ~(size_t)255;
+    size_t slices = g->cold && b_bytes ? g->cold_bytes / b_bytes : 0, next = 0;
     for (int i = 0; i < found; i++) {
         /* one warm-up, then the fastest of three (noise only ever adds time) */
         float ms_min = 1e30f;
         int ok = 1;
         for (int rep = 0; rep < 4 && ok; rep++) {
+            const void *b = slices >= 2 ? (const void *)(g->cold + (next++ % slices) * b_bytes) : (const void *)B;
             cudaEventRecord(e0, st);
-            ok = cublasLtMatmul(g->lt, c.desc, &alpha, B, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &res[i].algo,
+            ok = cublasLtMatmul(g->lt, c.desc, &alpha, b, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &res[i].algo,
                                 g->d_workspace, g->workspace_bytes, st) == CUBLAS_STATUS_SUCCESS;
             cudaEventRecord(e1, st);
             float ms = 0;
@@ -293,8 +299,13 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
         return fail(why, n, cudaGetErrorString(ce), (int)ce);
     gemm_entry *t = &g->tuned[g->n_tuned++];
     t->key = c.key;
-    t->key.M = m_bucket(M);
     t->algo = res[best].algo;
     remember(g, &c.key, &res[best].algo);
     return 0;
+}
+
+void gemm_cuda_tune_cold(gemm_cuda *g, const void *region, size_t bytes)
+{
+    g->cold = ((uintptr_t)region & 255) ? NULL : (const char *)region;
+    g->cold_bytes = g->cold ? bytes : 0;
 }

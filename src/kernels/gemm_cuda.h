@@ -48,13 +48,21 @@ int gemm_cuda_run(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, c
 
 /* Times cuBLASLt's candidate algorithms (up to 8) for this call's shape on
  * these buffers and remembers the fastest for every later call of the same
- * shape whose M has the same floor(log2(M)). Runs the GEMM some 30 times
+ * shape whose nearest tuned M (by ratio) is this M. Runs the GEMM some 30 times
  * and synchronises the stream: for setup time, on scratch buffers (C is
  * overwritten, or accumulated into when beta != 0). Fill the inputs with
  * realistic (random) values: GEMMs on zeros run faster than on data. */
 int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, const bf16_t *B, int ldb,
                    int b_trans, float beta, void *C, int c_f32, int ldc, gemm_epilogue epi, const void *bias,
                    void *stream, char *why, size_t n);
+
+/* Makes later gemm_cuda_tune calls read B from consecutive B-sized slices
+ * of a device region (256-byte aligned) instead of the B given, one slice
+ * per timed run: give it more bytes than the L2 cache (a model's layer
+ * weights) and every run reads B from DRAM, as a forward reads a layer's
+ * weights once; the same B would sit in L2 after the first run and favour
+ * the tiles that suit a warm cache. NULL: back to the B given. */
+void gemm_cuda_tune_cold(gemm_cuda *g, const void *region, size_t bytes);
 
 #ifdef __cplusplus
 }
