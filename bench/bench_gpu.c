@@ -589,8 +589,11 @@ int main(int argc, char **argv)
     cuda_ok(cudaMalloc((void **)&sa.positions, sizeof(int) * max_tok), "cudaMalloc");
     cuda_ok(cudaMemcpy(sa.rows, h_rows, sizeof(int) * max_tok, cudaMemcpyHostToDevice), "copy");
     cuda_ok(cudaMemcpy(sa.positions, h_pos, sizeof(int) * max_tok, cudaMemcpyHostToDevice), "copy");
-    /* the same GEMM tuning the engine does at create (src/cuda/cuda_backend.cu) */
-    for (int M = max_tok; M >= 64; M /= 2)
+    /* GEMM tuning as the engine does at create (src/cuda/cuda_backend.cu), at
+     * the row counts of the cases below; with B warm, since the stage loops
+     * below call the same weights again and again */
+    for (int i = 0; i < 6; i++) {
+        int M = batches[i / 3] * (hist_tokens[i % 3] + CANDS);
         if (gemm_cuda_tune(g, M, W, d, sa.xn, d, sa.w_uvqk, W, 0, 0.0f, sa.uvqk, 0, W, GEMM_EPI_NONE, NULL, s, why,
                            sizeof why) ||
             gemm_cuda_tune(g, M, d, vw, sa.y, vw, sa.w_proj, d, 0, 1.0f, sa.x, 1, d, GEMM_EPI_NONE, NULL, s, why,
@@ -598,6 +601,7 @@ int main(int argc, char **argv)
             gemm_cuda_tune(g, M, d, vw, sa.y, vw, sa.w_proj, d, 0, 1.0f, sa.x16, 0, d, GEMM_EPI_NONE, NULL, s, why,
                            sizeof why))
             die("gemm_cuda_tune", why);
+    }
     attn_cuda_seq *h_seqs = malloc(sizeof(attn_cuda_seq) * MAX_B);
     attn_cuda_seq *d_seqs = NULL;
     cuda_ok(cudaMalloc((void **)&d_seqs, sizeof(attn_cuda_seq) * MAX_B), "cudaMalloc");

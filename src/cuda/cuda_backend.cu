@@ -506,7 +506,7 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
     gemm_cuda_tune_cold(cb->gemm, w0, (size_t)(w1 - w0));
     /* M: the graphs' row buckets up to 1024 (64, then 128-row steps: forward()),
      * then max_tokens, max_tokens / 2, ... down to above 1024 */
-    int Ms[64], nm = 0;
+    int Ms[24], nm = 0;
     for (int M = 64; M <= 1024 && M <= cb->max_tokens; M += M < 128 ? 64 : 128)
         Ms[nm++] = M;
     for (int M = cb->max_tokens; M > 1024 && nm < 24; M /= 2)
@@ -716,9 +716,9 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * (docs/cuda.md: accuracy of both, and the time bf16 saves). */
         const char *res = getenv("HSTU_CUDA_RESIDUAL");
         cb->x_f32 = res && (!strcmp(res, "f32") || !strcmp(res, "fp32"));
-        /* The fused uvqk GEMM only with HSTU_CUDA_FUSED_GEMM=1: its
-         * cp.async-fed loads make it slower than cuBLASLt + the bias_silu
-         * pass today (docs/cuda.md, "The fused uvqk GEMM"). */
+        /* The fused uvqk GEMM only with HSTU_CUDA_FUSED_GEMM=1: it is
+         * slower than cuBLASLt + the bias_silu pass today (docs/cuda.md,
+         * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
     }
