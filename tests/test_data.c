@@ -388,6 +388,7 @@ static void test_kuairand(void)
     hstu_config cfg;
     T_REQUIRE(hstu_config_preset("kuairand-1k", &cfg, &err) == HSTU_OK, "preset");
     T_REQUIRE(dataset_open(out, &ds, &err) == HSTU_OK, "reopen");
+    in = dataset_get_info(ds); /* the first handle's info went with dataset_close */
     T_CHECK(dataset_check_config(ds, &cfg, &err) == HSTU_OK, "kuairand-1k covers it: %s", err.msg);
     cfg.context_rows[2] = 3;
     T_CHECK(dataset_check_config(ds, &cfg, &err) == HSTU_ERR_ARG && strstr(err.msg, "follow_user_num_range") &&
