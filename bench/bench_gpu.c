@@ -401,10 +401,11 @@ static void sweep(const char *name, int M, int N, int K, int c_f32, float beta, 
 /* The uvqk projection with its v|k epilogue (bias + SiLU on the last half of
  * the columns), two ways: cuBLASLt's GEMM (its heuristic's choice, tuned as
  * the backend tunes it) then the bias_silu pass; the fused kernel at each
- * tile width. Each timed as 20 calls in a CUDA graph. */
+ * tile width, alone and in clusters of two CTAs sharing W's loads. Each
+ * timed as 20 calls in a CUDA graph. */
 typedef struct fused_arg {
     gemm_cuda *g;
-    int M, N, K, bn;
+    int M, N, K, bn, cl;
     bf16_t *A, *W, *C;
     float *bias;
     cudaStream_t s;
@@ -426,15 +427,17 @@ static void run_fused(void *p)
     fused_arg *a = p;
     gemm_fused_epilogue e = {a->bias, a->N / 2, 1, NULL, 0};
     gemm_fused_force_bn(a->bn);
+    gemm_fused_force_cluster(a->cl);
     cuda_ok((cudaError_t)gemm_fused_cuda(a->M, a->N, a->K, a->A, a->K, a->W, a->N, a->C, a->N, &e, a->s),
             "gemm_fused");
     gemm_fused_force_bn(0);
+    gemm_fused_force_cluster(0);
 }
 
 static void fused_vs_cublas(int M, int N, int K, cudaStream_t s, int iters)
 {
     char why[256];
-    fused_arg a = {NULL, M, N, K, 0, dev_rand((size_t)M * K, 0), dev_rand((size_t)K * N, 0),
+    fused_arg a = {NULL, M, N, K, 0, 0, dev_rand((size_t)M * K, 0), dev_rand((size_t)K * N, 0),
                    dev_rand((size_t)M * N, 0), dev_rand(N, 1), s};
     if (gemm_cuda_create((size_t)32 << 20, &a.g, why, sizeof why) ||
         gemm_cuda_tune(a.g, M, N, K, a.A, K, a.W, N, 0, 0.0f, a.C, 0, N, GEMM_EPI_NONE, NULL, s, why, sizeof why))
@@ -442,14 +445,15 @@ static void fused_vs_cublas(int M, int N, int K, cudaStream_t s, int iters)
     cuda_ok((cudaError_t)gemm_fused_prepare(), "gemm_fused_prepare");
     double fl = 2.0 * M * (double)N * K;
     float t0 = time_graph20(run_cublas_silu, &a, s, iters);
-    a.bn = 128;
-    float t1 = time_graph20(run_fused, &a, s, iters);
-    a.bn = 256;
-    float t2 = time_graph20(run_fused, &a, s, iters);
-    printf("uvqk + v|k bias+SiLU   %6d %5d %5d: cuBLASLt + pass %.4f ms (%.0f TFLOP/s); fused, 128-wide tiles "
-           "%.4f ms (%.0f), 256-wide %.4f ms (%.0f); the backend's choice: %d-wide\n",
-           M, N, K, t0, fl / (t0 * 1e-3) / 1e12, t1, fl / (t1 * 1e-3) / 1e12, t2, fl / (t2 * 1e-3) / 1e12,
-           gemm_fused_tile_n(M, N));
+    printf("uvqk + v|k bias+SiLU   %6d %5d %5d: cuBLASLt + pass %.4f ms (%.0f TFLOP/s); fused:", M, N, K, t0,
+           fl / (t0 * 1e-3) / 1e12);
+    for (int cl = 1; cl <= 2; cl++)
+        for (int bn = 128; bn <= 256; bn *= 2) {
+            a.bn = bn, a.cl = cl;
+            float t = time_graph20(run_fused, &a, s, iters);
+            printf(" %d-wide%s %.4f ms (%.0f);", bn, cl > 1 ? " x2" : "", t, fl / (t * 1e-3) / 1e12);
+        }
+    printf(" the backend's choice: %d-wide, clusters of %d\n", gemm_fused_tile_n(M, N), gemm_fused_cluster(M, N));
     gemm_cuda_destroy(a.g);
     cudaFree(a.A), cudaFree(a.W), cudaFree(a.C), cudaFree(a.bias);
 }
@@ -541,8 +545,9 @@ int main(int argc, char **argv)
         die("engine", err.msg);
     /* Engines with the backend's other settings (read from the environment
      * at create), timed beside the default on the 4096+256 cases. */
-    static const char *var_name[] = {"fp32 residual (HSTU_CUDA_RESIDUAL=f32)"};
-    static const char *var_env[][2] = {{"HSTU_CUDA_RESIDUAL", "f32"}};
+    static const char *var_name[] = {"fp32 residual (HSTU_CUDA_RESIDUAL=f32)",
+                                     "fused uvqk GEMM (HSTU_CUDA_FUSED_GEMM=1)"};
+    static const char *var_env[][2] = {{"HSTU_CUDA_RESIDUAL", "f32"}, {"HSTU_CUDA_FUSED_GEMM", "1"}};
     enum { N_VAR = sizeof var_name / sizeof var_name[0] };
     hstu_engine *ev[N_VAR];
     for (int v = 0; v < N_VAR; v++) {

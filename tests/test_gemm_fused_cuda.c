@@ -3,8 +3,10 @@
  * plain-loop gemm_ref in test_dense) in fp32 on the same bf16 inputs, then
  * the bias and an exact SiLU in double.
  *
- * Every case runs with both tile widths (128 and 256 columns) on outputs and
- * a page pool poisoned with NaN bits, and checks:
+ * Every case runs with both tile widths (128 and 256 columns), alone and in
+ * clusters of two CTAs that share W's loads (an odd count of row blocks
+ * leaves the second CTA of the last pair past M), on outputs and a page
+ * pool poisoned with NaN bits, and checks:
  *   - every output value is within bf16's rounding of the reference:
  *     |out - ref| <= |ref| / 256 + 1e-3 (products of bf16 values are exact
  *     in fp32, so only the summation order and the one final rounding
@@ -74,7 +76,7 @@ typedef struct fcase {
 } fcase;
 
 /* Runs one case at tile width bn; returns the largest |out - ref| / tolerance. */
-static double run_case(const fcase *fc, int bn)
+static double run_case(const fcase *fc, int bn, int cl)
 {
     const int M = fc->M, N = fc->N, K = fc->K, lda = K + fc->pad, ldw = N + fc->pad, ldc = N + fc->pad;
     uint16_t *hA = t_xmalloc((size_t)M * lda * 2 + 2), *hW = t_xmalloc((size_t)K * ldw * 2);
@@ -115,15 +117,17 @@ static double run_case(const fcase *fc, int bn)
     gemm_fused_epilogue epi = {fc->bias ? d_bias : NULL, fc->bias || fc->silu ? fc->act_from : N, fc->silu,
                                fc->append ? &pg : NULL, fc->kv_col};
     char what[160];
-    snprintf(what, sizeof what, "%dx%dx%d pad %d tile %d%s%s%s", M, N, K, fc->pad, bn, fc->bias ? " bias" : "",
-             fc->silu ? " silu" : "", fc->append ? " append" : "");
+    snprintf(what, sizeof what, "%dx%dx%d pad %d tile %d cluster %d%s%s%s", M, N, K, fc->pad, bn, cl,
+             fc->bias ? " bias" : "", fc->silu ? " silu" : "", fc->append ? " append" : "");
     char why[256] = "";
     double worst = 0;
     T_CHECK(gemm_fused_supported(M, N, K, d_A, lda, d_W, ldw, d_C, ldc, &epi, why, sizeof why), "%s: %s", what,
             why);
     gemm_fused_force_bn(bn);
+    gemm_fused_force_cluster(cl);
     int rc = gemm_fused_cuda(M, N, K, d_A, lda, d_W, ldw, d_C, ldc, &epi, NULL);
     gemm_fused_force_bn(0);
+    gemm_fused_force_cluster(0);
     cudaError_t e = cudaDeviceSynchronize();
     T_CHECK(rc == 0 && e == cudaSuccess, "%s: launch %d, sync %s", what, rc, cudaGetErrorString(e));
     if (rc == 0 && e == cudaSuccess) {
@@ -178,8 +182,9 @@ static void run_cases(const fcase *cs, int n)
     double worst = 0;
     for (int i = 0; i < n; i++)
         for (int bn = 128; bn <= 256; bn *= 2)
-            worst = fmax(worst, run_case(&cs[i], bn));
-    printf("    %d shapes x 2 tile widths: worst error %.2f of the bound\n", n, worst);
+            for (int cl = 1; cl <= 2; cl++)
+                worst = fmax(worst, run_case(&cs[i], bn, cl));
+    printf("    %d shapes x 2 tile widths x clusters of 1 and 2: worst error %.2f of the bound\n", n, worst);
 }
 
 static void test_args(void)

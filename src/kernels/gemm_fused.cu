@@ -4,7 +4,12 @@
  * Persistent and warp-specialised: one CTA per SM walks the 128 x BN tiles
  * of C (BN = 128 or 256). One thread of the loading warp issues TMA copies
  * of 64-wide K slices of A (128 x 64, K-major) and W (64 x BN, MN-major) into
- * a ring of stages that runs on across tiles; warpgroups 0 and 1 compute,
+ * a ring of stages that runs on across tiles. In clusters of two CTAs
+ * (CL = 2, when forced: it measured no faster) the pair takes two row
+ * blocks of the same columns: each CTA loads its own A and half of W's
+ * boxes, multicast into both, so W's share of the L2 traffic halves (a
+ * stage is free again once the computing warps of both CTAs are done with
+ * it). Warpgroups 0 and 1 compute,
  * 64 rows each, with wgmma reading both operands from shared memory (W
  * transposed by the instruction), one slice's products in flight while the
  * previous slice's buffer is released. The epilogue adds the bias and
@@ -80,69 +85,39 @@ struct Args {
     CUtensorMap tw; /* W [K, N] in 64 x 64 boxes */
     CUtensorMap tc; /* C [M, N] in 128 x 64 boxes (stores) */
     int M, N, K;
-    int tiles_n, tiles; /* tiles along N, in all */
+    int tiles_n, units; /* tiles along N; units of work: CL row blocks of one column block */
     gemm_fused_epilogue epi;
     bias_silu_pages pg; /* valid when epi.pages */
 };
 
-/* Persistent: CTA b takes tiles b, b + gridDim.x, ... (tile t is row block
- * t / tiles_n, column block t % tiles_n, so CTAs running together share A's
- * rows and W's columns in L2). The loading thread runs through every tile's
- * K slices in one ring of S stages (full[s]: its bytes landed; empty[s]:
- * every computing warp is done with it), so the next tile's loads go on
- * during an epilogue. The epilogue stages the tile as bf16 in its own
- * buffer (up to 128 columns at a time), in the layout of the loads, and one
- * thread stores each part with TMA while the appends read it. */
-template <int BN>
-__global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_constant__ Args a)
+/* The computing warpgroups' part of gemm_fused_kernel: every unit's main
+ * loop and epilogue (threads 0-255). */
+template <int BN, int CL>
+__device__ __forceinline__ void gemm_fused_compute(const Args &a, uint32_t ring, uint32_t full0, uint32_t empty0,
+                                                   int nk, int cid, int ncl, int rank)
 {
     typedef Cfg<BN> C;
     constexpr int S = C::STAGES;
-    extern __shared__ uint8_t smem_raw[];
-    __shared__ __align__(8) uint64_t bars[2 * S];
-    const uint32_t ring = (smem_u32(smem_raw) + 1023u) & ~1023u, out = ring + S * C::STAGE;
     auto sa = [&](int s) { return ring + (uint32_t)(s * C::STAGE); };
     auto sb = [&](int s) { return ring + (uint32_t)(s * C::STAGE + C::A_BYTES); };
-    const uint32_t full0 = smem_u32(&bars[0]), empty0 = full0 + 8u * S;
-    const int nk = (a.K + BK - 1) / BK;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < S; s++) {
-            mbar_init(full0 + 8u * s, 1);  /* the loading thread's arrival, plus the stage's bytes */
-            mbar_init(empty0 + 8u * s, 8); /* every computing warp */
-        }
-    }
-    __syncthreads();
-
-    if (threadIdx.x >= 256) {
-        if (threadIdx.x == 256) { /* one thread issues every copy */
-            tma_prefetch_map(&a.ta);
-            tma_prefetch_map(&a.tw);
-            int it = 0; /* slices issued, over all tiles: use it / S of buffer it % S */
-            for (int t = blockIdx.x; t < a.tiles; t += gridDim.x) {
-                const int m0 = t / a.tiles_n * BM, n0 = t % a.tiles_n * BN;
-                for (int kt = 0; kt < nk; kt++, it++) {
-                    const int s = it % S;
-                    const uint32_t full = full0 + 8u * s;
-                    if (it >= S) /* use u of a buffer waits for the release of use u - 1 */
-                        mbar_wait(empty0 + 8u * s, (it / S - 1) & 1);
-                    mbar_arrive_expect_tx(full, C::STAGE);
-                    tma_load_2d(sa(s), &a.ta, full, kt * BK, m0);
-#pragma unroll
-                    for (int j = 0; j < BN / 64; j++)
-                        tma_load_2d(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK);
-                }
-            }
-        }
-        return;
-    }
-
+    const uint32_t out = ring + S * C::STAGE;
     const int cw = threadIdx.x / 128, ww = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    /* A warp's release of a stage: lane r arrives on CTA r's barrier (both
+     * CTAs' loads write into this CTA's buffer). */
+    auto release = [&](uint32_t bar) {
+        if (CL == 1) {
+            if (lane == 0)
+                mbar_arrive(bar);
+        } else if (lane < CL) {
+            mbar_arrive_remote(bar, lane);
+        }
+    };
     const int g = lane / 4, t4 = lane % 4, lr = 64 * cw + 16 * ww + g;
     const gemm_fused_epilogue &e = a.epi;
     const int kv_lo = e.kv_col, kv_mid = kv_lo + a.pg.vw, kv_hi = kv_mid + a.pg.kw;
     int it = 0;
-    for (int t = blockIdx.x; t < a.tiles; t += gridDim.x) {
-        const int m0 = t / a.tiles_n * BM, n0 = t % a.tiles_n * BN;
+    for (int u = cid; u < a.units; u += ncl) {
+        const int m0 = (u / a.tiles_n * CL + rank) * BM, n0 = u % a.tiles_n * BN;
         float acc[BN / 2];
 #pragma unroll
         for (int i = 0; i < BN / 2; i++)
@@ -159,13 +134,12 @@ __global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_co
             }
             wg_commit();
             wg_wait<1>(); /* slice it - 1's products are done: its buffer goes back */
-            if (kt > 0 && lane == 0)
-                mbar_arrive(empty0 + 8u * ((it - 1) % S));
+            if (kt > 0)
+                release(empty0 + 8u * ((it - 1) % S));
         }
         wg_wait<0>();
         fence_regs(acc);
-        if (lane == 0) /* the tile's last slice */
-            mbar_arrive(empty0 + 8u * ((it - 1) % S));
+        release(empty0 + 8u * ((it - 1) % S)); /* the tile's last slice */
 
         /* bias and SiLU in registers: acc[4j + 2h + x] is row lr + 8h,
          * column n0 + 8j + 2 t4 + x */
@@ -232,40 +206,148 @@ __global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_co
             }
         }
     }
+}
+
+/* Persistent: cluster c takes units c, c + clusters, ... (unit u is row
+ * blocks CL (u / tiles_n) + rank of column block u % tiles_n, so CTAs
+ * running together share A's rows and W's columns in L2). The loading
+ * thread runs through every tile's K slices in one ring of S stages
+ * (full[s]: its bytes landed, the peer's multicast included; empty[s]: every
+ * computing warp of the cluster is done with it), so the next tile's loads
+ * go on during an epilogue. The epilogue stages the tile as bf16 in its own
+ * buffer (up to 128 columns at a time), in the layout of the loads, and one
+ * thread stores each part with TMA while the appends read it. A row block
+ * past M (the second of a pair) loads zeros and stores nothing. */
+template <int BN, int CL>
+__global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_constant__ Args a)
+{
+    typedef Cfg<BN> C;
+    constexpr int S = C::STAGES;
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ __align__(8) uint64_t bars[2 * S];
+    const uint32_t ring = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    auto sa = [&](int s) { return ring + (uint32_t)(s * C::STAGE); };
+    auto sb = [&](int s) { return ring + (uint32_t)(s * C::STAGE + C::A_BYTES); };
+    const uint32_t full0 = smem_u32(&bars[0]), empty0 = full0 + 8u * S;
+    const int nk = (a.K + BK - 1) / BK;
+    const int rank = CL > 1 ? (int)cluster_ctarank() : 0, cid = blockIdx.x / CL, ncl = gridDim.x / CL;
+    auto tile_m0 = [&](int u) { return (u / a.tiles_n * CL + rank) * BM; };
+    auto tile_n0 = [&](int u) { return u % a.tiles_n * BN; };
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; s++) {
+            mbar_init(full0 + 8u * s, 1);       /* the loading thread's arrival, plus the stage's bytes */
+            mbar_init(empty0 + 8u * s, 8 * CL); /* every computing warp of the cluster */
+        }
+        if (CL > 1)
+            fence_mbar_init();
+    }
+    if (CL > 1)
+        cluster_sync(); /* the peer's barriers are ready before anything lands in them */
+    else
+        __syncthreads();
+
+    if (threadIdx.x >= 256) {
+        if (threadIdx.x == 256) { /* one thread issues every copy */
+            tma_prefetch_map(&a.ta);
+            tma_prefetch_map(&a.tw);
+            int it = 0; /* slices issued, over all tiles: use it / S of buffer it % S */
+            for (int u = cid; u < a.units; u += ncl) {
+                const int m0 = tile_m0(u), n0 = tile_n0(u);
+                for (int kt = 0; kt < nk; kt++, it++) {
+                    const int s = it % S;
+                    const uint32_t full = full0 + 8u * s;
+                    if (it >= S) /* use u of a buffer waits for the release of use u - 1 */
+                        mbar_wait(empty0 + 8u * s, (it / S - 1) & 1);
+                    mbar_arrive_expect_tx(full, C::STAGE);
+                    tma_load_2d(sa(s), &a.ta, full, kt * BK, m0);
+#pragma unroll
+                    for (int j = 0; j < BN / 64; j++) {
+                        if (CL == 1)
+                            tma_load_2d(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK);
+                        else if (j % CL == rank)
+                            tma_load_2d_multicast(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK,
+                                                  (uint16_t)((1u << CL) - 1));
+                    }
+                }
+            }
+        }
+    } else {
+        gemm_fused_compute<BN, CL>(a, ring, full0, empty0, nk, cid, ncl, rank);
+    }
     if (threadIdx.x == 0)
         bulk_wait_all<0>(); /* the shared memory stays until the last store has read it */
+    if (CL > 1)
+        cluster_sync(); /* and until the peer's last arrivals on this CTA's barriers */
 }
 
 /* The kernels' shared-memory limit is per function, set once: before the
- * first launch, outside any stream capture (gemm_fused_prepare). */
-template <int BN> int prepare()
+ * first launch, outside any stream capture (gemm_fused_prepare). With it,
+ * how many clusters of CL fit on the device at once: the persistent grid. */
+template <int BN, int CL> int prepare(int *max_ctas)
 {
-    static bool done = false;
-    if (!done) {
-        cudaError_t e = cudaFuncSetAttribute(gemm_fused_kernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    static int ctas = 0;
+    if (!ctas) {
+        cudaError_t e = cudaFuncSetAttribute(gemm_fused_kernel<BN, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              Cfg<BN>::SMEM);
+        int dev = 0, sms = 0;
+        if (e == cudaSuccess)
+            e = cudaGetDevice(&dev);
+        if (e == cudaSuccess)
+            e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        int n = sms / CL;
+        if (e == cudaSuccess && CL > 1) {
+            cudaLaunchConfig_t lc = {};
+            lc.gridDim = dim3((unsigned)(sms / CL * CL));
+            lc.blockDim = dim3(NTHREADS);
+            lc.dynamicSmemBytes = Cfg<BN>::SMEM;
+            cudaLaunchAttribute at[1];
+            at[0].id = cudaLaunchAttributeClusterDimension;
+            at[0].val.clusterDim.x = CL;
+            at[0].val.clusterDim.y = 1;
+            at[0].val.clusterDim.z = 1;
+            lc.attrs = at;
+            lc.numAttrs = 1;
+            e = cudaOccupancyMaxActiveClusters(&n, gemm_fused_kernel<BN, CL>, &lc);
+        }
         if (e != cudaSuccess)
             return (int)e;
-        done = true;
+        if (n < 1)
+            return (int)cudaErrorInvalidConfiguration;
+        ctas = n * CL;
     }
+    if (max_ctas)
+        *max_ctas = ctas;
     return 0;
 }
 
-int g_sms = 0; /* the device's SMs (grid of the persistent kernel) */
-
-template <int BN> int launch(Args &a, cudaStream_t s)
+template <int BN, int CL> int launch(Args &a, cudaStream_t s)
 {
-    int rc = prepare<BN>();
+    int max_ctas = 0, rc = prepare<BN, CL>(&max_ctas);
     if (rc)
         return rc;
     a.tiles_n = (a.N + BN - 1) / BN;
-    a.tiles = a.tiles_n * ((a.M + BM - 1) / BM);
-    const int grid = a.tiles < g_sms ? a.tiles : g_sms;
-    gemm_fused_kernel<BN><<<grid, NTHREADS, Cfg<BN>::SMEM, s>>>(a);
-    return (int)cudaGetLastError();
+    a.units = a.tiles_n * ((a.M + BM * CL - 1) / (BM * CL));
+    const int clusters = a.units < max_ctas / CL ? a.units : max_ctas / CL;
+    if (CL == 1) {
+        gemm_fused_kernel<BN, 1><<<clusters, NTHREADS, Cfg<BN>::SMEM, s>>>(a);
+        return (int)cudaGetLastError();
+    }
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)(clusters * CL));
+    lc.blockDim = dim3(NTHREADS);
+    lc.dynamicSmemBytes = Cfg<BN>::SMEM;
+    lc.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = CL;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    lc.attrs = at;
+    lc.numAttrs = 1;
+    return (int)cudaLaunchKernelEx(&lc, gemm_fused_kernel<BN, CL>, a);
 }
 
-int g_forced_bn = 0;
+int g_forced_bn = 0, g_forced_cl = 0;
 
 bool aligned(const void *p, uintptr_t n) { return ((uintptr_t)p & (n - 1)) == 0; }
 
@@ -273,11 +355,25 @@ bool aligned(const void *p, uintptr_t n) { return ((uintptr_t)p & (n - 1)) == 0;
 
 extern "C" int gemm_fused_prepare(void)
 {
-    int rc = prepare<128>();
-    return rc ? rc : prepare<256>();
+    int rc = prepare<128, 1>(NULL);
+    rc = rc ? rc : prepare<256, 1>(NULL);
+    rc = rc ? rc : prepare<128, 2>(NULL);
+    return rc ? rc : prepare<256, 2>(NULL);
 }
 
 extern "C" void gemm_fused_force_bn(int bn) { g_forced_bn = bn == 128 || bn == 256 ? bn : 0; }
+
+extern "C" void gemm_fused_force_cluster(int cl) { g_forced_cl = cl == 1 || cl == 2 ? cl : 0; }
+
+/* One CTA per cluster unless forced: the pairs sharing W's loads were no
+ * faster at 256-wide tiles on an H100 (34816 rows: 0.514 ms either way;
+ * 3072 rows: 0.061 against 0.054 ms), so W's L2 traffic is not what limits
+ * this kernel (docs/cuda.md). */
+extern "C" int gemm_fused_cluster(int M, int N)
+{
+    (void)M, (void)N;
+    return g_forced_cl ? g_forced_cl : 1;
+}
 
 /* 256-wide tiles once they fill the GPU (132 SMs) at least once; below, the
  * 128-wide ones double the CTAs. */
@@ -332,13 +428,6 @@ extern "C" int gemm_fused_cuda(int M, int N, int K, const bf16_t *A, int lda, co
         rc = tma::encode_matrix(&a.tw, W, (uint64_t)K, (uint64_t)N, (uint64_t)ldw, BK);
     if (!rc)
         rc = tma::encode_matrix(&a.tc, C, (uint64_t)M, (uint64_t)N, (uint64_t)ldc, BM);
-    if (!rc && !g_sms) {
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e == cudaSuccess)
-            e = cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev);
-        rc = (int)e;
-    }
     if (rc)
         return rc;
     if (epi) {
@@ -347,5 +436,8 @@ extern "C" int gemm_fused_cuda(int M, int N, int K, const bf16_t *A, int lda, co
             a.pg = *epi->pages;
     }
     cudaStream_t s = (cudaStream_t)stream;
-    return gemm_fused_tile_n(M, N) == 256 ? launch<256>(a, s) : launch<128>(a, s);
+    const bool wide = gemm_fused_tile_n(M, N) == 256;
+    if (gemm_fused_cluster(M, N) == 2)
+        return wide ? launch<256, 2>(a, s) : launch<128, 2>(a, s);
+    return wide ? launch<256, 1>(a, s) : launch<128, 1>(a, s);
 }

@@ -72,6 +72,12 @@ int gemm_fused_cuda(int M, int N, int K, const bf16_t *A, int lda, const bf16_t 
 int gemm_fused_tile_n(int M, int N);
 void gemm_fused_force_bn(int bn);
 
+/* CTAs per cluster a call takes (1, or 2: pairs of row blocks sharing W's
+ * loads by TMA multicast); gemm_fused_force_cluster(1 or 2) forces it,
+ * gemm_fused_force_cluster(0) returns to the automatic choice. */
+int gemm_fused_cluster(int M, int N);
+void gemm_fused_force_cluster(int cl);
+
 #ifdef __cplusplus
 }
 #endif

@@ -201,6 +201,23 @@ __device__ __forceinline__ uint32_t cluster_addr(uint32_t a, int rank)
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
     return r;
 }
+/* This CTA's rank in its cluster. */
+__device__ __forceinline__ uint32_t cluster_ctarank()
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+/* Arrives on the mbarrier at offset a of CTA `rank`'s shared memory, with
+ * the default release at CTA scope: enough to hand a buffer back to TMA
+ * (a cluster-scope release costs a fence on every arrival). */
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t a, int rank)
+{
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr(a, rank)) : "memory");
+}
+/* Makes mbarrier initialisations visible to the cluster's other CTAs (before
+ * the cluster barrier that precedes their first remote use). */
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 /* Tensor-memory-accelerator loads: the box of the tensor map (a
  * __grid_constant__ kernel parameter, see tma.cuh) at element coordinates
  * c0 (innermost), c1 into shared memory at dst (1024-byte aligned for
@@ -211,6 +228,17 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void *map, uint3
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, "
                  "%4}], [%2];\n" ::"r"(dst),
                  "l"(map), "r"(bar), "r"(c0), "r"(c1)
+                 : "memory");
+}
+/* The same with multicast: the box lands at offset dst of the shared memory
+ * of every CTA of the cluster whose bit is set in mask, and counts on the
+ * mbarrier at offset bar of each of them. */
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void *map, uint32_t bar, int c0, int c1,
+                                                      uint16_t mask)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+                 "[%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(dst),
+                 "l"(map), "r"(bar), "r"(c0), "r"(c1), "h"(mask)
                  : "memory");
 }
 /* TMA store: the box at (c0, c1) of the tensor map from shared memory at src
