@@ -223,9 +223,10 @@ typedef struct hstu_cache_stats {
     uint64_t graph_runs, graph_captures, eager_runs;
     /* CUDA forwards: how many, host time inside the backend, GPU time from
      * the first copy to the last kernel; host time beyond the GPU's is
-     * launch and staging work the GPU waited for */
+     * launch and staging work the GPU waited for. gpu_stage_ms: the part of
+     * gpu_busy_ms spent packing the batch's metadata on the host */
     uint64_t gpu_forwards;
-    double gpu_host_ms, gpu_busy_ms;
+    double gpu_host_ms, gpu_busy_ms, gpu_stage_ms;
 } hstu_cache_stats;
 
 void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s);

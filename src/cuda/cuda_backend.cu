@@ -1015,14 +1015,41 @@ static hstu_status head_retrieval(cuda_backend *cb, user_plan *plans, int B, con
     return HSTU_OK;
 }
 
-/* Embedding-table row of sequence row `row` (history) of a ranking user. */
-static int ranking_row(const cuda_backend *cb, const hstu_request *r, int row)
+/* The embedding-table rows and positions of one user's history rows
+ * [c, hist), into row[0..) and pos[0..). Retrieval's rows are its items;
+ * ranking's are its context features, then item and action in turns (the
+ * pairs written two at a time: at a batch of eight 4096-token users this
+ * loop is on the forward's critical path, the GPU waiting for it). */
+static void pack_history(const cuda_backend *cb, const hstu_request *r, bool retr, int c, int hist, int max_pos,
+                         int *row, int *pos)
 {
-    int k = cb->model->cfg.n_context;
-    if (row < k)
-        return (int)(cb->ctx_off[row] + r->context[row]);
-    int t = row - k;
-    return t % 2 == 0 ? (int)r->items[t / 2] : (int)(cb->action_off + r->actions[t / 2]);
+    int i = c;
+    if (retr) {
+        for (; i < hist; i++)
+            row[i - c] = (int)r->items[i];
+    } else {
+        const int k = cb->model->cfg.n_context, act = (int)cb->action_off;
+        for (; i < hist && i < k; i++)
+            row[i - c] = (int)(cb->ctx_off[i] + r->context[i]);
+        if (i < hist && (i - k) % 2) { /* starts on an action */
+            row[i - c] = act + (int)r->actions[(i - k) / 2];
+            i++;
+        }
+        const int64_t *items = r->items + (i - k) / 2, *actions = r->actions + (i - k) / 2;
+        int *out = row + (i - c);
+        const int pairs = (hist - i) / 2;
+        for (int j = 0; j < pairs; j++) {
+            out[2 * j] = (int)items[j];
+            out[2 * j + 1] = act + (int)actions[j];
+        }
+        i += 2 * pairs;
+        if (i < hist) /* ends on an item */
+            row[i - c] = (int)r->items[(i - k) / 2];
+    }
+    for (i = c; i < hist && i < max_pos; i++)
+        pos[i - c] = i;
+    for (; i < hist; i++)
+        pos[i - c] = max_pos;
 }
 
 /* The layer graphs of bucket (Bg, Tg, ap->splits), captured on first use
@@ -1160,6 +1187,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         return st;
     if ((st = ck(cudaEventRecord(cb->ev_fwd_start, cb->stream), "cudaEventRecord", err)) != HSTU_OK)
         return st;
+    const double t_stage = core_now_s();
 
     /* CUDA graphs: the layer stack of this (batch, tokens) bucket, padded. */
     int Bg = 0, Tg = 0;
@@ -1218,12 +1246,13 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         user_plan *p = &plans[b];
         const hstu_request *r = p->req;
         int c = p->c, q0 = p->q0;
-        for (int i = c; i < p->hist; i++) {
-            sg.tok_row[q0 + i - c] = retr ? (int)r->items[i] : ranking_row(cb, r, i);
-            sg.tok_pos[q0 + i - c] = i < max_pos ? i : max_pos;
+        pack_history(cb, r, retr, c, p->hist, max_pos, sg.tok_row + q0, sg.tok_pos + q0);
+        for (int i = c; i < p->paged;) { /* page by page */
+            const int64_t base = (int64_t)kc->page_idx[p->page0 + i / P] * P - (i / P) * P;
+            const int end = (i / P + 1) * P < p->paged ? (i / P + 1) * P : p->paged;
+            for (; i < end; i++)
+                sg.row_slot[q0 + i - c] = base + i;
         }
-        for (int i = c; i < p->paged; i++)
-            sg.row_slot[q0 + i - c] = (int64_t)kc->page_idx[p->page0 + i / P] * P + i % P;
         int cq = q0 + p->hist - c; /* dense row of the first candidate */
         int cpos = p->hist < max_pos ? p->hist : max_pos; /* every candidate sits at position h */
         for (int i = 0; i < p->cand; i++) {
@@ -1281,6 +1310,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
                                      cudaMemcpyHostToDevice, s),
                      "metadata copy", err)) != HSTU_OK)
             return st;
+    cb->ctr.stage_ms += (core_now_s() - t_stage) * 1e3;
     cb->onload_pending = n_onload > 0;
     if (n_onload > 0 && (st = start_onload(cb, &sg, n_onload, err)) != HSTU_OK)
         return st;

@@ -79,6 +79,7 @@ typedef struct cuda_cache_counters {
      * their difference is host work the GPU waited for. */
     uint64_t forwards;
     double forward_ms, gpu_ms;
+    double stage_ms; /* host time packing and sending the metadata (inside gpu_ms: the GPU waits for it) */
 } cuda_cache_counters;
 
 /* True when this build has CUDA and a device is usable; otherwise writes

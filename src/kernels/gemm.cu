@@ -26,6 +26,7 @@
 #define GEMM_CACHE 256 /* exact shapes remembered; a forward uses fewer than 10 per batch size */
 #define GEMM_TUNED 64  /* tuned (shape, M) choices */
 #define TUNE_ALGOS 8   /* candidates timed per tuned shape */
+#define TUNE_ROUNDS 6  /* rounds over the candidates (the first warms up) */
 
 typedef struct gemm_key {
     int M, N, K, lda, ldb, ldc, b_trans, c_f32, epi, beta_nonzero;
@@ -268,30 +269,38 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
         cudaEventDestroy(e0);
         return fail(why, n, "cudaEventCreate failed", -1);
     }
-    float alpha = 1.0f, best_ms = 1e30f;
-    int best = 0;
+    float alpha = 1.0f, fastest[TUNE_ALGOS];
+    int ok[TUNE_ALGOS];
+    for (int i = 0; i < found; i++)
+        fastest[i] = 1e30f, ok[i] = 1;
     /* With a cold region, each run reads its B from the next slice of it,
      * so that B comes from DRAM as the layer's weights do in a forward. */
     size_t b_bytes = ((size_t)(b_trans ? N : K) * (size_t)ldb * 2 + 255) & ~(size_t)255;
     size_t slices = g->cold && b_bytes ? g->cold_bytes / b_bytes : 0, next = 0;
-    for (int i = 0; i < found; i++) {
-        /* one warm-up, then the fastest of three (noise only ever adds time) */
-        float ms_min = 1e30f;
-        int ok = 1;
-        for (int rep = 0; rep < 4 && ok; rep++) {
+    /* Round by round, each round timing every candidate once: a GPU whose
+     * clock is still ramping up (it idles before create) slows every
+     * candidate alike instead of the first ones timed, which made the
+     * choice at the largest M differ from process to process by up to 6%.
+     * Round 0 warms up; each candidate keeps its fastest time (noise only
+     * ever adds time). */
+    for (int rep = 0; rep < TUNE_ROUNDS; rep++)
+        for (int i = 0; i < found; i++) {
+            if (!ok[i])
+                continue;
             const void *b = slices >= 2 ? (const void *)(g->cold + (next++ % slices) * b_bytes) : (const void *)B;
             cudaEventRecord(e0, st);
-            ok = cublasLtMatmul(g->lt, c.desc, &alpha, b, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &res[i].algo,
-                                g->d_workspace, g->workspace_bytes, st) == CUBLAS_STATUS_SUCCESS;
+            ok[i] = cublasLtMatmul(g->lt, c.desc, &alpha, b, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &res[i].algo,
+                                   g->d_workspace, g->workspace_bytes, st) == CUBLAS_STATUS_SUCCESS;
             cudaEventRecord(e1, st);
             float ms = 0;
-            if (ok && cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess &&
-                rep > 0 && ms < ms_min)
-                ms_min = ms;
+            if (ok[i] && cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess &&
+                rep > 0 && ms < fastest[i])
+                fastest[i] = ms;
         }
-        if (ok && ms_min < best_ms)
-            best_ms = ms_min, best = i;
-    }
+    int best = 0;
+    for (int i = 1; i < found; i++)
+        if (ok[i] && (!ok[best] || fastest[i] < fastest[best]))
+            best = i;
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     cudaError_t ce = cudaGetLastError();

@@ -48,7 +48,8 @@ int gemm_cuda_run(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, c
 
 /* Times cuBLASLt's candidate algorithms (up to 8) for this call's shape on
  * these buffers and remembers the fastest for every later call of the same
- * shape whose nearest tuned M (by ratio) is this M. Runs the GEMM some 30 times
+ * shape whose nearest tuned M (by ratio) is this M. Runs the GEMM some 50 times
+ * (six rounds over the candidates, the first a warm-up)
  * and synchronises the stream: for setup time, on scratch buffers (C is
  * overwritten, or accumulated into when beta != 0). Fill the inputs with
  * realistic (random) values: GEMMs on zeros run faster than on data. */

@@ -499,6 +499,7 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->gpu_forwards = cc.forwards;
         s->gpu_host_ms = cc.forward_ms;
         s->gpu_busy_ms = cc.gpu_ms;
+        s->gpu_stage_ms = cc.stage_ms;
     }
     if (e->kv) {
         kv_stats ks;
