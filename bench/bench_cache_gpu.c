@@ -25,7 +25,9 @@
  * --profile B L C runs only one block case (batch B, history L, C cached),
  * warm, then once between cudaProfilerStart and cudaProfilerStop: for
  * `ncu --profile-from-start off`, which then times each kernel of that one
- * forward (scripts/gpu_profile.sh).
+ * forward (PROFILE in scripts/gpu_check.sh). With HSTU_CUDA_PDL=0 in the
+ * environment it runs with programmatic dependent launch off, as any engine
+ * would; the line it prints says which.
  *
  * Build: scripts/gpu_pack.sh.
  * --attention runs part 0 only (the attention alone, with its split-KV
@@ -36,6 +38,7 @@
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/gemm_cuda.h"
+#include "kernels/pdl_cuda.h"
 #include "model/engine.h"
 
 #include <cuda_profiler_api.h>
@@ -306,10 +309,11 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
     cudaProfilerStart();
     float ms = timed_run(e, q, res, B);
     cudaProfilerStop();
-    printf("profile: batch %d, history %d, cached %d, graphs %s: median %.3f ms warm (mean per forward: backend "
-           "host %.3f ms, GPU %.3f ms of which metadata packing %.3f ms), %.3f ms profiled\n",
-           B, L, c, g_graphs ? "on" : "off", median(t, 20), (s1.gpu_host_ms - s0.gpu_host_ms) / nf,
-           (s1.gpu_busy_ms - s0.gpu_busy_ms) / nf, (s1.gpu_stage_ms - s0.gpu_stage_ms) / nf, ms);
+    printf("profile: batch %d, history %d, cached %d, graphs %s, PDL %s: median %.3f ms warm (mean per forward: "
+           "backend host %.3f ms, GPU %.3f ms of which metadata packing %.3f ms), %.3f ms profiled\n",
+           B, L, c, g_graphs ? "on" : "off", cuda_pdl_on() ? "on" : "off", median(t, 20),
+           (s1.gpu_host_ms - s0.gpu_host_ms) / nf, (s1.gpu_busy_ms - s0.gpu_busy_ms) / nf,
+           (s1.gpu_stage_ms - s0.gpu_stage_ms) / nf, ms);
     hstu_engine_destroy(e);
 }
 

@@ -27,6 +27,7 @@
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
+#include "kernels/pdl_cuda.h"
 
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
@@ -543,18 +544,26 @@ int main(int argc, char **argv)
     hstu_engine *e = NULL;
     if (hstu_engine_create(m, &eo, &e, &err) != HSTU_OK)
         die("engine", err.msg);
-    /* Engines with the backend's other settings (read from the environment
-     * at create), timed beside the default on the 4096+256 cases. */
-    static const char *var_name[] = {"fp32 residual (HSTU_CUDA_RESIDUAL=f32)",
-                                     "fused uvqk GEMM (HSTU_CUDA_FUSED_GEMM=1)"};
-    static const char *var_env[][2] = {{"HSTU_CUDA_RESIDUAL", "f32"}, {"HSTU_CUDA_FUSED_GEMM", "1"}};
+    /* Engines with the backend's other settings, timed beside the default on
+     * the 4096+256 cases: a variable the backend reads at create (var_env,
+     * set around the engine's create), or the programmatic dependent launch
+     * switch (var_pdl: 0 or 1, -1 leaves it), which every launch reads, so
+     * it is set around the variant's runs (where its graphs are captured)
+     * through cuda_pdl_set; HSTU_CUDA_PDL is read once per process. */
+    static const char *var_name[] = {"fp32 residual (HSTU_CUDA_RESIDUAL=f32)", "fused uvqk GEMM (HSTU_CUDA_FUSED_GEMM=1)",
+                                     "PDL off (HSTU_CUDA_PDL=0)"};
+    static const char *var_env[][2] = {{"HSTU_CUDA_RESIDUAL", "f32"}, {"HSTU_CUDA_FUSED_GEMM", "1"}, {NULL, NULL}};
+    static const int var_pdl[] = {-1, -1, 0};
     enum { N_VAR = sizeof var_name / sizeof var_name[0] };
+    const int pdl = cuda_pdl_on(); /* the default engine's setting */
     hstu_engine *ev[N_VAR];
     for (int v = 0; v < N_VAR; v++) {
-        setenv(var_env[v][0], var_env[v][1], 1);
+        if (var_env[v][0])
+            setenv(var_env[v][0], var_env[v][1], 1);
         if (hstu_engine_create(m, &eo, &ev[v], &err) != HSTU_OK)
             die("engine", err.msg);
-        unsetenv(var_env[v][0]);
+        if (var_env[v][0])
+            unsetenv(var_env[v][0]);
     }
 
     int max_items = hist_tokens[2] / 2;
@@ -661,7 +670,10 @@ int main(int argc, char **argv)
                 continue;
             for (int v = 0; v < N_VAR; v++) {
                 engine_arg va = {ev[v], reqs, res, B};
+                if (var_pdl[v] >= 0)
+                    cuda_pdl_set(var_pdl[v]);
                 float vms = time_median(run_engine, &va, s, warmup, iters);
+                cuda_pdl_set(pdl);
                 nvar[bi] += snprintf(variants[bi] + nvar[bi], sizeof variants[bi] - nvar[bi],
                                      "  %-40s %8.3f ms (default %.3f ms)\n", var_name[v], vms, ms);
             }
@@ -694,8 +706,8 @@ int main(int argc, char **argv)
     printf("\n%s\n%s", detail[0], detail[1]);
     for (int bi = 0; bi < 2; bi++)
         if (nvar[bi])
-            printf("\nbatch %d, %d+%d tokens, other settings, whole forward:\n%s", batches[bi], hist_tokens[2], CANDS,
-                   variants[bi]);
+            printf("\nbatch %d, %d+%d tokens, other settings, whole forward (default: PDL %s):\n%s", batches[bi],
+                   hist_tokens[2], CANDS, pdl ? "on" : "off", variants[bi]);
     if (!quick) {
         printf("\ncuBLASLt algorithms (row-major C[M,N] = A[M,K] @ B[K,N]):\n");
         int Ms[2] = {MAX_B * (hist_tokens[2] + CANDS), hist_tokens[2] + CANDS};

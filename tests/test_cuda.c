@@ -7,7 +7,9 @@
  * - the whole model: an engine with backend cuda against the reference
  *   engine on random models of both families (two small rankings, one small
  *   retrieval, the kuairand-1k preset with shorter histories), jagged batches
- *   with 0- and 1-item histories and the maxima.
+ *   with 0- and 1-item histories and the maxima;
+ * - programmatic dependent launch (src/kernels/pdl.cuh) off, then on: the
+ *   whole model, with and without the KV cache, to the same rule both ways.
  *
  * Tolerance (spec 5, docs/numerics.md): a bf16 result's error against the
  * fp32 reference must be at most 2x the error of the same math done in bf16
@@ -59,12 +61,15 @@
       test_cache_ranking)                                                                         \
     X("cuda: engine vs reference, GPU KV cache + host tier, retrieval (churn, rewrites)",          \
       test_cache_retrieval)                                                                       \
-    X("cuda: engine vs reference, GPU KV cache, onload all layers first, no CUDA graphs", test_cache_no_overlap)
+    X("cuda: engine vs reference, GPU KV cache, onload all layers first, no CUDA graphs",         \
+      test_cache_no_overlap)                                                                      \
+    X("cuda: engine vs reference, programmatic dependent launch off, then on", test_model_pdl)
 
 #ifdef HSTU_HAVE_CUDA
 
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
+#include "kernels/pdl_cuda.h"
 #include "kernels/topk_cuda.h"
 #include "kvcache/kv_cuda.h"
 
@@ -1320,6 +1325,29 @@ static void test_cache_no_overlap(void)
     hstu_config c;
     parse(ranking_json, &c);
     cache_vs_full(&c, g_small ? 4 : 30, false, false);
+}
+
+/* Programmatic dependent launch off, then on (cuda_pdl_set), each setting
+ * with its own engines, created, captured and run under it: the switch is
+ * read at each launch and a CUDA graph keeps what it was captured with. A
+ * kernel touching memory before its pdl_wait could race only with PDL on;
+ * the run with it off tells such a failure from the model's. Every other
+ * case runs with the process's setting (on unless HSTU_CUDA_PDL=0). */
+static void test_model_pdl(void)
+{
+    const int was = cuda_pdl_on();
+    for (int on = 0; on < 2 && !t_case_failed(); on++) {
+        cuda_pdl_set(on);
+        printf("    PDL %s:\n", on ? "on" : "off");
+        hstu_config c;
+        parse(ranking_json, &c);
+        model_vs_ref(&c, HSTU_BACKEND_REF, g_small ? 2 : 4, 8);
+        parse(retrieval_json, &c);
+        model_vs_ref(&c, HSTU_BACKEND_REF, g_small ? 2 : 4, 8);
+        parse(ranking_json, &c);
+        cache_vs_full(&c, g_small ? 4 : 20, true, true);
+    }
+    cuda_pdl_set(was);
 }
 
 static void test_unsupported(void)

@@ -31,6 +31,8 @@
  *     next tile's Q K^T in flight while this tile's SiLU runs, and the two
  *     computing warpgroups taking turns on the tensor cores. About 1.8x the
  *     mma.sync kernel and 1.1x the plain wgmma one (docs/attention_cuda.md).
+ * Each is launched with programmatic dependent launch when it is on
+ * (pdl.cuh) and waits for the kernel before it ahead of everything else.
  * All keep tiles in shared memory in the 128-byte-swizzled layout that
  * wgmma reads (64-column blocks, 16-byte chunks XOR the row), loaded with
  * cp.async. Head widths are padded to 64, 128 or 256 with zero-filled
@@ -48,6 +50,7 @@
  * the GPU's buckets equal the reference's (the test checks the table).
  */
 #include "kernels/attention_cuda.h"
+#include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
 
 #include <cuda_bf16.h>
@@ -632,6 +635,8 @@ __global__ void __launch_bounds__(NTHREADS, 1) attn_mma_kernel(const attn_cuda_p
 {
     extern __shared__ uint8_t smem_raw[];
     __shared__ unsigned long long s_thr[THR_N];
+    pdl_wait(); /* before blk_init's first read (pdl.cuh; see attn_ws_kernel) */
+    pdl_trigger();
     Blk k;
     if (!blk_init(k, p)) /* never split (gridDim.z == 1): every row block has tiles */
         return;
@@ -795,6 +800,8 @@ __global__ void __launch_bounds__(NTHREADS, 1) attn_wgmma_kernel(const attn_cuda
 {
     extern __shared__ uint8_t smem_raw[];
     __shared__ unsigned long long s_thr[THR_N];
+    pdl_wait(); /* before blk_init's first read (pdl.cuh; see attn_ws_kernel) */
+    pdl_trigger();
     Blk k;
     if (!blk_init(k, p)) /* never split (gridDim.z == 1): every row block has tiles */
         return;
@@ -922,6 +929,14 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
     __shared__ int s_empty; /* split-KV: this CTA's split has no tile */
     static_assert(part_bytes<D>() + 1024 <= ws_smem_bytes<D>(), "the split part fits over Q, K and V");
     static_assert(BM * (D + 8) * 2 + 1024 <= ws_smem_bytes<D>(), "the staged output fits over Q, K and V");
+    /* Programmatic dependent launch (pdl.cuh): all 384 threads wait here,
+     * before the roles part and before any global access (the trace stamp,
+     * blk_init's read of the sequences, the tile loads, the stores, the
+     * path of a split with no tile), then let the next kernel launch. Only
+     * the mbarrier init could go above the wait, and it is short next to
+     * what the overlap hides: the launch and the CTAs' start. */
+    pdl_wait();
+    pdl_trigger();
     if (threadIdx.x == 0)
         trace_stamp(p, ATTN_TRACE_START);
     Blk k;
@@ -1224,21 +1239,15 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     cudaStream_t s = (cudaStream_t)stream;
     if (S > 1 && ((p->H * p->Dv) % 4 || p->ld_out % 2))
         return (int)cudaErrorInvalidValue;
-    if (S == 1) {
-        fn<<<dim3((unsigned)(p->B * p->H), (unsigned)rb, 1u), threads, smem, s>>>(*p);
-        return (int)cudaGetLastError();
-    }
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = dim3((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S);
-    lc.blockDim = dim3((unsigned)threads);
-    lc.dynamicSmemBytes = (size_t)smem;
-    lc.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = 1;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = (unsigned)S;
-    lc.attrs = at;
-    lc.numAttrs = 1;
-    return (int)cudaLaunchKernelEx(&lc, fn, *p);
+    /* With programmatic dependent launch when it is on (pdl.cuh); a split
+     * launches its row blocks' CTAs as clusters of 1 x 1 x S. */
+    const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), block((unsigned)threads);
+    if (S == 1)
+        return (int)pdl_launch(fn, grid, block, (size_t)smem, s, *p);
+    cudaLaunchAttribute cluster = {};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = 1;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = (unsigned)S;
+    return (int)pdl_launch_attrs(fn, grid, block, (size_t)smem, s, &cluster, 1, *p);
 }

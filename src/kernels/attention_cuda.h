@@ -13,7 +13,10 @@
  * Supported head widths: Dqk and Dv multiples of 16, at most 256
  * (attn_cuda_supported says so for a config, with the reason).
  * Launches on `stream` and returns; errors of the launch are returned as a
- * cudaError_t value (0 = success) so the caller can report them.
+ * cudaError_t value (0 = success) so the caller can report them. With
+ * programmatic dependent launch on (pdl_cuda.h) the kernel may start before
+ * the previous one in the stream ends, and waits for it before touching
+ * memory: stream order holds.
  *
  * Alignment (checked; cudaErrorInvalidValue otherwise): q, k, v and pages
  * 16-byte aligned, ld_qkv, page_elems, k_off and v_off multiples of 8

@@ -9,8 +9,16 @@
  * vector path cannot take (width not a multiple of 8, more than 2048
  * elements, rows not 16-byte aligned) use a scalar path that reads the row
  * from memory once per pass; it exists for small odd models, not for speed.
+ *
+ * Every kernel is launched with programmatic dependent launch (pdl.cuh): it
+ * opens with pdl_wait and pdl_trigger, in every thread, before its first
+ * global access and before the early return of rows past the end. Each one
+ * first reads what earlier work in the stream wrote (row indices, the row
+ * itself), so there is no prologue to move above the wait: what overlaps
+ * the previous kernel is the launch and the CTAs' start.
  */
 #include "kernels/dense_cuda.h"
+#include "kernels/pdl.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -90,8 +98,6 @@ static int vec_chunks(int width, int ld0, int ld1, const void *p0, const void *p
             return nc;
     return 0;
 }
-
-static int finish(void) { return (int)cudaGetLastError(); }
 
 /* One warp per row, in blocks of up to ROWS_PER_BLOCK warps: fewer when the
  * rows are few, so that the blocks spread over at least ~2 x 132 SMs (a
@@ -199,6 +205,8 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
                      int ld_pos, const int *pos, float scale, X *x, int ldx, const float *w, const float *b,
                      float eps, bf16_t *xn, int ldxn)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int t = blockIdx.x * (blockDim.x / 32) + warp;
     if (t >= T)
@@ -247,6 +255,8 @@ template <typename X>
 __global__ void embed_any_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows,
                                  const bf16_t *pos_table, int ld_pos, const int *pos, float scale, X *x, int ldx)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int t = blockIdx.x * (blockDim.x / 32) + warp;
     if (t >= T)
@@ -276,23 +286,24 @@ static int embed_launch(int T, int width, const bf16_t *table, int ld_table, con
     if (w && (!aligned16(w) || !aligned16(b)))
         nc = 0;
 #define EMBED_ARGS T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, ldx, w, b, eps, xn, ldxn
+    cudaError_t e;
     switch (nc) {
-    case 1: embed_vec_kernel<X, 1><<<g, blk, 0, s>>>(EMBED_ARGS); break;
-    case 2: embed_vec_kernel<X, 2><<<g, blk, 0, s>>>(EMBED_ARGS); break;
-    case 4: embed_vec_kernel<X, 4><<<g, blk, 0, s>>>(EMBED_ARGS); break;
-    case 8: embed_vec_kernel<X, 8><<<g, blk, 0, s>>>(EMBED_ARGS); break;
+    case 1: e = pdl_launch(embed_vec_kernel<X, 1>, g, blk, 0, s, EMBED_ARGS); break;
+    case 2: e = pdl_launch(embed_vec_kernel<X, 2>, g, blk, 0, s, EMBED_ARGS); break;
+    case 4: e = pdl_launch(embed_vec_kernel<X, 4>, g, blk, 0, s, EMBED_ARGS); break;
+    case 8: e = pdl_launch(embed_vec_kernel<X, 8>, g, blk, 0, s, EMBED_ARGS); break;
     default:
-        embed_any_kernel<X><<<g, blk, 0, s>>>(T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, ldx);
+        e = pdl_launch(embed_any_kernel<X>, g, blk, 0, s, T, width, table, ld_table, rows, pos_table, ld_pos, pos,
+                       scale, x, ldx);
         if (xn) {
-            int rc = finish();
-            if (rc)
-                return rc;
+            if (e != cudaSuccess)
+                return (int)e;
             return layernorm_launch<X>(T, width, x, ldx, w, b, eps, xn, ldxn, s);
         }
         break;
     }
 #undef EMBED_ARGS
-    return finish();
+    return (int)e;
 }
 
 extern "C" int embed_ln_cuda(int T, int width, const bf16_t *table, int ld_table, const int *rows,
@@ -323,6 +334,8 @@ template <typename X, int NC>
 __global__ void layernorm_vec_kernel(int rows, int width, const X *x, int ldx, const float *w,
                                      const float *b, float eps, bf16_t *y, int ldy)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
@@ -349,6 +362,8 @@ template <typename X>
 __global__ void layernorm_any_kernel(int rows, int width, const X *x, int ldx, const float *w,
                                      const float *b, float eps, bf16_t *y, int ldy)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
@@ -382,14 +397,17 @@ static int layernorm_launch(int rows, int width, const X *x, int ldx, const floa
     int nc = vec_chunks(width, ldx, ldy, x, y);
     if (w && (!aligned16(w) || !aligned16(b)))
         nc = 0;
+#define LN_ARGS rows, width, x, ldx, w, b, eps, y, ldy
+    cudaError_t e;
     switch (nc) {
-    case 1: layernorm_vec_kernel<X, 1><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    case 2: layernorm_vec_kernel<X, 2><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    case 4: layernorm_vec_kernel<X, 4><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    case 8: layernorm_vec_kernel<X, 8><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
-    default: layernorm_any_kernel<X><<<g, blk, 0, s>>>(rows, width, x, ldx, w, b, eps, y, ldy); break;
+    case 1: e = pdl_launch(layernorm_vec_kernel<X, 1>, g, blk, 0, s, LN_ARGS); break;
+    case 2: e = pdl_launch(layernorm_vec_kernel<X, 2>, g, blk, 0, s, LN_ARGS); break;
+    case 4: e = pdl_launch(layernorm_vec_kernel<X, 4>, g, blk, 0, s, LN_ARGS); break;
+    case 8: e = pdl_launch(layernorm_vec_kernel<X, 8>, g, blk, 0, s, LN_ARGS); break;
+    default: e = pdl_launch(layernorm_any_kernel<X>, g, blk, 0, s, LN_ARGS); break;
     }
-    return finish();
+#undef LN_ARGS
+    return (int)e;
 }
 
 extern "C" int layernorm_cuda(int rows, int width, const float *x, int ldx, const float *w, const float *b,
@@ -416,6 +434,8 @@ template <bool APPEND>
 __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
                                      bias_silu_pages pg)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
@@ -463,6 +483,8 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
 
 __global__ void bias_silu_any_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on)
 {
+    pdl_wait();
+    pdl_trigger();
     size_t n = (size_t)rows * width;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         int r = (int)(i / width), c = (int)(i % width);
@@ -485,21 +507,24 @@ extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const flo
             pg->k_off % VEC || pg->v_off % VEC || pg->P < 1 || !aligned16(pg->pool))
             return (int)cudaErrorInvalidValue;
     }
+    cudaError_t e;
     if (vec) {
         dim3 g(row_grid(rows).x, (unsigned)((width + BS_COLS - 1) / BS_COLS));
         if (pages)
-            bias_silu_vec_kernel<true><<<g, row_block(rows), 0, s>>>(rows, width, x, ldx, bias, silu_on, *pages);
+            e = pdl_launch(bias_silu_vec_kernel<true>, g, row_block(rows), 0, s, rows, width, x, ldx, bias, silu_on,
+                           *pages);
         else
-            bias_silu_vec_kernel<false>
-                <<<g, row_block(rows), 0, s>>>(rows, width, x, ldx, bias, silu_on, bias_silu_pages{});
+            e = pdl_launch(bias_silu_vec_kernel<false>, g, row_block(rows), 0, s, rows, width, x, ldx, bias,
+                           silu_on, bias_silu_pages{});
     } else {
         /* Enough blocks to fill the GPU several times over; the loop takes the rest. */
         size_t blocks = ((size_t)rows * width + 255) / 256;
         if (blocks > 132 * 32)
             blocks = 132 * 32;
-        bias_silu_any_kernel<<<(unsigned)blocks, 256, 0, s>>>(rows, width, x, ldx, bias, silu_on);
+        e = pdl_launch(bias_silu_any_kernel, dim3((unsigned)blocks), dim3(256), 0, s, rows, width, x, ldx, bias,
+                       silu_on);
     }
-    return finish();
+    return (int)e;
 }
 
 /* ---- y = SiLU(u + ubias) * LN(a) -------------------------------------- */
@@ -512,6 +537,8 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
     ln_mul_vec_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
                       const float *w, const float *b, float eps, bf16_t *y, int ldy)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
@@ -550,6 +577,8 @@ __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda,
                                   const float *ubias, const float *w, const float *b, float eps, bf16_t *y,
                                   int ldy)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
     if (r >= rows)
@@ -587,14 +616,17 @@ extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const 
     int nc = vec_chunks(width, lda, ldy, a, y);
     if (ldu % VEC || !aligned16(u) || (ubias && !aligned16(ubias)) || (w && (!aligned16(w) || !aligned16(b))))
         nc = 0;
+#define LN_MUL_ARGS rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy
+    cudaError_t e;
     switch (nc) {
-    case 1: ln_mul_vec_kernel<1><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
-    case 2: ln_mul_vec_kernel<2><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
-    case 4: ln_mul_vec_kernel<4><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
-    case 8: ln_mul_vec_kernel<8><<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
-    default: ln_mul_any_kernel<<<g, blk, 0, s>>>(rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy); break;
+    case 1: e = pdl_launch(ln_mul_vec_kernel<1>, g, blk, 0, s, LN_MUL_ARGS); break;
+    case 2: e = pdl_launch(ln_mul_vec_kernel<2>, g, blk, 0, s, LN_MUL_ARGS); break;
+    case 4: e = pdl_launch(ln_mul_vec_kernel<4>, g, blk, 0, s, LN_MUL_ARGS); break;
+    case 8: e = pdl_launch(ln_mul_vec_kernel<8>, g, blk, 0, s, LN_MUL_ARGS); break;
+    default: e = pdl_launch(ln_mul_any_kernel, g, blk, 0, s, LN_MUL_ARGS); break;
     }
-    return finish();
+#undef LN_MUL_ARGS
+    return (int)e;
 }
 
 /* ---- gather + L2 normalisation ---------------------------------------- */
@@ -603,6 +635,8 @@ extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const 
 template <typename X>
 __global__ void gather_l2norm_kernel(int n, int width, const X *x, int ldx, const int *rows, bf16_t *y, int ldy)
 {
+    pdl_wait();
+    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int i = blockIdx.x * (blockDim.x / 32) + warp;
     if (i >= n)
@@ -625,9 +659,8 @@ extern "C" int gather_l2norm_cuda(int n, int width, const float *x, int ldx, con
 {
     if (n <= 0)
         return 0;
-    gather_l2norm_kernel<float><<<row_grid(n), row_block(n), 0, (cudaStream_t)stream>>>(n, width, x, ldx,
-                                                                                             rows, y, ldy);
-    return finish();
+    return (int)pdl_launch(gather_l2norm_kernel<float>, row_grid(n), row_block(n), 0, (cudaStream_t)stream, n, width,
+                           x, ldx, rows, y, ldy);
 }
 
 extern "C" int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ldx, const int *rows, bf16_t *y,
@@ -635,7 +668,6 @@ extern "C" int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ld
 {
     if (n <= 0)
         return 0;
-    gather_l2norm_kernel<bf16_t><<<row_grid(n), row_block(n), 0, (cudaStream_t)stream>>>(n, width, x, ldx,
-                                                                                              rows, y, ldy);
-    return finish();
+    return (int)pdl_launch(gather_l2norm_kernel<bf16_t>, row_grid(n), row_block(n), 0, (cudaStream_t)stream, n, width,
+                           x, ldx, rows, y, ldy);
 }

@@ -8,7 +8,10 @@
  * tensors are passed as raw bits (bf16_t). All pointers are device memory,
  * row-major with an explicit row stride (ld*, in elements). Each call
  * launches on `stream` (a cudaStream_t, NULL = the default stream) and
- * returns a cudaError_t (0 = launched), checked after the launch.
+ * returns a cudaError_t (0 = launched), checked after the launch. With
+ * programmatic dependent launch on (pdl_cuda.h) a kernel may start before
+ * the previous one in the stream ends, and waits for it before touching
+ * memory: stream order holds.
  *
  * Rows are processed one warp per row. When a row is at most 2048 elements,
  * its width a multiple of 8 and its rows 16-byte aligned, the warp holds the

@@ -16,9 +16,11 @@
  *      (key, ~id) pairs orders them: score descending, then id ascending.
  * Histogram increments are aggregated per warp (__match_any_sync): scores of
  * one user share few leading bytes, and plain shared atomics would
- * serialise on those bins.
+ * serialise on those bins. Launched with programmatic dependent launch
+ * (pdl.cuh): the kernel waits for the scores GEMM before anything else.
  */
 #include "kernels/topk_cuda.h"
+#include "kernels/pdl.cuh"
 
 #include <cub/block/block_scan.cuh>
 #include <cuda_runtime.h>
@@ -49,6 +51,8 @@ __global__ void __launch_bounds__(THREADS) topk_kernel(topk_cuda_params p)
     __shared__ int s_remaining, s_keff, s_take_all, s_gt, s_eq_base;
     __shared__ unsigned long long sorted[TOPK_CUDA_SORT_MAX];
 
+    pdl_wait(); /* the scores and the exclusion lists come from earlier work in the stream */
+    pdl_trigger();
     const int b = blockIdx.x, tid = threadIdx.x, lane = tid % 32;
     const int n = p.n_items;
     float *row = p.scores + (size_t)b * p.ld;
@@ -190,8 +194,7 @@ extern "C" int topk_cuda(const topk_cuda_params *p, void *stream)
 {
     if (p->B <= 0)
         return 0;
-    topk_kernel<<<p->B, THREADS, 0, (cudaStream_t)stream>>>(*p);
-    return (int)cudaGetLastError();
+    return (int)pdl_launch(topk_kernel, dim3((unsigned)p->B), dim3(THREADS), 0, (cudaStream_t)stream, *p);
 }
 
 /* ---- host sort for long results ---------------------------------------- */

@@ -12,7 +12,9 @@
  * (topk_cuda_sort_host), since a k that large is rare and its copy dominates.
  *
  * All pointers are device memory except where said. Launches on `stream`
- * and returns a cudaError_t (0 = launched).
+ * and returns a cudaError_t (0 = launched); with programmatic dependent
+ * launch on (pdl_cuda.h) the kernel may start before the previous one in
+ * the stream ends, and waits for it before touching memory.
  */
 #ifndef HSTU_KERNELS_TOPK_CUDA_H
 #define HSTU_KERNELS_TOPK_CUDA_H
