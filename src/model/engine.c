@@ -342,8 +342,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         p->key0 = key_off;
         if (!e->kv)
             continue;
-        for (int i = 0; i < p->cacheable; i++)
-            e->keys[key_off + i] = forward_row_key(cfg, r, i);
+        forward_row_keys(cfg, r, p->cacheable, e->keys + key_off);
         key_off += p->cacheable;
         /* A lookup may drop a rewritten entry, whose pages an offload may
          * still be reading: let that offload land first (rare). */
@@ -520,8 +519,7 @@ void engine_cache_set(hstu_engine *e, const hstu_request *r, int device_rows, in
         return;
     offload_reap(e, true);
     int n = device_rows > host_rows ? device_rows : host_rows;
-    for (int i = 0; i < n; i++)
-        e->keys[i] = forward_row_key(&e->model->cfg, r, i);
+    forward_row_keys(&e->model->cfg, r, n, e->keys);
     kv_commit(e->kv, r->user_id, device_rows, e->keys);
     if (e->ht)
         ht_trim(e->ht, r->user_id, host_rows, e->keys);

@@ -78,7 +78,8 @@ void forward_run(hstu_engine *e, user_plan *plans, int B, bool logits);
  * gives the keys). Waits for the offloads in flight first. */
 void engine_cache_set(hstu_engine *e, const hstu_request *r, int device_rows, int host_rows);
 
-/* The key of one cacheable row (what its K/V depend on beyond earlier rows). */
-uint64_t forward_row_key(const hstu_config *cfg, const hstu_request *r, int row);
+/* The keys of a request's first n cacheable rows (what each row's K/V
+ * depend on beyond earlier rows), into keys[0..n). */
+void forward_row_keys(const hstu_config *cfg, const hstu_request *r, int n, uint64_t *keys);
 
 #endif

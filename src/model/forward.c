@@ -26,18 +26,28 @@ static inline uint64_t table_key(uint64_t table, int64_t id)
     return u >> 32 ? rng_mix64(rng_mix64(u) ^ table) : table << 32 | u;
 }
 
-uint64_t forward_row_key(const hstu_config *cfg, const hstu_request *r, int row)
+void forward_row_keys(const hstu_config *cfg, const hstu_request *r, int n, uint64_t *keys)
 {
     if (cfg->family == HSTU_FAMILY_RANKING) {
-        int k = cfg->n_context;
-        if (row < k)
-            return table_key((uint64_t)row + 1, r->context[row]); /* context j */
-        int t = row - k;
-        return t % 2 == 0 ? table_key(1000, r->items[t / 2]) : table_key(1001, r->actions[t / 2]);
+        /* context j, then item and action in turns (two rows a step: this
+         * runs over every user's whole history on each request) */
+        const int k = cfg->n_context < n ? cfg->n_context : n, pairs = (n - k) / 2;
+        for (int j = 0; j < k; j++)
+            keys[j] = table_key((uint64_t)j + 1, r->context[j]);
+        uint64_t *out = keys + k;
+        for (int j = 0; j < pairs; j++) {
+            out[2 * j] = table_key(1000, r->items[j]);
+            out[2 * j + 1] = table_key(1001, r->actions[j]);
+        }
+        if ((n - k) % 2)
+            keys[n - 1] = table_key(1000, r->items[pairs]);
+        return;
     }
-    /* Retrieval: row r's K/V depend on its item, its time and the next row's time. */
-    uint64_t a = (uint64_t)r->items[row], b = (uint64_t)r->timestamps[row], c = (uint64_t)r->timestamps[row + 1];
-    return rng_mix64(rng_mix64(rng_mix64(a) ^ b) ^ c);
+    /* Retrieval: row i's K/V depend on its item, its time and the next row's time. */
+    for (int i = 0; i < n; i++) {
+        uint64_t a = (uint64_t)r->items[i], b = (uint64_t)r->timestamps[i], c = (uint64_t)r->timestamps[i + 1];
+        keys[i] = rng_mix64(rng_mix64(rng_mix64(a) ^ b) ^ c);
+    }
 }
 
 /* Embedding row of user sequence row `row` (history) or candidate `j`. */
