@@ -280,6 +280,24 @@ __global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_co
         cluster_sync(); /* and until the peer's last arrivals on this CTA's barriers */
 }
 
+/* A launch of `ctas` CTAs in clusters of CL along x; *at holds the cluster
+ * attribute the configuration points to. */
+template <int BN, int CL> cudaLaunchConfig_t cluster_config(int ctas, cudaStream_t s, cudaLaunchAttribute *at)
+{
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)ctas);
+    lc.blockDim = dim3(NTHREADS);
+    lc.dynamicSmemBytes = Cfg<BN>::SMEM;
+    lc.stream = s;
+    at->id = cudaLaunchAttributeClusterDimension;
+    at->val.clusterDim.x = CL;
+    at->val.clusterDim.y = 1;
+    at->val.clusterDim.z = 1;
+    lc.attrs = at;
+    lc.numAttrs = 1;
+    return lc;
+}
+
 /* The kernels' shared-memory limit is per function, set once: before the
  * first launch, outside any stream capture (gemm_fused_prepare). With it,
  * how many clusters of CL fit on the device at once: the persistent grid. */
@@ -296,17 +314,8 @@ template <int BN, int CL> int prepare(int *max_ctas)
             e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
         int n = sms / CL;
         if (e == cudaSuccess && CL > 1) {
-            cudaLaunchConfig_t lc = {};
-            lc.gridDim = dim3((unsigned)(sms / CL * CL));
-            lc.blockDim = dim3(NTHREADS);
-            lc.dynamicSmemBytes = Cfg<BN>::SMEM;
-            cudaLaunchAttribute at[1];
-            at[0].id = cudaLaunchAttributeClusterDimension;
-            at[0].val.clusterDim.x = CL;
-            at[0].val.clusterDim.y = 1;
-            at[0].val.clusterDim.z = 1;
-            lc.attrs = at;
-            lc.numAttrs = 1;
+            cudaLaunchAttribute at;
+            const cudaLaunchConfig_t lc = cluster_config<BN, CL>(sms / CL * CL, NULL, &at);
             e = cudaOccupancyMaxActiveClusters(&n, gemm_fused_kernel<BN, CL>, &lc);
         }
         if (e != cudaSuccess)
@@ -332,18 +341,8 @@ template <int BN, int CL> int launch(Args &a, cudaStream_t s)
         gemm_fused_kernel<BN, 1><<<clusters, NTHREADS, Cfg<BN>::SMEM, s>>>(a);
         return (int)cudaGetLastError();
     }
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = dim3((unsigned)(clusters * CL));
-    lc.blockDim = dim3(NTHREADS);
-    lc.dynamicSmemBytes = Cfg<BN>::SMEM;
-    lc.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = CL;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    lc.attrs = at;
-    lc.numAttrs = 1;
+    cudaLaunchAttribute at;
+    const cudaLaunchConfig_t lc = cluster_config<BN, CL>(clusters * CL, s, &at);
     return (int)cudaLaunchKernelEx(&lc, gemm_fused_kernel<BN, CL>, a);
 }
 
