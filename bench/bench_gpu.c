@@ -550,8 +550,8 @@ int main(int argc, char **argv)
      * switch (var_pdl: 0 or 1, -1 leaves it), which every launch reads, so
      * it is set around the variant's runs (where its graphs are captured)
      * through cuda_pdl_set; HSTU_CUDA_PDL is read once per process. */
-    static const char *var_name[] = {"fp32 residual (HSTU_CUDA_RESIDUAL=f32)", "fused uvqk GEMM (HSTU_CUDA_FUSED_GEMM=1)",
-                                     "PDL off (HSTU_CUDA_PDL=0)"};
+    static const char *var_name[] = {"fp32 residual (HSTU_CUDA_RESIDUAL=f32)",
+                                     "fused uvqk GEMM (HSTU_CUDA_FUSED_GEMM=1)", "PDL off (HSTU_CUDA_PDL=0)"};
     static const char *var_env[][2] = {{"HSTU_CUDA_RESIDUAL", "f32"}, {"HSTU_CUDA_FUSED_GEMM", "1"}, {NULL, NULL}};
     static const int var_pdl[] = {-1, -1, 0};
     enum { N_VAR = sizeof var_name / sizeof var_name[0] };

@@ -217,7 +217,10 @@ __device__ __forceinline__ void mbar_arrive_remote(uint32_t a, int rank)
 }
 /* Makes mbarrier initialisations visible to the cluster's other CTAs (before
  * the cluster barrier that precedes their first remote use). */
-__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_mbar_init()
+{
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
 /* Tensor-memory-accelerator loads: the box of the tensor map (a
  * __grid_constant__ kernel parameter, see tma.cuh) at element coordinates
  * c0 (innermost), c1 into shared memory at dst (1024-byte aligned for
