@@ -12,12 +12,13 @@
  * On the 8-user, 4096-token shapes every kernel's output is compared with
  * the mma.sync kernel's (tests/test_attention_cuda.c checks them all
  * against the CPU reference; here they should agree to bf16 rounding).
- * Arguments name the kernels to time (mma, wgmma, ws; default all).
+ * Arguments name the kernels to time (mma, wgmma, ws, tma: ws with K and
+ * V loaded by TMA, the default at D 256; default all).
  *
  * Build (from the repository root, after make or the same nvcc line):
  *   gcc -O2 -std=c17 -D_GNU_SOURCE -Iinclude -Isrc -DHSTU_HAVE_CUDA \
  *     -I/usr/local/cuda/include bench/bench_attention_cuda.c \
- *     build/src/kernels/attention.o -L/usr/local/cuda/lib64 \
+ *     build/src/kernels/attention.o build/src/kernels/pdl.o -L/usr/local/cuda/lib64 \
  *     -lcublas -lcudart_static -ldl -lrt -lpthread -lstdc++ -lm \
  *     -o build/bench_attention_cuda
  */
@@ -171,10 +172,11 @@ int main(int argc, char **argv)
     CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
 
-    static const int kinds[] = {ATTN_CUDA_KERNEL_MMA, ATTN_CUDA_KERNEL_WGMMA, ATTN_CUDA_KERNEL_WS};
-    static const char *const names[] = {"mma.sync", "wgmma", "ws"};
-    static const char *const keys[] = {"mma", "wgmma", "ws"};
-    enum { NK = 3 };
+    static const int kinds[] = {ATTN_CUDA_KERNEL_MMA, ATTN_CUDA_KERNEL_WGMMA, ATTN_CUDA_KERNEL_WS,
+                                ATTN_CUDA_KERNEL_TMA};
+    static const char *const names[] = {"mma.sync", "wgmma", "ws", "ws + TMA"};
+    static const char *const keys[] = {"mma", "wgmma", "ws", "tma"};
+    enum { NK = 4 };
     int on[NK];
     for (int k = 0; k < NK; k++) {
         on[k] = argc < 2;
@@ -234,6 +236,7 @@ int main(int argc, char **argv)
         p.q = d_x + (size_t)2 * H * Dh;
         p.k = d_x + (size_t)3 * H * Dh;
         p.ld_qkv = ld;
+        p.n_rows = (int)rows;
         p.page_size = 1;
         p.alpha = 1.0f / sqrtf((float)Dh);
         p.N = N_SCALE;

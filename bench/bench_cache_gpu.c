@@ -411,7 +411,7 @@ int main(int argc, char **argv)
                 attn_cuda_params ap = {.B = B, .H = H, .Dqk = D, .Dv = cfg.d_v, .seqs = d_seqs,
                                        .max_rows = hist - c + CANDS, .q = (char *)qkv + 2 * vw * 2,
                                        .k = (char *)qkv + (2 * vw + kw) * 2, .v = (char *)qkv + vw * 2, .ld_qkv = W,
-                                       .pages = pool, .page_table = var == 2 ? d_pt_seq : d_pt, .page_size = P,
+                                       .n_rows = B * rows_u, .pages = paged ? pool : NULL, .page_table = var == 2 ? d_pt_seq : d_pt, .page_size = P,
                                        .page_elems = var == 1 ? (size_t)P * (kw + vw) : page_elems,
                                        .k_off = var == 1 ? 0 : 3 * (size_t)P * (kw + vw),
                                        .v_off = (var == 1 ? 0 : 3 * (size_t)P * (kw + vw)) + P * kw,

@@ -2,13 +2,14 @@
  * reference attn_fwd_ref on random inputs.
  *
  * Every case builds a jagged batch from a table of sequences (c, hist, cand,
- * paged): q/k/v rows interleaved in one dense buffer (ld_qkv wider than the
+ * paged; the pool is passed only when some sequence has paged > 0): q/k/v rows interleaved in one dense buffer (ld_qkv wider than the
  * heads), gaps between the sequences' rows, history pages in a shared bf16
  * pool under shuffled page ids (each page holds two layers; the kernel reads
  * the second, so a wrong k_off/v_off shows), timestamps per sequence. Inputs
  * are drawn in fp32 and rounded to bf16; the reference runs in fp32 on the
  * rounded values. Each case runs every kernel (mma.sync, wgmma,
- * warp-specialized wgmma) on an output poisoned with NaN bits and checks,
+ * warp-specialized wgmma, and the same with K and V loaded by TMA where
+ * that applies) on an output poisoned with NaN bits and checks,
  * per kernel:
  *   - every computed value is finite (so it was written) and every other
  *     value of the output buffer still holds the poison;
@@ -24,7 +25,7 @@
  *
  * Without CUDA in the build, or without a usable GPU, every GPU case is
  * reported as skipped with the reason. HSTU_TEST_QUICK=1 runs a small subset
- * (for compute-sanitizer); HSTU_TEST_KERNELS=mma,wgmma,ws (any of them)
+ * (for compute-sanitizer); HSTU_TEST_KERNELS=mma,wgmma,ws,tma (any of them)
  * limits the kernels, e.g. to run each in its own process.
  */
 #include "harness.h"
@@ -47,10 +48,11 @@
 #define POISON 0xFFFFu
 #define MAXSEQ 8
 
-static const int kAllKernels[] = {ATTN_CUDA_KERNEL_MMA, ATTN_CUDA_KERNEL_WGMMA, ATTN_CUDA_KERNEL_WS};
-static const char *const kAllNames[] = {"mma.sync", "wgmma", "ws"};
-static const char *const kAllKeys[] = {"mma", "wgmma", "ws"};
-#define NALL 3
+static const int kAllKernels[] = {ATTN_CUDA_KERNEL_MMA, ATTN_CUDA_KERNEL_WGMMA, ATTN_CUDA_KERNEL_WS,
+                                  ATTN_CUDA_KERNEL_TMA};
+static const char *const kAllNames[] = {"mma.sync", "wgmma", "ws", "tma"};
+static const char *const kAllKeys[] = {"mma", "wgmma", "ws", "tma"};
+#define NALL 4
 static int kKernels[NALL];
 static const char *kKernelNames[NALL];
 static int NKERNELS;
@@ -448,7 +450,13 @@ static bool gpu_init(gpu_problem *g, const problem *pb)
     c->k = g->d_qkv + (size_t)p->H * p->Dqk;
     c->v = g->d_qkv + (size_t)2 * p->H * p->Dqk;
     c->ld_qkv = p->ld_qkv;
-    c->pages = g->d_pool;
+    c->n_rows = (int)pb->rows;
+    /* The pool only when some sequence reads it: without, the TMA form
+     * of the warp-specialized kernel applies. */
+    bool paged = false;
+    for (int b = 0; b < pb->cs.nseq; b++)
+        paged |= pb->cseqs[b].paged > 0;
+    c->pages = paged ? g->d_pool : NULL;
     c->page_table = g->d_pt;
     c->page_size = p->page_size;
     c->page_elems = pb->page_elems;
@@ -753,7 +761,32 @@ static void case_sanitizer_set(void)
             check_case(&cs, 90 + 2 * k + rab);
             if (t_case_failed())
                 return;
+            /* no pages: the TMA form too */
+            case_spec dense = {.H = 2, .Dqk = dims[k], .Dv = dims[k], .P = 16, .rab = rab, .N = 300,
+                               .n_buckets = 128, .nseq = 3, .seqs = {SEQ(0, 270, 5, 0), SEQ(0, 0, 3, 0), SEQ(0, 1, 1, 0)}};
+            check_case(&dense, 120 + 2 * k + rab);
+            if (t_case_failed())
+                return;
         }
+}
+
+static void case_tma(void)
+{
+    /* Every key in the dense rows: K and V loaded by TMA (whole 64-row
+     * boxes past the sequence's end, masked), lengths off the tiles,
+     * candidates, only candidates, rows at the end of the buffer (boxes
+     * past it arrive as zeros); widths 256 and 128, rab off and on; width
+     * 64 in the small set. */
+    case_spec cs = {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .N = 1500, .n_buckets = 128, .nseq = 5,
+                    .seqs = {SEQ(0, 1100, 130, 0), SEQ(0, 777, 1, 0), SEQ(0, 0, 200, 0), SEQ(0, 129, 0, 0),
+                             SEQ(0, 250, 6, 0)}};
+    check_case(&cs, 100);
+    if (t_case_failed())
+        return;
+    cs.Dqk = cs.Dv = 128;
+    cs.rab = 1;
+    cs.H = 3;
+    check_case(&cs, 101);
 }
 
 static void case_bucket_table(void)
@@ -811,7 +844,7 @@ typedef struct test_case {
 static const test_case kCases[] = {
     {"attention cuda: bucket boundaries equal attn_time_bucket's", case_bucket_table, 1, 0},
     {"attention cuda: argument checks", case_arguments, 1, 0},
-    {"attention cuda: small shapes, every width, rab on/off (sanitizer set)", case_sanitizer_set, 1, 1},
+    {"attention cuda: small shapes, every width, rab on/off, pages or none (sanitizer set)", case_sanitizer_set, 1, 1},
     {"attention cuda: jagged batch, lengths off the tiles, cand 0 and > 0", case_jagged_plain, 0, 1},
     {"attention cuda: jagged batch, rab", case_jagged_rab, 0, 1},
     {"attention cuda: hist 0 and 1", case_short_histories, 0, 1},
@@ -823,6 +856,7 @@ static const test_case kCases[] = {
     {"attention cuda: SiLU tails (large logits)", case_silu_tails, 0, 1},
     {"attention cuda: a user's rows alone = in a batch (bitwise)", case_batch_independence, 0, 1},
     {"attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster", case_split, 1, 1},
+    {"attention cuda: no pages: K and V loaded by TMA", case_tma, 0, 1},
 };
 
 int main(void)
@@ -849,7 +883,7 @@ int main(void)
 static const char *const kNames[] = {
     "attention cuda: bucket boundaries equal attn_time_bucket's",
     "attention cuda: argument checks",
-    "attention cuda: small shapes, every width, rab on/off (sanitizer set)",
+    "attention cuda: small shapes, every width, rab on/off, pages or none (sanitizer set)",
     "attention cuda: jagged batch, lengths off the tiles, cand 0 and > 0",
     "attention cuda: jagged batch, rab",
     "attention cuda: hist 0 and 1",
@@ -861,6 +895,7 @@ static const char *const kNames[] = {
     "attention cuda: SiLU tails (large logits)",
     "attention cuda: a user's rows alone = in a batch (bitwise)",
     "attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster",
+    "attention cuda: no pages: K and V loaded by TMA",
 };
 
 int main(void)

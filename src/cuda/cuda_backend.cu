@@ -145,9 +145,10 @@ struct cuda_backend {
     /* Staging: the arrays the layer kernels read sit at fixed offsets (a
      * CUDA graph holds their addresses); the rest is packed after fx_end. */
     size_t fx_seqs, fx_pt, fx_row_slot, fx_ts, fx_end;
-    /* CUDA graphs of the layers, per (batch, tokens, splits) bucket. */
+    /* CUDA graphs of the layers, per (batch, tokens, splits, paged) bucket. */
     struct graph_entry {
         int B, T, S;
+        bool paged; /* the attention reads pages (some user had cached rows) */
         cudaGraphExec_t *exec; /* [L] */
         uint64_t used;
     } graphs[32];
@@ -880,6 +881,7 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     ap.k = cb->d_uvqk + 2 * vw + kw;
     ap.v = cb->d_uvqk + vw + kw;
     ap.ld_qkv = W;
+    ap.n_rows = T;
     ap.pos_w = L->rab_pos;
     ap.ts_w = L->rab_time;
     ap.out = cb->d_attn;
@@ -1052,7 +1054,7 @@ static void pack_history(const cuda_backend *cb, const hstu_request *r, bool ret
         pos[i - c] = max_pos;
 }
 
-/* The layer graphs of bucket (Bg, Tg, ap->splits), captured on first use
+/* The layer graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL), captured on first use
  * (the least recently used bucket makes room when the table is full).
  * *out stays NULL when capture fails: the caller runs eagerly, and graphs
  * are switched off for this backend (counted). */
@@ -1060,10 +1062,11 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
                              cuda_backend::graph_entry **out, hstu_error *err)
 {
     int L = cb->model->cfg.n_layers, S = ap_in->splits;
+    const bool paged = ap_in->pages != NULL; /* the attention's kernel differs */
     *out = NULL;
     for (int i = 0; i < cb->n_graphs; i++) {
         cuda_backend::graph_entry *g = &cb->graphs[i];
-        if (g->B == Bg && g->T == Tg && g->S == S) {
+        if (g->B == Bg && g->T == Tg && g->S == S && g->paged == paged) {
             g->used = ++cb->graph_clock;
             *out = g;
             return HSTU_OK;
@@ -1090,7 +1093,7 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
                 g->exec[l] = NULL;
             }
     }
-    g->B = Bg, g->T = Tg, g->S = S, g->used = ++cb->graph_clock;
+    g->B = Bg, g->T = Tg, g->S = S, g->paged = paged, g->used = ++cb->graph_clock;
     attn_cuda_params ap = *ap_in;
     ap.B = Bg;
     ap.max_rows = Tg;
@@ -1332,7 +1335,12 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     ap.max_keys = max_keys;
     ap.ld_out = cb->vw; /* (layer_forward sets it too; attn_cuda_splits reads it) */
     ap.page_size = cb->d_pool ? P : 1;
-    if (cb->d_pool && sg.page_table) {
+    /* Pages only when some user reads cached rows: with none, every key is
+     * in the dense rows and the attention may take its TMA kernel. */
+    int cached = 0;
+    for (int b = 0; b < B; b++)
+        cached += plans[b].c;
+    if (cb->d_pool && sg.page_table && cached > 0) {
         ap.pages = cb->d_pool;
         ap.page_table = (const int *)DEV(cb, sg.page_table);
         ap.page_elems = cb->cc.page_elems;

@@ -18,8 +18,8 @@
  * tiles over its own candidates' diagonal; only tiles that cross the
  * diagonal or an end need the elementwise mask.
  *
- * Three kernels compute the same thing (attn_fwd_cuda runs the last; tests
- * and benchmarks force the others):
+ * Three kernels compute the same thing (attn_fwd_cuda runs the last, in
+ * one of two forms; tests and benchmarks force the others):
  *   - attn_mma_kernel: 8 warps of 16 rows each, mma.sync m16n8k16 with
  *     ldmatrix, loads and compute in the same threads: the simple,
  *     FlashAttention-2-shaped form, kept as a reference GPU path;
@@ -31,11 +31,14 @@
  *     next tile's Q K^T in flight while this tile's SiLU runs, and the two
  *     computing warpgroups taking turns on the tensor cores. About 1.8x the
  *     mma.sync kernel and 1.1x the plain wgmma one (docs/attention_cuda.md).
+ *     Where every key is in the dense rows (no pages), there is no split
+ *     and Dqk == Dv is 64, 128 or 256, it runs as attn_tma_kernel: K and V
+ *     loaded by TMA instead of cp.async, 1.1-1.3x faster.
  * Each is launched with programmatic dependent launch when it is on
  * (pdl.cuh) and waits for the kernel before it ahead of everything else.
  * All keep tiles in shared memory in the 128-byte-swizzled layout that
  * wgmma reads (64-column blocks, 16-byte chunks XOR the row), loaded with
- * cp.async. Head widths are padded to 64, 128 or 256 with zero-filled
+ * cp.async (or TMA, whose 128-byte swizzle is that layout). Head widths are padded to 64, 128 or 256 with zero-filled
  * columns, so any multiple of 16 up to 256 works; Dqk != Dv is padded to
  * the larger.
  *
@@ -52,12 +55,15 @@
 #include "kernels/attention_cuda.h"
 #include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
+#include "kernels/tma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -908,6 +914,62 @@ constexpr int WS_PRODUCER_REGS = 56, WS_CONSUMER_REGS = 224; /* 128 x 56 + 256 x
 constexpr int WS_KS = 2, WS_VS = 3;
 template <int D> __host__ __device__ constexpr int ws_smem_bytes() { return 2 * D * (BM + (WS_KS + WS_VS) * BN) + 1024; }
 
+/* ---- K and V through TMA ----------------------------------------------- */
+
+/* With every key in the dense rows (no pages), no split and D = Dqk = Dv,
+ * the loads of K and V can be TMA copies instead of cp.async: one thread
+ * issues each tile's D/64 boxes of 64 keys x 64 columns (the 128-byte
+ * swizzle lands them in wgmma's layout), counted in bytes on the tile's
+ * mbarrier; the rest of the loading warpgroup only loads Q (cp.async, as
+ * before), and the maps are prefetched at the start. The loads had been
+ * the limit: without them (the same kernel reading garbage) 8 x 4096 at D
+ * 256 took 0.39 ms against 0.55, while keeping every load in L2 gained 2-6%
+ * and sharing each tile between two row blocks (TMA multicast, halving the
+ * L2 traffic) 2%. With TMA: 0.465 ms (docs/attention_cuda.md). A tile's
+ * rows past the keys it needs arrive as they are: masked, and finite
+ * (attn_cuda_params.n_rows). */
+
+/* The warp-specialised kernel's mbarriers, at offsets from `base`. */
+template <int KS, int VS> struct WsBars {
+    uint32_t base;
+    __device__ uint32_t q() const { return base; }
+    __device__ uint32_t kfull(int i) const { return base + 8u * (1 + i); }
+    __device__ uint32_t kempty(int i) const { return base + 8u * (1 + KS + i); }
+    __device__ uint32_t vfull(int i) const { return base + 8u * (1 + 2 * KS + i); }
+    __device__ uint32_t vempty(int i) const { return base + 8u * (1 + 2 * KS + VS + i); }
+};
+
+/* One tile of 64 keys from dense row `row` into buffer dst: D/64 boxes. */
+template <int D>
+__device__ __forceinline__ void tma_load_tile(const CUtensorMap *map, uint32_t dst, uint32_t full, int col, int row)
+{
+#pragma unroll
+    for (int j = 0; j < D / 64; j++)
+        tma_load_2d(dst + (uint32_t)(j * BN * 128), map, full, col + 64 * j, row);
+}
+
+/* The loading thread: every tile's K, then its V; use u >= 1 of a buffer
+ * waits for the computing warps' release of use u - 1. */
+template <int D, int KS, int VS>
+__device__ __forceinline__ void tma_load_kv(const Blk &k, const CUtensorMap *tk, const CUtensorMap *tv, uint32_t sK,
+                                            uint32_t sV, WsBars<KS, VS> b)
+{
+    constexpr uint32_t KV_BYTES = BN * D * 2;
+    const int col = k.h * D;
+    for (int t = 0; t < k.nt; t++) {
+        const int row = k.s.q0 + k.k0(t) - k.s.c; /* dense row of the tile's first key */
+        const int kb = t % KS, vb = t % VS;
+        if (t >= KS)
+            mbar_wait(b.kempty(kb), (t / KS - 1) & 1);
+        mbar_arrive_expect_tx(b.kfull(kb), KV_BYTES);
+        tma_load_tile<D>(tk, sK + kb * KV_BYTES, b.kfull(kb), col, row);
+        if (t >= VS)
+            mbar_wait(b.vempty(vb), (t / VS - 1) & 1);
+        mbar_arrive_expect_tx(b.vfull(vb), KV_BYTES);
+        tma_load_tile<D>(tv, sV + vb * KV_BYTES, b.vfull(vb), col, row);
+    }
+}
+
 /* FlashAttention-3's structure. Warpgroup 0 only loads: Q, then for each
  * tile K into buffer t % KS and V into buffer t % VS, with cp.async, each
  * buffer's mbarrier completing when every loading thread's copies have
@@ -919,13 +981,13 @@ template <int D> __host__ __device__ constexpr int ws_smem_bytes() { return 2 * 
  * their products (named barriers 1 and 2), so that one's SiLU runs while
  * the other's products keep the tensor cores busy. Registers move from the
  * loader to the computing warpgroups with setmaxnreg. */
-template <int D, bool RAB>
-__global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_params p)
+template <int D, bool RAB, bool TMA>
+__device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtensorMap *tk, const CUtensorMap *tv)
 {
     constexpr int KS = WS_KS, VS = WS_VS;
     extern __shared__ uint8_t smem_raw[];
     __shared__ unsigned long long s_thr[THR_N];
-    __shared__ __align__(8) uint64_t bars[1 + 2 * (KS + VS)];
+    __shared__ __align__(8) uint64_t bars[1 + 2 * (KS + VS)]; /* Q; K full, empty; V full, empty */
     __shared__ int s_empty; /* split-KV: this CTA's split has no tile */
     static_assert(part_bytes<D>() + 1024 <= ws_smem_bytes<D>(), "the split part fits over Q, K and V");
     static_assert(BM * (D + 8) * 2 + 1024 <= ws_smem_bytes<D>(), "the staged output fits over Q, K and V");
@@ -939,25 +1001,30 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
     pdl_trigger();
     if (threadIdx.x == 0)
         trace_stamp(p, ATTN_TRACE_START);
+    if (TMA && threadIdx.x == 0) { /* the maps are kernel parameters: nothing to wait for */
+        tma_prefetch_map(tk);
+        tma_prefetch_map(tv);
+    }
     Blk k;
     if (!blk_init(k, p))
         return; /* grid padding: the whole cluster leaves */
     const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const uint32_t sK = sQ + BM * D * 2, sV = sK + KS * BN * D * 2;
     constexpr uint32_t KV_BYTES = BN * D * 2;
-    const uint32_t qfull = smem_u32(&bars[0]);
-    auto kfull = [&](int i) { return qfull + 8u * (1 + i); };
-    auto kempty = [&](int i) { return qfull + 8u * (1 + KS + i); };
-    auto vfull = [&](int i) { return qfull + 8u * (1 + 2 * KS + i); };
-    auto vempty = [&](int i) { return qfull + 8u * (1 + 2 * KS + VS + i); };
+    const WsBars<KS, VS> wb = {smem_u32(&bars[0])};
+    const uint32_t qfull = wb.q();
+    auto kfull = [&](int i) { return wb.kfull(i); };
+    auto kempty = [&](int i) { return wb.kempty(i); };
+    auto vfull = [&](int i) { return wb.vfull(i); };
+    auto vempty = [&](int i) { return wb.vempty(i); };
     if (threadIdx.x == 0) {
         mbar_init(qfull, 128);
         for (int i = 0; i < KS; i++) {
-            mbar_init(kfull(i), 128); /* every loading thread's copies */
-            mbar_init(kempty(i), 8);  /* every computing warp */
+            mbar_init(kfull(i), TMA ? 1 : 128); /* the TMA issuer, or every loading thread's copies */
+            mbar_init(kempty(i), 8);            /* every computing warp */
         }
         for (int i = 0; i < VS; i++) {
-            mbar_init(vfull(i), 128);
+            mbar_init(vfull(i), TMA ? 1 : 128);
             mbar_init(vempty(i), 8);
         }
         s_empty = k.nt == 0;
@@ -980,16 +1047,21 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
         const int tid = threadIdx.x;
         load_q<D, 128>(sQ, p, k, tid);
         mbar_arrive_cp_async(qfull);
-        for (int t = 0; t < k.nt; t++) {
-            const int kb = t % KS, vb = t % VS;
-            if (t >= KS)
-                mbar_wait(kempty(kb), (t / KS - 1) & 1);
-            load_kv<D, true, false, 128>(sK + kb * KV_BYTES, 0, p, k, k.k0(t), k.kend(t), tid);
-            mbar_arrive_cp_async(kfull(kb));
-            if (t >= VS)
-                mbar_wait(vempty(vb), (t / VS - 1) & 1);
-            load_kv<D, false, true, 128>(0, sV + vb * KV_BYTES, p, k, k.k0(t), k.kend(t), tid);
-            mbar_arrive_cp_async(vfull(vb));
+        if constexpr (TMA) {
+            if (tid == 0)
+                tma_load_kv<D, KS, VS>(k, tk, tv, sK, sV, wb);
+        } else {
+            for (int t = 0; t < k.nt; t++) {
+                const int kb = t % KS, vb = t % VS;
+                if (t >= KS)
+                    mbar_wait(kempty(kb), (t / KS - 1) & 1);
+                load_kv<D, true, false, 128>(sK + kb * KV_BYTES, 0, p, k, k.k0(t), k.kend(t), tid);
+                mbar_arrive_cp_async(kfull(kb));
+                if (t >= VS)
+                    mbar_wait(vempty(vb), (t / VS - 1) & 1);
+                load_kv<D, false, true, 128>(0, sV + vb * KV_BYTES, p, k, k.k0(t), k.kend(t), tid);
+                mbar_arrive_cp_async(vfull(vb));
+            }
         }
         if (split) { /* the loading warps (few registers left) only keep the cluster's count */
             cluster_sync();
@@ -1105,12 +1177,29 @@ __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_
         trace_stamp(p, ATTN_TRACE_END);
 }
 
+template <int D, bool RAB>
+__global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_params p)
+{
+    ws_body<D, RAB, false>(p, nullptr, nullptr);
+}
+
+/* The same with K and V through TMA (above). */
+struct TmaArgs {
+    CUtensorMap tk, tv; /* K and V: [n_rows, H*D] in 64 x 64 boxes */
+    attn_cuda_params p;
+};
+template <int D, bool RAB>
+__global__ void __launch_bounds__(WS_THREADS, 1) attn_tma_kernel(const __grid_constant__ TmaArgs a)
+{
+    ws_body<D, RAB, true>(a.p, &a.tk, &a.tv);
+}
+
 } /* namespace */
 
 /* ---- host side ---------------------------------------------------------- */
 
 /* The kernel attn_fwd_cuda runs unless a test forces another. */
-#define ATTN_CUDA_KERNEL_DEFAULT ATTN_CUDA_KERNEL_WS
+#define ATTN_CUDA_KERNEL_DEFAULT ATTN_CUDA_KERNEL_TMA /* WS where TMA does not apply */
 
 static int g_forced_kernel = ATTN_CUDA_KERNEL_AUTO;
 
@@ -1176,6 +1265,32 @@ template <int D> static attn_kernel_fn pick_kernel(int kind, bool rab, int *smem
 
 static bool aligned(const void *ptr, size_t a) { return ((uintptr_t)ptr & (a - 1)) == 0; }
 
+typedef void (*tma_kernel_fn)(TmaArgs);
+
+/* attn_tma_kernel, after attn_fwd_cuda's checks and the TMA form's own:
+ * no pages, no split, n_rows set, Dqk == Dv == d in {64, 128, 256}. */
+static int tma_launch(const attn_cuda_params *p, int d, bool rab, cudaStream_t s)
+{
+    TmaArgs a;
+    memset(&a, 0, sizeof a);
+    a.p = *p;
+    int e = tma::encode_matrix(&a.tk, p->k, (uint64_t)p->n_rows, (uint64_t)p->H * d, (uint64_t)p->ld_qkv, BN);
+    if (e == 0)
+        e = tma::encode_matrix(&a.tv, p->v, (uint64_t)p->n_rows, (uint64_t)p->H * d, (uint64_t)p->ld_qkv, BN);
+    if (e != 0)
+        return e;
+    tma_kernel_fn fn = d == 64    ? (rab ? attn_tma_kernel<64, true> : attn_tma_kernel<64, false>)
+                       : d == 128 ? (rab ? attn_tma_kernel<128, true> : attn_tma_kernel<128, false>)
+                                  : (rab ? attn_tma_kernel<256, true> : attn_tma_kernel<256, false>);
+    const int smem = d == 64 ? ws_smem_bytes<64>() : d == 128 ? ws_smem_bytes<128>() : ws_smem_bytes<256>();
+    cudaError_t ce = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (ce != cudaSuccess)
+        return (int)ce;
+    const long long rb = ((long long)p->max_rows + BM - 1) / BM;
+    const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, 1), block(WS_THREADS);
+    return (int)pdl_launch(fn, grid, block, (size_t)smem, s, a);
+}
+
 /* Split-KV when the row blocks alone leave SMs idle (a few new rows over a
  * long cached history): S CTAs per row block (one cluster; at most 8, the
  * portable cluster size) share its key tiles, at least 4 tiles each, and
@@ -1234,13 +1349,18 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     if (e != cudaSuccess)
         return (int)e;
     /* Only the warp-specialised kernel splits. */
-    int S = kind != ATTN_CUDA_KERNEL_WS ? 1 : p->splits > 0 ? p->splits : attn_cuda_splits(p);
+    const bool ws = kind == ATTN_CUDA_KERNEL_WS || kind == ATTN_CUDA_KERNEL_TMA;
+    int S = !ws ? 1 : p->splits > 0 ? p->splits : attn_cuda_splits(p);
     S = S > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_SPLITS : S;
     cudaStream_t s = (cudaStream_t)stream;
     if (S > 1 && ((p->H * p->Dv) % 4 || p->ld_out % 2))
         return (int)cudaErrorInvalidValue;
     /* With programmatic dependent launch when it is on (pdl.cuh); a split
      * launches its row blocks' CTAs as clusters of 1 x 1 x S. */
+    /* The TMA form wherever it applies (the default). */
+    if (kind == ATTN_CUDA_KERNEL_TMA && S == 1 && !p->pages && p->n_rows > 0 && p->Dqk == p->Dv &&
+        (d == 64 || d == 128 || d == 256))
+        return tma_launch(p, d, rab, s);
     const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), block((unsigned)threads);
     if (S == 1)
         return (int)pdl_launch(fn, grid, block, (size_t)smem, s, *p);

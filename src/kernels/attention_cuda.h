@@ -57,6 +57,12 @@ typedef struct attn_cuda_params {
     int max_rows;                /* max over seqs of (hist - c) + cand: grid sizing */
     const void *q, *k, *v;       /* device bf16, row stride ld_qkv elements */
     int ld_qkv;
+    /* Rows q, k and v hold (every sequence's q0 + rows <= n_rows): bounds
+     * the tensor maps of the TMA loads; 0 (unknown) keeps the kernel that
+     * loads with cp.async. Rows below n_rows must hold finite values: a
+     * tile loads whole 64-row boxes, and the weights of the rows it does
+     * not see are 0 (0 x inf would not be). */
+    int n_rows;
     /* q as the projection left it: each CTA applies q = phi(q + q_bias)
      * (q_bias device fp32 [H*Dqk] or NULL; phi = SiLU when q_silu, else
      * the identity) to its Q tile in shared memory, rounded to bf16, so that
@@ -119,12 +125,16 @@ int attn_fwd_cuda(const attn_cuda_params *p, void *stream);
 bool attn_cuda_device_present(char *why, size_t n);
 
 /* The kernels behind attn_fwd_cuda; tests and benchmarks force one
- * (process-wide setting, not thread-safe; AUTO restores the default, WS). */
+ * (process-wide setting, not thread-safe; AUTO restores the default: TMA
+ * where it applies, WS otherwise). */
 enum {
     ATTN_CUDA_KERNEL_AUTO = 0,
     ATTN_CUDA_KERNEL_MMA = 1,   /* mma.sync m16n8k16 + ldmatrix, 8 warps */
     ATTN_CUDA_KERNEL_WGMMA = 2, /* Hopper wgmma, 2 warpgroups, one tile at a time */
     ATTN_CUDA_KERNEL_WS = 3,    /* wgmma, warp-specialized: a loading warpgroup, two computing */
+    /* WS with K and V loaded by TMA, where it applies (no pages, no split,
+     * n_rows set, Dqk == Dv in {64, 128, 256}); WS otherwise. */
+    ATTN_CUDA_KERNEL_TMA = 4,
 };
 void attn_cuda_force_kernel(int kind);
 
