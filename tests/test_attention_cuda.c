@@ -2,8 +2,8 @@
  * reference attn_fwd_ref on random inputs.
  *
  * Every case builds a jagged batch from a table of sequences (c, hist, cand,
- * paged; the pool is passed only when some sequence has paged > 0): q/k/v rows interleaved in one dense buffer (ld_qkv wider than the
- * heads), gaps between the sequences' rows, history pages in a shared bf16
+ * paged; the pool is passed only when some sequence has paged > 0): q/k/v
+ * rows interleaved in one dense buffer (ld_qkv wider than the heads), gaps between the sequences' rows, history pages in a shared bf16
  * pool under shuffled page ids (each page holds two layers; the kernel reads
  * the second, so a wrong k_off/v_off shows), timestamps per sequence. Inputs
  * are drawn in fp32 and rounded to bf16; the reference runs in fp32 on the
@@ -763,7 +763,8 @@ static void case_sanitizer_set(void)
                 return;
             /* no pages: the TMA form too */
             case_spec dense = {.H = 2, .Dqk = dims[k], .Dv = dims[k], .P = 16, .rab = rab, .N = 300,
-                               .n_buckets = 128, .nseq = 3, .seqs = {SEQ(0, 270, 5, 0), SEQ(0, 0, 3, 0), SEQ(0, 1, 1, 0)}};
+                               .n_buckets = 128, .nseq = 3,
+                               .seqs = {SEQ(0, 270, 5, 0), SEQ(0, 0, 3, 0), SEQ(0, 1, 1, 0)}};
             check_case(&dense, 120 + 2 * k + rab);
             if (t_case_failed())
                 return;
