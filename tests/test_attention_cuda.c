@@ -3,8 +3,9 @@
  *
  * Every case builds a jagged batch from a table of sequences (c, hist, cand,
  * paged; the pool is passed only when some sequence has paged > 0): q/k/v
- * rows interleaved in one dense buffer (ld_qkv wider than the heads), gaps between the sequences' rows, history pages in a shared bf16
- * pool under shuffled page ids (each page holds two layers; the kernel reads
+ * rows interleaved in one dense buffer (ld_qkv wider than the heads), gaps
+ * between the sequences' rows, history pages in a shared bf16 pool under
+ * shuffled page ids (each page holds two layers; the kernel reads
  * the second, so a wrong k_off/v_off shows), timestamps per sequence. Inputs
  * are drawn in fp32 and rounded to bf16; the reference runs in fp32 on the
  * rounded values. Each case runs every kernel (mma.sync, wgmma,
