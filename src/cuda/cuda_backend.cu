@@ -1054,8 +1054,9 @@ static void pack_history(const cuda_backend *cb, const hstu_request *r, bool ret
         pos[i - c] = max_pos;
 }
 
-/* The layer graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL), captured on first use
- * (the least recently used bucket makes room when the table is full).
+/* The layer graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL),
+ * captured on first use (the least recently used bucket makes room when the
+ * table is full).
  * *out stays NULL when capture fails: the caller runs eagerly, and graphs
  * are switched off for this backend (counted). */
 static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_params *ap_in, const staged *sg,
@@ -1161,7 +1162,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     const hstu_config *cfg = &cb->model->cfg;
     bool retr = cfg->family == HSTU_FAMILY_RETRIEVAL;
     HSTU_ASSERT(B >= 0 && B <= cb->max_users);
-    int T = 0, M = 0, max_rows = 0, hist_total = 0, n_app = 0, max_keys = 0;
+    int T = 0, M = 0, max_rows = 0, hist_total = 0, n_app = 0, max_keys = 0, cached = 0;
     for (int b = 0; b < B; b++) {
         user_plan *p = &plans[b];
         HSTU_ASSERT(p->c >= 0 && p->c <= p->paged && p->paged <= p->hist);
@@ -1172,6 +1173,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         M += p->cand;
         hist_total += p->hist;
         n_app += p->paged - p->c;
+        cached += p->c;
         max_rows = rows > max_rows ? rows : max_rows;
         max_keys = p->hist + p->cand > max_keys ? p->hist + p->cand : max_keys;
     }
@@ -1337,9 +1339,6 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     ap.page_size = cb->d_pool ? P : 1;
     /* Pages only when some user reads cached rows: with none, every key is
      * in the dense rows and the attention may take its TMA kernel. */
-    int cached = 0;
-    for (int b = 0; b < B; b++)
-        cached += plans[b].c;
     if (cb->d_pool && sg.page_table && cached > 0) {
         ap.pages = cb->d_pool;
         ap.page_table = (const int *)DEV(cb, sg.page_table);

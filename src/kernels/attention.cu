@@ -38,9 +38,9 @@
  * (pdl.cuh) and waits for the kernel before it ahead of everything else.
  * All keep tiles in shared memory in the 128-byte-swizzled layout that
  * wgmma reads (64-column blocks, 16-byte chunks XOR the row), loaded with
- * cp.async (or TMA, whose 128-byte swizzle is that layout). Head widths are padded to 64, 128 or 256 with zero-filled
- * columns, so any multiple of 16 up to 256 works; Dqk != Dv is padded to
- * the larger.
+ * cp.async (or TMA, whose 128-byte swizzle is that layout). Head widths
+ * are padded to 64, 128 or 256 with zero-filled columns, so any multiple of
+ * 16 up to 256 works; Dqk != Dv is padded to the larger.
  *
  * q may come before its bias and SiLU (q_bias, q_silu): each CTA activates
  * its Q tile in shared memory after loading it. Few row blocks over long
@@ -62,7 +62,6 @@
 
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 namespace {
@@ -1013,19 +1012,15 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     constexpr uint32_t KV_BYTES = BN * D * 2;
     const WsBars<KS, VS> wb = {smem_u32(&bars[0])};
     const uint32_t qfull = wb.q();
-    auto kfull = [&](int i) { return wb.kfull(i); };
-    auto kempty = [&](int i) { return wb.kempty(i); };
-    auto vfull = [&](int i) { return wb.vfull(i); };
-    auto vempty = [&](int i) { return wb.vempty(i); };
     if (threadIdx.x == 0) {
         mbar_init(qfull, 128);
         for (int i = 0; i < KS; i++) {
-            mbar_init(kfull(i), TMA ? 1 : 128); /* the TMA issuer, or every loading thread's copies */
-            mbar_init(kempty(i), 8);            /* every computing warp */
+            mbar_init(wb.kfull(i), TMA ? 1 : 128); /* the TMA issuer, or every loading thread's copies */
+            mbar_init(wb.kempty(i), 8);            /* every computing warp */
         }
         for (int i = 0; i < VS; i++) {
-            mbar_init(vfull(i), TMA ? 1 : 128);
-            mbar_init(vempty(i), 8);
+            mbar_init(wb.vfull(i), TMA ? 1 : 128);
+            mbar_init(wb.vempty(i), 8);
         }
         s_empty = k.nt == 0;
     }
@@ -1054,13 +1049,13 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
             for (int t = 0; t < k.nt; t++) {
                 const int kb = t % KS, vb = t % VS;
                 if (t >= KS)
-                    mbar_wait(kempty(kb), (t / KS - 1) & 1);
+                    mbar_wait(wb.kempty(kb), (t / KS - 1) & 1);
                 load_kv<D, true, false, 128>(sK + kb * KV_BYTES, 0, p, k, k.k0(t), k.kend(t), tid);
-                mbar_arrive_cp_async(kfull(kb));
+                mbar_arrive_cp_async(wb.kfull(kb));
                 if (t >= VS)
-                    mbar_wait(vempty(vb), (t / VS - 1) & 1);
+                    mbar_wait(wb.vempty(vb), (t / VS - 1) & 1);
                 load_kv<D, false, true, 128>(0, sV + vb * KV_BYTES, p, k, k.k0(t), k.kend(t), tid);
-                mbar_arrive_cp_async(vfull(vb));
+                mbar_arrive_cp_async(wb.vfull(vb));
             }
         }
         if (split) { /* the loading warps (few registers left) only keep the cluster's count */
@@ -1108,7 +1103,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     }
     if (stamp)
         trace_stamp(p, ATTN_TRACE_Q_READY);
-    mbar_wait(kfull(0), 0);
+    mbar_wait(wb.kfull(0), 0);
     fence_proxy_async();
     bar_sync(1 + cw, 256);
     wg_fence();
@@ -1117,7 +1112,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     bar_arrive(2 - cw, 256);
     wg_wait<0>();
     if (lead)
-        mbar_arrive(kempty(0));
+        mbar_arrive(wb.kempty(0));
     fence_regs(s);
     if (stamp)
         trace_stamp(p, ATTN_TRACE_FIRST_S);
@@ -1126,8 +1121,8 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
 
     for (int t = 0; t + 1 < k.nt; t++) {
         const int kb = (t + 1) % KS, vb = t % VS;
-        mbar_wait(kfull(kb), ((t + 1) / KS) & 1);
-        mbar_wait(vfull(vb), (t / VS) & 1);
+        mbar_wait(wb.kfull(kb), ((t + 1) / KS) & 1);
+        mbar_wait(wb.vfull(vb), (t / VS) & 1);
         fence_proxy_async();
         bar_sync(1 + cw, 256);
         wg_fence();
@@ -1138,12 +1133,12 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
         bar_arrive(2 - cw, 256);
         wg_wait<1>();
         if (lead)
-            mbar_arrive(kempty(kb));
+            mbar_arrive(wb.kempty(kb));
         fence_regs(s);
         tile_weights<8, RAB>(s, k, t + 1, qv, tsn, t4, half_alpha, rb);
         wg_wait<0>();
         if (lead)
-            mbar_arrive(vempty(vb));
+            mbar_arrive(wb.vempty(vb));
         fence_regs(o);
         fence_frags(pf);
         pack_p<8>(pf, s);
@@ -1151,7 +1146,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     if (stamp)
         trace_stamp(p, ATTN_TRACE_LOOP_DONE);
     const int vb = (k.nt - 1) % VS;
-    mbar_wait(vfull(vb), ((k.nt - 1) / VS) & 1);
+    mbar_wait(wb.vfull(vb), ((k.nt - 1) / VS) & 1);
     fence_proxy_async();
     bar_sync(1 + cw, 256);
     wg_fence();
@@ -1341,6 +1336,17 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
 
     const int d = p->Dqk > p->Dv ? p->Dqk : p->Dv;
     const int kind = g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
+    /* Only the warp-specialised kernel (either form) splits. */
+    const bool ws = kind == ATTN_CUDA_KERNEL_WS || kind == ATTN_CUDA_KERNEL_TMA;
+    int S = !ws ? 1 : p->splits > 0 ? p->splits : attn_cuda_splits(p);
+    S = S > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_SPLITS : S;
+    cudaStream_t s = (cudaStream_t)stream;
+    if (S > 1 && ((p->H * p->Dv) % 4 || p->ld_out % 2))
+        return (int)cudaErrorInvalidValue;
+    /* The TMA form wherever it applies (the default). */
+    if (kind == ATTN_CUDA_KERNEL_TMA && S == 1 && !p->pages && p->n_rows > 0 && p->Dqk == p->Dv &&
+        (d == 64 || d == 128 || d == 256))
+        return tma_launch(p, d, rab, s);
     int smem, threads;
     attn_kernel_fn fn = d <= 64    ? pick_kernel<64>(kind, rab, &smem, &threads)
                         : d <= 128 ? pick_kernel<128>(kind, rab, &smem, &threads)
@@ -1348,19 +1354,8 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess)
         return (int)e;
-    /* Only the warp-specialised kernel splits. */
-    const bool ws = kind == ATTN_CUDA_KERNEL_WS || kind == ATTN_CUDA_KERNEL_TMA;
-    int S = !ws ? 1 : p->splits > 0 ? p->splits : attn_cuda_splits(p);
-    S = S > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_SPLITS : S;
-    cudaStream_t s = (cudaStream_t)stream;
-    if (S > 1 && ((p->H * p->Dv) % 4 || p->ld_out % 2))
-        return (int)cudaErrorInvalidValue;
     /* With programmatic dependent launch when it is on (pdl.cuh); a split
      * launches its row blocks' CTAs as clusters of 1 x 1 x S. */
-    /* The TMA form wherever it applies (the default). */
-    if (kind == ATTN_CUDA_KERNEL_TMA && S == 1 && !p->pages && p->n_rows > 0 && p->Dqk == p->Dv &&
-        (d == 64 || d == 128 || d == 256))
-        return tma_launch(p, d, rab, s);
     const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), block((unsigned)threads);
     if (S == 1)
         return (int)pdl_launch(fn, grid, block, (size_t)smem, s, *p);
