@@ -653,7 +653,8 @@ int main(int argc, char **argv)
             sa.ap = (attn_cuda_params){.B = B, .H = H, .Dqk = cfg.d_qk, .Dv = cfg.d_v, .seqs = d_seqs,
                                        .max_rows = ht + CANDS, .q = sa.uvqk + 2 * vw,
                                        .k = sa.uvqk + 2 * vw + H * cfg.d_qk, .v = sa.uvqk + vw, .ld_qkv = W,
-                                       .n_rows = B * (ht + CANDS), .page_size = 1, .alpha = cfg.alpha, .N = cfg.attn_scale_len,
+                                       .n_rows = B * (ht + CANDS), .page_size = 1, .alpha = cfg.alpha,
+                                       .N = cfg.attn_scale_len,
                                        .out = sa.attn, .ld_out = vw};
             float st_ms[3];
             int kinds[3] = {K_ALL_GEMM, K_ALL_ATTN, K_ALL_ROWS};
