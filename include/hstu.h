@@ -219,8 +219,10 @@ typedef struct hstu_cache_stats {
     double onload_ms, offload_ms;  /* time the copies took on their streams */
     int host_chunks_total, host_chunks_in_use, host_users;
     size_t chunk_bytes, host_bytes;
-    /* CUDA graphs: forwards replayed, buckets captured, forwards run eagerly */
-    uint64_t graph_runs, graph_captures, eager_runs;
+    /* CUDA graphs: forwards replayed, buckets captured, forwards run eagerly;
+     * of the replays, those run as one graph per layer (a layer-wise onload
+     * waits between layers; otherwise one graph holds the whole stack) */
+    uint64_t graph_runs, graph_captures, eager_runs, graph_layered_runs;
     /* CUDA forwards: how many, host time inside the backend, GPU time from
      * the first copy to the last kernel; host time beyond the GPU's is
      * launch and staging work the GPU waited for. gpu_stage_ms: the part of

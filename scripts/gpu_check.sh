@@ -15,6 +15,9 @@
 # and without (tools/ncu_table.py prints the table). NCU_CACHE=none keeps
 # ncu from flushing the caches before each kernel (times as in the real
 # forward, where weights and activations may sit in L2); default: all.
+# TRACE="1 4096 3968" records those cases' kernels and copies as they run
+# (tools/kernel_trace.c, CUPTI; CUDA graphs and PDL included) and prints the
+# last forward kernel by kernel (tools/kernel_trace.py).
 set -u
 BIN=${BIN:-.device/bin}
 LOGS=${OUT:-/tmp/gpu_check}
@@ -151,6 +154,26 @@ if [ -n "${PROFILE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
             rm -f "$LOGS/$name.csv" # the table holds it; the device tool returns few files
         done
     done
+fi
+
+# Kernels as they run (tools/kernel_trace.c, CUPTI): one forward per TRACE case.
+if [ -n "${TRACE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
+    CT=/usr/local/cuda/targets/x86_64-linux
+    ver() { grep -ho "CUpti_Activity$1[0-9]*\b" "$CT/include/cupti_activity.h" | sort -V | tail -n 1; }
+    if gcc -O2 -shared -fPIC -I"$CT/include" -I/usr/local/cuda/include -DKREC="$(ver Kernel)" \
+        -DMREC="$(ver Memcpy)" -DSREC="$(ver Memset)" tools/kernel_trace.c -L"$CT/lib" -lcupti \
+        -Wl,-rpath,"$CT/lib" -o /tmp/kernel_trace.so 2>"$LOGS/kernel_trace_build.err"; then
+        echo "$TRACE" | tr ',' '\n' | while read -r tb tl tc; do
+            [ -n "$tb" ] || continue
+            name="trace_b${tb}_l${tl}_c${tc}"
+            echo "== kernel trace: $name"
+            CUDA_INJECTION64_PATH=/tmp/kernel_trace.so KERNEL_TRACE_OUT="/tmp/$name.csv" \
+                "$BIN/bench_cache_gpu" --profile "$tb" "$tl" "$tc" 2>&1 | tail -n 1
+            python3 tools/kernel_trace.py "/tmp/$name.csv" | tee "$LOGS/$name.txt" | tail -n 16
+        done
+    else
+        echo "kernel trace: the CUPTI library did not build ($LOGS/kernel_trace_build.err)"
+    fi
 fi
 
 echo

@@ -1276,11 +1276,17 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
            rounds, tiers[HSTU_TIER_DEVICE], tiers[HSTU_TIER_HOST], tiers[HSTU_TIER_MISS], rewrites,
            (unsigned long long)cs.evictions, (unsigned long long)cs.degraded, (unsigned long long)cs.offloads,
            (unsigned long long)cs.offloads_skipped, cs.onload_bytes / 1024.0);
-    printf("    CUDA graphs: %llu forwards replayed, %llu buckets captured, %llu eager\n",
-           (unsigned long long)cs.graph_runs, (unsigned long long)cs.graph_captures,
-           (unsigned long long)cs.eager_runs);
+    printf("    CUDA graphs: %llu forwards replayed (%llu one graph per layer), %llu buckets captured, %llu eager\n",
+           (unsigned long long)cs.graph_runs, (unsigned long long)cs.graph_layered_runs,
+           (unsigned long long)cs.graph_captures, (unsigned long long)cs.eager_runs);
     T_CHECK(graphs ? cs.graph_runs > 0 && cs.graph_captures > 1 : cs.graph_runs == 0,
             "graphs %s but %llu replays", graphs ? "on" : "off", (unsigned long long)cs.graph_runs);
+    /* a layer-wise onload replays one graph per layer; every other replay
+     * runs the whole stack as one graph: both kinds replayed and checked */
+    if (graphs && layerwise && tiers[HSTU_TIER_HOST] > 0 && !g_small)
+        T_CHECK(cs.graph_layered_runs > 0 && cs.graph_layered_runs < cs.graph_runs,
+                "%llu of %llu replays one graph per layer: want both kinds", (unsigned long long)cs.graph_layered_runs,
+                (unsigned long long)cs.graph_runs);
     printf("    cached: error %.3g (ratio %.2f, bound 2), L2 %.3g; full: error %.3g (ratio %.2f)", w.err,
            w.emu_err > 0 ? w.err / w.emu_err : 0.0, w.l2, wf.err, wf.emu_err > 0 ? wf.err / wf.emu_err : 0.0);
     if (!retr)

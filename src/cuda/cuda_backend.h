@@ -72,7 +72,7 @@ typedef struct cuda_batch_cache {
 typedef struct cuda_cache_counters {
     uint64_t onload_bytes, offload_bytes, offload_jobs;
     double onload_ms, offload_ms;
-    uint64_t graph_runs, graph_captures, eager_runs;
+    uint64_t graph_runs, graph_captures, eager_runs, graph_layered_runs;
     int graphs_held;
     /* Forwards that ran (T > 0), the host time inside cuda_forward_run and
      * the GPU time from its first copy to its last kernel (CUDA events):

@@ -21,6 +21,7 @@
  * tensor) and are not stored (TMA stores clip to the tensor).
  */
 #include "kernels/gemm_fused_cuda.h"
+#include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
 #include "kernels/tma.cuh"
 
@@ -246,33 +247,53 @@ __global__ void __launch_bounds__(NTHREADS, 1) gemm_fused_kernel(const __grid_co
     else
         __syncthreads();
 
-    if (threadIdx.x >= 256) {
-        if (threadIdx.x == 256) { /* one thread issues every copy */
-            tma_prefetch_map(&a.ta);
-            tma_prefetch_map(&a.tw);
-            int it = 0; /* slices issued, over all tiles: use it / S of buffer it % S */
-            for (int u = cid; u < a.units; u += ncl) {
-                const int m0 = tile_m0(u), n0 = tile_n0(u);
-                for (int kt = 0; kt < nk; kt++, it++) {
-                    const int s = it % S;
-                    const uint32_t full = full0 + 8u * s;
-                    if (it >= S) /* use u of a buffer waits for the release of use u - 1 */
-                        mbar_wait(empty0 + 8u * s, (it / S - 1) & 1);
-                    mbar_arrive_expect_tx(full, C::STAGE);
-                    tma_load_2d(sa(s), &a.ta, full, kt * BK, m0);
+    /* W's slices of one stage (this CTA's share of them, in a cluster). */
+    auto load_w = [&](int s, uint32_t full, int n0, int kt) {
 #pragma unroll
-                    for (int j = 0; j < BN / 64; j++) {
-                        if (CL == 1)
-                            tma_load_2d(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK);
-                        else if (j % CL == rank)
-                            tma_load_2d_multicast(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK,
-                                                  (uint16_t)((1u << CL) - 1));
-                    }
+        for (int j = 0; j < BN / 64; j++) {
+            if (CL == 1)
+                tma_load_2d(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK);
+            else if (j % CL == rank)
+                tma_load_2d_multicast(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK,
+                                      (uint16_t)((1u << CL) - 1));
+        }
+    };
+    if (threadIdx.x == 256) { /* one thread issues every copy */
+        tma_prefetch_map(&a.ta);
+        tma_prefetch_map(&a.tw);
+        /* Programmatic dependent launch (pdl.cuh): W is no kernel's output,
+         * so the first tile's first S slices of it are asked for before the
+         * wait for the kernel ahead (whose output A is); the weights then
+         * stream in while that kernel ends. */
+        const int pre = cid < a.units ? min(S, nk) : 0;
+        for (int kt = 0; kt < pre; kt++) {
+            mbar_arrive_expect_tx(full0 + 8u * kt, C::STAGE);
+            load_w(kt, full0 + 8u * kt, tile_n0(cid), kt);
+        }
+        pdl_wait();
+        pdl_trigger();
+        int it = 0; /* slices issued, over all tiles: use it / S of buffer it % S */
+        for (int u = cid; u < a.units; u += ncl) {
+            const int m0 = tile_m0(u), n0 = tile_n0(u);
+            for (int kt = 0; kt < nk; kt++, it++) {
+                const int s = it % S;
+                const uint32_t full = full0 + 8u * s;
+                if (it >= S) /* use u of a buffer waits for the release of use u - 1 */
+                    mbar_wait(empty0 + 8u * s, (it / S - 1) & 1);
+                if (it >= pre) {
+                    mbar_arrive_expect_tx(full, C::STAGE);
+                    load_w(s, full, n0, kt);
                 }
+                tma_load_2d(sa(s), &a.ta, full, kt * BK, m0);
             }
         }
     } else {
-        gemm_fused_compute<BN, CL>(a, ring, full0, empty0, nk, cid, ncl, rank);
+        /* every other thread before its first global access (the bias,
+         * the stores, the appends): see pdl.cuh */
+        pdl_wait();
+        pdl_trigger();
+        if (threadIdx.x < 256)
+            gemm_fused_compute<BN, CL>(a, ring, full0, empty0, nk, cid, ncl, rank);
     }
     if (threadIdx.x == 0)
         bulk_wait_all<0>(); /* the shared memory stays until the last store has read it */
@@ -337,13 +358,16 @@ template <int BN, int CL> int launch(Args &a, cudaStream_t s)
     a.tiles_n = (a.N + BN - 1) / BN;
     a.units = a.tiles_n * ((a.M + BM * CL - 1) / (BM * CL));
     const int clusters = a.units < max_ctas / CL ? a.units : max_ctas / CL;
-    if (CL == 1) {
-        gemm_fused_kernel<BN, 1><<<clusters, NTHREADS, Cfg<BN>::SMEM, s>>>(a);
-        return (int)cudaGetLastError();
-    }
+    /* With programmatic dependent launch when it is on (pdl.cuh). */
+    if (CL == 1)
+        return (int)pdl_launch(gemm_fused_kernel<BN, 1>, dim3(clusters), dim3(NTHREADS), Cfg<BN>::SMEM, s, a);
     cudaLaunchAttribute at;
-    const cudaLaunchConfig_t lc = cluster_config<BN, CL>(clusters * CL, s, &at);
-    return (int)cudaLaunchKernelEx(&lc, gemm_fused_kernel<BN, CL>, a);
+    at.id = cudaLaunchAttributeClusterDimension;
+    at.val.clusterDim.x = CL;
+    at.val.clusterDim.y = 1;
+    at.val.clusterDim.z = 1;
+    return (int)pdl_launch_attrs(gemm_fused_kernel<BN, CL>, dim3(clusters * CL), dim3(NTHREADS), Cfg<BN>::SMEM, s,
+                                 &at, 1, a);
 }
 
 int g_forced_bn = 0, g_forced_cl = 0;

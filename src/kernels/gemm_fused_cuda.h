@@ -31,6 +31,13 @@
  * the speed of cuBLASLt plus the pass (docs/cuda.md, "The fused uvqk
  * GEMM"); the backend uses it only with HSTU_CUDA_FUSED_GEMM=1.
  *
+ * Programmatic dependent launch (pdl.cuh) when it is on: the kernel may
+ * start while the kernel ahead of it in the stream still runs, and it asks
+ * for its first tile's first W slices before it waits for that kernel. So
+ * W must not be written by the kernel right before the call in its stream
+ * (weights: written once, at load); A, the bias, C and the pool are only
+ * touched after the wait.
+ *
  * sm_90a only. Launches on `stream` and returns a cudaError_t value
  * (0 = launched; cudaErrorInvalidValue for arguments it does not support).
  */

@@ -17,7 +17,7 @@
  *
  * Both instructions do nothing when the kernel was launched without the
  * attribute (PDL off, cuda_pdl_set) or has no dependent. Kernels launched
- * without it (cuBLASLt's, the fused GEMM, the copy and fill kernels) keep
+ * without it (cuBLASLt's, the copy and fill kernels) keep
  * the full stream order on both sides: they start when the kernel before
  * them has completed, and a kernel after them waits for their completion.
  */

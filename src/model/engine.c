@@ -493,6 +493,7 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->onload_ms = cc.onload_ms;
         s->offload_ms = cc.offload_ms;
         s->graph_runs = cc.graph_runs;
+        s->graph_layered_runs = cc.graph_layered_runs;
         s->graph_captures = cc.graph_captures;
         s->eager_runs = cc.eager_runs;
         s->gpu_forwards = cc.forwards;
