@@ -826,6 +826,17 @@ fail:
 
 /* ---- the forward pass --------------------------------------------------- */
 
+/* The embedding and layer 0's LayerNorm of T rows. */
+static hstu_status embed_forward(cuda_backend *cb, int T, const staged *sg, hstu_error *err)
+{
+    const hstu_config *cfg = &cb->model->cfg;
+    const layer_dev *L0 = &cb->layers[0]; /* every model has a layer */
+    return ck(embed_ln_cuda(T, cb->d, cb->d_emb, cb->d8, (const int *)DEV(cb, sg->tok_row), cb->d_pos, cb->d8,
+                            (const int *)DEV(cb, sg->tok_pos), sqrtf((float)cb->d), cb->d_x, cb->x_f32, cb->d8,
+                            L0->ln_in_w, L0->ln_in_b, cfg->ln_eps, cb->d_xn, cb->d8, cb->stream),
+              "embedding + LayerNorm", err);
+}
+
 /* Layer l's onloaded pages must have landed before its attention (layer-wise
  * onload only; otherwise the compute stream waited for all of it at start). */
 static hstu_status wait_onload_layer(cuda_backend *cb, int l, hstu_error *err)
@@ -1060,8 +1071,9 @@ static void pack_history(const cuda_backend *cb, const hstu_request *r, bool ret
  * table is full).
  * *out stays NULL when capture fails: the caller runs eagerly, and graphs
  * are switched off for this backend (counted). */
-/* The graphs of a bucket: the whole layer stack in one graph, or (layered,
- * for a layer-wise onload whose waits sit between layers) one per layer.
+/* The graphs of a bucket: the embedding and the whole layer stack in one
+ * graph, or (layered, for a layer-wise onload whose waits sit between
+ * layers) one per layer, the embedding left to the caller.
  * One graph saves the GPU a few microseconds at every layer boundary (an
  * H100 at batch 1: 2.2-3.2 us between graphs, 0.3-0.5 us between kernels
  * of one graph) and the host L - 1 launches. */
@@ -1112,6 +1124,8 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
         memset(&cap_err, 0, sizeof cap_err);
         ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
         hstu_status st = ok ? HSTU_OK : HSTU_ERR_UNSUPPORTED;
+        if (st == HSTU_OK && !layered) /* the whole stack's graph starts with the embedding */
+            st = embed_forward(cb, Tg, sg, &cap_err);
         for (int l = i * per; l < (i + 1) * per && st == HSTU_OK; l++)
             st = layer_forward(cb, Tg, l, &ap, sg, cb->d_pool != NULL, false, &cap_err);
         if (ok)
@@ -1226,8 +1240,14 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     sg.page_table = (int *)(cb->h_stage + cb->fx_pt);
     sg.row_slot = (int64_t *)(cb->h_stage + cb->fx_row_slot);
     sg.ts = retr ? (int64_t *)(cb->h_stage + cb->fx_ts) : NULL;
-    sg.tok_row = (int *)stage_take(&sgb, (size_t)T * 4);
-    sg.tok_pos = (int *)stage_take(&sgb, (size_t)T * 4);
+    /* The rows the layers run (a graph's padded bucket); padding rows append
+     * nothing, and embed item 0 at position 0 (a graph embeds them too, so
+     * tok_pos sits at an offset fixed by the bucket). */
+    const int T_run = Bg > 0 ? Tg : T;
+    sg.tok_row = (int *)stage_take(&sgb, (size_t)T_run * 4);
+    sg.tok_pos = (int *)stage_take(&sgb, (size_t)T_run * 4);
+    for (int i = T; i < T_run; i++)
+        sg.tok_row[i] = sg.tok_pos[i] = 0;
     sg.rows = (int *)stage_take(&sgb, (size_t)(retr ? B : M) * 4);
     if (retr) {
         sg.excl = (int *)stage_take(&sgb, (size_t)hist_total * 4);
@@ -1250,7 +1270,6 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         }
     }
     int max_pos = cfg->max_positions - 1, cand_i = 0, ts_off = 0, P = cb->cc.page_size;
-    int T_run = Bg > 0 ? Tg : T; /* the rows the layers run: padding rows append nothing */
     if (cb->d_pool) /* (a graph's layers append whenever the cache is on) */
         for (int i = 0; i < T_run; i++)
             sg.row_slot[i] = -1;
@@ -1360,11 +1379,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     if (n_onload > 0 && (st = start_onload(cb, &sg, n_onload, err)) != HSTU_OK)
         return st;
 
-    const layer_dev *L0 = &cb->layers[0]; /* every model has a layer */
-    if ((st = ck(embed_ln_cuda(T, cb->d, cb->d_emb, cb->d8, (const int *)DEV(cb, sg.tok_row), cb->d_pos, cb->d8,
-                               (const int *)DEV(cb, sg.tok_pos), sqrtf((float)cb->d), cb->d_x, cb->x_f32, cb->d8,
-                               L0->ln_in_w, L0->ln_in_b, cfg->ln_eps, cb->d_xn, cb->d8, s),
-                 "embedding + LayerNorm", err)) != HSTU_OK)
+    /* (the whole stack's graph embeds its bucket's rows itself) */
+    if ((!g || g->layered) && (st = embed_forward(cb, T, &sg, err)) != HSTU_OK)
         return st;
     if (g) {
         for (int l = 0; l < (g->layered ? cfg->n_layers : 1); l++) {
