@@ -3,14 +3,16 @@
  * CUPTI injection library for the GPU machine, where the CUPTI headers are.
  *
  *   gcc -O2 -shared -fPIC -I/usr/local/cuda/targets/x86_64-linux/include \
- *       -DKREC=CUpti_ActivityKernel<N> -DMREC=CUpti_ActivityMemcpy<N> -DSREC=CUpti_ActivityMemset<N> tools/kernel_trace.c \
+ *       -DKREC=CUpti_ActivityKernel<N> -DMREC=CUpti_ActivityMemcpy<N> \
+ *       -DSREC=CUpti_ActivityMemset<N> tools/kernel_trace.c \
  *       -L/usr/local/cuda/targets/x86_64-linux/lib -lcupti -o /tmp/kernel_trace.so
  *   CUDA_INJECTION64_PATH=/tmp/kernel_trace.so KERNEL_TRACE_OUT=t.csv prog ...
  *
- * Writes "start_ns,end_ns,grid,name" per kernel and "start_ns,end_ns,<n>B,
- * memcpy <kind>" per copy (tools/kernel_trace.py
- * reads it). ncu times kernels one at a time; this shows them back to
- * back, with the gaps between them. */
+ * <N>: the newest record versions in cupti_activity.h (gpu_check.sh's
+ * TRACE= finds them). Writes "start_ns,end_ns,grid,name" per kernel,
+ * "start_ns,end_ns,<n>B,memcpy <kind>" per copy and "...,memset" per fill;
+ * tools/kernel_trace.py reads it. ncu times kernels one at a time; this
+ * shows them back to back, with the gaps between them. */
 #include <cupti.h>
 #include <stdio.h>
 #include <stdlib.h>

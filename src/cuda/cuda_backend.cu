@@ -145,7 +145,7 @@ struct cuda_backend {
     /* Staging: the arrays the layer kernels read sit at fixed offsets (a
      * CUDA graph holds their addresses); the rest is packed after fx_end. */
     size_t fx_seqs, fx_pt, fx_row_slot, fx_ts, fx_end;
-    /* CUDA graphs of the layers, per (batch, tokens, splits, paged) bucket. */
+    /* CUDA graphs of the layers, per (batch, tokens, splits, paged, layered) bucket. */
     struct graph_entry {
         int B, T, S;
         bool paged;   /* the attention reads pages (some user had cached rows) */
@@ -1066,17 +1066,16 @@ static void pack_history(const cuda_backend *cb, const hstu_request *r, bool ret
         pos[i - c] = max_pos;
 }
 
-/* The layer graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL),
+/* The graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL, layered),
  * captured on first use (the least recently used bucket makes room when the
- * table is full).
+ * table is full): the embedding and the whole layer stack in one graph, or
+ * (layered, for a layer-wise onload whose waits sit between layers) one
+ * graph per layer, the embedding left to the caller. One graph saves the
+ * GPU a few microseconds at every layer boundary (an H100 at batch 1:
+ * 2.2-3.2 us between graphs, 0.1-0.5 us between kernels of one graph) and
+ * the host L - 1 launches.
  * *out stays NULL when capture fails: the caller runs eagerly, and graphs
  * are switched off for this backend (counted). */
-/* The graphs of a bucket: the embedding and the whole layer stack in one
- * graph, or (layered, for a layer-wise onload whose waits sit between
- * layers) one per layer, the embedding left to the caller.
- * One graph saves the GPU a few microseconds at every layer boundary (an
- * H100 at batch 1: 2.2-3.2 us between graphs, 0.3-0.5 us between kernels
- * of one graph) and the host L - 1 launches. */
 static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_params *ap_in, const staged *sg,
                              bool layered, cuda_backend::graph_entry **out, hstu_error *err)
 {
@@ -1444,7 +1443,8 @@ hstu_status cuda_offload_submit(cuda_backend *cb, int64_t user, const int *pages
         kv_copy *d = cb->h_off_desc + (size_t)slots[k] * cb->ppc; /* the slot's own copies: free while it is pending */
         for (int i = 0; i < cb->ppc; i++) {
             d[i].src = (uint64_t)(uintptr_t)((char *)cb->d_pool + (size_t)pages[k * cb->ppc + i] * cb->page_bytes);
-            d[i].dst = (uint64_t)(uintptr_t)(cb->h_pool + (size_t)slots[k] * cb->chunk_bytes + (size_t)i * cb->blk_bytes);
+            d[i].dst =
+                (uint64_t)(uintptr_t)(cb->h_pool + (size_t)slots[k] * cb->chunk_bytes + (size_t)i * cb->blk_bytes);
         }
         if ((st = ck(kv_copy_cuda(d, cb->ppc, cb->blk_bytes, cb->blk_bytes, (size_t)cb->ppc * cb->blk_bytes, 0, L, so),
                      "KV offload", err)) != HSTU_OK)
