@@ -1359,10 +1359,6 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), block((unsigned)threads);
     if (S == 1)
         return (int)pdl_launch(fn, grid, block, (size_t)smem, s, *p);
-    cudaLaunchAttribute cluster = {};
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = 1;
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = (unsigned)S;
+    const cudaLaunchAttribute cluster = cluster_attribute(1, 1, (unsigned)S);
     return (int)pdl_launch_attrs(fn, grid, block, (size_t)smem, s, &cluster, 1, *p);
 }

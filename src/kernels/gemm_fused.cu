@@ -310,10 +310,7 @@ template <int BN, int CL> cudaLaunchConfig_t cluster_config(int ctas, cudaStream
     lc.blockDim = dim3(NTHREADS);
     lc.dynamicSmemBytes = Cfg<BN>::SMEM;
     lc.stream = s;
-    at->id = cudaLaunchAttributeClusterDimension;
-    at->val.clusterDim.x = CL;
-    at->val.clusterDim.y = 1;
-    at->val.clusterDim.z = 1;
+    *at = cluster_attribute(CL, 1, 1);
     lc.attrs = at;
     lc.numAttrs = 1;
     return lc;
@@ -361,11 +358,7 @@ template <int BN, int CL> int launch(Args &a, cudaStream_t s)
     /* With programmatic dependent launch when it is on (pdl.cuh). */
     if (CL == 1)
         return (int)pdl_launch(gemm_fused_kernel<BN, 1>, dim3(clusters), dim3(NTHREADS), Cfg<BN>::SMEM, s, a);
-    cudaLaunchAttribute at;
-    at.id = cudaLaunchAttributeClusterDimension;
-    at.val.clusterDim.x = CL;
-    at.val.clusterDim.y = 1;
-    at.val.clusterDim.z = 1;
+    const cudaLaunchAttribute at = cluster_attribute(CL, 1, 1);
     return (int)pdl_launch_attrs(gemm_fused_kernel<BN, CL>, dim3(clusters * CL), dim3(NTHREADS), Cfg<BN>::SMEM, s,
                                  &at, 1, a);
 }

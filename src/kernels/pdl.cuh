@@ -49,6 +49,18 @@ __device__ __forceinline__ void pdl_trigger()
 
 constexpr int PDL_MAX_EXTRA = 3; /* caller attributes of one launch */
 
+/* The launch attribute of a thread-block cluster of x * y * z CTAs (an
+ * extra attribute for pdl_launch_attrs, or for an occupancy query). */
+inline cudaLaunchAttribute cluster_attribute(unsigned x, unsigned y, unsigned z)
+{
+    cudaLaunchAttribute at = {};
+    at.id = cudaLaunchAttributeClusterDimension;
+    at.val.clusterDim.x = x;
+    at.val.clusterDim.y = y;
+    at.val.clusterDim.z = z;
+    return at;
+}
+
 /* kernel<<<grid, block, smem, stream>>>(args...) through cudaLaunchKernelEx,
  * with the attributes extra[0 .. n_extra) (a cluster shape, say) and, when
  * PDL is on (cuda_pdl_on), programmatic stream serialization. Returns the
