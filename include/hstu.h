@@ -226,9 +226,11 @@ typedef struct hstu_cache_stats {
     /* CUDA forwards: how many, host time inside the backend, GPU time from
      * the first copy to the last kernel; host time beyond the GPU's is
      * launch and staging work the GPU waited for. gpu_stage_ms: the part of
-     * gpu_busy_ms spent packing the batch's metadata on the host */
+     * gpu_busy_ms spent packing the batch's metadata on the host;
+     * gpu_launch_ms: host time in the layer stack's launches (graphs or
+     * kernels) */
     uint64_t gpu_forwards;
-    double gpu_host_ms, gpu_busy_ms, gpu_stage_ms;
+    double gpu_host_ms, gpu_busy_ms, gpu_stage_ms, gpu_launch_ms;
 } hstu_cache_stats;
 
 void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s);

@@ -17,7 +17,8 @@
 # forward, where weights and activations may sit in L2); default: all.
 # TRACE="1 4096 3968" records those cases' kernels and copies as they run
 # (tools/kernel_trace.c, CUPTI; CUDA graphs and PDL included) and prints the
-# last forward kernel by kernel (tools/kernel_trace.py).
+# last forward kernel by kernel (tools/kernel_trace.py); TRACE_KINDS=api
+# records the host's CUDA calls instead (all: both).
 set -u
 BIN=${BIN:-.device/bin}
 LOGS=${OUT:-/tmp/gpu_check}
@@ -168,6 +169,7 @@ if [ -n "${TRACE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
             name="trace_b${tb}_l${tl}_c${tc}"
             echo "== kernel trace: $name"
             CUDA_INJECTION64_PATH=/tmp/kernel_trace.so KERNEL_TRACE_OUT="/tmp/$name.csv" \
+                KERNEL_TRACE_KINDS="${TRACE_KINDS:-gpu}" \
                 "$BIN/bench_cache_gpu" --profile "$tb" "$tl" "$tc" 2>&1 | tail -n 1
             python3 tools/kernel_trace.py "/tmp/$name.csv" | tee "$LOGS/$name.txt" | tail -n 16
         done

@@ -46,6 +46,7 @@
     X("cuda: bias + SiLU", test_bias_silu)                                                        \
     X("cuda: SiLU(u + b) * LN(a)", test_ln_mul)                                                   \
     X("cuda: gather + L2 norm", test_gather_l2norm)                                               \
+    X("cuda: scores (sigmoid or logits) into pinned host or device memory", test_scores_out)      \
     X("cuda: bf16 GEMM (cuBLASLt)", test_gemm)                                                    \
     X("cuda: top-k selection vs topk_ref", test_topk)                                             \
     X("cuda: unsupported head widths are refused", test_unsupported)                              \
@@ -442,6 +443,44 @@ static void test_gather_l2norm(void)
             cudaFree(d_x), cudaFree(d_rows), cudaFree(d_y);
             free(x), free(rows);
         }
+}
+
+static void test_scores_out(void)
+{
+    const int rows = 300, n = 5, ldx = 8;
+    float *x = rand_f32((size_t)rows * ldx, -12, 12);
+    x[0] = 90.0f, x[1] = -90.0f; /* saturated ends: exactly 1 and 0, no NaN */
+    float *d_x = up_f32(x, (size_t)rows * ldx), *h = NULL, *d_y = t_dpoison((size_t)rows * n * 4);
+    float *y = t_xmalloc(sizeof(float) * rows * n);
+    T_CHECK(cudaMallocHost((void **)&h, sizeof(float) * rows * n) == cudaSuccess, "cudaMallocHost");
+    for (int host = 0; host < 2 && h; host++)
+        for (int sig = 0; sig < 2; sig++) {
+            float *dst = d_y;
+            if (host) {
+                memset(h, 0xff, sizeof(float) * rows * n); /* NaN bits: every value must be written */
+                T_CHECK(cudaHostGetDevicePointer((void **)&dst, h, 0) == cudaSuccess, "mapping");
+            }
+            T_CHECK(scores_out_cuda(rows, n, d_x, ldx, sig, dst, NULL) == 0, "launch");
+            if (!sync_ok("scores_out"))
+                continue;
+            if (host)
+                memcpy(y, h, sizeof(float) * rows * n);
+            else
+                down_f32(y, d_y, (size_t)rows * n);
+            double worst = 0;
+            for (int i = 0; i < rows; i++)
+                for (int t = 0; t < n; t++) {
+                    double z = x[(size_t)i * ldx + t], want = sig ? 1.0 / (1.0 + exp(-z)) : z;
+                    double got = y[(size_t)i * n + t], e = fabs(got - want);
+                    T_CHECK(isfinite(got), "score %d,%d is not finite", i, t);
+                    worst = e > worst ? e : worst;
+                }
+            T_CHECK(worst <= 1e-6, "%s %s: worst error %.3g", host ? "host" : "device", sig ? "sigmoid" : "logits",
+                    worst);
+        }
+    cudaFreeHost(h);
+    cudaFree(d_x), cudaFree(d_y);
+    free(x), free(y);
 }
 
 static void test_gemm(void)

@@ -114,7 +114,10 @@ static int run_user(kv_cache *kv, const kv_options *o, int64_t user, const uint6
     bool ok = kv_reserve(kv, user, n);
     if (ok) {
         write_rows(kv, o, user, keys, c, n);
-        kv_commit(kv, user, n, keys);
+        if (user % 2) /* the engine's form: the hash made ahead (while the GPU runs) */
+            kv_commit_hashed(kv, user, n, n > 0 ? kv_hash_keys(keys, n) : 0);
+        else
+            kv_commit(kv, user, n, keys);
     }
     kv_end(kv);
     return c;

@@ -10,12 +10,18 @@
  *
  * <N>: the newest record versions in cupti_activity.h (gpu_check.sh's
  * TRACE= finds them). Writes "start_ns,end_ns,grid,name" per kernel,
- * "start_ns,end_ns,<n>B,memcpy <kind>" per copy and "...,memset" per fill;
- * tools/kernel_trace.py reads it. ncu times kernels one at a time; this
+ * "start_ns,end_ns,<n>B,memcpy <kind>" per copy, "...,memset" per fill and
+ * "start_ns,end_ns,api,<function>" per CUDA runtime call on the host (the
+ * same clock: host work shows as the time between calls);
+ * tools/kernel_trace.py reads it. KERNEL_TRACE_KINDS=api records the
+ * runtime calls only, =gpu the GPU work only (tracing kernels slows graph
+ * launches on the host; tracing calls adds a little to each call). ncu times kernels one at a time; this
  * shows them back to back, with the gaps between them. */
 #include <cupti.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static FILE *g_out;
 
@@ -40,6 +46,12 @@ static void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t *b
             static const char *kinds[] = {"?", "HtoD", "DtoH", "HtoA", "AtoH", "AtoA", "AtoD", "DtoA", "DtoD", "HtoH"};
             fprintf(g_out, "%llu,%llu,%lluB,memcpy %s\n", (unsigned long long)m->start, (unsigned long long)m->end,
                     (unsigned long long)m->bytes, m->copyKind < 10 ? kinds[m->copyKind] : "?");
+        } else if (rec->kind == CUPTI_ACTIVITY_KIND_RUNTIME) {
+            const CUpti_ActivityAPI *a = (const CUpti_ActivityAPI *)rec;
+            const char *name = NULL;
+            if (cuptiGetCallbackName(CUPTI_CB_DOMAIN_RUNTIME_API, a->cbid, &name) != CUPTI_SUCCESS || !name)
+                name = "?";
+            fprintf(g_out, "%llu,%llu,api,%s\n", (unsigned long long)a->start, (unsigned long long)a->end, name);
         } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
             const SREC *m = (const SREC *)rec;
             fprintf(g_out, "%llu,%llu,%lluB,memset\n", (unsigned long long)m->start, (unsigned long long)m->end,
@@ -61,9 +73,15 @@ int InitializeInjection(void)
     g_out = fopen(path ? path : "kernel_trace.csv", "w");
     if (!g_out)
         return 0;
-    cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
-    cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY);
-    cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET);
+    const char *kinds = getenv("KERNEL_TRACE_KINDS");
+    bool api = !kinds || strcmp(kinds, "gpu") != 0, gpu = !kinds || strcmp(kinds, "api") != 0;
+    if (gpu) {
+        cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+        cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY);
+        cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET);
+    }
+    if (api)
+        cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME);
     cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed);
     atexit(flush_at_exit);
     return 1;

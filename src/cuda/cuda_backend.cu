@@ -114,7 +114,8 @@ struct cuda_backend {
     size_t h_bytes;
     char *h_stage;        /* [stage_cap] per-batch metadata */
     size_t stage_cap;
-    float *h_logits;      /* [T, n_tasks8] */
+    float *h_logits;      /* [T, n_tasks] scores, written by the GPU (mapped pinned memory) */
+    float *dh_logits;     /* h_logits as the device addresses it */
     int *h_topk_ids;      /* [topk_cap] */
     float *h_topk_vals;   /* [topk_cap] */
     int *h_topk_n;        /* [max_users] */
@@ -149,12 +150,17 @@ struct cuda_backend {
     struct graph_entry {
         int B, T, S;
         bool paged;   /* the attention reads pages (some user had cached rows) */
-        bool layered; /* one graph per layer (exec[l]); else the whole stack in exec[0] */
+        bool layered; /* one graph per layer (exec[l]); else the whole stack in two (graph_part) */
+        int n_exec;
         cudaGraphExec_t *exec; /* [L] */
         uint64_t used;
     } graphs[32];
     int n_graphs;
     uint64_t graph_clock;
+
+    bool in_flight; /* a forward's work may still run (a call failed before its last wait) */
+    void (*overlap)(void *); /* this forward's cuda_batch_cache.overlap, until called */
+    void *overlap_arg;
 };
 
 /* One batch's metadata, packed in h_stage (device copy at the same offsets). */
@@ -790,6 +796,10 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         h.base = (uintptr_t)cb->h_arena;
         h.used = 0;
         layout_host(cb, &h);
+        if (cb->h_logits &&
+            (st = ck(cudaHostGetDevicePointer((void **)&cb->dh_logits, cb->h_logits, 0), "mapping the scores",
+                     err)) != HSTU_OK)
+            goto fail;
     }
     /* Padding columns of the activations must hold finite values (zeros):
      * GEMMs read them against zero weight rows. */
@@ -916,6 +926,11 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
 static hstu_status sync_forward(cuda_backend *cb, hstu_error *err)
 {
     hstu_status st = ck(cudaEventRecord(cb->ev_fwd_end, cb->stream), "cudaEventRecord", err);
+    if (st == HSTU_OK && cb->overlap) { /* the caller's host work, while the GPU runs */
+        void (*fn)(void *) = cb->overlap;
+        cb->overlap = NULL;
+        fn(cb->overlap_arg);
+    }
     return st != HSTU_OK ? st : ck(cudaStreamSynchronize(cb->stream), "the forward pass", err);
 }
 
@@ -950,20 +965,18 @@ static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M
         in = out;
         out = t;
     }
-    size_t bytes = (size_t)M * cb->n_tasks8 * 4;
-    if ((st = ck(cudaMemcpyAsync(cb->h_logits, cb->d_logits, bytes, cudaMemcpyDeviceToHost, s), "logits copy",
-                 err)) != HSTU_OK)
+    /* The scores go straight into pinned host memory (a copy after the
+     * GEMM would start 6 us after it), sigmoid on the GPU. */
+    int nt = cfg->n_tasks;
+    if ((st = ck(scores_out_cuda(M, nt, cb->d_logits, cb->n_tasks8, !logits, cb->dh_logits, s), "scores", err)) !=
+            HSTU_OK ||
+        (st = sync_forward(cb, err)) != HSTU_OK)
         return st;
-    if ((st = sync_forward(cb, err)) != HSTU_OK)
-        return st;
-    int nt = cfg->n_tasks, row = 0;
+    const float *z = cb->h_logits;
     for (int b = 0; b < B; b++) {
         user_plan *p = &plans[b];
-        for (int i = 0; i < p->cand; i++, row++)
-            for (int t = 0; t < nt; t++) {
-                float z = cb->h_logits[(size_t)row * cb->n_tasks8 + t];
-                p->res->scores[(size_t)i * nt + t] = logits ? z : 1.0f / (1.0f + expf(-z));
-            }
+        memcpy(p->res->scores, z, sizeof(float) * (size_t)p->cand * nt);
+        z += (size_t)p->cand * nt;
     }
     return HSTU_OK;
 }
@@ -1076,6 +1089,17 @@ static void pack_history(const cuda_backend *cb, const hstu_request *r, bool ret
  * the host L - 1 launches.
  * *out stays NULL when capture fails: the caller runs eagerly, and graphs
  * are switched off for this backend (counted). */
+/* The layers [lo, hi) of a bucket's graph i. A layered entry has one graph
+ * per layer. The whole stack comes in two graphs: the embedding and layer
+ * 0, then the other layers. Launching a graph takes the host about 0.5 us
+ * per kernel before the GPU starts it, so the GPU starts on the short first
+ * graph while the host launches the long second one. */
+static void graph_part(const cuda_backend::graph_entry *g, int L, int i, int *lo, int *hi)
+{
+    *lo = g->layered || i == 0 ? i : 1;
+    *hi = g->layered || i == 0 ? i + 1 : L;
+}
+
 static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_params *ap_in, const staged *sg,
                              bool layered, cuda_backend::graph_entry **out, hstu_error *err)
 {
@@ -1116,16 +1140,18 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
     ap.B = Bg;
     ap.max_rows = Tg;
     bool ok = true;
-    const int n_exec = layered ? L : 1, per = layered ? 1 : L; /* graphs, layers in each */
-    for (int i = 0; i < n_exec && ok; i++) {
+    g->n_exec = layered ? L : L > 1 ? 2 : 1;
+    for (int i = 0; i < g->n_exec && ok; i++) {
+        int lo, hi;
+        graph_part(g, L, i, &lo, &hi);
         cudaGraph_t graph = NULL;
         hstu_error cap_err;
         memset(&cap_err, 0, sizeof cap_err);
         ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
         hstu_status st = ok ? HSTU_OK : HSTU_ERR_UNSUPPORTED;
-        if (st == HSTU_OK && !layered) /* the whole stack's graph starts with the embedding */
+        if (st == HSTU_OK && !layered && i == 0) /* the whole stack's graph starts with the embedding */
             st = embed_forward(cb, Tg, sg, &cap_err);
-        for (int l = i * per; l < (i + 1) * per && st == HSTU_OK; l++)
+        for (int l = lo; l < hi && st == HSTU_OK; l++)
             st = layer_forward(cb, Tg, l, &ap, sg, cb->d_pool != NULL, false, &cap_err);
         if (ok)
             ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
@@ -1206,12 +1232,17 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     if (T == 0 || (!retr && M == 0))
         return HSTU_OK; /* nothing to score (a plan with T == 0 has no rows to append either) */
     /* A call that failed midway may have left work in flight that reads the
-     * staging buffer; it must be done before the buffer is rewritten. */
-    hstu_status st = ck(cudaStreamSynchronize(cb->stream), "an earlier forward pass", err);
-    if (st == HSTU_OK && cb->s_onload)
-        st = ck(cudaStreamSynchronize(cb->s_onload), "an earlier onload", err);
-    if (st != HSTU_OK)
-        return st;
+     * staging buffer; it must be done before the buffer is rewritten (a call
+     * that returned OK waited for all of its work). */
+    hstu_status st = HSTU_OK;
+    if (cb->in_flight) {
+        st = ck(cudaStreamSynchronize(cb->stream), "an earlier forward pass", err);
+        if (st == HSTU_OK && cb->s_onload)
+            st = ck(cudaStreamSynchronize(cb->s_onload), "an earlier onload", err);
+        if (st != HSTU_OK)
+            return st;
+    }
+    cb->in_flight = true; /* until this call's last wait has returned */
     if ((st = ck(cudaEventRecord(cb->ev_fwd_start, cb->stream), "cudaEventRecord", err)) != HSTU_OK)
         return st;
     const double t_stage = core_now_s();
@@ -1379,10 +1410,11 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         return st;
 
     /* (the whole stack's graph embeds its bucket's rows itself) */
+    const double t_launch = core_now_s();
     if ((!g || g->layered) && (st = embed_forward(cb, T, &sg, err)) != HSTU_OK)
         return st;
     if (g) {
-        for (int l = 0; l < (g->layered ? cfg->n_layers : 1); l++) {
+        for (int l = 0; l < g->n_exec; l++) {
             /* layered: a graph holds one layer, and the wait sits between graphs */
             if (g->layered && (st = wait_onload_layer(cb, l, err)) != HSTU_OK)
                 return st;
@@ -1391,13 +1423,13 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         }
         cb->ctr.graph_runs++;
         cb->ctr.graph_layered_runs += g->layered;
-        goto head;
+    } else {
+        cb->ctr.eager_runs++;
+        for (int l = 0; l < cfg->n_layers; l++)
+            if ((st = layer_forward(cb, T, l, &ap, &sg, n_app > 0, true, err)) != HSTU_OK)
+                return st;
     }
-    cb->ctr.eager_runs++;
-    for (int l = 0; l < cfg->n_layers; l++)
-        if ((st = layer_forward(cb, T, l, &ap, &sg, n_app > 0, true, err)) != HSTU_OK)
-            return st;
-head:
+    cb->ctr.launch_ms += (core_now_s() - t_launch) * 1e3;
     if (retr)
         st = head_retrieval(cb, plans, B, &sg, err);
     else
@@ -1409,6 +1441,7 @@ head:
             cb->ctr.onload_ms += ms;
         cb->ctr.onload_bytes += (uint64_t)n_onload * cb->page_bytes;
     }
+    cb->in_flight = st != HSTU_OK;
     float ms = 0;
     if (st == HSTU_OK && cudaEventElapsedTime(&ms, cb->ev_fwd_start, cb->ev_fwd_end) == cudaSuccess) {
         cb->ctr.gpu_ms += ms;
@@ -1421,7 +1454,10 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
                              hstu_error *err)
 {
     double t0 = core_now_s();
+    cb->overlap = kc ? kc->overlap : NULL;
+    cb->overlap_arg = kc ? kc->overlap_arg : NULL;
     hstu_status st = forward(cb, plans, B, logits, kc, err);
+    cb->overlap = NULL;
     cb->ctr.forward_ms += (core_now_s() - t0) * 1e3;
     return st;
 }

@@ -66,6 +66,11 @@ typedef struct cuda_batch_cache {
     int n_page_idx;
     const cuda_onload *onload;    /* pages of host hits, filled before their layer's attention */
     int n_onload;
+    /* Host work to run while the GPU computes (the cache's commit hashes):
+     * called once, after the launches and before the first wait for the
+     * GPU, or not at all when the call fails first or has nothing to run. */
+    void (*overlap)(void *arg);
+    void *overlap_arg;
 } cuda_batch_cache;
 
 /* Transfer counters since create. */
@@ -80,6 +85,7 @@ typedef struct cuda_cache_counters {
     uint64_t forwards;
     double forward_ms, gpu_ms;
     double stage_ms; /* host time packing and sending the metadata (inside gpu_ms: the GPU waits for it) */
+    double launch_ms; /* host time launching the layer stack (graphs or kernels) */
 } cuda_cache_counters;
 
 /* True when this build has CUDA and a device is usable; otherwise writes

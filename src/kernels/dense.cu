@@ -671,3 +671,24 @@ extern "C" int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ld
     return (int)pdl_launch(gather_l2norm_kernel<bf16_t>, row_grid(n), row_block(n), 0, (cudaStream_t)stream, n, width,
                            x, ldx, rows, y, ldy);
 }
+
+__global__ void scores_out_kernel(int total, int n, const float *x, int ldx, int sigmoid, float *y)
+{
+    pdl_wait();
+    pdl_trigger();
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+        int i = k / n, t = k - i * n;
+        float z = x[(size_t)i * ldx + t];
+        y[k] = sigmoid ? 1.0f / (1.0f + expf(-z)) : z;
+    }
+}
+
+extern "C" int scores_out_cuda(int rows, int n, const float *x, int ldx, int sigmoid, float *y, void *stream)
+{
+    if (rows <= 0 || n <= 0)
+        return 0;
+    int total = rows * n, block = 256, grid = (total + block - 1) / block;
+    grid = grid < 264 ? grid : 264; /* two per SM: the stride loop takes the rest */
+    return (int)pdl_launch(scores_out_kernel, dim3(grid), dim3(block), 0, (cudaStream_t)stream, total, n, x, ldx,
+                           sigmoid, y);
+}

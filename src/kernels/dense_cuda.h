@@ -91,6 +91,11 @@ int gather_l2norm_cuda(int n, int width, const float *x, int ldx, const int *row
 int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ldx, const int *rows, bf16_t *y, int ldy,
                             void *stream);
 
+/* y[i * n + t] = sigmoid(x[i * ldx + t]) (or x itself, sigmoid 0) for i <
+ * rows, t < n; x fp32, y fp32 packed. y may be pinned host memory (the
+ * ranking head's scores go straight to the host: no copy, no host pass). */
+int scores_out_cuda(int rows, int n, const float *x, int ldx, int sigmoid, float *y, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -528,6 +528,11 @@ int kv_pages(const kv_cache *kv, int64_t user, int *pages, int max)
 
 void kv_commit(kv_cache *kv, int64_t user, int rows, const uint64_t *keys)
 {
+    kv_commit_hashed(kv, user, rows, rows > 0 ? kv_hash_keys(keys, rows) : 0);
+}
+
+void kv_commit_hashed(kv_cache *kv, int64_t user, int rows, uint64_t hash)
+{
     HSTU_ASSERT(rows >= 0);
     int e = index_find(kv, user);
     if (e == KV_NONE) {
@@ -541,7 +546,7 @@ void kv_commit(kv_cache *kv, int64_t user, int rows, const uint64_t *keys)
     kv_entry *x = &kv->entries[e];
     HSTU_ASSERT(pages_for(kv, rows) <= x->n_pages); /* rows beyond the reservation */
     x->rows = rows;
-    x->hash = kv_hash_keys(keys, rows);
+    x->hash = hash;
     trim_pages(kv, e, pages_for(kv, rows));
     lru_touch(kv, e);
 }

@@ -101,6 +101,9 @@ int kv_pages(const kv_cache *kv, int64_t user, int *pages, int max);
  * entry committed with 0 rows is dropped (keys may then be NULL). Pages
  * beyond what `rows` needs are returned to the pool. Does not pin. */
 void kv_commit(kv_cache *kv, int64_t user, int rows, const uint64_t *keys);
+/* kv_commit with the keys' hash (kv_hash_keys(keys, rows)) computed by the
+ * caller, e.g. while the GPU runs the forward. */
+void kv_commit_hashed(kv_cache *kv, int64_t user, int rows, uint64_t hash);
 /* Closes the batch: unpins its entries, returns pages reserved but not
  * committed (each entry keeps exactly ceil(rows/P) pages), and drops entries
  * reserved in this batch and never committed. Between batches every entry

@@ -320,6 +320,25 @@ static hstu_status offload_start(hstu_engine *e, user_plan *plans, int B, hstu_e
     return HSTU_OK;
 }
 
+/* The keys' hashes that kv_commit stores after the forward (run by the
+ * CUDA backend while the GPU computes, else before the commits). */
+typedef struct commit_hashes {
+    const hstu_engine *e;
+    user_plan *plans;
+    int B;
+    bool done;
+} commit_hashes;
+
+static void hash_commits(void *arg)
+{
+    commit_hashes *h = arg;
+    for (int b = 0; b < h->B; b++) {
+        user_plan *p = &h->plans[b];
+        p->commit_hash = p->paged > 0 ? kv_hash_keys(h->e->keys + p->key0, p->paged) : 0;
+    }
+    h->done = true;
+}
+
 /* Plans users [0, B) against the cache and runs them. */
 static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits, hstu_error *err)
 {
@@ -399,12 +418,15 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         page_off += n;
     }
     hstu_status st = HSTU_OK;
+    commit_hashes ch = {.e = e, .plans = plans, .B = B};
     if (e->cuda) {
         cuda_batch_cache kc = {.page_idx = e->page_idx, .n_page_idx = page_off, .onload = e->onload,
-                               .n_onload = n_onload};
+                               .n_onload = n_onload, .overlap = e->kv ? hash_commits : NULL, .overlap_arg = &ch};
         st = cuda_forward_run(e->cuda, plans, B, logits, &kc, err);
     } else
         forward_run(e, plans, B, logits);
+    if (e->kv && !ch.done)
+        hash_commits(&ch);
     for (int b = 0; b < B && st == HSTU_OK; b++) {
         user_plan *p = &plans[b];
         p->res->tier = p->host > 0 ? HSTU_TIER_HOST : p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
@@ -413,7 +435,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         e->stats.tokens_reused += (uint64_t)p->c;
         e->stats.tokens_computed += (uint64_t)(p->hist - p->c + p->cand);
         if (e->kv && p->paged > 0)
-            kv_commit(e->kv, p->req->user_id, p->paged, e->keys + p->key0);
+            kv_commit_hashed(e->kv, p->req->user_id, p->paged, p->commit_hash);
     }
     /* A failed forward commits nothing: its users' new pages are dropped by
      * kv_end (entries reserved in this batch) or trimmed back. A host hit's
@@ -500,6 +522,7 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->gpu_host_ms = cc.forward_ms;
         s->gpu_busy_ms = cc.gpu_ms;
         s->gpu_stage_ms = cc.stage_ms;
+        s->gpu_launch_ms = cc.launch_ms;
     }
     if (e->kv) {
         kv_stats ks;

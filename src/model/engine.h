@@ -31,6 +31,7 @@ typedef struct user_plan {
     int key0;       /* offset of this user's row keys in the keys scratch */
     int page0;      /* offset of this user's page pointers */
     int host;       /* rows brought up from the host tier in this call (0, or c on a host hit) */
+    uint64_t commit_hash; /* kv_hash_keys of rows [0, paged), made while the GPU runs */
 } user_plan;
 
 struct hstu_engine {
