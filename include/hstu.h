@@ -228,9 +228,11 @@ typedef struct hstu_cache_stats {
      * launch and staging work the GPU waited for. gpu_stage_ms: the part of
      * gpu_busy_ms spent packing the batch's metadata on the host;
      * gpu_launch_ms: host time in the layer stack's launches (graphs or
-     * kernels) */
+     * kernels); gpu_stack_ms: GPU time from the embedding's start to the
+     * last layer's end (no metadata copies, head or host work: the HSTU
+     * block as NVIDIA's paged benchmark times it) */
     uint64_t gpu_forwards;
-    double gpu_host_ms, gpu_busy_ms, gpu_stage_ms, gpu_launch_ms;
+    double gpu_host_ms, gpu_busy_ms, gpu_stage_ms, gpu_launch_ms, gpu_stack_ms;
 } hstu_cache_stats;
 
 void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s);

@@ -1320,6 +1320,11 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
            (unsigned long long)cs.graph_captures, (unsigned long long)cs.eager_runs);
     T_CHECK(graphs ? cs.graph_runs > 0 && cs.graph_captures > 1 : cs.graph_runs == 0,
             "graphs %s but %llu replays", graphs ? "on" : "off", (unsigned long long)cs.graph_runs);
+    /* the stack's GPU span (its marks inside the graphs or around the eager
+     * launches) lies inside the forwards' */
+    T_CHECK(cs.gpu_forwards > 0 && cs.gpu_stack_ms > 0 && cs.gpu_stack_ms <= cs.gpu_busy_ms,
+            "stack %.3f ms of %.3f ms over %llu forwards", cs.gpu_stack_ms, cs.gpu_busy_ms,
+            (unsigned long long)cs.gpu_forwards);
     /* a layer-wise onload replays one graph per layer; every other replay
      * runs the whole stack as one graph: both kinds replayed and checked */
     if (graphs && layerwise && tiers[HSTU_TIER_HOST] > 0 && !g_small)

@@ -132,6 +132,7 @@ struct cuda_backend {
     cudaStream_t s_onload, s_offload;
     cudaEvent_t ev_staged, ev_submit, ev_on_start;
     cudaEvent_t ev_fwd_start, ev_fwd_end; /* a forward's GPU span (counters' gpu_ms) */
+    cudaEvent_t ev_stack[2]; /* its embedding and layer stack (counters' stack_ms) */
     cudaEvent_t *ev_on;   /* [L] layer l's onload has landed */
     kv_copy *h_off_desc;  /* [host_slots * ppc] offload copies, by slot (pinned, read by the kernel) */
     struct off_job {
@@ -598,6 +599,9 @@ void cuda_backend_destroy(cuda_backend *cb)
         cudaEventDestroy(cb->ev_fwd_start);
     if (cb->ev_fwd_end)
         cudaEventDestroy(cb->ev_fwd_end);
+    for (int i = 0; i < 2; i++)
+        if (cb->ev_stack[i])
+            cudaEventDestroy(cb->ev_stack[i]);
     if (cb->s_onload)
         cudaStreamDestroy(cb->s_onload);
     if (cb->s_offload)
@@ -808,7 +812,9 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
     if ((st = ck(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate", err)) !=
             HSTU_OK ||
         (st = ck(cudaEventCreate(&cb->ev_fwd_start), "cudaEventCreate", err)) != HSTU_OK ||
-        (st = ck(cudaEventCreate(&cb->ev_fwd_end), "cudaEventCreate", err)) != HSTU_OK)
+        (st = ck(cudaEventCreate(&cb->ev_fwd_end), "cudaEventCreate", err)) != HSTU_OK ||
+        (st = ck(cudaEventCreate(&cb->ev_stack[0]), "cudaEventCreate", err)) != HSTU_OK ||
+        (st = ck(cudaEventCreate(&cb->ev_stack[1]), "cudaEventCreate", err)) != HSTU_OK)
         goto fail;
     if (gemm_cuda_create(GEMM_WORKSPACE, &cb->gemm, why, sizeof why) != 0) {
         st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
@@ -837,6 +843,16 @@ fail:
 /* ---- the forward pass --------------------------------------------------- */
 
 /* The embedding and layer 0's LayerNorm of T rows. */
+/* Marks the start (i = 0) or end (1) of the embedding and layer stack in
+ * the stream; in a capture, as a node of the graph (the external flag,
+ * which is for captures only). */
+static hstu_status stack_mark(cuda_backend *cb, int i, bool capture, hstu_error *err)
+{
+    return ck(capture ? cudaEventRecordWithFlags(cb->ev_stack[i], cb->stream, cudaEventRecordExternal)
+                      : cudaEventRecord(cb->ev_stack[i], cb->stream),
+              "cudaEventRecord", err);
+}
+
 static hstu_status embed_forward(cuda_backend *cb, int T, const staged *sg, hstu_error *err)
 {
     const hstu_config *cfg = &cb->model->cfg;
@@ -1149,10 +1165,15 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
         memset(&cap_err, 0, sizeof cap_err);
         ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
         hstu_status st = ok ? HSTU_OK : HSTU_ERR_UNSUPPORTED;
-        if (st == HSTU_OK && !layered && i == 0) /* the whole stack's graph starts with the embedding */
-            st = embed_forward(cb, Tg, sg, &cap_err);
+        if (st == HSTU_OK && !layered && i == 0) { /* the whole stack's graph starts with the embedding */
+            st = stack_mark(cb, 0, true, &cap_err);
+            if (st == HSTU_OK)
+                st = embed_forward(cb, Tg, sg, &cap_err);
+        }
         for (int l = lo; l < hi && st == HSTU_OK; l++)
             st = layer_forward(cb, Tg, l, &ap, sg, cb->d_pool != NULL, false, &cap_err);
+        if (st == HSTU_OK && !layered && i == g->n_exec - 1)
+            st = stack_mark(cb, 1, true, &cap_err);
         if (ok)
             ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
         if (ok)
@@ -1411,7 +1432,9 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
 
     /* (the whole stack's graph embeds its bucket's rows itself) */
     const double t_launch = core_now_s();
-    if ((!g || g->layered) && (st = embed_forward(cb, T, &sg, err)) != HSTU_OK)
+    const bool marks_in_graph = g && !g->layered;
+    if (!marks_in_graph &&
+        ((st = stack_mark(cb, 0, false, err)) != HSTU_OK || (st = embed_forward(cb, T, &sg, err)) != HSTU_OK))
         return st;
     if (g) {
         for (int l = 0; l < g->n_exec; l++) {
@@ -1429,6 +1452,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
             if ((st = layer_forward(cb, T, l, &ap, &sg, n_app > 0, true, err)) != HSTU_OK)
                 return st;
     }
+    if (!marks_in_graph && (st = stack_mark(cb, 1, false, err)) != HSTU_OK)
+        return st;
     cb->ctr.launch_ms += (core_now_s() - t_launch) * 1e3;
     if (retr)
         st = head_retrieval(cb, plans, B, &sg, err);
@@ -1443,6 +1468,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     }
     cb->in_flight = st != HSTU_OK;
     float ms = 0;
+    if (st == HSTU_OK && cudaEventElapsedTime(&ms, cb->ev_stack[0], cb->ev_stack[1]) == cudaSuccess)
+        cb->ctr.stack_ms += ms;
     if (st == HSTU_OK && cudaEventElapsedTime(&ms, cb->ev_fwd_start, cb->ev_fwd_end) == cudaSuccess) {
         cb->ctr.gpu_ms += ms;
         cb->ctr.forwards++;

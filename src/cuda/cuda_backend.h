@@ -86,6 +86,10 @@ typedef struct cuda_cache_counters {
     double forward_ms, gpu_ms;
     double stage_ms; /* host time packing and sending the metadata (inside gpu_ms: the GPU waits for it) */
     double launch_ms; /* host time launching the layer stack (graphs or kernels) */
+    /* GPU time from the embedding's start to the last layer's end: the HSTU
+     * block as NVIDIA's paged benchmark times it (theirs starts from rows
+     * already embedded) */
+    double stack_ms;
 } cuda_cache_counters;
 
 /* True when this build has CUDA and a device is usable; otherwise writes

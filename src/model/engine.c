@@ -523,6 +523,7 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->gpu_busy_ms = cc.gpu_ms;
         s->gpu_stage_ms = cc.stage_ms;
         s->gpu_launch_ms = cc.launch_ms;
+        s->gpu_stack_ms = cc.stack_ms;
     }
     if (e->kv) {
         kv_stats ks;
