@@ -842,7 +842,6 @@ fail:
 
 /* ---- the forward pass --------------------------------------------------- */
 
-/* The embedding and layer 0's LayerNorm of T rows. */
 /* Marks the start (i = 0) or end (1) of the embedding and layer stack in
  * the stream; in a capture, as a node of the graph (the external flag,
  * which is for captures only). */
@@ -853,6 +852,7 @@ static hstu_status stack_mark(cuda_backend *cb, int i, bool capture, hstu_error 
               "cudaEventRecord", err);
 }
 
+/* The embedding and layer 0's LayerNorm of T rows. */
 static hstu_status embed_forward(cuda_backend *cb, int T, const staged *sg, hstu_error *err)
 {
     const hstu_config *cfg = &cb->model->cfg;
@@ -1095,16 +1095,6 @@ static void pack_history(const cuda_backend *cb, const hstu_request *r, bool ret
         pos[i - c] = max_pos;
 }
 
-/* The graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL, layered),
- * captured on first use (the least recently used bucket makes room when the
- * table is full): the embedding and the whole layer stack in one graph, or
- * (layered, for a layer-wise onload whose waits sit between layers) one
- * graph per layer, the embedding left to the caller. One graph saves the
- * GPU a few microseconds at every layer boundary (an H100 at batch 1:
- * 2.2-3.2 us between graphs, 0.1-0.5 us between kernels of one graph) and
- * the host L - 1 launches.
- * *out stays NULL when capture fails: the caller runs eagerly, and graphs
- * are switched off for this backend (counted). */
 /* The layers [lo, hi) of a bucket's graph i. A layered entry has one graph
  * per layer. The whole stack comes in two graphs: the embedding and layer
  * 0, then the other layers. Launching a graph takes the host about 0.5 us
@@ -1116,6 +1106,16 @@ static void graph_part(const cuda_backend::graph_entry *g, int L, int i, int *lo
     *hi = g->layered || i == 0 ? i + 1 : L;
 }
 
+/* The graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL, layered),
+ * captured on first use (the least recently used bucket makes room when the
+ * table is full): the embedding and the whole layer stack in two graphs
+ * (graph_part), or (layered, for a layer-wise onload whose waits sit
+ * between layers) one graph per layer, the embedding left to the caller.
+ * Few graphs save the GPU a few microseconds at every layer boundary (an
+ * H100 at batch 1: 2.2-3.2 us between graphs, 0.1-0.5 us between kernels of
+ * one graph) and the host launches.
+ * *out stays NULL when capture fails: the caller runs eagerly, and graphs
+ * are switched off for this backend (counted). */
 static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_params *ap_in, const staged *sg,
                              bool layered, cuda_backend::graph_entry **out, hstu_error *err)
 {
