@@ -233,6 +233,9 @@ typedef struct hstu_cache_stats {
      * block as NVIDIA's paged benchmark times it) */
     uint64_t gpu_forwards;
     double gpu_host_ms, gpu_busy_ms, gpu_stage_ms, gpu_launch_ms, gpu_stack_ms;
+    /* host time from hstu_engine_run's start to the backend's first call:
+     * checking the requests and planning them against the cache */
+    double plan_ms;
 } hstu_cache_stats;
 
 void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s);

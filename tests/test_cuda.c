@@ -1322,9 +1322,9 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
             "graphs %s but %llu replays", graphs ? "on" : "off", (unsigned long long)cs.graph_runs);
     /* the stack's GPU span (its marks inside the graphs or around the eager
      * launches) lies inside the forwards' */
-    T_CHECK(cs.gpu_forwards > 0 && cs.gpu_stack_ms > 0 && cs.gpu_stack_ms <= cs.gpu_busy_ms,
-            "stack %.3f ms of %.3f ms over %llu forwards", cs.gpu_stack_ms, cs.gpu_busy_ms,
-            (unsigned long long)cs.gpu_forwards);
+    T_CHECK(cs.gpu_forwards > 0 && cs.gpu_stack_ms > 0 && cs.gpu_stack_ms <= cs.gpu_busy_ms && cs.plan_ms > 0,
+            "stack %.3f ms of %.3f ms over %llu forwards, planning %.3f ms", cs.gpu_stack_ms, cs.gpu_busy_ms,
+            (unsigned long long)cs.gpu_forwards, cs.plan_ms);
     /* a layer-wise onload replays one graph per layer; every other replay
      * runs the whole stack as one graph: both kinds replayed and checked */
     if (graphs && layerwise && tiers[HSTU_TIER_HOST] > 0 && !g_small)

@@ -12,6 +12,7 @@
  */
 #include "model/engine.h"
 
+#include "core/clock.h"
 #include "core/status.h"
 
 #include <omp.h>
@@ -340,7 +341,8 @@ static void hash_commits(void *arg)
 }
 
 /* Plans users [0, B) against the cache and runs them. */
-static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits, hstu_error *err)
+static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits, double t_start,
+                                 hstu_error *err)
 {
     const hstu_config *cfg = &e->model->cfg;
     int key_off = 0;
@@ -419,6 +421,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
     }
     hstu_status st = HSTU_OK;
     commit_hashes ch = {.e = e, .plans = plans, .B = B};
+    e->stats.plan_ms += (core_now_s() - t_start) * 1e3;
     if (e->cuda) {
         cuda_batch_cache kc = {.page_idx = e->page_idx, .n_page_idx = page_off, .onload = e->onload,
                                .n_onload = n_onload, .overlap = e->kv ? hash_commits : NULL, .overlap_arg = &ch};
@@ -453,6 +456,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
 hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hstu_result *res,
                             bool logits, hstu_error *err)
 {
+    double t_start = core_now_s();
     if (n < 0)
         return hstu_fail(err, HSTU_ERR_ARG, "negative batch size %d", n);
     for (int i = 0; i < n; i++) {
@@ -483,10 +487,11 @@ hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hst
             e->plans[B].res = &res[start + B];
             B++;
         }
-        hstu_status st = run_sub_batch(e, e->plans, B, logits, err);
+        hstu_status st = run_sub_batch(e, e->plans, B, logits, t_start, err);
         if (st != HSTU_OK)
             return st;
         start += B;
+        t_start = core_now_s();
     }
     return HSTU_OK;
 }
