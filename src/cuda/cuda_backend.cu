@@ -1406,8 +1406,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     ap.ts = retr ? (const int64_t *)DEV(cb, sg.ts) : NULL;
     ap.splits = attn_cuda_splits(&ap); /* from this batch's sizes, graph or not */
     /* The bucket's graphs (captured on first use) are looked up before the
-     * copies, so that the launches follow the embedding without a wait for
-     * the host. */
+     * copies, so that the launches follow the copies without a wait for the
+     * host. */
     const double t_packed = core_now_s();
     cuda_backend::graph_entry *g = NULL;
     if (Bg > 0 && (st = graph_get(cb, Bg, Tg, &ap, &sg, n_onload > 0 && cb->cc.layerwise, &g, err)) != HSTU_OK)

@@ -528,7 +528,7 @@ int kv_pages(const kv_cache *kv, int64_t user, int *pages, int max)
 
 void kv_commit(kv_cache *kv, int64_t user, int rows, const uint64_t *keys)
 {
-    kv_commit_hashed(kv, user, rows, rows > 0 ? kv_hash_keys(keys, rows) : 0);
+    kv_commit_hashed(kv, user, rows, kv_hash_keys(keys, rows)); /* (no key read when rows is 0) */
 }
 
 void kv_commit_hashed(kv_cache *kv, int64_t user, int rows, uint64_t hash)

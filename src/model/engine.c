@@ -332,7 +332,7 @@ static hstu_status offload_start(hstu_engine *e, user_plan *plans, int B, hstu_e
 /* The keys' hashes that kv_commit stores after the forward (run by the
  * CUDA backend while the GPU computes, else before the commits). */
 typedef struct commit_hashes {
-    const hstu_engine *e;
+    const uint64_t *keys; /* the batch's row keys (user_plan.key0 into it) */
     user_plan *plans;
     int B;
     bool done;
@@ -343,7 +343,8 @@ static void hash_commits(void *arg)
     commit_hashes *h = arg;
     for (int b = 0; b < h->B; b++) {
         user_plan *p = &h->plans[b];
-        p->commit_hash = p->paged > 0 ? kv_hash_keys(h->e->keys + p->key0, p->paged) : 0;
+        if (p->paged > 0) /* (only those are committed) */
+            p->commit_hash = kv_hash_keys(h->keys + p->key0, p->paged);
     }
     h->done = true;
 }
@@ -428,7 +429,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         page_off += n;
     }
     hstu_status st = HSTU_OK;
-    commit_hashes ch = {.e = e, .plans = plans, .B = B};
+    commit_hashes ch = {.keys = e->keys, .plans = plans, .B = B};
     e->stats.plan_ms += (core_now_s() - t_start) * 1e3;
     if (e->cuda) {
         cuda_batch_cache kc = {.page_idx = e->page_idx, .n_page_idx = page_off, .onload = e->onload,
