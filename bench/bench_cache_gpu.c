@@ -465,6 +465,24 @@ int main(int argc, char **argv)
                         ap.splits = 1;
                         trace_attention(ap, "batch 1, splits 1");
                         ap.splits = 0;
+                        /* shorter histories, 128 new rows (the end-to-end benchmark's requests) */
+                        for (int h = 512; h <= 2048; h *= 2) {
+                            attn_cuda_seq s1 = hs[0];
+                            s1.c = s1.paged = h - 128;
+                            s1.hist = h;
+                            cudaMemcpy(d_seqs, &s1, sizeof s1, cudaMemcpyHostToDevice);
+                            attn_cuda_params a1 = ap;
+                            a1.max_rows = 128 + CANDS;
+                            a1.max_keys = h + CANDS;
+                            printf("    batch 1, history %d, cached %d, splits", h, h - 128);
+                            for (int S = 1; S <= ATTN_CUDA_MAX_SPLITS; S++) {
+                                a1.splits = S;
+                                printf(" %d: %.4f", S, time_attention(&a1, iters, t));
+                            }
+                            a1.splits = 0;
+                            printf(" ms (chosen: %d)\n", attn_cuda_splits(&a1));
+                        }
+                        cudaMemcpy(d_seqs, hs, sizeof hs, cudaMemcpyHostToDevice);
                     }
                     ap.B = B;
                 }
