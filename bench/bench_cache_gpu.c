@@ -272,6 +272,34 @@ static void trace_attention(attn_cuda_params ap, const char *label)
     free(h);
 }
 
+/* The attention at every split factor (ms), then the one attn_cuda_splits chooses. */
+static void split_sweep(attn_cuda_params ap, int iters, float *t)
+{
+    for (int S = 1; S <= ATTN_CUDA_MAX_SPLITS; S++) {
+        ap.splits = S;
+        printf(" %d: %.4f", S, time_attention(&ap, iters, t));
+    }
+    ap.splits = 0;
+    printf(" ms (chosen: %d)\n", attn_cuda_splits(&ap));
+}
+
+/* Batch 1, 128 new rows + the candidates over 384, 896 and 1920 cached rows
+ * (the end-to-end benchmark's requests): the split sweep. Writes sequence 0
+ * (from s) to d_seqs; the caller restores it. */
+static void short_history_splits(attn_cuda_params ap, attn_cuda_seq s, attn_cuda_seq *d_seqs, int iters, float *t)
+{
+    for (int h = 512; h <= 2048; h *= 2) {
+        s.c = s.paged = h - 128;
+        s.hist = h;
+        cudaMemcpy(d_seqs, &s, sizeof s, cudaMemcpyHostToDevice);
+        ap.B = 1;
+        ap.max_rows = 128 + CANDS;
+        ap.max_keys = h + CANDS;
+        printf("    batch 1, history %d, cached %d, splits", h, h - 128);
+        split_sweep(ap, iters, t);
+    }
+}
+
 static bool g_graphs = true; /* CUDA graphs in the engines make_engine creates */
 
 static hstu_engine *make_engine(const hstu_model *m, int max_tok, size_t cache, size_t host, int chunk, bool lw)
@@ -450,12 +478,7 @@ int main(int argc, char **argv)
                 for (int nb = 8; nb >= 1; nb -= 7) {
                     printf("    batch %d, splits", nb);
                     ap.B = nb;
-                    for (int S = 1; S <= ATTN_CUDA_MAX_SPLITS; S++) {
-                        ap.splits = S;
-                        printf(" %d: %.3f", S, time_attention(&ap, iters, t));
-                    }
-                    ap.splits = 0;
-                    printf(" ms (chosen: %d)\n", attn_cuda_splits(&ap));
+                    split_sweep(ap, iters, t);
                     printf("    batch %d, chosen splits, keys from DRAM (L2 written over before each launch): %.3f ms\n",
                            nb, time_attention_l2(&ap, iters, t, true));
                     char label[64];
@@ -465,23 +488,7 @@ int main(int argc, char **argv)
                         ap.splits = 1;
                         trace_attention(ap, "batch 1, splits 1");
                         ap.splits = 0;
-                        /* shorter histories, 128 new rows (the end-to-end benchmark's requests) */
-                        for (int h = 512; h <= 2048; h *= 2) {
-                            attn_cuda_seq s1 = hs[0];
-                            s1.c = s1.paged = h - 128;
-                            s1.hist = h;
-                            cudaMemcpy(d_seqs, &s1, sizeof s1, cudaMemcpyHostToDevice);
-                            attn_cuda_params a1 = ap;
-                            a1.max_rows = 128 + CANDS;
-                            a1.max_keys = h + CANDS;
-                            printf("    batch 1, history %d, cached %d, splits", h, h - 128);
-                            for (int S = 1; S <= ATTN_CUDA_MAX_SPLITS; S++) {
-                                a1.splits = S;
-                                printf(" %d: %.4f", S, time_attention(&a1, iters, t));
-                            }
-                            a1.splits = 0;
-                            printf(" ms (chosen: %d)\n", attn_cuda_splits(&a1));
-                        }
+                        short_history_splits(ap, hs[0], d_seqs, iters, t);
                         cudaMemcpy(d_seqs, hs, sizeof hs, cudaMemcpyHostToDevice);
                     }
                     ap.B = B;
