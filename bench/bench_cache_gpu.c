@@ -356,10 +356,12 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
     cudaProfilerStart();
     float ms = timed_run(e, q, res, B);
     cudaProfilerStop();
-    printf("profile: batch %d, history %d, cached %d, graphs %s, PDL %s: median %.3f ms warm (mean per forward: "
+    printf("profile: batch %d, history %d, cached %d, graphs %s, PDL %s (%llu GEMM edges): median %.3f ms warm "
+           "(mean per forward: "
            "planning %.3f ms, backend host %.3f ms, GPU %.3f ms of which metadata packing %.3f ms and launching the layers %.3f ms; "
            "embedding and layers on the GPU %.3f ms), %.3f ms profiled\n",
-           B, L, c, g_graphs ? "on" : "off", cuda_pdl_on() ? "on" : "off", median(t, 20),
+           B, L, c, g_graphs ? "on" : "off", cuda_pdl_on() ? "on" : "off", (unsigned long long)s1.graph_gemm_edges,
+           median(t, 20),
            (s1.plan_ms - s0.plan_ms) / nf, (s1.gpu_host_ms - s0.gpu_host_ms) / nf, (s1.gpu_busy_ms - s0.gpu_busy_ms) / nf,
            (s1.gpu_stage_ms - s0.gpu_stage_ms) / nf, (s1.gpu_launch_ms - s0.gpu_launch_ms) / nf,
            (s1.gpu_stack_ms - s0.gpu_stack_ms) / nf, ms);

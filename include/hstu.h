@@ -223,6 +223,9 @@ typedef struct hstu_cache_stats {
      * of the replays, those run as one graph per layer (a layer-wise onload
      * waits between layers; otherwise one graph holds the whole stack) */
     uint64_t graph_runs, graph_captures, eager_runs, graph_layered_runs;
+    /* edges into the layers' cuBLASLt GEMMs made programmatic in the graphs
+     * captured (docs/cuda.md, "Programmatic edges into the GEMMs") */
+    uint64_t graph_gemm_edges;
     /* CUDA forwards: how many, host time inside the backend, GPU time from
      * the first copy to the last kernel; host time beyond the GPU's is
      * launch and staging work the GPU waited for. gpu_stage_ms: the part of

@@ -39,6 +39,7 @@
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
+#include "kernels/pdl_cuda.h"
 #include "kernels/topk_cuda.h"
 #include "kvcache/kv_cuda.h"
 
@@ -80,6 +81,7 @@ struct cuda_backend {
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
+    bool graph_pdl;    /* programmatic edges into the GEMMs of the graphs (HSTU_CUDA_PDL_GEMM, default on) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
     size_t topk_cap;   /* result slots per top-k group */
     cudaStream_t stream;
@@ -733,6 +735,12 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
+        /* Programmatic edges into the layers' cuBLASLt GEMMs inside the
+         * graphs, for the GEMMs whose kernels were seen to wait (docs/cuda.md,
+         * "Programmatic edges into the GEMMs"); off with HSTU_CUDA_PDL_GEMM=0
+         * or HSTU_CUDA_PDL=0. */
+        const char *pg = getenv("HSTU_CUDA_PDL_GEMM");
+        cb->graph_pdl = cb->cc.graphs && !(pg && !strcmp(pg, "0")) && cuda_pdl_on();
     }
     if (cfg->family == HSTU_FAMILY_RANKING) {
         cb->action_off = cfg->item_rows;
@@ -820,6 +828,7 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
         goto fail;
     }
+    gemm_cuda_set_graph_pdl(cb->gemm, cb->graph_pdl);
     if (cb->fused_uvqk && (st = ck(gemm_fused_prepare(), "the fused GEMM's launch attributes", err)) != HSTU_OK)
         goto fail;
     if ((st = upload_weights(cb, err)) != HSTU_OK)
@@ -1176,6 +1185,9 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
             st = stack_mark(cb, 1, true, &cap_err);
         if (ok)
             ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
+        /* the edges into the GEMMs, when PDL is on now (else only forgotten) */
+        if (gemm_cuda_graph_edges(cb->gemm, ok && cuda_pdl_on() ? graph : NULL) < 0)
+            ok = false;
         if (ok)
             ok = cudaGraphInstantiate(&g->exec[i], graph, 0) == cudaSuccess;
         if (graph)
@@ -1544,4 +1556,10 @@ int cuda_offload_poll(cuda_backend *cb, int64_t *users, int max, bool wait)
     return n;
 }
 
-void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c) { *c = cb->ctr; }
+void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c)
+{
+    *c = cb->ctr;
+    int edges;
+    gemm_cuda_pdl_counts(cb->gemm, &c->gemm_probed, &c->gemm_waits, &edges);
+    c->gemm_edges = (uint64_t)edges;
+}

@@ -14,8 +14,14 @@
  *      up to 13% slower on the forward's shapes), if cublasLtMatmulAlgoCheck
  *      accepts it for this M;
  *   3. cuBLASLt's heuristic.
+ *
+ * With gemm_cuda_set_graph_pdl on, each tuned choice is also probed for
+ * whether its kernel waits at a programmatic edge (gemm_pdl_cuda.h), and the
+ * calls captured into a CUDA graph with such a choice are noted, so that
+ * gemm_cuda_graph_edges can make the edges into them programmatic.
  */
 #include "kernels/gemm_cuda.h"
+#include "kernels/gemm_pdl_cuda.h"
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -36,6 +42,7 @@ typedef struct gemm_key {
 typedef struct gemm_entry {
     gemm_key key;
     cublasLtMatmulAlgo_t algo;
+    int waits; /* its kernel passed gemm_pdl_probe (tuned choices only) */
 } gemm_entry;
 
 struct gemm_cuda {
@@ -48,6 +55,9 @@ struct gemm_cuda {
     int n_tuned;
     const char *cold;  /* gemm_cuda_tune_cold: B operands are read from here, slice by slice */
     size_t cold_bytes;
+    int graph_pdl;         /* gemm_cuda_set_graph_pdl */
+    int probed, passed;    /* tuned choices probed, and those whose kernel waits */
+    gemm_pdl_edges edges;  /* noted during the capture under way */
 };
 
 /* One call's descriptors, in caller storage. */
@@ -106,6 +116,7 @@ void gemm_cuda_destroy(gemm_cuda *g)
         return;
     cudaFree(g->d_workspace);
     cublasLtDestroy(g->lt);
+    gemm_pdl_free(&g->edges);
     free(g);
 }
 
@@ -174,20 +185,21 @@ static cublasStatus_t heuristic(gemm_cuda *g, gemm_call *c, int want, cublasLtMa
     return s;
 }
 
-static const cublasLtMatmulAlgo_t *remember(gemm_cuda *g, const gemm_key *key, const cublasLtMatmulAlgo_t *algo)
+static const gemm_entry *remember(gemm_cuda *g, const gemm_key *key, const cublasLtMatmulAlgo_t *algo, int waits)
 {
     int slot = g->n_cached < GEMM_CACHE ? g->n_cached++ : (g->next_evict++ % GEMM_CACHE);
     g->cache[slot].key = *key;
     g->cache[slot].algo = *algo;
-    return &g->cache[slot].algo;
+    g->cache[slot].waits = waits;
+    return &g->cache[slot];
 }
 
 /* The algorithm for this call: cached, tuned at the nearest M, or the heuristic's. */
-static int find_algo(gemm_cuda *g, gemm_call *c, const cublasLtMatmulAlgo_t **out, char *why, size_t n)
+static int find_algo(gemm_cuda *g, gemm_call *c, const gemm_entry **out, char *why, size_t n)
 {
     for (int i = 0; i < g->n_cached; i++)
         if (!memcmp(&g->cache[i].key, &c->key, sizeof c->key)) {
-            *out = &g->cache[i].algo;
+            *out = &g->cache[i];
             return 0;
         }
     gemm_key bk = c->key;
@@ -203,7 +215,7 @@ static int find_algo(gemm_cuda *g, gemm_call *c, const cublasLtMatmulAlgo_t **ou
         if (cublasLtMatmulAlgoCheck(g->lt, c->desc, c->la, c->lb, c->lc, c->lc, &g->tuned[near].algo, &chk) ==
                 CUBLAS_STATUS_SUCCESS &&
             chk.workspaceSize <= g->workspace_bytes) {
-            *out = remember(g, &c->key, &g->tuned[near].algo);
+            *out = remember(g, &c->key, &g->tuned[near].algo, g->tuned[near].waits);
             return 0;
         }
     }
@@ -218,7 +230,7 @@ static int find_algo(gemm_cuda *g, gemm_call *c, const cublasLtMatmulAlgo_t **ou
                      c->key.K, c->key.lda, c->key.ldb, c->key.ldc);
         return -1;
     }
-    *out = remember(g, &c->key, &res.algo);
+    *out = remember(g, &c->key, &res.algo, 0);
     return 0;
 }
 
@@ -232,16 +244,38 @@ int gemm_cuda_run(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, c
     cublasStatus_t s = call_init(&c, M, N, K, A, lda, B, ldb, b_trans, beta, C, c_f32, ldc, epi, bias);
     if (s)
         return fail(why, n, "cuBLASLt descriptor setup failed", (int)s);
-    const cublasLtMatmulAlgo_t *algo = NULL;
-    int rc = find_algo(g, &c, &algo, why, n);
+    const gemm_entry *e = NULL;
+    int rc = find_algo(g, &c, &e, why, n);
     if (rc)
         return rc;
+    /* in a capture, the node this GEMM will hang on (NULL when not capturing) */
+    cudaGraphNode_t from = g->graph_pdl && e->waits ? gemm_pdl_tail((cudaStream_t)stream) : NULL;
     float alpha = 1.0f;
-    s = cublasLtMatmul(g->lt, c.desc, &alpha, B, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, algo, g->d_workspace,
+    s = cublasLtMatmul(g->lt, c.desc, &alpha, B, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &e->algo, g->d_workspace,
                        g->workspace_bytes, (cudaStream_t)stream);
     if (s)
         return fail(why, n, "cublasLtMatmul failed", (int)s);
+    if (from && gemm_pdl_note(&g->edges, from, (cudaStream_t)stream))
+        return fail(why, n, "gemm_cuda: out of host memory", -1);
     return 0;
+}
+
+/* One tuned call, for gemm_pdl_probe. */
+typedef struct probe_call {
+    gemm_cuda *g;
+    gemm_call *c;
+    const cublasLtMatmulAlgo_t *algo;
+    const void *A, *B;
+    void *C;
+    float beta;
+} probe_call;
+
+static int probe_launch(void *ctx, cudaStream_t s)
+{
+    probe_call *p = (probe_call *)ctx;
+    float alpha = 1.0f;
+    return cublasLtMatmul(p->g->lt, p->c->desc, &alpha, p->B, p->c->la, p->A, p->c->lb, &p->beta, p->C, p->c->lc,
+                          p->C, p->c->lc, p->algo, p->g->d_workspace, p->g->workspace_bytes, s) != CUBLAS_STATUS_SUCCESS;
 }
 
 int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, const bf16_t *B, int ldb,
@@ -306,10 +340,21 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
     cudaError_t ce = cudaGetLastError();
     if (ce != cudaSuccess)
         return fail(why, n, cudaGetErrorString(ce), (int)ce);
+    int waits = 0;
+    if (g->graph_pdl) {
+        probe_call pc = {g, &c, &res[best].algo, A, B, C, beta};
+        gemm_pdl_operands op = {(bf16_t *)A, M, K, lda, C, N, ldc, c_f32};
+        waits = gemm_pdl_probe(&op, probe_launch, &pc, st, why, n);
+        if (waits < 0)
+            return waits;
+        g->probed++;
+        g->passed += waits;
+    }
     gemm_entry *t = &g->tuned[g->n_tuned++];
     t->key = c.key;
     t->algo = res[best].algo;
-    remember(g, &c.key, &res[best].algo);
+    t->waits = waits;
+    remember(g, &c.key, &res[best].algo, waits);
     return 0;
 }
 
@@ -317,4 +362,15 @@ void gemm_cuda_tune_cold(gemm_cuda *g, const void *region, size_t bytes)
 {
     g->cold = ((uintptr_t)region & 255) ? NULL : (const char *)region;
     g->cold_bytes = g->cold ? bytes : 0;
+}
+
+void gemm_cuda_set_graph_pdl(gemm_cuda *g, int on) { g->graph_pdl = on != 0; }
+
+int gemm_cuda_graph_edges(gemm_cuda *g, void *graph) { return gemm_pdl_apply(&g->edges, (cudaGraph_t)graph); }
+
+void gemm_cuda_pdl_counts(const gemm_cuda *g, int *probed, int *passed, int *edges)
+{
+    *probed = g->probed;
+    *passed = g->passed;
+    *edges = g->edges.applied;
 }

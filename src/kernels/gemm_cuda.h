@@ -65,6 +65,23 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
  * the tiles that suit a warm cache. NULL: back to the B given. */
 void gemm_cuda_tune_cold(gemm_cuda *g, const void *region, size_t bytes);
 
+/* Programmatic edges into the GEMMs of CUDA graphs (docs/cuda.md,
+ * "Programmatic edges into the GEMMs"). With on != 0, set before tuning:
+ * gemm_cuda_tune also probes the algorithm it picks for whether its kernel
+ * waits for the kernel before it at a programmatic edge (it then overwrites
+ * A as well as C), and a gemm_cuda_run captured into a graph whose
+ * algorithm passed notes the edge into it. */
+void gemm_cuda_set_graph_pdl(gemm_cuda *g, int on);
+/* After cudaStreamEndCapture of the stream those calls were captured on:
+ * makes the noted edges of `graph` (a cudaGraph_t) programmatic where the
+ * graph holds exactly that plain edge from one kernel into the GEMM's one
+ * kernel, and forgets them (graph NULL, after a failed capture: only
+ * forgets). Returns the number of edges changed, or -1 when a graph call
+ * failed (the edges changed so far stay valid). */
+int gemm_cuda_graph_edges(gemm_cuda *g, void *graph);
+/* Tuned algorithms probed, those that passed, edges made programmatic so far. */
+void gemm_cuda_pdl_counts(const gemm_cuda *g, int *probed, int *passed, int *edges);
+
 #ifdef __cplusplus
 }
 #endif

@@ -531,6 +531,7 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->graph_runs = cc.graph_runs;
         s->graph_layered_runs = cc.graph_layered_runs;
         s->graph_captures = cc.graph_captures;
+        s->graph_gemm_edges = cc.gemm_edges;
         s->eager_runs = cc.eager_runs;
         s->gpu_forwards = cc.forwards;
         s->gpu_host_ms = cc.forward_ms;
