@@ -12,7 +12,7 @@
 namespace {
 
 constexpr long long PROBE_DELAY_NS = 50000; /* far longer than any GEMM takes to launch and start reading */
-constexpr int FILL_BLOCKS = 264, FILL_THREADS = 256; /* 2 CTAs an SM on an H100: all resident at once */
+constexpr int FILL_BLOCKS = 264, FILL_THREADS = 256; /* grid-stride fills: two CTAs an SM on an H100 */
 
 constexpr uint16_t BF16_ONE = 0x3f80;
 
