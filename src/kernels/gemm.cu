@@ -344,9 +344,10 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
     if (g->graph_pdl) {
         probe_call pc = {g, &c, &res[best].algo, A, B, C, beta};
         gemm_pdl_operands op = {(bf16_t *)A, M, K, lda, C, N, ldc, c_f32};
-        waits = gemm_pdl_probe(&op, probe_launch, &pc, st, why, n);
-        if (waits < 0)
-            return waits;
+        char pwhy[160];
+        waits = gemm_pdl_probe(&op, probe_launch, &pc, st, pwhy, sizeof pwhy);
+        if (waits < 0) /* the probe could not run: its edges stay plain, the GEMM is as good */
+            waits = 0;
         g->probed++;
         g->passed += waits;
     }
