@@ -55,6 +55,19 @@ static bf16_t *dev_rand_bf16(size_t n, float scale)
     return d;
 }
 
+/* A gemm_cuda with the probe on, and a stream; NULL (a failure recorded) if it cannot be made. */
+static gemm_cuda *probing_gemm(cudaStream_t *s)
+{
+    char why[256] = "";
+    gemm_cuda *g = NULL;
+    T_CHECK(gemm_cuda_create(32u << 20, &g, why, sizeof why) == 0, "gemm_cuda_create: %s", why);
+    if (!g)
+        return NULL;
+    gemm_cuda_set_graph_pdl(g, 1);
+    cudaStreamCreateWithFlags(s, cudaStreamNonBlocking);
+    return g;
+}
+
 static void test_probe(void)
 {
     cudaStream_t s;
@@ -80,13 +93,10 @@ static void test_probe(void)
 static void test_tuned(void)
 {
     char why[256] = "";
-    gemm_cuda *g = NULL;
-    T_CHECK(gemm_cuda_create(32u << 20, &g, why, sizeof why) == 0, "gemm_cuda_create: %s", why);
+    cudaStream_t s;
+    gemm_cuda *g = probing_gemm(&s);
     if (!g)
         return;
-    gemm_cuda_set_graph_pdl(g, 1);
-    cudaStream_t s;
-    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
     const int Mmax = 3072, K = 1024;
     bf16_t *A = dev_rand_bf16((size_t)Mmax * K, 1.0f), *Wu = dev_rand_bf16((size_t)K * 4096, 0.03f),
            *Wp = dev_rand_bf16((size_t)K * 1024, 0.03f), *bias = dev_rand_bf16(1024, 0.1f);
@@ -120,15 +130,12 @@ static void test_tuned(void)
 static void test_graph(void)
 {
     char why[256] = "";
-    gemm_cuda *g = NULL;
-    T_CHECK(gemm_cuda_create(32u << 20, &g, why, sizeof why) == 0, "gemm_cuda_create: %s", why);
+    cudaStream_t s;
+    gemm_cuda *g = probing_gemm(&s);
     if (!g)
         return;
     int pdl_was = cuda_pdl_on();
     cuda_pdl_set(1);
-    gemm_cuda_set_graph_pdl(g, 1);
-    cudaStream_t s;
-    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
     const int M = 384, d = 1024, N = 4096;
     bf16_t *x1 = dev_rand_bf16((size_t)M * d, 2.0f), *x2 = dev_rand_bf16((size_t)M * d, 2.0f);
     bf16_t *x = t_dpoison((size_t)M * d * 2), *xn = t_dpoison((size_t)M * d * 2);

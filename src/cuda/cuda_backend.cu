@@ -81,7 +81,6 @@ struct cuda_backend {
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
-    bool graph_pdl;    /* programmatic edges into the GEMMs of the graphs (HSTU_CUDA_PDL_GEMM, default on) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
     size_t topk_cap;   /* result slots per top-k group */
     cudaStream_t stream;
@@ -735,12 +734,6 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
-        /* Programmatic edges into the layers' cuBLASLt GEMMs inside the
-         * graphs, for the GEMMs whose kernels were seen to wait (docs/cuda.md,
-         * "Programmatic edges into the GEMMs"); off with HSTU_CUDA_PDL_GEMM=0
-         * or HSTU_CUDA_PDL=0. */
-        const char *pg = getenv("HSTU_CUDA_PDL_GEMM");
-        cb->graph_pdl = cb->cc.graphs && !(pg && !strcmp(pg, "0")) && cuda_pdl_on();
     }
     if (cfg->family == HSTU_FAMILY_RANKING) {
         cb->action_off = cfg->item_rows;
@@ -828,7 +821,14 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
         goto fail;
     }
-    gemm_cuda_set_graph_pdl(cb->gemm, cb->graph_pdl);
+    {
+        /* Programmatic edges into the layers' cuBLASLt GEMMs inside the
+         * graphs, for the GEMMs whose kernels were seen to wait (docs/cuda.md,
+         * "Programmatic edges into the GEMMs"); off with HSTU_CUDA_PDL_GEMM=0
+         * or HSTU_CUDA_PDL=0. Before tune_gemms, which probes. */
+        const char *pg = getenv("HSTU_CUDA_PDL_GEMM");
+        gemm_cuda_set_graph_pdl(cb->gemm, cb->cc.graphs && !(pg && !strcmp(pg, "0")) && cuda_pdl_on());
+    }
     if (cb->fused_uvqk && (st = ck(gemm_fused_prepare(), "the fused GEMM's launch attributes", err)) != HSTU_OK)
         goto fail;
     if ((st = upload_weights(cb, err)) != HSTU_OK)
@@ -1559,7 +1559,7 @@ int cuda_offload_poll(cuda_backend *cb, int64_t *users, int max, bool wait)
 void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c)
 {
     *c = cb->ctr;
-    int edges;
-    gemm_cuda_pdl_counts(cb->gemm, &c->gemm_probed, &c->gemm_waits, &edges);
+    int probed, waits, edges;
+    gemm_cuda_pdl_counts(cb->gemm, &probed, &waits, &edges);
     c->gemm_edges = (uint64_t)edges;
 }

@@ -79,10 +79,8 @@ typedef struct cuda_cache_counters {
     double onload_ms, offload_ms;
     uint64_t graph_runs, graph_captures, eager_runs, graph_layered_runs;
     int graphs_held;
-    /* Programmatic edges into the GEMMs (HSTU_CUDA_PDL_GEMM): the tuned
-     * GEMM algorithms probed and those whose kernels wait, and the edges
-     * made programmatic in the graphs captured so far */
-    int gemm_probed, gemm_waits;
+    /* edges into the GEMMs made programmatic in the graphs captured so far
+     * (HSTU_CUDA_PDL_GEMM) */
     uint64_t gemm_edges;
     /* Forwards that ran (T > 0), the host time inside cuda_forward_run and
      * the GPU time from its first copy to its last kernel (CUDA events):

@@ -72,8 +72,7 @@ using namespace sm90;
 __device__ __forceinline__ void trace_stamp(const attn_cuda_params &p, int point)
 {
     if (p.trace) {
-        unsigned long long t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        const unsigned long long t = global_timer_ns();
         const size_t cta = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
         p.trace[cta * ATTN_CUDA_TRACE_POINTS + point] = t;
     }

@@ -3,6 +3,8 @@
  * (see gemm_pdl_cuda.h for the contract and why).
  */
 #include "kernels/gemm_pdl_cuda.h"
+#include "kernels/pdl.cuh"
+#include "kernels/sm90.cuh"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -11,74 +13,79 @@
 
 namespace {
 
-constexpr long long PROBE_DELAY_NS = 50000; /* far longer than any GEMM takes to launch and start reading */
+constexpr uint64_t PROBE_DELAY_NS = 50000; /* far longer than any GEMM takes to launch and start reading */
 constexpr int FILL_BLOCKS = 264, FILL_THREADS = 256; /* grid-stride fills: two CTAs an SM on an H100 */
+constexpr bf16_t BF16_ONE = 0x3f80;
 
-constexpr uint16_t BF16_ONE = 0x3f80;
-
-__device__ void fill_a(bf16_t *A, int rows, int cols, int lda, uint16_t v)
+/* Element `at` of A or C = v (bf16 by truncation: exact for the 0, 1 and
+ * small sums written here). */
+__device__ __forceinline__ void put_a(const gemm_pdl_operands &op, size_t at, float v)
 {
-    size_t n = (size_t)rows * cols, step = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
-        A[i / cols * lda + i % cols] = v;
+    op.A[at] = (bf16_t)(__float_as_uint(v) >> 16);
+}
+__device__ __forceinline__ void put_c(const gemm_pdl_operands &op, size_t at, float v)
+{
+    if (op.c_f32)
+        ((float *)op.C)[at] = v;
+    else
+        ((bf16_t *)op.C)[at] = (bf16_t)(__float_as_uint(v) >> 16);
 }
 
-__device__ void fill_c(void *C, int rows, int cols, int ldc, int c_f32, float v)
+/* A = a_v and C = c_v, grid-stride. */
+__global__ void probe_fill_kernel(gemm_pdl_operands op, float a_v, float c_v)
 {
-    size_t n = (size_t)rows * cols, step = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
-        size_t at = i / cols * ldc + i % cols;
-        if (c_f32)
-            ((float *)C)[at] = v;
-        else
-            ((bf16_t *)C)[at] = v != 0.0f ? BF16_ONE : 0;
-    }
-}
-
-/* A = a_v and C = c_v. */
-__global__ void probe_fill_kernel(gemm_pdl_operands op, uint16_t a_v, float c_v)
-{
-    fill_a(op.A, op.rows, op.cols, op.lda, a_v);
-    fill_c(op.C, op.rows, op.c_cols, op.ldc, op.c_f32, c_v);
+    size_t step = (size_t)gridDim.x * blockDim.x, first = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (size_t i = first; i < (size_t)op.rows * op.cols; i += step)
+        put_a(op, i / op.cols * op.lda + i % op.cols, a_v);
+    for (size_t i = first; i < (size_t)op.rows * op.c_cols; i += step)
+        put_c(op, i / op.c_cols * op.ldc + i % op.c_cols, c_v);
 }
 
 /* Rows 0 and rows - 1 of A and C = v, by the threads of one CTA. */
-__device__ void fill_ends(const gemm_pdl_operands &op, uint16_t a_v, float c_v)
+__device__ void fill_ends(const gemm_pdl_operands &op, float v)
 {
     for (int e = 0; e < 2; e++) {
         size_t r = e ? (size_t)op.rows - 1 : 0;
         for (int k = threadIdx.x; k < op.cols; k += blockDim.x)
-            op.A[r * op.lda + k] = a_v;
-        for (int j = threadIdx.x; j < op.c_cols; j += blockDim.x) {
-            if (op.c_f32)
-                ((float *)op.C)[r * op.ldc + j] = c_v;
-            else
-                ((bf16_t *)op.C)[r * op.ldc + j] = c_v != 0.0f ? BF16_ONE : 0;
-        }
+            put_a(op, r * op.lda + k, v);
+        for (int j = threadIdx.x; j < op.c_cols; j += blockDim.x)
+            put_c(op, r * op.ldc + j, v);
     }
 }
 
-__global__ void probe_zero_ends_kernel(gemm_pdl_operands op) { fill_ends(op, 0, 0.0f); }
+__global__ void probe_zero_ends_kernel(gemm_pdl_operands op) { fill_ends(op, 0.0f); }
 
 /* One small CTA (so that the GEMM's CTAs find room on every other SM and
  * start at once): lets the next grid launch, then after PROBE_DELAY_NS
  * writes rows 0 and rows - 1 of A and C back to 1. A GEMM that reads them
  * before its wait sees zeros; one that writes C's before it has its result
- * overwritten. */
+ * overwritten. Launched plainly: the trigger only matters once the edge
+ * after it is made programmatic. */
 __global__ void probe_late_fill_kernel(gemm_pdl_operands op)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
+    pdl_trigger();
     if (threadIdx.x == 0) {
-        uint64_t t0, t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-        do
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        while ((long long)(t - t0) < PROBE_DELAY_NS);
+        uint64_t t0 = sm90::global_timer_ns();
+        while (sm90::global_timer_ns() - t0 < PROBE_DELAY_NS)
+            ;
     }
     __syncthreads();
-    fill_ends(op, BF16_ONE, 1.0f);
+    fill_ends(op, 1.0f);
+}
+
+/* gemm_pdl_control's stand-in GEMM: one thread per element of C. */
+__global__ void control_kernel(gemm_pdl_operands op, int wait)
+{
+    if (wait)
+        pdl_wait();
+    size_t n = (size_t)op.rows * op.c_cols, step = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        size_t r = i / op.c_cols, j = i % op.c_cols;
+        float sum = (float)j;
+        for (int k = 0; k < op.cols; k++)
+            sum += __uint_as_float((unsigned)op.A[r * op.lda + k] << 16);
+        put_c(op, r * op.ldc + j, sum);
+    }
 }
 
 int fail(char *why, size_t n, const char *what, cudaError_t e)
@@ -122,27 +129,6 @@ cudaError_t make_programmatic(cudaGraph_t graph, cudaGraphNode_t from, cudaGraph
     prog.from_port = cudaGraphKernelNodePortProgrammatic; /* at the trigger, or as each CTA exits */
     cudaError_t e = cudaGraphRemoveDependencies(graph, &from, &to, &plain, 1);
     return e == cudaSuccess ? cudaGraphAddDependencies(graph, &from, &to, &prog, 1) : e;
-}
-
-/* gemm_pdl_control's stand-in GEMM: one thread per element of C. */
-__global__ void control_kernel(gemm_pdl_operands op, int wait)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (wait)
-        asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-    size_t n = (size_t)op.rows * op.c_cols, step = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
-        size_t r = i / op.c_cols, j = i % op.c_cols;
-        float sum = (float)j;
-        for (int k = 0; k < op.cols; k++)
-            sum += __uint_as_float((unsigned)op.A[r * op.lda + k] << 16);
-        size_t at = r * op.ldc + j;
-        if (op.c_f32)
-            ((float *)op.C)[at] = sum;
-        else
-            ((bf16_t *)op.C)[at] = (bf16_t)(__float_as_uint(sum) >> 16); /* truncation will do for a test */
-    }
 }
 
 } // namespace
@@ -225,7 +211,7 @@ int gemm_pdl_probe(const gemm_pdl_operands *op, gemm_pdl_launch_fn launch, void 
     gemm_pdl_edges edges = {};
     cudaError_t e;
     /* the reference, in stream order */
-    probe_fill_kernel<<<FILL_BLOCKS, FILL_THREADS, 0, s>>>(*op, BF16_ONE, 1.0f);
+    probe_fill_kernel<<<FILL_BLOCKS, FILL_THREADS, 0, s>>>(*op, 1.0f, 1.0f);
     if ((e = cudaGetLastError()) != cudaSuccess) {
         rc = fail(why, n, "the fill kernel", e);
         goto out;
@@ -254,7 +240,7 @@ int gemm_pdl_probe(const gemm_pdl_operands *op, gemm_pdl_launch_fn launch, void 
         goto out;
     }
     {
-        probe_fill_kernel<<<FILL_BLOCKS, FILL_THREADS, 0, s>>>(*op, BF16_ONE, 1.0f);
+        probe_fill_kernel<<<FILL_BLOCKS, FILL_THREADS, 0, s>>>(*op, 1.0f, 1.0f);
         probe_zero_ends_kernel<<<1, 128, 0, s>>>(*op);
         probe_late_fill_kernel<<<1, 32, 0, s>>>(*op);
         cudaGraphNode_t from = gemm_pdl_tail(s);

@@ -83,7 +83,7 @@ int gemm_pdl_apply(gemm_pdl_edges *e, cudaGraph_t graph);
 void gemm_pdl_free(gemm_pdl_edges *e);
 
 /* For the probe's test: a stand-in GEMM, C[r][j] = (sum of row r of A) + j
- * (fp32 accumulation, rounded to C's type), launched plainly on s; with
+ * (fp32 accumulation, truncated to C's type), launched plainly on s; with
  * wait != 0 its kernel runs griddepcontrol.wait first, as a GEMM that
  * passes the probe must. ctx points to a gemm_pdl_control. */
 typedef struct gemm_pdl_control {

@@ -269,6 +269,13 @@ __device__ __forceinline__ void tma_prefetch_map(const void *map)
 {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 }
+/* The global timer, in nanoseconds. */
+__device__ __forceinline__ uint64_t global_timer_ns()
+{
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 
 } /* namespace sm90 */
 
