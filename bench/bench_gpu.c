@@ -406,7 +406,7 @@ static void sweep(const char *name, int M, int N, int K, int c_f32, float beta, 
  * timed as 20 calls in a CUDA graph. */
 typedef struct fused_arg {
     gemm_cuda *g;
-    int M, N, K, bn, cl;
+    int M, N, K, bm, bn, cl;
     bf16_t *A, *W, *C;
     float *bias;
     cudaStream_t s;
@@ -427,18 +427,61 @@ static void run_fused(void *p)
 {
     fused_arg *a = p;
     gemm_fused_epilogue e = {a->bias, a->N / 2, 1, NULL, 0};
-    gemm_fused_force_bn(a->bn);
-    gemm_fused_force_cluster(a->cl);
+    gemm_fused_force_tile(a->bm, a->bn, a->cl);
     cuda_ok((cudaError_t)gemm_fused_cuda(a->M, a->N, a->K, a->A, a->K, a->W, a->N, a->C, a->N, &e, a->s),
             "gemm_fused");
-    gemm_fused_force_bn(0);
-    gemm_fused_force_cluster(0);
+    gemm_fused_force_tile(0, 0, 0);
+}
+
+/* One traced call of the fused kernel queued right behind an untraced one
+ * (as in a forward, with programmatic dependent launch): when its CTAs reach
+ * each point after the first CTA started (us: mean, latest; the phase's
+ * mean length a CTA). */
+static void trace_fused(fused_arg *a, int bm, int bn, int cl)
+{
+    const size_t n = 1024 * GEMM_FUSED_TRACE_POINTS;
+    unsigned long long *d = NULL, *h = calloc(n, sizeof *h);
+    cuda_ok(cudaMalloc((void **)&d, n * sizeof *d), "cudaMalloc");
+    cudaMemset(d, 0, n * sizeof *d);
+    a->bm = bm, a->bn = bn, a->cl = cl;
+    run_fused(a);
+    gemm_fused_set_trace(d);
+    run_fused(a);
+    gemm_fused_set_trace(NULL);
+    cuda_ok(cudaStreamSynchronize(a->s), "traced gemm_fused");
+    cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
+    static const char *names[GEMM_FUSED_TRACE_POINTS] = {"start", "waited", "first slice", "loop done", "end"};
+    unsigned long long t0 = ~0ull;
+    int ctas = 0;
+    for (size_t c = 0; c < 1024; c++)
+        if (h[c * GEMM_FUSED_TRACE_POINTS])
+            ctas++, t0 = h[c * GEMM_FUSED_TRACE_POINTS] < t0 ? h[c * GEMM_FUSED_TRACE_POINTS] : t0;
+    printf("    trace, %d x %d, clusters of %d, %d CTAs (us after the first start: mean, latest; phase mean):\n     ",
+           bm, bn, cl, ctas);
+    for (int k = 0; k < GEMM_FUSED_TRACE_POINTS; k++) {
+        double sum = 0, last = 0, dsum = 0;
+        int cnt = 0;
+        for (size_t c = 0; c < 1024; c++) {
+            const unsigned long long *r = h + c * GEMM_FUSED_TRACE_POINTS;
+            if (!r[k] || !r[0] || (k > 0 && !r[k - 1]))
+                continue;
+            double at = (double)(r[k] - t0) * 1e-3;
+            sum += at, cnt++;
+            last = at > last ? at : last;
+            dsum += k > 0 ? (double)(r[k] - r[k - 1]) * 1e-3 : 0;
+        }
+        if (cnt)
+            printf(" %s %.1f, %.1f (%.1f);", names[k], sum / cnt, last, dsum / cnt);
+    }
+    printf("\n");
+    cudaFree(d);
+    free(h);
 }
 
 static void fused_vs_cublas(int M, int N, int K, cudaStream_t s, int iters)
 {
     char why[256];
-    fused_arg a = {NULL, M, N, K, 0, 0, dev_rand((size_t)M * K, 0), dev_rand((size_t)K * N, 0),
+    fused_arg a = {NULL, M, N, K, 0, 0, 0, dev_rand((size_t)M * K, 0), dev_rand((size_t)K * N, 0),
                    dev_rand((size_t)M * N, 0), dev_rand(N, 1), s};
     if (gemm_cuda_create((size_t)32 << 20, &a.g, why, sizeof why) ||
         gemm_cuda_tune(a.g, M, N, K, a.A, K, a.W, N, 0, 0.0f, a.C, 0, N, GEMM_EPI_NONE, NULL, s, why, sizeof why))
@@ -448,13 +491,17 @@ static void fused_vs_cublas(int M, int N, int K, cudaStream_t s, int iters)
     float t0 = time_graph20(run_cublas_silu, &a, s, iters);
     printf("uvqk + v|k bias+SiLU   %6d %5d %5d: cuBLASLt + pass %.4f ms (%.0f TFLOP/s); fused:", M, N, K, t0,
            fl / (t0 * 1e-3) / 1e12);
-    for (int cl = 1; cl <= 2; cl++)
-        for (int bn = 128; bn <= 256; bn *= 2) {
-            a.bn = bn, a.cl = cl;
-            float t = time_graph20(run_fused, &a, s, iters);
-            printf(" %d-wide%s %.4f ms (%.0f);", bn, cl > 1 ? " x2" : "", t, fl / (t * 1e-3) / 1e12);
-        }
-    printf(" the backend's choice: %d-wide, clusters of %d\n", gemm_fused_tile_n(M, N), gemm_fused_cluster(M, N));
+    static const int shapes[][3] = {{128, 128, 1}, {128, 128, 2}, {128, 256, 1}, {128, 256, 2}, {96, 128, 1}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        a.bm = shapes[k][0], a.bn = shapes[k][1], a.cl = shapes[k][2];
+        float t = time_graph20(run_fused, &a, s, iters);
+        printf(" %d x %d%s %.4f ms (%.0f);", a.bm, a.bn, a.cl > 1 ? " in pairs" : "", t, fl / (t * 1e-3) / 1e12);
+    }
+    int bm = 0, bn = 0, cl = 0;
+    gemm_fused_tile(M, N, &bm, &bn, &cl);
+    printf(" the backend's choice: %d x %d, clusters of %d\n", bm, bn, cl);
+    trace_fused(&a, 128, 128, 1);
+    trace_fused(&a, 96, 128, 1);
     gemm_cuda_destroy(a.g);
     cudaFree(a.A), cudaFree(a.W), cudaFree(a.C), cudaFree(a.bias);
 }

@@ -3,9 +3,10 @@
  * plain-loop gemm_ref in test_dense) in fp32 on the same bf16 inputs, then
  * the bias and an exact SiLU in double.
  *
- * Every case runs with both tile widths (128 and 256 columns), alone and in
- * clusters of two CTAs that share W's loads (an odd count of row blocks
- * leaves the second CTA of the last pair past M), on outputs and a page
+ * Every case runs on every tile shape: 128-row tiles of both widths (128
+ * and 256 columns), alone and in clusters of two CTAs that share W's loads
+ * (an odd count of row blocks leaves the second CTA of the last pair past
+ * M) and the 96 x 128 tiles computed transposed, on outputs and a page
  * pool poisoned with NaN bits, and checks:
  *   - every output value is within bf16's rounding of the reference:
  *     |out - ref| <= |ref| / 256 + 1e-3 (products of bf16 values are exact
@@ -75,8 +76,9 @@ typedef struct fcase {
     int kv_col, vw, kw; /* with append */
 } fcase;
 
-/* Runs one case at tile width bn; returns the largest |out - ref| / tolerance. */
-static double run_case(const fcase *fc, int bn, int cl)
+/* Runs one case on bm x bn tiles in clusters of cl; returns the largest
+ * |out - ref| / tolerance. */
+static double run_case(const fcase *fc, int bm, int bn, int cl)
 {
     const int M = fc->M, N = fc->N, K = fc->K, lda = K + fc->pad, ldw = N + fc->pad, ldc = N + fc->pad;
     uint16_t *hA = t_xmalloc((size_t)M * lda * 2 + 2), *hW = t_xmalloc((size_t)K * ldw * 2);
@@ -117,17 +119,18 @@ static double run_case(const fcase *fc, int bn, int cl)
     gemm_fused_epilogue epi = {fc->bias ? d_bias : NULL, fc->bias || fc->silu ? fc->act_from : N, fc->silu,
                                fc->append ? &pg : NULL, fc->kv_col};
     char what[160];
-    snprintf(what, sizeof what, "%dx%dx%d pad %d tile %d cluster %d%s%s%s", M, N, K, fc->pad, bn, cl,
+    snprintf(what, sizeof what, "%dx%dx%d pad %d tile %dx%d cluster %d%s%s%s", M, N, K, fc->pad, bm, bn, cl,
              fc->bias ? " bias" : "", fc->silu ? " silu" : "", fc->append ? " append" : "");
     char why[256] = "";
     double worst = 0;
     T_CHECK(gemm_fused_supported(M, N, K, d_A, lda, d_W, ldw, d_C, ldc, &epi, why, sizeof why), "%s: %s", what,
             why);
-    gemm_fused_force_bn(bn);
-    gemm_fused_force_cluster(cl);
+    gemm_fused_force_tile(bm, bn, cl);
+    int tm = 0, tn = 0, tc = 0;
+    gemm_fused_tile(M, N, &tm, &tn, &tc);
+    T_CHECK(tm == bm && tn == bn && tc == cl, "%s: the forced tile is taken", what);
     int rc = gemm_fused_cuda(M, N, K, d_A, lda, d_W, ldw, d_C, ldc, &epi, NULL);
-    gemm_fused_force_bn(0);
-    gemm_fused_force_cluster(0);
+    gemm_fused_force_tile(0, 0, 0);
     cudaError_t e = cudaDeviceSynchronize();
     T_CHECK(rc == 0 && e == cudaSuccess, "%s: launch %d, sync %s", what, rc, cudaGetErrorString(e));
     if (rc == 0 && e == cudaSuccess) {
@@ -179,12 +182,13 @@ static double run_case(const fcase *fc, int bn, int cl)
 
 static void run_cases(const fcase *cs, int n)
 {
+    static const int shapes[][3] = {{128, 128, 1}, {128, 128, 2}, {128, 256, 1}, {128, 256, 2}, {96, 128, 1}};
     double worst = 0;
     for (int i = 0; i < n; i++)
-        for (int bn = 128; bn <= 256; bn *= 2)
-            for (int cl = 1; cl <= 2; cl++)
-                worst = fmax(worst, run_case(&cs[i], bn, cl));
-    printf("    %d shapes x 2 tile widths x clusters of 1 and 2: worst error %.2f of the bound\n", n, worst);
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+            worst = fmax(worst, run_case(&cs[i], shapes[k][0], shapes[k][1], shapes[k][2]));
+    printf("    %d shapes x tiles 128 x 128 and 128 x 256 (alone and in pairs) and 96 x 128: worst error %.2f of "
+           "the bound\n", n, worst);
 }
 
 static void test_args(void)
@@ -207,8 +211,11 @@ static void test_args(void)
     T_CHECK(!gemm_fused_supported(4, 128, 64, p, 64, p, 128, p, 128, &e, why, sizeof why), "V|K past N refused");
     T_CHECK(gemm_fused_cuda(4, 100, 64, p, 64, p, 100, d, 100, NULL, NULL) == cudaErrorInvalidValue,
             "an unsupported call returns cudaErrorInvalidValue");
-    T_CHECK(gemm_fused_tile_n(384, 4096) == 128 && gemm_fused_tile_n(3072, 4096) == 256,
-            "tile widths: 128 at 384 rows, 256 at 3072");
+    int bm = 0, bn = 0, cl = 0, bm8 = 0, bn8 = 0;
+    gemm_fused_tile(384, 4096, &bm, &bn, &cl);
+    gemm_fused_tile(3072, 4096, &bm8, &bn8, NULL);
+    T_CHECK(bm == 96 && bn == 128 && cl == 1 && bm8 == 128 && bn8 == 256,
+            "tiles: 96 x 128 at 384 rows (%d x %d), 128 x 256 at 3072 (%d x %d)", bm, bn, bm8, bn8);
     cudaFree(d);
 }
 

@@ -72,18 +72,29 @@ int gemm_fused_prepare(void);
 int gemm_fused_cuda(int M, int N, int K, const bf16_t *A, int lda, const bf16_t *W, int ldw, bf16_t *C, int ldc,
                     const gemm_fused_epilogue *epi, void *stream);
 
-/* The tile width a call of M rows and N columns takes (128 or 256), for
- * benchmarks and docs. gemm_fused_force_bn(128 or 256) makes later calls
- * take that width (tests, benchmarks); gemm_fused_force_bn(0) returns to
- * the automatic choice. */
-int gemm_fused_tile_n(int M, int N);
-void gemm_fused_force_bn(int bn);
+/* The tile a call of M rows and N columns takes, for benchmarks and docs:
+ * bm x bn (128 x 128, 128 x 256, or 96 x 128 computed transposed)
+ * in clusters of cl CTAs (1, or 2 with 128-row tiles: pairs of row blocks
+ * sharing W's loads by TMA multicast); any pointer may be NULL.
+ * gemm_fused_force_tile(bm, bn, cl) makes later calls take that shape
+ * (tests, benchmarks); a shape the kernel lacks, such as (0, 0, 0), returns
+ * to the automatic choice. */
+void gemm_fused_tile(int M, int N, int *bm, int *bn, int *cl);
+void gemm_fused_force_tile(int bm, int bn, int cl);
 
-/* CTAs per cluster a call takes (1, or 2: pairs of row blocks sharing W's
- * loads by TMA multicast); gemm_fused_force_cluster(1 or 2) forces it,
- * gemm_fused_force_cluster(0) returns to the automatic choice. */
-int gemm_fused_cluster(int M, int N);
-void gemm_fused_force_cluster(int cl);
+/* Profiling (benchmarks): with a device buffer set, later calls stamp the
+ * GPU's global timer (ns) at these points into trace[cta *
+ * GEMM_FUSED_TRACE_POINTS + point], one CTA of the persistent grid each
+ * (the first tile's points only); NULL stops it. */
+enum gemm_fused_trace_point {
+    GEMM_FUSED_TRACE_START,       /* the loading thread starts */
+    GEMM_FUSED_TRACE_WAITED,      /* its wait for the kernel ahead returned */
+    GEMM_FUSED_TRACE_FIRST_SLICE, /* the first slice landed (computing thread 0) */
+    GEMM_FUSED_TRACE_LOOP_DONE,   /* the first tile's products are done */
+    GEMM_FUSED_TRACE_END,         /* the CTA's last store has read its shared memory */
+    GEMM_FUSED_TRACE_POINTS
+};
+void gemm_fused_set_trace(unsigned long long *trace);
 
 #ifdef __cplusplus
 }

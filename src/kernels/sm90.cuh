@@ -68,12 +68,15 @@ template <int ROWS> __device__ __forceinline__ uint32_t tile_off(int r, int ch)
 }
 
 /* wgmma's accumulators: PTX names every register, so the fragments of
- * 32, 64 and 128 floats are spelled out once here, as the operand list
+ * 32, 48, 64 and 128 floats are spelled out once here, as the operand list
  * (SM90_ACC_n(d), "+f" for each d[i]) and the register list of the
  * instruction (SM90_ACC_REGS_n: "%0,...,%n-1", the first operands). */
 #define SM90_ACC_REGS_32 \
     "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+#define SM90_ACC_REGS_48 \
+    SM90_ACC_REGS_32 "," \
+    "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47"
 #define SM90_ACC_REGS_64 \
     SM90_ACC_REGS_32 "," \
     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47," \
@@ -89,6 +92,10 @@ template <int ROWS> __device__ __forceinline__ uint32_t tile_off(int r, int ch)
     "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
     "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
     "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define SM90_ACC_48(d) \
+    SM90_ACC_32(d), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
 #define SM90_ACC_64(d) \
     SM90_ACC_32(d), \
     "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
