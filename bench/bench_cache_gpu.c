@@ -45,6 +45,7 @@
 #include "kernels/gemm_cuda.h"
 #include "kernels/pdl_cuda.h"
 #include "model/engine.h"
+#include "trace_print.h"
 
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -231,9 +232,8 @@ static float time_attention(const attn_cuda_params *ap, int iters, float *t)
     return time_attention_l2(ap, iters, t, false);
 }
 
-/* One traced run of the attention (attn_cuda_params.trace): for each phase
- * of the default kernel, when the CTAs reach it after the first CTA started
- * (mean and latest, us), and how long the phase takes a CTA (mean). */
+/* One traced run of the attention (attn_cuda_params.trace), printed by
+ * print_trace. */
 static void trace_attention(attn_cuda_params ap, const char *label)
 {
     const size_t max_ctas = (size_t)ap.B * ap.H * (size_t)((ap.max_rows + 63) / 64) * ATTN_CUDA_MAX_SPLITS;
@@ -247,27 +247,7 @@ static void trace_attention(attn_cuda_params ap, const char *label)
     cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
     static const char *names[ATTN_CUDA_TRACE_POINTS] = {"start", "Q landed", "Q activated", "first S",
                                                         "loop done", "last PV done", "stored"};
-    unsigned long long t0 = ~0ull;
-    for (size_t c = 0; c < max_ctas; c++)
-        if (h[c * ATTN_CUDA_TRACE_POINTS] && h[c * ATTN_CUDA_TRACE_POINTS] < t0)
-            t0 = h[c * ATTN_CUDA_TRACE_POINTS];
-    printf("    trace, %s (us after the first CTA's start: mean, latest; phase: mean):\n     ", label);
-    for (int k = 0; k < ATTN_CUDA_TRACE_POINTS; k++) {
-        double sum = 0, last = 0, dsum = 0;
-        int cnt = 0;
-        for (size_t c = 0; c < max_ctas; c++) {
-            const unsigned long long *r = h + c * ATTN_CUDA_TRACE_POINTS;
-            if (!r[k] || !r[0] || (k > 0 && !r[k - 1]))
-                continue;
-            double at = (double)(r[k] - t0) * 1e-3;
-            sum += at, cnt++;
-            last = at > last ? at : last;
-            dsum += k > 0 ? (double)(r[k] - r[k - 1]) * 1e-3 : 0;
-        }
-        if (cnt)
-            printf(" %s %.1f, %.1f (%.1f);", names[k], sum / cnt, last, dsum / cnt);
-    }
-    printf("\n");
+    print_trace(label, h, max_ctas, ATTN_CUDA_TRACE_POINTS, names);
     cudaFree(d);
     free(h);
 }

@@ -28,6 +28,7 @@
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
 #include "kernels/pdl_cuda.h"
+#include "trace_print.h"
 
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
@@ -434,9 +435,8 @@ static void run_fused(void *p)
 }
 
 /* One traced call of the fused kernel queued right behind an untraced one
- * (as in a forward, with programmatic dependent launch): when its CTAs reach
- * each point after the first CTA started (us: mean, latest; the phase's
- * mean length a CTA). */
+ * (as in a forward, with programmatic dependent launch), printed by
+ * print_trace. */
 static void trace_fused(fused_arg *a, int bm, int bn, int cl)
 {
     const size_t n = 1024 * GEMM_FUSED_TRACE_POINTS;
@@ -451,29 +451,9 @@ static void trace_fused(fused_arg *a, int bm, int bn, int cl)
     cuda_ok(cudaStreamSynchronize(a->s), "traced gemm_fused");
     cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
     static const char *names[GEMM_FUSED_TRACE_POINTS] = {"start", "waited", "first slice", "loop done", "end"};
-    unsigned long long t0 = ~0ull;
-    int ctas = 0;
-    for (size_t c = 0; c < 1024; c++)
-        if (h[c * GEMM_FUSED_TRACE_POINTS])
-            ctas++, t0 = h[c * GEMM_FUSED_TRACE_POINTS] < t0 ? h[c * GEMM_FUSED_TRACE_POINTS] : t0;
-    printf("    trace, %d x %d, clusters of %d, %d CTAs (us after the first start: mean, latest; phase mean):\n     ",
-           bm, bn, cl, ctas);
-    for (int k = 0; k < GEMM_FUSED_TRACE_POINTS; k++) {
-        double sum = 0, last = 0, dsum = 0;
-        int cnt = 0;
-        for (size_t c = 0; c < 1024; c++) {
-            const unsigned long long *r = h + c * GEMM_FUSED_TRACE_POINTS;
-            if (!r[k] || !r[0] || (k > 0 && !r[k - 1]))
-                continue;
-            double at = (double)(r[k] - t0) * 1e-3;
-            sum += at, cnt++;
-            last = at > last ? at : last;
-            dsum += k > 0 ? (double)(r[k] - r[k - 1]) * 1e-3 : 0;
-        }
-        if (cnt)
-            printf(" %s %.1f, %.1f (%.1f);", names[k], sum / cnt, last, dsum / cnt);
-    }
-    printf("\n");
+    char label[64];
+    snprintf(label, sizeof label, "%d x %d, clusters of %d", bm, bn, cl);
+    print_trace(label, h, 1024, GEMM_FUSED_TRACE_POINTS, names);
     cudaFree(d);
     free(h);
 }
