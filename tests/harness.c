@@ -59,6 +59,17 @@ void t_skip(const char *name, const char *why)
     fflush(stdout);
 }
 
+int t_run_all(const t_case *cases, size_t n, const char *why)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (why)
+            t_skip(cases[i].name, why);
+        else
+            t_run(cases[i].name, cases[i].fn);
+    }
+    return t_summary();
+}
+
 int t_summary(void)
 {
     printf("%d passed, %d failed, %d skipped\n", n_pass, n_fail, n_skip);

@@ -19,6 +19,16 @@ void t_skip(const char *name, const char *why);
 int t_summary(void);
 bool t_case_failed(void);
 
+/* A list of cases (name, function) run by t_run_all: every one, or with
+ * why non-NULL every one skipped with that reason (a GPU test file without
+ * a device, or a build without CUDA: fn may be NULL there); returns
+ * t_summary(). */
+typedef struct t_case {
+    const char *name;
+    void (*fn)(void);
+} t_case;
+int t_run_all(const t_case *cases, size_t n, const char *why);
+
 /* Creates a fresh directory /tmp/hstu_test_<name>_XXXXXX into dir (n >=
  * 64 bytes); false (with the reason printed) when it cannot. */
 bool t_tmpdir(char *dir, size_t n, const char *name);

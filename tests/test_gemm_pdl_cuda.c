@@ -14,7 +14,7 @@
  * Without CUDA in the build, or without a usable GPU, every case is skipped
  * with the reason.
  */
-#include "harness.h"
+#include "gpu_main.h"
 
 #include "core/rng.h"
 
@@ -30,7 +30,6 @@
 
 #ifdef HSTU_HAVE_CUDA
 
-#include "kernels/attention_cuda.h"
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_pdl_cuda.h"
@@ -190,35 +189,6 @@ static void test_graph(void)
     cuda_pdl_set(pdl_was);
 }
 
-#define AS_CASE(name, fn) {name, fn},
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} kCases[] = {GEMM_PDL_TESTS(AS_CASE)};
+#endif /* HSTU_HAVE_CUDA */
 
-int main(void)
-{
-    char why[256];
-    bool gpu = attn_cuda_device_present(why, sizeof why);
-    for (size_t i = 0; i < sizeof kCases / sizeof kCases[0]; i++) {
-        if (gpu)
-            t_run(kCases[i].name, kCases[i].fn);
-        else
-            t_skip(kCases[i].name, why);
-    }
-    return t_summary();
-}
-
-#else /* no CUDA in this build */
-
-#define AS_NAME(name, fn) name,
-static const char *const kNames[] = {GEMM_PDL_TESTS(AS_NAME)};
-
-int main(void)
-{
-    for (size_t i = 0; i < sizeof kNames / sizeof kNames[0]; i++)
-        t_skip(kNames[i], "this build has no CUDA (nvcc was not found when it was built)");
-    return t_summary();
-}
-
-#endif
+T_GPU_MAIN(GEMM_PDL_TESTS)

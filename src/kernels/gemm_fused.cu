@@ -184,8 +184,8 @@ __device__ __forceinline__ void gemm_fused_compute(const Args &a, uint32_t ring,
         /* bias and SiLU in registers: acc[4j + 2h + x] is row lr + 8h,
          * column n0 + 8j + 2 t4 + x; with T, column nc + 8h, row m0 + 8j +
          * 2 t4 + x */
-        const int nc = n0 + 64 * cw + 16 * ww + g;
         if constexpr (T) {
+            const int nc = n0 + 64 * cw + 16 * ww + g;
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int c = nc + 8 * h;
@@ -200,18 +200,19 @@ __device__ __forceinline__ void gemm_fused_compute(const Args &a, uint32_t ring,
                         }
                 }
             }
-        }
+        } else {
 #pragma unroll
-        for (int j = 0; j < (T ? 0 : BN / 8); j++) {
-            const int c = n0 + 8 * j + 2 * t4;
-            if (c >= e.act_from && c < a.N) {
-                float2 b = e.bias ? *reinterpret_cast<const float2 *>(e.bias + c) : make_float2(0.0f, 0.0f);
+            for (int j = 0; j < BN / 8; j++) {
+                const int c = n0 + 8 * j + 2 * t4;
+                if (c >= e.act_from && c < a.N) {
+                    float2 b = e.bias ? *reinterpret_cast<const float2 *>(e.bias + c) : make_float2(0.0f, 0.0f);
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    float v0 = acc[4 * j + 2 * h] + b.x, v1 = acc[4 * j + 2 * h + 1] + b.y;
-                    if (e.silu)
-                        v0 = silu_fast(v0), v1 = silu_fast(v1);
-                    acc[4 * j + 2 * h] = v0, acc[4 * j + 2 * h + 1] = v1;
+                    for (int h = 0; h < 2; h++) {
+                        float v0 = acc[4 * j + 2 * h] + b.x, v1 = acc[4 * j + 2 * h + 1] + b.y;
+                        if (e.silu)
+                            v0 = silu_fast(v0), v1 = silu_fast(v1);
+                        acc[4 * j + 2 * h] = v0, acc[4 * j + 2 * h + 1] = v1;
+                    }
                 }
             }
         }
@@ -326,7 +327,7 @@ __global__ void __launch_bounds__(Cfg<BM, BN, T>::NTHREADS, 1) gemm_fused_kernel
         for (int j = 0; j < BN / 64; j++) {
             if (CL == 1)
                 tma_load_2d(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK);
-            else if ((kt * (BN / 64) + j) % CL == rank) /* box j of slice kt: CTA (kt BN / 64 + j) mod CL */
+            else if (j % CL == rank)
                 tma_load_2d_multicast(sb(s) + j * (BK * 128), &a.tw, full, n0 + 64 * j, kt * BK,
                                       (uint16_t)((1u << CL) - 1));
         }
