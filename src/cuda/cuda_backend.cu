@@ -34,6 +34,7 @@
  * (per group of users when retrieval's score rows must be split).
  */
 #include "cuda/cuda_backend.h"
+#include "cuda/stage_upload.h"
 
 #include "kernels/attention_cuda.h"
 #include "kernels/dense_cuda.h"
@@ -62,6 +63,7 @@ extern "C" {
 #define TOPK_OUT_MIN ((size_t)1 << 20)    /* retrieval results held per group */
 #define TOPK_MAX_K 100000                 /* the engine's bound on top_k */
 #define UPLOAD_CHUNK ((size_t)4 << 20)    /* elements converted per upload step at create */
+#define UPLOAD_MAX_CTAS 264                /* metadata upload: 2 per SM of an H100 at most */
 
 typedef struct layer_dev {
     float *ln_in_w, *ln_in_b;   /* [d8] (NULL without ln_affine) */
@@ -114,6 +116,7 @@ struct cuda_backend {
     void *h_arena;
     size_t h_bytes;
     char *h_stage;        /* [stage_cap] per-batch metadata */
+    char *dh_stage;       /* h_stage as the device addresses it (the upload kernel reads it) */
     size_t stage_cap;
     float *h_logits;      /* [T, n_tasks] scores, written by the GPU (mapped pinned memory) */
     float *dh_logits;     /* h_logits as the device addresses it */
@@ -131,7 +134,7 @@ struct cuda_backend {
     size_t host_bytes, chunk_bytes;
     int ppc;              /* pages per chunk */
     cudaStream_t s_onload, s_offload;
-    cudaEvent_t ev_staged, ev_submit, ev_on_start;
+    cudaEvent_t ev_submit, ev_on_start;
     cudaEvent_t ev_fwd_start, ev_fwd_end; /* a forward's GPU span (counters' gpu_ms) */
     cudaEvent_t ev_stack[2]; /* its embedding and layer stack (counters' stack_ms) */
     cudaEvent_t *ev_on;   /* [L] layer l's onload has landed */
@@ -145,9 +148,11 @@ struct cuda_backend {
     bool onload_pending;  /* this forward has host pages to bring up */
     cuda_cache_counters ctr;
 
-    /* Staging: the arrays the layer kernels read sit at fixed offsets (a
-     * CUDA graph holds their addresses); the rest is packed after fx_end. */
+    /* Staging: the upload's region list first, then the arrays the layer
+     * kernels read at fixed offsets (a CUDA graph holds their addresses);
+     * the rest is packed after fx_end. */
     size_t fx_seqs, fx_pt, fx_row_slot, fx_ts, fx_end;
+    stage_upload_list *h_upload; /* at offset 0 of h_stage */
     /* CUDA graphs of the layers, per (batch, tokens, splits, paged, layered) bucket. */
     struct graph_entry {
         int B, T, S;
@@ -310,7 +315,8 @@ static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 static void stage_fixed(cuda_backend *cb)
 {
     size_t T = (size_t)cb->max_tokens, U = (size_t)cb->max_users;
-    cb->fx_seqs = 0;
+    HSTU_ASSERT(cb->stage_cap <= UINT32_MAX); /* the upload's offsets are 32-bit */
+    cb->fx_seqs = align16(sizeof(stage_upload_list));
     cb->fx_pt = align16(cb->fx_seqs + U * sizeof(attn_cuda_seq));
     cb->fx_row_slot = align16(cb->fx_pt + (size_t)cb->max_pages * 4);
     cb->fx_ts = align16(cb->fx_row_slot + T * 8);
@@ -321,11 +327,20 @@ static size_t stage_capacity(size_t T, size_t U, size_t pages)
 {
     /* tok_row, tok_pos, ts, head rows (T or U), excl, row slots; seqs, 4
      * top-k arrays; page table, onload copies; alignment */
-    return T * (4 + 4 + 8 + 4 + 4 + 8) + U * 4 + U * sizeof(attn_cuda_seq) + U * 4 * 4 +
-           pages * (4 + sizeof(kv_copy)) + 16 * 32;
+    return sizeof(stage_upload_list) + T * (4 + 4 + 8 + 4 + 4 + 8) + U * 4 + U * sizeof(attn_cuda_seq) +
+           U * 4 * 4 + pages * (4 + sizeof(kv_copy)) + 16 * 32;
+}
+
+/* The most the upload moves for a batch of B users and T rows. */
+static size_t stage_bound(const cuda_backend *cb, size_t B, size_t T)
+{
+    size_t pages = (size_t)cb->max_pages;
+    return sizeof(stage_upload_list) + B * sizeof(attn_cuda_seq) + pages * 4 + T * 8 * 2 + stage_capacity(T, B, pages);
 }
 
 #define DEV(cb, hp) ((cb)->d_stage + ((const char *)(hp) - (cb)->h_stage))
+/* The same host array as the device reads it over PCIe (pinned, mapped). */
+#define MAPPED(cb, hp) ((cb)->dh_stage + ((const char *)(hp) - (cb)->h_stage))
 
 /* ---- weight upload ------------------------------------------------------ */
 
@@ -590,8 +605,6 @@ void cuda_backend_destroy(cuda_backend *cb)
         if (cb->ev_on[l])
             cudaEventDestroy(cb->ev_on[l]);
     free(cb->ev_on);
-    if (cb->ev_staged)
-        cudaEventDestroy(cb->ev_staged);
     if (cb->ev_submit)
         cudaEventDestroy(cb->ev_submit);
     if (cb->ev_on_start)
@@ -643,7 +656,6 @@ static hstu_status create_cache(cuda_backend *cb, hstu_error *err)
                          cc->n_pages, cb->page_bytes / 1048576.0, cb->pool_bytes / 1048576.0, cudaGetErrorString(e));
     hstu_status st;
     if ((st = ck(cudaStreamCreateWithFlags(&cb->s_onload, cudaStreamNonBlocking), "cudaStreamCreate", err)) ||
-        (st = ck(cudaEventCreateWithFlags(&cb->ev_staged, cudaEventDisableTiming), "cudaEventCreate", err)) ||
         (st = ck(cudaEventCreate(&cb->ev_on_start), "cudaEventCreate", err)))
         return st;
     cb->ev_on = (cudaEvent_t *)calloc((size_t)L, sizeof *cb->ev_on);
@@ -805,6 +817,10 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
             (st = ck(cudaHostGetDevicePointer((void **)&cb->dh_logits, cb->h_logits, 0), "mapping the scores",
                      err)) != HSTU_OK)
             goto fail;
+        if ((st = ck(cudaHostGetDevicePointer((void **)&cb->dh_stage, cb->h_stage, 0), "mapping the staging",
+                     err)) != HSTU_OK)
+            goto fail;
+        cb->h_upload = (stage_upload_list *)cb->h_stage;
     }
     /* Padding columns of the activations must hold finite values (zeros):
      * GEMMs read them against zero weight rows. */
@@ -854,6 +870,15 @@ fail:
 /* Marks the start (i = 0) or end (1) of the embedding and layer stack in
  * the stream; in a capture, as a node of the graph (the external flag,
  * which is for captures only). */
+/* The batch's metadata to the device (stage_upload.h): the regions that
+ * h_upload lists, read when the kernel runs. */
+static hstu_status upload_stage(cuda_backend *cb, int ctas, hstu_error *err)
+{
+    return ck(stage_upload_cuda((const stage_upload_list *)cb->dh_stage, cb->dh_stage, cb->d_stage, ctas,
+                                cb->stream),
+              "metadata upload", err);
+}
+
 static hstu_status stack_mark(cuda_backend *cb, int i, bool capture, hstu_error *err)
 {
     return ck(capture ? cudaEventRecordWithFlags(cb->ev_stack[i], cb->stream, cudaEventRecordExternal)
@@ -1174,8 +1199,10 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
         memset(&cap_err, 0, sizeof cap_err);
         ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
         hstu_status st = ok ? HSTU_OK : HSTU_ERR_UNSUPPORTED;
-        if (st == HSTU_OK && !layered && i == 0) { /* the whole stack's graph starts with the embedding */
-            st = stack_mark(cb, 0, true, &cap_err);
+        if (st == HSTU_OK && !layered && i == 0) { /* the whole stack's graph: the upload, the embedding */
+            st = upload_stage(cb, stage_upload_ctas(stage_bound(cb, Bg, Tg), UPLOAD_MAX_CTAS), &cap_err);
+            if (st == HSTU_OK)
+                st = stack_mark(cb, 0, true, &cap_err);
             if (st == HSTU_OK)
                 st = embed_forward(cb, Tg, sg, &cap_err);
         }
@@ -1211,18 +1238,18 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
 }
 
 /* Starts the host-tier onload of this forward's host hits on the side
- * stream, after the staging copy: per layer (an event each) or all layers
- * at once, then the compute stream waits for all of it. */
+ * stream: per layer (an event each) or all layers at once, then the compute
+ * stream waits for all of it. Its copy list is read from the host staging
+ * (mapped), so it need not wait for the metadata's upload; the compute
+ * stream has nothing in flight (each forward ends with a wait for it). */
 static hstu_status start_onload(cuda_backend *cb, const staged *sg, int n, hstu_error *err)
 {
     int L = cb->model->cfg.n_layers;
     cudaStream_t so = cb->s_onload;
-    const kv_copy *d = (const kv_copy *)DEV(cb, sg->onload);
+    const kv_copy *d = (const kv_copy *)MAPPED(cb, sg->onload);
     size_t src_l = (size_t)cb->ppc * cb->blk_bytes, dst_l = cb->blk_bytes;
     hstu_status st;
-    if ((st = ck(cudaEventRecord(cb->ev_staged, cb->stream), "cudaEventRecord", err)) ||
-        (st = ck(cudaStreamWaitEvent(so, cb->ev_staged, 0), "cudaStreamWaitEvent", err)) ||
-        (st = ck(cudaEventRecord(cb->ev_on_start, so), "cudaEventRecord", err)))
+    if ((st = ck(cudaEventRecord(cb->ev_on_start, so), "cudaEventRecord", err)))
         return st;
     if (cb->cc.layerwise) {
         for (int l = 0; l < L; l++)
@@ -1426,17 +1453,25 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         return st;
     const double t_copy = core_now_s();
     cudaStream_t s = cb->stream;
+    /* What the upload moves: the used part of each fixed-offset array, and
+     * the packed tail. The whole stack's graph starts with the upload; other
+     * runs launch it here. */
     struct { size_t off, bytes; } cp[5] = {
         {cb->fx_seqs, (size_t)n_seq * sizeof(attn_cuda_seq)}, {cb->fx_pt, (size_t)n_pt * 4},
         {cb->fx_row_slot, cb->d_pool ? (size_t)T_run * 8 : 0}, {cb->fx_ts, retr ? (size_t)hist_total * 8 : 0},
         {cb->fx_end, sgb.used - cb->fx_end},
     };
+    stage_upload_list *ul = cb->h_upload;
+    ul->n = 0;
     for (int i = 0; i < 5; i++)
-        if (cp[i].bytes > 0 &&
-            (st = ck(cudaMemcpyAsync(cb->d_stage + cp[i].off, cb->h_stage + cp[i].off, cp[i].bytes,
-                                     cudaMemcpyHostToDevice, s),
-                     "metadata copy", err)) != HSTU_OK)
-            return st;
+        if (cp[i].bytes > 0) {
+            ul->r[ul->n].off = (uint32_t)cp[i].off;
+            ul->r[ul->n].bytes = (uint32_t)cp[i].bytes;
+            ul->n++;
+        }
+    const bool upload_in_graph = g && !g->layered;
+    if (!upload_in_graph && (st = upload_stage(cb, stage_upload_ctas(sgb.used, UPLOAD_MAX_CTAS), err)) != HSTU_OK)
+        return st;
     cb->ctr.stage_ms += (t_packed - t_stage + core_now_s() - t_copy) * 1e3;
     cb->onload_pending = n_onload > 0;
     if (n_onload > 0 && (st = start_onload(cb, &sg, n_onload, err)) != HSTU_OK)
@@ -1444,7 +1479,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
 
     /* (the whole stack's graph embeds its bucket's rows itself) */
     const double t_launch = core_now_s();
-    const bool marks_in_graph = g && !g->layered;
+    const bool marks_in_graph = upload_in_graph;
     if (!marks_in_graph &&
         ((st = stack_mark(cb, 0, false, err)) != HSTU_OK || (st = embed_forward(cb, T, &sg, err)) != HSTU_OK))
         return st;
