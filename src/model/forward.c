@@ -34,10 +34,19 @@ void forward_row_keys(const hstu_config *cfg, const hstu_request *r, int n, uint
         const int k = cfg->n_context < n ? cfg->n_context : n, pairs = (n - k) / 2;
         for (int j = 0; j < k; j++)
             keys[j] = table_key((uint64_t)j + 1, r->context[j]);
-        uint64_t *out = keys + k;
+        /* Ids below 2^32 (every table of a realistic size) make exact keys
+         * with no branch; any id above sends the whole loop to table_key. */
+        const int64_t *items = r->items, *actions = r->actions;
+        uint64_t *out = keys + k, high = 0;
         for (int j = 0; j < pairs; j++) {
-            out[2 * j] = table_key(1000, r->items[j]);
-            out[2 * j + 1] = table_key(1001, r->actions[j]);
+            uint64_t u = (uint64_t)items[j], v = (uint64_t)actions[j];
+            high |= (u | v) >> 32;
+            out[2 * j] = (uint64_t)1000 << 32 | u;
+            out[2 * j + 1] = (uint64_t)1001 << 32 | v;
+        }
+        for (int j = 0; high && j < pairs; j++) {
+            out[2 * j] = table_key(1000, items[j]);
+            out[2 * j + 1] = table_key(1001, actions[j]);
         }
         if ((n - k) % 2)
             keys[n - 1] = table_key(1000, r->items[pairs]);
