@@ -33,6 +33,8 @@
 #define GEMM_TUNED 64  /* tuned (shape, M) choices */
 #define TUNE_ALGOS 8   /* candidates timed per tuned shape */
 #define TUNE_ROUNDS 6  /* rounds over the candidates (the first warms up) */
+#define TUNE_BATCH 8   /* calls back to back per timing, for small GEMMs (below) */
+#define TUNE_BATCH_FLOPS 4e10 /* ... of at most this many FLOPs (about 50 us on an H100) */
 
 typedef struct gemm_key {
     int M, N, K, lda, ldb, ldc, b_trans, c_f32, epi, beta_nonzero;
@@ -316,20 +318,27 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
      * candidate alike instead of the first ones timed, which made the
      * choice at the largest M differ from process to process by up to 6%.
      * Round 0 warms up; each candidate keeps its fastest time (noise only
-     * ever adds time). */
+     * ever adds time). A small GEMM is timed as TUNE_BATCH calls back to
+     * back, as a graph runs it: one call of 8 us between two events let the
+     * choice at 384 rows flip between processes, to a tile 1.3 us slower in
+     * the forward (docs/cuda.md, "GEMM tuning"). */
+    const int batch = 2.0 * M * N * K <= TUNE_BATCH_FLOPS ? TUNE_BATCH : 1;
     for (int rep = 0; rep < TUNE_ROUNDS; rep++)
         for (int i = 0; i < found; i++) {
             if (!ok[i])
                 continue;
-            const void *b = slices >= 2 ? (const void *)(g->cold + (next++ % slices) * b_bytes) : (const void *)B;
             cudaEventRecord(e0, st);
-            ok[i] = cublasLtMatmul(g->lt, c.desc, &alpha, b, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &res[i].algo,
-                                   g->d_workspace, g->workspace_bytes, st) == CUBLAS_STATUS_SUCCESS;
+            for (int k = 0; k < batch && ok[i]; k++) {
+                const void *b = slices >= 2 ? (const void *)(g->cold + (next++ % slices) * b_bytes) : (const void *)B;
+                ok[i] = cublasLtMatmul(g->lt, c.desc, &alpha, b, c.la, A, c.lb, &beta, C, c.lc, C, c.lc,
+                                       &res[i].algo, g->d_workspace, g->workspace_bytes,
+                                       st) == CUBLAS_STATUS_SUCCESS;
+            }
             cudaEventRecord(e1, st);
             float ms = 0;
             if (ok[i] && cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess &&
-                rep > 0 && ms < fastest[i])
-                fastest[i] = ms;
+                rep > 0 && ms / batch < fastest[i])
+                fastest[i] = ms / batch;
         }
     int best = 0;
     for (int i = 1; i < found; i++)
