@@ -313,37 +313,70 @@ int gemm_cuda_tune(gemm_cuda *g, int M, int N, int K, const bf16_t *A, int lda, 
      * so that B comes from DRAM as the layer's weights do in a forward. */
     size_t b_bytes = ((size_t)(b_trans ? N : K) * (size_t)ldb * 2 + 255) & ~(size_t)255;
     size_t slices = g->cold && b_bytes ? g->cold_bytes / b_bytes : 0, next = 0;
-    /* Round by round, each round timing every candidate once: a GPU whose
-     * clock is still ramping up (it idles before create) slows every
-     * candidate alike instead of the first ones timed, which made the
-     * choice at the largest M differ from process to process by up to 6%.
-     * Round 0 warms up; each candidate keeps its fastest time (noise only
-     * ever adds time). A small GEMM is timed as TUNE_BATCH calls back to
-     * back, as a graph runs it: one call of 8 us between two events let the
-     * choice at 384 rows flip between processes, to a tile 1.3 us slower in
-     * the forward (docs/cuda.md, "GEMM tuning"). */
+    /* Each candidate's timed calls are a CUDA graph with the two events
+     * inside it, so that the GPU runs the calls back to back as a forward's
+     * graph does, the host out of the loop: a cublasLtMatmul call costs the
+     * host 5-14 us, more than a 384-row GEMM takes on the GPU, and timed
+     * from the host every candidate took about that long (10-11.6 us at 384
+     * rows for kernels of 5-9 us), so the choice was noise: a proj GEMM
+     * 4 us slower in the forward than the best one (docs/cuda.md, "GEMM
+     * tuning"). A small GEMM is TUNE_BATCH calls, each B from the next cold
+     * slice. Round by round, each round timing every candidate once: a GPU
+     * whose clock is still ramping up (it idles before create) slows every
+     * candidate alike instead of the first ones timed. Round 0 warms up;
+     * each candidate keeps its fastest time (noise only ever adds time). */
     const int batch = 2.0 * M * N * K <= TUNE_BATCH_FLOPS ? TUNE_BATCH : 1;
+    cudaGraphExec_t ex[TUNE_ALGOS];
+    for (int i = 0; i < found; i++) {
+        ex[i] = NULL;
+        cudaGraph_t graph = NULL;
+        if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+            ok[i] = 0;
+            continue;
+        }
+        bool fine = cudaEventRecordWithFlags(e0, st, cudaEventRecordExternal) == cudaSuccess;
+        for (int k = 0; k < batch && fine; k++) {
+            const void *b = slices >= 2 ? (const void *)(g->cold + (next++ % slices) * b_bytes) : (const void *)B;
+            fine = cublasLtMatmul(g->lt, c.desc, &alpha, b, c.la, A, c.lb, &beta, C, c.lc, C, c.lc, &res[i].algo,
+                                  g->d_workspace, g->workspace_bytes, st) == CUBLAS_STATUS_SUCCESS;
+        }
+        fine = fine && cudaEventRecordWithFlags(e1, st, cudaEventRecordExternal) == cudaSuccess;
+        fine = cudaStreamEndCapture(st, &graph) == cudaSuccess && fine;
+        ok[i] = fine && cudaGraphInstantiate(&ex[i], graph, 0) == cudaSuccess;
+        if (graph)
+            cudaGraphDestroy(graph);
+        if (!ok[i])
+            cudaGetLastError(); /* (a candidate that cannot be captured is left out) */
+    }
     for (int rep = 0; rep < TUNE_ROUNDS; rep++)
         for (int i = 0; i < found; i++) {
             if (!ok[i])
                 continue;
-            cudaEventRecord(e0, st);
-            for (int k = 0; k < batch && ok[i]; k++) {
-                const void *b = slices >= 2 ? (const void *)(g->cold + (next++ % slices) * b_bytes) : (const void *)B;
-                ok[i] = cublasLtMatmul(g->lt, c.desc, &alpha, b, c.la, A, c.lb, &beta, C, c.lc, C, c.lc,
-                                       &res[i].algo, g->d_workspace, g->workspace_bytes,
-                                       st) == CUBLAS_STATUS_SUCCESS;
-            }
-            cudaEventRecord(e1, st);
+            ok[i] = cudaGraphLaunch(ex[i], st) == cudaSuccess;
             float ms = 0;
             if (ok[i] && cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess &&
                 rep > 0 && ms / batch < fastest[i])
                 fastest[i] = ms / batch;
         }
+    for (int i = 0; i < found; i++)
+        if (ex[i])
+            cudaGraphExecDestroy(ex[i]);
     int best = 0;
     for (int i = 1; i < found; i++)
         if (ok[i] && (!ok[best] || fastest[i] < fastest[best]))
             best = i;
+    /* HSTU_GEMM_TUNE_LOG=1: every candidate's time, the choice starred (docs/cuda.md) */
+    if (getenv("HSTU_GEMM_TUNE_LOG"))
+        for (int i = 0; i < found; i++) {
+            int tile = -1, stages = -1, algo_id = -1;
+            size_t w;
+            cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &w);
+            cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages,
+                                                 &w);
+            cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_ID, &algo_id, sizeof algo_id, &w);
+            fprintf(stderr, "gemm tune M %d N %d K %d: %d algo %d tile %d stages %d: %.2f us (batch %d)%s\n", M, N,
+                    K, i, algo_id, tile, stages, fastest[i] * 1e3, batch, i == best ? " *" : "");
+        }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     cudaError_t ce = cudaGetLastError();
