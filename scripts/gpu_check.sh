@@ -4,7 +4,9 @@
 # Build here first (scripts/gpu_pack.sh), then in one device call:
 #   run(carry: [".device/bin", ".device/lib"], command: "sh scripts/gpu_check.sh")
 # It runs every test binary (the CUDA ones must report 0 skipped on a GPU;
-# the CPU ones are cheap and run too), compute-sanitizer memcheck and
+# the CPU ones are cheap and run too; test_cuda twice, the second time as
+# test_cuda_alt on the backend's opt-in paths: HSTU_CUDA_FUSED_HEAD=1,
+# HSTU_CUDA_FUSED_GEMM=1), compute-sanitizer memcheck and
 # racecheck of the CUDA tests on small shapes, and the GPU benchmark, then
 # prints a short table last. Logs go to $OUT (the device tool brings them
 # back) or /tmp/gpu_check. Exit status: non-zero when anything failed.
@@ -65,6 +67,25 @@ summary() { # $1 log -> "P F S" from its closing line
     grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$1" | tail -n 1 | awk '{print $1, $3, $5}'
 }
 
+# One test binary: run_test BINARY LABEL GPU [VAR=VALUE...] (the variables set for it alone).
+run_test() {
+    t=$1 label=$2 gpu=$3
+    shift 3
+    echo "== $label${*:+ ($*)}"
+    start=$(date +%s)
+    env "$@" "$t" >"$LOGS/$label.log" 2>&1
+    rc=$?
+    secs=$(( $(date +%s) - start ))
+    grep -E '^(ok|FAIL|skip) |^    ' "$LOGS/$label.log" | head -n 80
+    s=$(summary "$LOGS/$label.log")
+    set -- ${s:-0 1 0}
+    verdict=ok
+    if [ "$rc" -ne 0 ] || [ "$2" -ne 0 ] || [ -z "$s" ]; then verdict=FAIL; fi
+    if [ "$gpu" -eq 1 ] && [ "$3" -ne 0 ]; then verdict=FAIL; fi # a GPU run skips nothing
+    [ "$verdict" = ok ] || failed=1
+    printf '%-22s %6s %6s %7s %5ss  %s\n' "$label" "$1" "$2" "$3" "$secs" "$verdict" >>"$table"
+}
+
 for t in "$BIN"/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
@@ -73,19 +94,11 @@ for t in "$BIN"/test_*; do
     *cuda*) gpu=1 ;;
     *) gpu=0; case " $SKIP " in *" cpu "*) continue ;; esac ;;
     esac
-    echo "== $name"
-    start=$(date +%s)
-    "$t" >"$LOGS/$name.log" 2>&1
-    rc=$?
-    secs=$(( $(date +%s) - start ))
-    grep -E '^(ok|FAIL|skip) |^    ' "$LOGS/$name.log" | head -n 80
-    s=$(summary "$LOGS/$name.log")
-    set -- ${s:-0 1 0}
-    verdict=ok
-    if [ "$rc" -ne 0 ] || [ "$2" -ne 0 ] || [ -z "$s" ]; then verdict=FAIL; fi
-    if [ "$gpu" -eq 1 ] && [ "$3" -ne 0 ]; then verdict=FAIL; fi # a GPU run skips nothing
-    [ "$verdict" = ok ] || failed=1
-    printf '%-22s %6s %6s %7s %5ss  %s\n' "$name" "$1" "$2" "$3" "$secs" "$verdict" >>"$table"
+    run_test "$t" "$name" "$gpu"
+    # The backend's opt-in paths: the fused ranking head, the fused uvqk GEMM.
+    if [ "$name" = test_cuda ]; then
+        run_test "$t" test_cuda_alt 1 HSTU_CUDA_FUSED_HEAD=1 HSTU_CUDA_FUSED_GEMM=1
+    fi
 done
 
 # compute-sanitizer: memcheck and racecheck over the CUDA tests on small

@@ -40,6 +40,7 @@
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
+#include "kernels/head_fused_cuda.h"
 #include "kernels/pdl_cuda.h"
 #include "kernels/topk_cuda.h"
 #include "kvcache/kv_cuda.h"
@@ -83,6 +84,7 @@ struct cuda_backend {
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
+    bool fused_head;   /* the ranking head in one kernel (one hidden layer; HSTU_CUDA_FUSED_HEAD=1) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
     size_t topk_cap;   /* result slots per top-k group */
     cudaStream_t stream;
@@ -105,6 +107,7 @@ struct cuda_backend {
     bf16_t *d_y;          /* [T, vw] SiLU(u) * LN(attn) */
     bf16_t *d_mlp_a, *d_mlp_b;   /* [T, head_w8] ranking MLP ping-pong */
     float *d_logits;      /* [T, n_tasks8] */
+    void *d_head_scratch; /* the fused head's partial logits and counters (zeroed at create) */
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
     float *d_scores;      /* [score_rows, n_items8] */
     int *d_topk_ids;      /* [topk_cap] */
@@ -151,13 +154,14 @@ struct cuda_backend {
     /* Staging: the upload's region list first, then the arrays the layer
      * kernels read at fixed offsets (a CUDA graph holds their addresses);
      * the rest is packed after fx_end. */
-    size_t fx_seqs, fx_pt, fx_row_slot, fx_ts, fx_end;
+    size_t fx_scalars, fx_seqs, fx_pt, fx_row_slot, fx_ts, fx_end;
     stage_upload_list *h_upload; /* at offset 0 of h_stage */
     /* CUDA graphs of the layers, per (batch, tokens, splits, paged, layered) bucket. */
     struct graph_entry {
         int B, T, S;
         bool paged;   /* the attention reads pages (some user had cached rows) */
         bool layered; /* one graph per layer (exec[l]); else the whole stack in two (graph_part) */
+        bool logits;  /* the fused head, in the whole stack's graph, leaves the logits (no sigmoid) */
         int n_exec;
         cudaGraphExec_t *exec; /* [L] */
         uint64_t used;
@@ -177,6 +181,7 @@ typedef struct staged {
     attn_cuda_seq *seqs; /* [B] */
     int64_t *ts;         /* [T] timestamps (retrieval) */
     int *rows;           /* head rows: [M] candidates (ranking), [B] newest rows (retrieval) */
+    int *n_rows;         /* [1] M: the fused head reads it on the device */
     int *k, *off;        /* [B] top-k wanted, offset in its group's results (retrieval) */
     int *excl_b, *excl_e;/* [B] the user's exclusion list in excl (retrieval) */
     int *excl;           /* [sum hist] every history item (retrieval) */
@@ -275,6 +280,8 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_mlp_a = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_mlp_b = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
+    cb->d_head_scratch =
+        cb->fused_head ? carve(c, head_fused_scratch_bytes((int)T, cb->head_out8[0], cb->n_tasks8)) : NULL;
     cb->d_users = retr ? (bf16_t *)carve(c, U * d8 * 2) : NULL;
     cb->d_scores = retr ? (float *)carve(c, (size_t)cb->score_rows * cb->n_items8 * 4) : NULL;
     cb->d_topk_ids = retr ? (int *)carve(c, cb->topk_cap * 4) : NULL;
@@ -316,7 +323,8 @@ static void stage_fixed(cuda_backend *cb)
 {
     size_t T = (size_t)cb->max_tokens, U = (size_t)cb->max_users;
     HSTU_ASSERT(cb->stage_cap <= UINT32_MAX); /* the upload's offsets are 32-bit */
-    cb->fx_seqs = align16(sizeof(stage_upload_list));
+    cb->fx_scalars = align16(sizeof(stage_upload_list)); /* 4 ints: [0] the head's rows */
+    cb->fx_seqs = cb->fx_scalars + 16;
     cb->fx_pt = align16(cb->fx_seqs + U * sizeof(attn_cuda_seq));
     cb->fx_row_slot = align16(cb->fx_pt + (size_t)cb->max_pages * 4);
     cb->fx_ts = align16(cb->fx_row_slot + T * 8);
@@ -327,7 +335,7 @@ static size_t stage_capacity(size_t T, size_t U, size_t pages)
 {
     /* tok_row, tok_pos, ts, head rows (T or U), excl, row slots; seqs, 4
      * top-k arrays; page table, onload copies; alignment */
-    return sizeof(stage_upload_list) + T * (4 + 4 + 8 + 4 + 4 + 8) + U * 4 + U * sizeof(attn_cuda_seq) +
+    return sizeof(stage_upload_list) + 16 + T * (4 + 4 + 8 + 4 + 4 + 8) + U * 4 + U * sizeof(attn_cuda_seq) +
            U * 4 * 4 + pages * (4 + sizeof(kv_copy)) + 16 * 32;
 }
 
@@ -335,7 +343,7 @@ static size_t stage_capacity(size_t T, size_t U, size_t pages)
 static size_t stage_bound(const cuda_backend *cb, size_t B, size_t T)
 {
     size_t pages = (size_t)cb->max_pages;
-    return sizeof(stage_upload_list) + B * sizeof(attn_cuda_seq) + pages * 4 + T * 8 * 2 + stage_capacity(T, B, pages);
+    return sizeof(stage_upload_list) + 16 + B * sizeof(attn_cuda_seq) + pages * 4 + T * 8 * 2 + stage_capacity(T, B, pages);
 }
 
 #define DEV(cb, hp) ((cb)->d_stage + ((const char *)(hp) - (cb)->h_stage))
@@ -765,6 +773,13 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
             in_w = out_w;
         }
         cb->n_tasks8 = pad8(cfg->n_tasks);
+        /* The head in one kernel, at the end of the whole stack's graph,
+         * only with HSTU_CUDA_FUSED_HEAD=1 and one hidden layer of widths
+         * the kernel takes: no faster at batch 1, slower at batch 8 today
+         * (docs/cuda.md, "The fused ranking head"). */
+        const char *fh = getenv("HSTU_CUDA_FUSED_HEAD");
+        cb->fused_head = fh && !strcmp(fh, "1") && m->n_head == 2 &&
+                         head_fused_supported(cb->head_in8[0], cb->head_out8[0], cb->n_tasks8);
     } else {
         cb->n_items8 = pad8(cfg->item_rows);
         size_t rows = SCORE_FLOATS / (size_t)cb->n_items8;
@@ -832,6 +847,9 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         (st = ck(cudaEventCreate(&cb->ev_fwd_end), "cudaEventCreate", err)) != HSTU_OK ||
         (st = ck(cudaEventCreate(&cb->ev_stack[0]), "cudaEventCreate", err)) != HSTU_OK ||
         (st = ck(cudaEventCreate(&cb->ev_stack[1]), "cudaEventCreate", err)) != HSTU_OK)
+        goto fail;
+    /* (the fused head's shared-memory limits, before any capture records it) */
+    if (cb->fused_head && (st = ck(head_fused_prepare(), "the fused head's setup", err)) != HSTU_OK)
         goto fail;
     if (gemm_cuda_create(GEMM_WORKSPACE, &cb->gemm, why, sizeof why) != 0) {
         st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
@@ -984,8 +1002,29 @@ static hstu_status sync_forward(cuda_backend *cb, hstu_error *err)
     return st != HSTU_OK ? st : ck(cudaStreamSynchronize(cb->stream), "the forward pass", err);
 }
 
-static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M, const staged *sg, bool logits,
-                                hstu_error *err)
+/* Whether the whole stack's graph ends with the head (ranking, fused head). */
+static bool head_in_graph(const cuda_backend *cb, bool layered) { return cb->fused_head && !layered; }
+
+/* The ranking head in one kernel (head_fused_cuda.h) for up to max_rows
+ * candidates; it reads their count from the staging (sg->n_rows), so a
+ * graph can hold it. Scores (or logits) go straight to mapped host memory. */
+static hstu_status head_fused_launch(cuda_backend *cb, int max_rows, const staged *sg, bool logits, hstu_error *err)
+{
+    head_fused_params hp = {
+        .width = cb->d, .x = cb->d_x, .x_f32 = cb->x_f32, .ldx = cb->d8,
+        .rows = (const int *)DEV(cb, sg->rows), .n_rows = (const int *)DEV(cb, sg->n_rows), .max_rows = max_rows,
+        .w1 = cb->d_head_w[0], .in8 = cb->head_in8[0], .h8 = cb->head_out8[0],
+        .b1 = (const bf16_t *)cb->d_head_b[0], .w2 = cb->d_head_w[1], .n_tasks8 = cb->n_tasks8,
+        .b2 = (const float *)cb->d_head_b[1], .n_tasks = cb->model->cfg.n_tasks, .sigmoid = !logits,
+        .out = cb->dh_logits, .scratch = cb->d_head_scratch,
+    };
+    return ck(head_fused_cuda(&hp, cb->stream), "the fused ranking head", err);
+}
+
+/* The ranking head as four launches: the candidates' gather and L2 norm,
+ * one cuBLASLt GEMM per MLP layer (bias and ReLU in their epilogues), the
+ * scores into mapped host memory. Any number of hidden layers. */
+static hstu_status head_ranking_gemms(cuda_backend *cb, int M, const staged *sg, bool logits, hstu_error *err)
 {
     const hstu_model *m = cb->model;
     const hstu_config *cfg = &m->cfg;
@@ -1017,10 +1056,26 @@ static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M
     }
     /* The scores go straight into pinned host memory (a copy after the
      * GEMM would start 6 us after it), sigmoid on the GPU. */
+    return ck(scores_out_cuda(M, cfg->n_tasks, cb->d_logits, cb->n_tasks8, !logits, cb->dh_logits, s), "scores",
+              err);
+}
+
+/* The ranking head (unless the whole stack's graph ran it: in_graph), then
+ * the wait for the GPU and the scores into each user's result. */
+static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M, const staged *sg, bool logits,
+                                bool in_graph, hstu_error *err)
+{
+    const hstu_model *m = cb->model;
+    const hstu_config *cfg = &m->cfg;
+    hstu_status st;
     int nt = cfg->n_tasks;
-    if ((st = ck(scores_out_cuda(M, nt, cb->d_logits, cb->n_tasks8, !logits, cb->dh_logits, s), "scores", err)) !=
-            HSTU_OK ||
-        (st = sync_forward(cb, err)) != HSTU_OK)
+    if (cb->fused_head && !in_graph)
+        st = head_fused_launch(cb, M, sg, logits, err);
+    else if (!in_graph)
+        st = head_ranking_gemms(cb, M, sg, logits, err);
+    else
+        st = HSTU_OK;
+    if (st != HSTU_OK || (st = sync_forward(cb, err)) != HSTU_OK)
         return st;
     const float *z = cb->h_logits;
     for (int b = 0; b < B; b++) {
@@ -1151,14 +1206,17 @@ static void graph_part(const cuda_backend::graph_entry *g, int L, int i, int *lo
  * *out stays NULL when capture fails: the caller runs eagerly, and graphs
  * are switched off for this backend (counted). */
 static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_params *ap_in, const staged *sg,
-                             bool layered, cuda_backend::graph_entry **out, hstu_error *err)
+                             bool layered, bool logits, cuda_backend::graph_entry **out, hstu_error *err)
 {
     int L = cb->model->cfg.n_layers, S = ap_in->splits;
     const bool paged = ap_in->pages != NULL; /* the attention's kernel differs */
+    const bool head = head_in_graph(cb, layered);
+    logits = head && logits;
     *out = NULL;
     for (int i = 0; i < cb->n_graphs; i++) {
         cuda_backend::graph_entry *g = &cb->graphs[i];
-        if (g->B == Bg && g->T == Tg && g->S == S && g->paged == paged && g->layered == layered) {
+        if (g->B == Bg && g->T == Tg && g->S == S && g->paged == paged && g->layered == layered &&
+            g->logits == logits) {
             g->used = ++cb->graph_clock;
             *out = g;
             return HSTU_OK;
@@ -1185,7 +1243,8 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
                 g->exec[l] = NULL;
             }
     }
-    g->B = Bg, g->T = Tg, g->S = S, g->paged = paged, g->layered = layered, g->used = ++cb->graph_clock;
+    g->B = Bg, g->T = Tg, g->S = S, g->paged = paged, g->layered = layered, g->logits = logits;
+    g->used = ++cb->graph_clock;
     attn_cuda_params ap = *ap_in;
     ap.B = Bg;
     ap.max_rows = Tg;
@@ -1210,6 +1269,8 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
             st = layer_forward(cb, Tg, l, &ap, sg, cb->d_pool != NULL, false, &cap_err);
         if (st == HSTU_OK && !layered && i == g->n_exec - 1)
             st = stack_mark(cb, 1, true, &cap_err);
+        if (st == HSTU_OK && head && i == g->n_exec - 1) /* then the head, for any M up to the bucket's rows */
+            st = head_fused_launch(cb, Tg, sg, logits, &cap_err);
         if (ok)
             ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
         /* the edges into the GEMMs, when PDL is on now (else only forgotten) */
@@ -1326,6 +1387,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     stage sgb = {cb->h_stage, cb->fx_end, cb->stage_cap};
     staged sg;
     memset(&sg, 0, sizeof sg);
+    sg.n_rows = (int *)(cb->h_stage + cb->fx_scalars);
+    *sg.n_rows = M;
     sg.seqs = (attn_cuda_seq *)(cb->h_stage + cb->fx_seqs);
     sg.page_table = (int *)(cb->h_stage + cb->fx_pt);
     sg.row_slot = (int64_t *)(cb->h_stage + cb->fx_row_slot);
@@ -1449,7 +1512,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
      * host. */
     const double t_packed = core_now_s();
     cuda_backend::graph_entry *g = NULL;
-    if (Bg > 0 && (st = graph_get(cb, Bg, Tg, &ap, &sg, n_onload > 0 && cb->cc.layerwise, &g, err)) != HSTU_OK)
+    if (Bg > 0 &&
+        (st = graph_get(cb, Bg, Tg, &ap, &sg, n_onload > 0 && cb->cc.layerwise, logits, &g, err)) != HSTU_OK)
         return st;
     const double t_copy = core_now_s();
     cudaStream_t s = cb->stream;
@@ -1457,7 +1521,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
      * the packed tail. The whole stack's graph starts with the upload; other
      * runs launch it here. */
     struct { size_t off, bytes; } cp[5] = {
-        {cb->fx_seqs, (size_t)n_seq * sizeof(attn_cuda_seq)}, {cb->fx_pt, (size_t)n_pt * 4},
+        {cb->fx_scalars, 16 + (size_t)n_seq * sizeof(attn_cuda_seq)}, {cb->fx_pt, (size_t)n_pt * 4},
         {cb->fx_row_slot, cb->d_pool ? (size_t)T_run * 8 : 0}, {cb->fx_ts, retr ? (size_t)hist_total * 8 : 0},
         {cb->fx_end, sgb.used - cb->fx_end},
     };
@@ -1505,7 +1569,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     if (retr)
         st = head_retrieval(cb, plans, B, &sg, err);
     else
-        st = head_ranking(cb, plans, B, M, &sg, logits, err);
+        st = head_ranking(cb, plans, B, M, &sg, logits, g && head_in_graph(cb, g->layered), err);
     if (st == HSTU_OK && n_onload > 0) {
         /* The head synchronised the compute stream, which waited for the onload. */
         float ms = 0;
