@@ -339,13 +339,6 @@ static size_t stage_capacity(size_t T, size_t U, size_t pages)
            U * 4 * 4 + pages * (4 + sizeof(kv_copy)) + 16 * 32;
 }
 
-/* The most the upload moves for a batch of B users and T rows. */
-static size_t stage_bound(const cuda_backend *cb, size_t B, size_t T)
-{
-    size_t pages = (size_t)cb->max_pages;
-    return sizeof(stage_upload_list) + 16 + B * sizeof(attn_cuda_seq) + pages * 4 + T * 8 * 2 + stage_capacity(T, B, pages);
-}
-
 #define DEV(cb, hp) ((cb)->d_stage + ((const char *)(hp) - (cb)->h_stage))
 /* The same host array as the device reads it over PCIe (pinned, mapped). */
 #define MAPPED(cb, hp) ((cb)->dh_stage + ((const char *)(hp) - (cb)->h_stage))
@@ -885,9 +878,6 @@ fail:
 
 /* ---- the forward pass --------------------------------------------------- */
 
-/* Marks the start (i = 0) or end (1) of the embedding and layer stack in
- * the stream; in a capture, as a node of the graph (the external flag,
- * which is for captures only). */
 /* The batch's metadata to the device (stage_upload.h): the regions that
  * h_upload lists, read when the kernel runs. */
 static hstu_status upload_stage(cuda_backend *cb, int ctas, hstu_error *err)
@@ -897,6 +887,9 @@ static hstu_status upload_stage(cuda_backend *cb, int ctas, hstu_error *err)
               "metadata upload", err);
 }
 
+/* Marks the start (i = 0) or end (1) of the embedding and layer stack in
+ * the stream; in a capture, as a node of the graph (the external flag,
+ * which is for captures only). */
 static hstu_status stack_mark(cuda_backend *cb, int i, bool capture, hstu_error *err)
 {
     return ck(capture ? cudaEventRecordWithFlags(cb->ev_stack[i], cb->stream, cudaEventRecordExternal)
@@ -1065,16 +1058,10 @@ static hstu_status head_ranking_gemms(cuda_backend *cb, int M, const staged *sg,
 static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M, const staged *sg, bool logits,
                                 bool in_graph, hstu_error *err)
 {
-    const hstu_model *m = cb->model;
-    const hstu_config *cfg = &m->cfg;
-    hstu_status st;
-    int nt = cfg->n_tasks;
-    if (cb->fused_head && !in_graph)
-        st = head_fused_launch(cb, M, sg, logits, err);
-    else if (!in_graph)
-        st = head_ranking_gemms(cb, M, sg, logits, err);
-    else
-        st = HSTU_OK;
+    const int nt = cb->model->cfg.n_tasks;
+    hstu_status st = HSTU_OK;
+    if (!in_graph)
+        st = cb->fused_head ? head_fused_launch(cb, M, sg, logits, err) : head_ranking_gemms(cb, M, sg, logits, err);
     if (st != HSTU_OK || (st = sync_forward(cb, err)) != HSTU_OK)
         return st;
     const float *z = cb->h_logits;
@@ -1259,7 +1246,9 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
         ok = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
         hstu_status st = ok ? HSTU_OK : HSTU_ERR_UNSUPPORTED;
         if (st == HSTU_OK && !layered && i == 0) { /* the whole stack's graph: the upload, the embedding */
-            st = upload_stage(cb, stage_upload_ctas(stage_bound(cb, Bg, Tg), UPLOAD_MAX_CTAS), &cap_err);
+            /* (CTAs for the most a batch of the bucket can stage) */
+            size_t most = stage_capacity((size_t)Tg, (size_t)Bg, (size_t)cb->max_pages);
+            st = upload_stage(cb, stage_upload_ctas(most, UPLOAD_MAX_CTAS), &cap_err);
             if (st == HSTU_OK)
                 st = stack_mark(cb, 0, true, &cap_err);
             if (st == HSTU_OK)
@@ -1533,8 +1522,9 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
             ul->r[ul->n].bytes = (uint32_t)cp[i].bytes;
             ul->n++;
         }
-    const bool upload_in_graph = g && !g->layered;
-    if (!upload_in_graph && (st = upload_stage(cb, stage_upload_ctas(sgb.used, UPLOAD_MAX_CTAS), err)) != HSTU_OK)
+    /* the whole stack's graph runs the upload, the stack marks and the embedding */
+    const bool whole_graph = g && !g->layered;
+    if (!whole_graph && (st = upload_stage(cb, stage_upload_ctas(sgb.used, UPLOAD_MAX_CTAS), err)) != HSTU_OK)
         return st;
     cb->ctr.stage_ms += (t_packed - t_stage + core_now_s() - t_copy) * 1e3;
     cb->onload_pending = n_onload > 0;
@@ -1543,8 +1533,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
 
     /* (the whole stack's graph embeds its bucket's rows itself) */
     const double t_launch = core_now_s();
-    const bool marks_in_graph = upload_in_graph;
-    if (!marks_in_graph &&
+    if (!whole_graph &&
         ((st = stack_mark(cb, 0, false, err)) != HSTU_OK || (st = embed_forward(cb, T, &sg, err)) != HSTU_OK))
         return st;
     if (g) {
@@ -1563,7 +1552,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
             if ((st = layer_forward(cb, T, l, &ap, &sg, n_app > 0, true, err)) != HSTU_OK)
                 return st;
     }
-    if (!marks_in_graph && (st = stack_mark(cb, 1, false, err)) != HSTU_OK)
+    if (!whole_graph && (st = stack_mark(cb, 1, false, err)) != HSTU_OK)
         return st;
     cb->ctr.launch_ms += (core_now_s() - t_launch) * 1e3;
     if (retr)
