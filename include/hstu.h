@@ -130,6 +130,18 @@ typedef enum hstu_backend { HSTU_BACKEND_REF = 0, HSTU_BACKEND_CPU, HSTU_BACKEND
 const char *hstu_backend_name(hstu_backend b);
 hstu_status hstu_backend_parse(const char *name, hstu_backend *out, hstu_error *err);
 
+/* When a returning user's cached prefix is checked against the request's
+ * history (the hash of its rows' keys, docs/kvcache.md): before the forward
+ * (EAGER), or while the GPU runs it (DEFERRED: the host's pass over the
+ * history leaves the request's critical path; a history found rewritten
+ * then has its user computed again, in full, before the call returns).
+ * AUTO: DEFERRED on the CUDA backend, EAGER on the CPU backends. */
+typedef enum hstu_prefix_check {
+    HSTU_PREFIX_CHECK_AUTO = 0,
+    HSTU_PREFIX_CHECK_EAGER,
+    HSTU_PREFIX_CHECK_DEFERRED,
+} hstu_prefix_check;
+
 typedef struct hstu_engine_options {
     hstu_backend backend;   /* default CPU */
     bool use_cache;         /* default true */
@@ -137,6 +149,7 @@ typedef struct hstu_engine_options {
     size_t cache_bytes;     /* KV page pool budget, default 1 GiB */
     int max_batch_tokens;   /* workspace rows; default max(16384, one user at the maxima) */
     int threads;            /* 0 = all cores */
+    hstu_prefix_check prefix_check; /* default AUTO */
     /* CUDA backend only (docs/kvcache.md): the host tier, pinned host memory
      * holding offloaded chunks of users' K/V (0 = no host tier). */
     size_t host_cache_bytes;  /* default 0 */
@@ -211,6 +224,7 @@ typedef struct hstu_cache_stats {
     uint64_t tokens_reused, tokens_computed;
     uint64_t evictions, rewrites;  /* rewrites: prefix-hash mismatches */
     uint64_t degraded;             /* users run uncached because no page was free */
+    uint64_t redone;               /* users run again: a deferred prefix check failed */
     int pages_total, pages_in_use, page_size, users;
     size_t page_bytes, pool_bytes;
     /* host tier (CUDA backend with host_cache_bytes > 0) */

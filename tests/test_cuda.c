@@ -1310,10 +1310,11 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
     }
     hstu_cache_stats cs;
     hstu_engine_cache_stats(gc, &cs);
-    printf("    %d batches: %d device hits, %d host hits, %d misses; %d rewrites planted; %llu evictions, "
-           "%llu degraded, %llu offloads (%llu skipped), %.1f KiB onloaded\n",
+    printf("    %d batches: %d device hits, %d host hits, %d misses; %d rewrites planted, %llu found after the "
+           "forward (users run again); %llu evictions, %llu degraded, %llu offloads (%llu skipped), %.1f KiB "
+           "onloaded\n",
            rounds, tiers[HSTU_TIER_DEVICE], tiers[HSTU_TIER_HOST], tiers[HSTU_TIER_MISS], rewrites,
-           (unsigned long long)cs.evictions, (unsigned long long)cs.degraded, (unsigned long long)cs.offloads,
+           (unsigned long long)cs.redone, (unsigned long long)cs.evictions, (unsigned long long)cs.degraded, (unsigned long long)cs.offloads,
            (unsigned long long)cs.offloads_skipped, cs.onload_bytes / 1024.0);
     printf("    CUDA graphs: %llu forwards replayed (%llu one graph per layer), %llu buckets captured, %llu eager\n",
            (unsigned long long)cs.graph_runs, (unsigned long long)cs.graph_layered_runs,

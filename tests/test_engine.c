@@ -53,11 +53,16 @@ static hstu_model *make_model(const char *json, uint64_t seed)
     return m;
 }
 
+/* The prefix check of the engines make_engine creates (the CPU backends'
+ * AUTO is EAGER; the deferred tests ask for the CUDA backend's way). */
+static hstu_prefix_check g_check = HSTU_PREFIX_CHECK_AUTO;
+
 static hstu_engine *make_engine(const hstu_model *m, hstu_backend b, bool cache, int page, size_t budget)
 {
     hstu_engine_options o;
     hstu_engine_options_default(&o);
     o.backend = b;
+    o.prefix_check = g_check;
     o.use_cache = cache;
     o.page_size = page;
     o.cache_bytes = budget;
@@ -258,14 +263,19 @@ static void cached_vs_full(const char *json, hstu_backend backend, int page, int
     T_CHECK(worst <= 1e-4, "cached vs full: worst error %.3g > 1e-4", worst);
     T_CHECK(s.device_hits > 0, "no cache hit in %d steps: the test exercised nothing", steps);
     T_CHECK(s.rewrites > 0, "no rewritten history was detected");
+    if (g_check == HSTU_PREFIX_CHECK_DEFERRED)
+        T_CHECK(s.redone > 0, "deferred checks: no user was run again after a failed check");
+    else
+        T_CHECK(s.redone == 0, "eager checks: %llu users run again", (unsigned long long)s.redone);
     T_CHECK(s.tokens_reused > 0, "no token reused");
     T_CHECK(s.pages_in_use <= s.pages_total, "pages in use %d > pool %d", s.pages_in_use, s.pages_total);
     if (pool_pages < 40)
         T_CHECK(s.evictions > 0, "a pool of %d pages saw no eviction", pool_pages);
-    printf("    page %d, pool %d: worst %.2g; %llu hits, %llu misses, %llu rewrites, %llu evictions, "
-           "%llu degraded, reused %llu computed %llu\n",
+    printf("    page %d, pool %d: worst %.2g; %llu hits, %llu misses, %llu rewrites (%llu run again), "
+           "%llu evictions, %llu degraded, reused %llu computed %llu\n",
            page, pool_pages, worst, (unsigned long long)s.device_hits, (unsigned long long)s.misses,
-           (unsigned long long)s.rewrites, (unsigned long long)s.evictions, (unsigned long long)s.degraded,
+           (unsigned long long)s.rewrites, (unsigned long long)s.redone, (unsigned long long)s.evictions,
+           (unsigned long long)s.degraded,
            (unsigned long long)s.tokens_reused, (unsigned long long)s.tokens_computed);
     hstu_engine_destroy(cached);
     hstu_engine_destroy(full);
@@ -280,6 +290,18 @@ static void test_cached_ranking_ref(void) { cached_vs_full(ranking_json, HSTU_BA
 static void test_cached_retrieval_page32(void) { cached_vs_full(retrieval_json, HSTU_BACKEND_CPU, 32, 6, 300); }
 static void test_cached_retrieval_page3(void) { cached_vs_full(retrieval_json, HSTU_BACKEND_CPU, 3, 25, 300); }
 static void test_cached_retrieval_ref(void) { cached_vs_full(retrieval_json, HSTU_BACKEND_REF, 4, 30, 80); }
+
+/* The same with the prefix checks deferred past the forward (the CUDA
+ * backend's default): a rewritten history is found after its user ran on
+ * the stale prefix, then run again; results must not show it. */
+static void cached_deferred(const char *json, int page, int pool_pages)
+{
+    g_check = HSTU_PREFIX_CHECK_DEFERRED;
+    cached_vs_full(json, HSTU_BACKEND_CPU, page, pool_pages, 300);
+    g_check = HSTU_PREFIX_CHECK_AUTO;
+}
+static void test_cached_ranking_deferred(void) { cached_deferred(ranking_json, 5, 30); }
+static void test_cached_retrieval_deferred(void) { cached_deferred(retrieval_json, 3, 25); }
 
 static void test_bad_request_changes_nothing(void)
 {
@@ -387,6 +409,10 @@ static void test_engine_options_errors(void)
     o.page_size = 0;
     T_CHECK(hstu_engine_create(m, &o, &e, &err) == HSTU_ERR_ARG && !e, "page size 0 accepted");
     hstu_engine_options_default(&o);
+    o.prefix_check = (hstu_prefix_check)7;
+    T_CHECK(hstu_engine_create(m, &o, &e, &err) == HSTU_ERR_ARG && !e, "prefix check 7 accepted");
+    T_CHECK(strstr(err.msg, "prefix check") != NULL, "message: %s", err.msg);
+    hstu_engine_options_default(&o);
     o.cache_bytes = 10;
     T_CHECK(hstu_engine_create(m, &o, &e, &err) != HSTU_OK && !e, "a pool of no page accepted");
     hstu_model_destroy(m);
@@ -404,6 +430,8 @@ int main(void)
     t_run("engine: cached = full, retrieval, page 32, eviction churn", test_cached_retrieval_page32);
     t_run("engine: cached = full, retrieval, page 3", test_cached_retrieval_page3);
     t_run("engine: cached = full, retrieval, reference backend", test_cached_retrieval_ref);
+    t_run("engine: cached = full, ranking, deferred prefix checks", test_cached_ranking_deferred);
+    t_run("engine: cached = full, retrieval, deferred prefix checks", test_cached_retrieval_deferred);
     t_run("engine: a bad request changes nothing", test_bad_request_changes_nothing);
     t_run("engine: scores do not depend on the batch", test_batch_composition);
     t_run("engine: option errors", test_engine_options_errors);

@@ -318,6 +318,67 @@ static void test_lookup(void)
     kv_destroy(kv);
 }
 
+/* kv_lookup_deferred: a hit without the keys, checked by the caller; -1
+ * where the keys are needed now; kv_reject after a failed check. */
+static void test_lookup_deferred(void)
+{
+    enum { P = 4 };
+    kv_options o = opts(2, P, 3, 2, 64);
+    kv_cache *kv;
+    hstu_error err;
+    T_REQUIRE(kv_create(&o, &kv, &err) == HSTU_OK, "create: %s", err.msg);
+    uint64_t keys[16], h = 0;
+    rng g = {11};
+    for (int i = 0; i < 16; i++)
+        keys[i] = rng_next(&g);
+    kv_stats s;
+
+    kv_begin(kv);
+    T_CHECK(kv_lookup_deferred(kv, 5, 6, &h) == 0, "no entry: expected a miss");
+    kv_end(kv);
+    T_CHECK(run_user(kv, &o, 5, keys, 6) == 0, "first request hit");
+    T_CHECK(run_user(kv, &o, 9, keys, 4) == 0, "first request of user 9 hit");
+
+    /* A hit: the rows and the hash to compare, pinned (kv_reserve of
+     * another user cannot evict it) and committed as usual. */
+    kv_begin(kv);
+    T_CHECK(kv_lookup_deferred(kv, 5, 10, &h) == 6, "deferred hit of 6 expected");
+    T_CHECK(h == kv_hash_keys(keys, 6), "the entry's hash");
+    T_REQUIRE(kv_reserve(kv, 5, 10), "reserve 10");
+    write_rows(kv, &o, 5, keys, 6, 10);
+    kv_commit(kv, 5, 10, keys);
+    kv_end(kv);
+    T_CHECK(check_rows(kv, &o, 5, keys, 10) == 0, "rows after a deferred hit");
+    kv_get_stats(kv, &s);
+    uint64_t hits = s.hits, misses = s.misses;
+
+    /* Longer than the history, or held: the keys are needed now. */
+    kv_begin(kv);
+    T_CHECK(kv_lookup_deferred(kv, 5, 8, &h) == -1, "an entry longer than n must ask for the keys");
+    kv_end(kv);
+    kv_hold(kv, 5);
+    kv_begin(kv);
+    T_CHECK(kv_lookup_deferred(kv, 5, 12, &h) == -1, "a held entry must ask for the keys");
+    kv_end(kv);
+    kv_release(kv, 5);
+    kv_get_stats(kv, &s);
+    T_CHECK(s.hits == hits && s.misses == misses && pages_of(kv, 5) == 3, "-1 must change and count nothing");
+
+    /* A failed check: the entry goes with the pages reserved in this batch. */
+    kv_begin(kv);
+    T_CHECK(kv_lookup_deferred(kv, 5, 14, &h) == 10, "deferred hit of 10 expected");
+    T_REQUIRE(kv_reserve(kv, 5, 14), "reserve 14");
+    kv_reject(kv, 5);
+    T_CHECK(pages_of(kv, 5) == 0, "a rejected entry keeps pages");
+    kv_end(kv);
+    kv_get_stats(kv, &s);
+    T_CHECK(s.hits == hits && s.misses == misses + 1 && s.rewrites == 1, "reject counts: h %llu m %llu r %llu",
+            (unsigned long long)s.hits, (unsigned long long)s.misses, (unsigned long long)s.rewrites);
+    T_CHECK(s.users == 1 && s.pages_in_use == pages_of(kv, 9), "only user 9 should remain");
+    check_ok(kv);
+    kv_destroy(kv);
+}
+
 static void test_lru_and_pinning(void)
 {
     /* 1 layer, P = 2, a pool of 3 pages: one page per 2-row user. */
@@ -827,6 +888,7 @@ int main(void)
     t_run("create rejects bad options with a message", test_create_errors);
     t_run("page layout: offsets, full-page writes stay inside", test_page_layout);
     t_run("lookup: miss, hit, prefix extension, rewrite, shorter", test_lookup);
+    t_run("deferred lookup: hit, keys needed now, reject", test_lookup_deferred);
     t_run("LRU order, pinning, reserve that cannot be met", test_lru_and_pinning);
     t_run("commit shrinks, commit 0 drops, kv_end cleans up", test_commit_and_end);
     t_run("kv_pages with a small buffer", test_pages_truncated);

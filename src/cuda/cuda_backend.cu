@@ -53,6 +53,7 @@ extern "C" {
 }
 
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,6 +66,7 @@ extern "C" {
 #define TOPK_MAX_K 100000                 /* the engine's bound on top_k */
 #define UPLOAD_CHUNK ((size_t)4 << 20)    /* elements converted per upload step at create */
 #define UPLOAD_MAX_CTAS 264                /* metadata upload: 2 per SM of an H100 at most */
+#define FUSED_HEAD_ROWS 1024               /* the fused head's default bound (rows of a bucket) */
 
 typedef struct layer_dev {
     float *ln_in_w, *ln_in_b;   /* [d8] (NULL without ln_affine) */
@@ -84,7 +86,8 @@ struct cuda_backend {
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
-    bool fused_head;   /* the ranking head in one kernel (one hidden layer; HSTU_CUDA_FUSED_HEAD=1) */
+    int fused_head_rows; /* the ranking head in one kernel for at most this many candidate rows
+                          * (one hidden layer; 0: never; HSTU_CUDA_FUSED_HEAD) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
     size_t topk_cap;   /* result slots per top-k group */
     cudaStream_t stream;
@@ -140,6 +143,8 @@ struct cuda_backend {
     cudaEvent_t ev_submit, ev_on_start;
     cudaEvent_t ev_fwd_start, ev_fwd_end; /* a forward's GPU span (counters' gpu_ms) */
     cudaEvent_t ev_stack[2]; /* its embedding and layer stack (counters' stack_ms) */
+    cudaStream_t s_mark;     /* a graph's stack marks branch off on it (stack_mark) */
+    cudaEvent_t ev_mark_fork, ev_mark_join;
     cudaEvent_t *ev_on;   /* [L] layer l's onload has landed */
     kv_copy *h_off_desc;  /* [host_slots * ppc] offload copies, by slot (pinned, read by the kernel) */
     struct off_job {
@@ -281,7 +286,8 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_mlp_b = retr ? NULL : (bf16_t *)carve(c, T * cb->head_w8 * 2);
     cb->d_logits = retr ? NULL : (float *)carve(c, T * cb->n_tasks8 * 4);
     cb->d_head_scratch =
-        cb->fused_head ? carve(c, head_fused_scratch_bytes((int)T, cb->head_out8[0], cb->n_tasks8)) : NULL;
+        cb->fused_head_rows > 0 ? carve(c, head_fused_scratch_bytes((int)T, cb->head_out8[0], cb->n_tasks8))
+                                : NULL;
     cb->d_users = retr ? (bf16_t *)carve(c, U * d8 * 2) : NULL;
     cb->d_scores = retr ? (float *)carve(c, (size_t)cb->score_rows * cb->n_items8 * 4) : NULL;
     cb->d_topk_ids = retr ? (int *)carve(c, cb->topk_cap * 4) : NULL;
@@ -617,6 +623,12 @@ void cuda_backend_destroy(cuda_backend *cb)
     for (int i = 0; i < 2; i++)
         if (cb->ev_stack[i])
             cudaEventDestroy(cb->ev_stack[i]);
+    if (cb->ev_mark_fork)
+        cudaEventDestroy(cb->ev_mark_fork);
+    if (cb->ev_mark_join)
+        cudaEventDestroy(cb->ev_mark_join);
+    if (cb->s_mark)
+        cudaStreamDestroy(cb->s_mark);
     if (cb->s_onload)
         cudaStreamDestroy(cb->s_onload);
     if (cb->s_offload)
@@ -766,13 +778,17 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
             in_w = out_w;
         }
         cb->n_tasks8 = pad8(cfg->n_tasks);
-        /* The head in one kernel, at the end of the whole stack's graph,
-         * only with HSTU_CUDA_FUSED_HEAD=1 and one hidden layer of widths
-         * the kernel takes: no faster at batch 1, slower at batch 8 today
-         * (docs/cuda.md, "The fused ranking head"). */
+        /* The head in one kernel (one hidden layer of widths the kernel
+         * takes), at the end of the whole stack's graph, for batches of at
+         * most FUSED_HEAD_ROWS rows: faster at batch 1, slower at batch 8
+         * (2048 candidates) than the four launches (docs/cuda.md, "The
+         * fused ranking head"). HSTU_CUDA_FUSED_HEAD=1: at any size; 0:
+         * never. */
         const char *fh = getenv("HSTU_CUDA_FUSED_HEAD");
-        cb->fused_head = fh && !strcmp(fh, "1") && m->n_head == 2 &&
-                         head_fused_supported(cb->head_in8[0], cb->head_out8[0], cb->n_tasks8);
+        bool fits = m->n_head == 2 && head_fused_supported(cb->head_in8[0], cb->head_out8[0], cb->n_tasks8);
+        cb->fused_head_rows = !fits || (fh && !strcmp(fh, "0")) ? 0
+                              : fh && !strcmp(fh, "1")          ? INT_MAX
+                                                                : FUSED_HEAD_ROWS;
     } else {
         cb->n_items8 = pad8(cfg->item_rows);
         size_t rows = SCORE_FLOATS / (size_t)cb->n_items8;
@@ -839,10 +855,16 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         (st = ck(cudaEventCreate(&cb->ev_fwd_start), "cudaEventCreate", err)) != HSTU_OK ||
         (st = ck(cudaEventCreate(&cb->ev_fwd_end), "cudaEventCreate", err)) != HSTU_OK ||
         (st = ck(cudaEventCreate(&cb->ev_stack[0]), "cudaEventCreate", err)) != HSTU_OK ||
-        (st = ck(cudaEventCreate(&cb->ev_stack[1]), "cudaEventCreate", err)) != HSTU_OK)
+        (st = ck(cudaEventCreate(&cb->ev_stack[1]), "cudaEventCreate", err)) != HSTU_OK ||
+        (st = ck(cudaStreamCreateWithFlags(&cb->s_mark, cudaStreamNonBlocking), "cudaStreamCreate", err)) !=
+            HSTU_OK ||
+        (st = ck(cudaEventCreateWithFlags(&cb->ev_mark_fork, cudaEventDisableTiming), "cudaEventCreate", err)) !=
+            HSTU_OK ||
+        (st = ck(cudaEventCreateWithFlags(&cb->ev_mark_join, cudaEventDisableTiming), "cudaEventCreate", err)) !=
+            HSTU_OK)
         goto fail;
     /* (the fused head's shared-memory limits, before any capture records it) */
-    if (cb->fused_head && (st = ck(head_fused_prepare(), "the fused head's setup", err)) != HSTU_OK)
+    if (cb->fused_head_rows > 0 && (st = ck(head_fused_prepare(), "the fused head's setup", err)) != HSTU_OK)
         goto fail;
     if (gemm_cuda_create(GEMM_WORKSPACE, &cb->gemm, why, sizeof why) != 0) {
         st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s", why);
@@ -888,13 +910,31 @@ static hstu_status upload_stage(cuda_backend *cb, int ctas, hstu_error *err)
 }
 
 /* Marks the start (i = 0) or end (1) of the embedding and layer stack in
- * the stream; in a capture, as a node of the graph (the external flag,
- * which is for captures only). */
+ * the stream. In a capture the mark is a branch of the graph: an event
+ * record node (external: recorded at every replay) after the node before
+ * it, on s_mark, which nothing waits for until the capture's end
+ * (stack_mark_join). In the chain itself such a node held the next kernel
+ * about 4 us (traced at batch 1: from the upload's end to the embedding's
+ * start) and cut the programmatic edge between them. */
 static hstu_status stack_mark(cuda_backend *cb, int i, bool capture, hstu_error *err)
 {
-    return ck(capture ? cudaEventRecordWithFlags(cb->ev_stack[i], cb->stream, cudaEventRecordExternal)
-                      : cudaEventRecord(cb->ev_stack[i], cb->stream),
-              "cudaEventRecord", err);
+    if (!capture)
+        return ck(cudaEventRecord(cb->ev_stack[i], cb->stream), "cudaEventRecord", err);
+    hstu_status st = ck(cudaEventRecord(cb->ev_mark_fork, cb->stream), "cudaEventRecord", err);
+    if (st == HSTU_OK)
+        st = ck(cudaStreamWaitEvent(cb->s_mark, cb->ev_mark_fork, 0), "cudaStreamWaitEvent", err);
+    if (st == HSTU_OK)
+        st = ck(cudaEventRecordWithFlags(cb->ev_stack[i], cb->s_mark, cudaEventRecordExternal), "cudaEventRecord",
+                err);
+    return st;
+}
+
+/* A capture that branched off a stack mark joins the branch back as its
+ * last dependency (a capture must end with every stream it forked joined). */
+static hstu_status stack_mark_join(cuda_backend *cb, hstu_error *err)
+{
+    hstu_status st = ck(cudaEventRecord(cb->ev_mark_join, cb->s_mark), "cudaEventRecord", err);
+    return st != HSTU_OK ? st : ck(cudaStreamWaitEvent(cb->stream, cb->ev_mark_join, 0), "cudaStreamWaitEvent", err);
 }
 
 /* The embedding and layer 0's LayerNorm of T rows. */
@@ -995,8 +1035,12 @@ static hstu_status sync_forward(cuda_backend *cb, hstu_error *err)
     return st != HSTU_OK ? st : ck(cudaStreamSynchronize(cb->stream), "the forward pass", err);
 }
 
-/* Whether the whole stack's graph ends with the head (ranking, fused head). */
-static bool head_in_graph(const cuda_backend *cb, bool layered) { return cb->fused_head && !layered; }
+/* Whether the whole stack's graph of a bucket of T rows ends with the head
+ * (ranking, fused head). */
+static bool head_in_graph(const cuda_backend *cb, bool layered, int T)
+{
+    return !layered && T <= cb->fused_head_rows;
+}
 
 /* The ranking head in one kernel (head_fused_cuda.h) for up to max_rows
  * candidates; it reads their count from the staging (sg->n_rows), so a
@@ -1061,7 +1105,8 @@ static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M
     const int nt = cb->model->cfg.n_tasks;
     hstu_status st = HSTU_OK;
     if (!in_graph)
-        st = cb->fused_head ? head_fused_launch(cb, M, sg, logits, err) : head_ranking_gemms(cb, M, sg, logits, err);
+        st = M <= cb->fused_head_rows ? head_fused_launch(cb, M, sg, logits, err)
+                                      : head_ranking_gemms(cb, M, sg, logits, err);
     if (st != HSTU_OK || (st = sync_forward(cb, err)) != HSTU_OK)
         return st;
     const float *z = cb->h_logits;
@@ -1197,7 +1242,7 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
 {
     int L = cb->model->cfg.n_layers, S = ap_in->splits;
     const bool paged = ap_in->pages != NULL; /* the attention's kernel differs */
-    const bool head = head_in_graph(cb, layered);
+    const bool head = head_in_graph(cb, layered, Tg);
     logits = head && logits;
     *out = NULL;
     for (int i = 0; i < cb->n_graphs; i++) {
@@ -1260,6 +1305,8 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
             st = stack_mark(cb, 1, true, &cap_err);
         if (st == HSTU_OK && head && i == g->n_exec - 1) /* then the head, for any M up to the bucket's rows */
             st = head_fused_launch(cb, Tg, sg, logits, &cap_err);
+        if (st == HSTU_OK && !layered && (i == 0 || i == g->n_exec - 1))
+            st = stack_mark_join(cb, &cap_err);
         if (ok)
             ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;
         /* the edges into the GEMMs, when PDL is on now (else only forgotten) */
@@ -1558,7 +1605,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     if (retr)
         st = head_retrieval(cb, plans, B, &sg, err);
     else
-        st = head_ranking(cb, plans, B, M, &sg, logits, g && head_in_graph(cb, g->layered), err);
+        st = head_ranking(cb, plans, B, M, &sg, logits, g && head_in_graph(cb, g->layered, g->T), err);
     if (st == HSTU_OK && n_onload > 0) {
         /* The head synchronised the compute stream, which waited for the onload. */
         float ms = 0;

@@ -494,6 +494,36 @@ int kv_lookup(kv_cache *kv, int64_t user, const uint64_t *keys, int n)
     return x->rows;
 }
 
+int kv_lookup_deferred(kv_cache *kv, int64_t user, int n, uint64_t *hash)
+{
+    HSTU_ASSERT(kv->in_batch);
+    HSTU_ASSERT(n >= 0);
+    int e = index_find(kv, user);
+    if (e == KV_NONE || kv->entries[e].rows == 0) {
+        kv->st.misses++;
+        return 0;
+    }
+    kv_entry *x = &kv->entries[e];
+    if (x->rows > n || x->holds > 0)
+        return -1;
+    *hash = x->hash;
+    kv->st.hits++;
+    pin(kv, e);
+    lru_touch(kv, e);
+    return x->rows;
+}
+
+void kv_reject(kv_cache *kv, int64_t user)
+{
+    HSTU_ASSERT(kv->in_batch);
+    int e = index_find(kv, user);
+    HSTU_ASSERT(e != KV_NONE && kv->entries[e].pin_slot != KV_NONE); /* a deferred hit of this batch */
+    entry_drop(kv, e);
+    kv->st.hits--;
+    kv->st.rewrites++;
+    kv->st.misses++;
+}
+
 bool kv_reserve(kv_cache *kv, int64_t user, int rows)
 {
     HSTU_ASSERT(kv->in_batch);

@@ -82,6 +82,20 @@ void kv_begin(kv_cache *kv);
  * whose hash of keys[0..rows) differs is dropped (counted as a rewrite and a
  * miss). A hit moves the entry to the LRU head and pins it until kv_end. */
 int kv_lookup(kv_cache *kv, int64_t user, const uint64_t *keys, int n);
+/* kv_lookup with the hash check left to the caller, who makes the keys
+ * later (the engine: while the GPU runs the forward). Returns the entry's
+ * committed rows r (0 < r <= n), with the hash of their keys in *hash, and
+ * pins the entry and moves it to the LRU head as kv_lookup's hit does; or 0
+ * for a miss (no entry, or one reserved in this batch; counted); or -1,
+ * changing and counting nothing, when the keys are needed now: the entry is
+ * longer than n (kv_lookup drops it) or held (dropping it would first need
+ * its copy to land). The caller compares the hash before it commits, and on
+ * a mismatch calls kv_reject. */
+int kv_lookup_deferred(kv_cache *kv, int64_t user, int n, uint64_t *hash);
+/* The deferred check of this batch's kv_lookup_deferred hit failed: drops
+ * the user's entry with every page it holds (those reserved in this batch
+ * included), recounted as a rewrite and a miss instead of a hit. */
+void kv_reject(kv_cache *kv, int64_t user);
 /* Makes the user's page list cover `rows` rows (ceil(rows/P) pages; never
  * shrinks it), creating an entry if absent (rows <= 0 and no entry: true,
  * nothing created). On success the entry is pinned and most recently used.

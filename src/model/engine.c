@@ -83,6 +83,9 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
     if (host_tier && (o->chunk_tokens < o->page_size || o->chunk_tokens % o->page_size))
         return hstu_fail(err, HSTU_ERR_ARG, "chunk of %d tokens: must be a positive multiple of the page size %d",
                          o->chunk_tokens, o->page_size);
+    if (o->prefix_check < HSTU_PREFIX_CHECK_AUTO || o->prefix_check > HSTU_PREFIX_CHECK_DEFERRED)
+        return hstu_fail(err, HSTU_ERR_ARG, "prefix check %d: must be AUTO (0), EAGER (1) or DEFERRED (2)",
+                         (int)o->prefix_check);
     if (host_tier && (o->offload_queue < 1 || o->offload_queue > 65536))
         return hstu_fail(err, HSTU_ERR_ARG, "offload queue of %d chunks: must be in 1..65536", o->offload_queue);
     int user_max = hstu_config_max_user_tokens(cfg);
@@ -101,6 +104,7 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
     e->ops = ops;
     e->max_tokens = T;
     e->max_pages = T / o->page_size + ENGINE_MAX_USERS + 1;
+    e->defer_check = o->prefix_check == HSTU_PREFIX_CHECK_DEFERRED || (o->prefix_check == HSTU_PREFIX_CHECK_AUTO && gpu);
 
     if (o->threads > 0) {
         omp_set_num_threads(o->threads);
@@ -123,7 +127,8 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         retr && !gpu ? (size_t)ENGINE_MAX_USERS * d * 4 : 0,
         (size_t)T * sizeof(uint64_t), retr ? (size_t)T * sizeof(int64_t) : 0,
         (size_t)e->max_pages * sizeof(int), (size_t)e->max_pages * sizeof(float *),
-        ENGINE_MAX_USERS * sizeof(user_plan), ENGINE_MAX_USERS * sizeof(attn_seq),
+        ENGINE_MAX_USERS * sizeof(user_plan), ENGINE_MAX_USERS * sizeof(user_plan),
+        ENGINE_MAX_USERS * sizeof(attn_seq),
         host_tier ? (size_t)e->max_pages * sizeof(cuda_onload) : 0,
         host_tier ? ((size_t)T / (size_t)o->chunk_tokens + 1) * sizeof(int) : 0,
         host_tier ? (size_t)o->offload_queue * sizeof(int64_t) : 0,
@@ -144,7 +149,7 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         (void **)&e->x, (void **)&e->xn, (void **)&e->uvqk, (void **)&e->attn, (void **)&e->y,
         (void **)&e->head_a, (void **)&e->head_b, (void **)&e->topk_scratch, (void **)&e->users,
         (void **)&e->keys, (void **)&e->exclude, (void **)&e->page_idx, (void **)&e->page_ptr,
-        (void **)&e->plans, (void **)&e->seqs, (void **)&e->onload, (void **)&e->off_slots,
+        (void **)&e->plans, (void **)&e->redo, (void **)&e->seqs, (void **)&e->onload, (void **)&e->off_slots,
         (void **)&e->done_users,
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -329,28 +334,65 @@ static hstu_status offload_start(hstu_engine *e, user_plan *plans, int B, hstu_e
     return HSTU_OK;
 }
 
-/* The keys' hashes that kv_commit stores after the forward (run by the
- * CUDA backend while the GPU computes, else before the commits). */
-typedef struct commit_hashes {
-    const uint64_t *keys; /* the batch's row keys (user_plan.key0 into it) */
+/* The host's passes over the batch's histories that can wait for the
+ * forward (run by the CUDA backend while the GPU computes, else after it):
+ * the keys of users planned without them, the deferred prefix checks, and
+ * the hashes that kv_commit stores. */
+typedef struct late_keys {
+    const hstu_config *cfg;
+    uint64_t *keys; /* the batch's row keys (user_plan.key0 into it) */
     user_plan *plans;
     int B;
     bool done;
-} commit_hashes;
+} late_keys;
 
-static void hash_commits(void *arg)
+static void keys_after_launch(void *arg)
 {
-    commit_hashes *h = arg;
+    late_keys *h = arg;
     for (int b = 0; b < h->B; b++) {
         user_plan *p = &h->plans[b];
+        uint64_t *keys = h->keys + p->key0;
+        if (p->keys_later)
+            forward_row_keys(h->cfg, p->req, p->cacheable, keys);
+        if (p->check_later)
+            p->prefix_ok = kv_hash_keys(keys, p->c) == p->prefix_hash;
         if (p->paged > 0) /* (only those are committed) */
-            p->commit_hash = kv_hash_keys(h->keys + p->key0, p->paged);
+            p->commit_hash = kv_hash_keys(keys, p->paged);
     }
     h->done = true;
 }
 
-/* Plans users [0, B) against the cache and runs them. */
-static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits, double t_start,
+/* Looks user p up in the cache: sets p->c, p->host and, for a deferred
+ * check (defer), p->keys_later and p->check_later. */
+static void plan_lookup(hstu_engine *e, user_plan *p, bool defer)
+{
+    const hstu_request *r = p->req;
+    /* Deferred: a device hit, or a miss with no host tier to ask, needs no
+     * keys before the forward. */
+    int got = defer ? kv_lookup_deferred(e->kv, r->user_id, p->cacheable, &p->prefix_hash) : -1;
+    if (got > 0 || (got == 0 && !e->ht)) {
+        p->c = got;
+        p->keys_later = true;
+        p->check_later = got > 0;
+        return;
+    }
+    uint64_t *keys = e->keys + p->key0;
+    forward_row_keys(&e->model->cfg, r, p->cacheable, keys);
+    if (got < 0) {
+        /* A lookup may drop a rewritten entry, whose pages an offload may
+         * still be reading: let that offload land first (rare). */
+        if (e->ht && kv_held(e->kv, r->user_id) && kv_would_drop(e->kv, r->user_id, keys, p->cacheable))
+            offload_reap(e, true);
+        p->c = kv_lookup(e->kv, r->user_id, keys, p->cacheable);
+    }
+    if (p->c == 0 && e->ht)
+        p->c = p->host = ht_lookup(e->ht, r->user_id, keys, p->cacheable);
+}
+
+/* Plans users [0, B) against the cache and runs them. With defer, prefix
+ * checks wait for the forward (hstu_prefix_check); the users whose check
+ * fails are run again, with eager checks, before this returns. */
+static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool logits, bool defer, double t_start,
                                  hstu_error *err)
 {
     const hstu_config *cfg = &e->model->cfg;
@@ -370,17 +412,13 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         p->paged = 0;
         p->host = 0;
         p->key0 = key_off;
+        p->keys_later = p->check_later = p->prefix_ok = false;
         if (!e->kv)
             continue;
-        forward_row_keys(cfg, r, p->cacheable, e->keys + key_off);
         key_off += p->cacheable;
-        /* A lookup may drop a rewritten entry, whose pages an offload may
-         * still be reading: let that offload land first (rare). */
-        if (e->ht && kv_held(e->kv, r->user_id) && kv_would_drop(e->kv, r->user_id, e->keys + p->key0, p->cacheable))
-            offload_reap(e, true);
-        p->c = kv_lookup(e->kv, r->user_id, e->keys + p->key0, p->cacheable);
-        if (p->c == 0 && e->ht)
-            p->c = p->host = ht_lookup(e->ht, r->user_id, e->keys + p->key0, p->cacheable);
+        plan_lookup(e, p, defer);
+        if (p->check_later)
+            continue; /* counted once checked */
         if (p->host > 0)
             e->stats.host_hits++;
         else if (p->c > 0)
@@ -429,18 +467,37 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         page_off += n;
     }
     hstu_status st = HSTU_OK;
-    commit_hashes ch = {.keys = e->keys, .plans = plans, .B = B};
+    late_keys lk = {.cfg = cfg, .keys = e->keys, .plans = plans, .B = B};
     e->stats.plan_ms += (core_now_s() - t_start) * 1e3;
     if (e->cuda) {
         cuda_batch_cache kc = {.page_idx = e->page_idx, .n_page_idx = page_off, .onload = e->onload,
-                               .n_onload = n_onload, .overlap = e->kv ? hash_commits : NULL, .overlap_arg = &ch};
+                               .n_onload = n_onload, .overlap = e->kv ? keys_after_launch : NULL,
+                               .overlap_arg = &lk};
         st = cuda_forward_run(e->cuda, plans, B, logits, &kc, err);
     } else
         forward_run(e, plans, B, logits);
-    if (e->kv && !ch.done)
-        hash_commits(&ch);
+    if (e->kv && !lk.done)
+        keys_after_launch(&lk);
+    /* A failed deferred check: the cached rows were not this history's, so
+     * the user's results and appended rows are wrong. Drop the entry, commit
+     * nothing, and run the user again below. */
+    int n_redo = 0;
+    for (int b = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        if (!p->check_later)
+            continue;
+        if (p->prefix_ok) {
+            e->stats.device_hits++;
+            continue;
+        }
+        kv_reject(e->kv, p->req->user_id);
+        p->paged = 0;
+        e->redo[n_redo++] = (user_plan){.req = p->req, .res = p->res};
+    }
     for (int b = 0; b < B && st == HSTU_OK; b++) {
         user_plan *p = &plans[b];
+        if (p->check_later && !p->prefix_ok)
+            continue;
         p->res->tier = p->host > 0 ? HSTU_TIER_HOST : p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
         p->res->cached_tokens = p->c;
         p->res->computed_tokens = p->hist - p->c + p->cand;
@@ -459,6 +516,11 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         ht_end(e->ht);
     if (e->kv)
         kv_end(e->kv);
+    if (st == HSTU_OK && n_redo > 0) {
+        HSTU_ASSERT(defer); /* (the run below checks eagerly: nothing to redo there) */
+        e->stats.redone += (uint64_t)n_redo;
+        st = run_sub_batch(e, e->redo, n_redo, logits, false, core_now_s(), err);
+    }
     return st;
 }
 
@@ -496,7 +558,7 @@ hstu_status hstu_engine_run(hstu_engine *e, const hstu_request *reqs, int n, hst
             e->plans[B].res = &res[start + B];
             B++;
         }
-        hstu_status st = run_sub_batch(e, e->plans, B, logits, t_start, err);
+        hstu_status st = run_sub_batch(e, e->plans, B, logits, e->defer_check, t_start, err);
         if (st != HSTU_OK)
             return st;
         start += B;

@@ -32,6 +32,11 @@ typedef struct user_plan {
     int page0;      /* offset of this user's page pointers */
     int host;       /* rows brought up from the host tier in this call (0, or c on a host hit) */
     uint64_t commit_hash; /* kv_hash_keys of rows [0, paged), made while the GPU runs */
+    /* A deferred prefix check (hstu_prefix_check): the keys are made while
+     * the GPU runs (keys_later), and a hit's hash of its c cached rows'
+     * keys compared with the entry's (check_later: prefix_hash, prefix_ok). */
+    bool keys_later, check_later, prefix_ok;
+    uint64_t prefix_hash;
 } user_plan;
 
 struct hstu_engine {
@@ -43,6 +48,7 @@ struct hstu_engine {
     host_tier *ht;         /* the host tier (CUDA backend with host_cache_bytes); NULL otherwise */
     int max_tokens;        /* workspace rows */
     int max_pages;         /* page pointers per sub-batch */
+    bool defer_check;      /* prefix checks while the GPU runs (hstu_prefix_check) */
 
     /* Workspace (one allocation), rows = max_tokens. The activation buffers
      * (x .. users) exist only for CPU backends. */
@@ -59,6 +65,7 @@ struct hstu_engine {
     int *page_idx;         /* [max_pages] */
     float **page_ptr;      /* [max_pages] */
     user_plan *plans;      /* [ENGINE_MAX_USERS] */
+    user_plan *redo;       /* [ENGINE_MAX_USERS] users whose deferred prefix check failed */
     attn_seq *seqs;        /* [ENGINE_MAX_USERS] */
     cuda_onload *onload;   /* [max_pages] host-hit pages of a sub-batch (host tier) */
     int *off_slots;        /* [max chunks of one user] offload scratch */
