@@ -142,6 +142,9 @@ typedef enum hstu_prefix_check {
     HSTU_PREFIX_CHECK_DEFERRED,
 } hstu_prefix_check;
 
+/* "auto", "eager" or "deferred"; HSTU_ERR_ARG with the choices otherwise. */
+hstu_status hstu_prefix_check_parse(const char *name, hstu_prefix_check *out, hstu_error *err);
+
 typedef struct hstu_engine_options {
     hstu_backend backend;   /* default CPU */
     bool use_cache;         /* default true */

@@ -49,6 +49,19 @@ hstu_status hstu_backend_parse(const char *name, hstu_backend *out, hstu_error *
     return HSTU_OK;
 }
 
+hstu_status hstu_prefix_check_parse(const char *name, hstu_prefix_check *out, hstu_error *err)
+{
+    if (!strcmp(name, "auto"))
+        *out = HSTU_PREFIX_CHECK_AUTO;
+    else if (!strcmp(name, "eager"))
+        *out = HSTU_PREFIX_CHECK_EAGER;
+    else if (!strcmp(name, "deferred"))
+        *out = HSTU_PREFIX_CHECK_DEFERRED;
+    else
+        return hstu_fail(err, HSTU_ERR_ARG, "unknown prefix check \"%s\" (choose auto, eager or deferred)", name);
+    return HSTU_OK;
+}
+
 void hstu_engine_options_default(hstu_engine_options *o)
 {
     memset(o, 0, sizeof *o);

@@ -140,6 +140,9 @@ char *metrics_text(repository *r, const http_pool_stats *ps)
     EACH("hstu_kv_cache_evictions_total", "%llu", (unsigned long long)s->cache.evictions);
     FAMILY("hstu_kv_cache_rewrites_total", "counter", "Cached histories dropped because the history changed");
     EACH("hstu_kv_cache_rewrites_total", "%llu", (unsigned long long)s->cache.rewrites);
+    FAMILY("hstu_kv_cache_redone_total", "counter",
+           "Users run again because a deferred prefix check found their history rewritten");
+    EACH("hstu_kv_cache_redone_total", "%llu", (unsigned long long)s->cache.redone);
     FAMILY("hstu_kv_cache_degraded_total", "counter", "Users run without caching because no page was free");
     EACH("hstu_kv_cache_degraded_total", "%llu", (unsigned long long)s->cache.degraded);
     FAMILY("hstu_kv_cache_pages_in_use", "gauge", "KV pages holding cached rows");

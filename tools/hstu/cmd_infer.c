@@ -35,6 +35,9 @@ static void usage(FILE *f)
             "  --host-cache-mb M   cuda: host tier of pinned memory for offloaded K/V chunks (0: none)\n"
             "  --chunk-tokens N    cuda: rows per host chunk, a multiple of the page size (1024)\n"
             "  --no-graphs      cuda: run the layers eagerly, without CUDA graphs\n"
+            "  --prefix-check MODE  when cached rows are checked against the history: eager,\n"
+            "                   deferred (while the GPU runs; a rewritten history is run\n"
+            "                   again) or auto (deferred on cuda, eager on cpu; the default)\n"
             "  --max-tokens T   workspace rows per batch (default: 16384 or one user at the maxima)\n"
             "  --threads N      threads (default: all cores)\n"
             "  --stats          print cache statistics to stderr at the end\n");
@@ -87,7 +90,7 @@ int cmd_infer(int argc, char **argv)
         {"max-tokens", required_argument, 0, 'T'}, {"threads", required_argument, 0, 't'},
         {"stats", no_argument, 0, 's'},            {"help", no_argument, 0, 'h'},
         {"host-cache-mb", required_argument, 0, 'H'}, {"chunk-tokens", required_argument, 0, 'K'},
-        {"no-graphs", no_argument, 0, 'G'},
+        {"no-graphs", no_argument, 0, 'G'},      {"prefix-check", required_argument, 0, 'X'},
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *req_path = NULL;
@@ -118,6 +121,12 @@ int cmd_infer(int argc, char **argv)
         case 'H': eo.host_cache_bytes = (size_t)cli_parse_long("--host-cache-mb", optarg, 0, 1L << 24) << 20; break;
         case 'K': eo.chunk_tokens = (int)cli_parse_long("--chunk-tokens", optarg, 1, 1L << 20); break;
         case 'G': eo.cuda_graphs = false; break;
+        case 'X':
+            if (hstu_prefix_check_parse(optarg, &eo.prefix_check, &err) != HSTU_OK) {
+                fprintf(stderr, "hstu infer: --prefix-check: %s\n", err.msg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -198,10 +207,10 @@ int cmd_infer(int argc, char **argv)
         hstu_cache_stats s;
         hstu_engine_cache_stats(e, &s);
         fprintf(stderr,
-                "cache: %llu hits, %llu misses, %llu rewrites, %llu evictions, %llu degraded; "
+                "cache: %llu hits, %llu misses, %llu rewrites (%llu run again), %llu evictions, %llu degraded; "
                 "tokens reused %llu, computed %llu; pages %d/%d\n",
                 (unsigned long long)s.device_hits, (unsigned long long)s.misses,
-                (unsigned long long)s.rewrites, (unsigned long long)s.evictions,
+                (unsigned long long)s.rewrites, (unsigned long long)s.redone, (unsigned long long)s.evictions,
                 (unsigned long long)s.degraded, (unsigned long long)s.tokens_reused,
                 (unsigned long long)s.tokens_computed, s.pages_in_use, s.pages_total);
         if (eo.backend == HSTU_BACKEND_CUDA)

@@ -55,6 +55,10 @@ static void usage(FILE *f)
             "  --cache-mb M            KV cache per model in MiB (1024)\n"
             "  --host-cache-mb M       cuda: host tier per model in MiB of pinned memory (0: none)\n"
             "  --no-graphs             cuda: run the layers eagerly, without CUDA graphs\n"
+            "  --prefix-check MODE     when a returning user's cached rows are checked against\n"
+            "                          the history: eager (before the forward), deferred (while\n"
+            "                          the GPU runs; a rewritten history is run again) or auto\n"
+            "                          (deferred on cuda, eager on cpu; the default)\n"
             "  --threads N             engine threads (default: all cores)\n"
             "  --port-file FILE        write \"HTTP_PORT METRICS_PORT\" to FILE once listening\n");
 }
@@ -80,6 +84,7 @@ int cmd_serve(int argc, char **argv)
         {"cache-mb", required_argument, 0, 'C'},
         {"host-cache-mb", required_argument, 0, 'E'},
         {"no-graphs", no_argument, 0, 'G'},
+        {"prefix-check", required_argument, 0, 'X'},
         {"threads", required_argument, 0, 't'},
         {"port-file", required_argument, 0, 'F'},
         {"help", no_argument, 0, 'h'},
@@ -117,6 +122,12 @@ int cmd_serve(int argc, char **argv)
         case 'C': o.cache_bytes = (size_t)cli_parse_long("--cache-mb", optarg, 1, 1L << 24) << 20; break;
         case 'E': o.host_cache_bytes = (size_t)cli_parse_long("--host-cache-mb", optarg, 0, 1L << 24) << 20; break;
         case 'G': o.cuda_graphs = false; break;
+        case 'X':
+            if (hstu_prefix_check_parse(optarg, &o.prefix_check, &err) != HSTU_OK) {
+                fprintf(stderr, "hstu serve: --prefix-check: %s\n", err.msg);
+                return 2;
+            }
+            break;
         case 't': o.threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
         case 'F': port_file = optarg; break;
         case 'h': usage(stdout); return 0;
