@@ -1305,7 +1305,7 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
             st = stack_mark(cb, 1, true, &cap_err);
         if (st == HSTU_OK && head && i == g->n_exec - 1) /* then the head, for any M up to the bucket's rows */
             st = head_fused_launch(cb, Tg, sg, logits, &cap_err);
-        if (st == HSTU_OK && !layered && (i == 0 || i == g->n_exec - 1))
+        if (st == HSTU_OK && !layered) /* (each part of the whole stack's graph has a mark) */
             st = stack_mark_join(cb, &cap_err);
         if (ok)
             ok = cudaStreamEndCapture(cb->stream, &graph) == cudaSuccess && st == HSTU_OK;

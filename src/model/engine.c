@@ -117,7 +117,8 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
     e->ops = ops;
     e->max_tokens = T;
     e->max_pages = T / o->page_size + ENGINE_MAX_USERS + 1;
-    e->defer_check = o->prefix_check == HSTU_PREFIX_CHECK_DEFERRED || (o->prefix_check == HSTU_PREFIX_CHECK_AUTO && gpu);
+    e->defer_check =
+        o->prefix_check == HSTU_PREFIX_CHECK_DEFERRED || (o->prefix_check == HSTU_PREFIX_CHECK_AUTO && gpu);
 
     if (o->threads > 0) {
         omp_set_num_threads(o->threads);
@@ -140,8 +141,7 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         retr && !gpu ? (size_t)ENGINE_MAX_USERS * d * 4 : 0,
         (size_t)T * sizeof(uint64_t), retr ? (size_t)T * sizeof(int64_t) : 0,
         (size_t)e->max_pages * sizeof(int), (size_t)e->max_pages * sizeof(float *),
-        ENGINE_MAX_USERS * sizeof(user_plan), ENGINE_MAX_USERS * sizeof(user_plan),
-        ENGINE_MAX_USERS * sizeof(attn_seq),
+        ENGINE_MAX_USERS * sizeof(user_plan), ENGINE_MAX_USERS * sizeof(attn_seq),
         host_tier ? (size_t)e->max_pages * sizeof(cuda_onload) : 0,
         host_tier ? ((size_t)T / (size_t)o->chunk_tokens + 1) * sizeof(int) : 0,
         host_tier ? (size_t)o->offload_queue * sizeof(int64_t) : 0,
@@ -162,7 +162,7 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         (void **)&e->x, (void **)&e->xn, (void **)&e->uvqk, (void **)&e->attn, (void **)&e->y,
         (void **)&e->head_a, (void **)&e->head_b, (void **)&e->topk_scratch, (void **)&e->users,
         (void **)&e->keys, (void **)&e->exclude, (void **)&e->page_idx, (void **)&e->page_ptr,
-        (void **)&e->plans, (void **)&e->redo, (void **)&e->seqs, (void **)&e->onload, (void **)&e->off_slots,
+        (void **)&e->plans, (void **)&e->seqs, (void **)&e->onload, (void **)&e->off_slots,
         (void **)&e->done_users,
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -505,7 +505,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         }
         kv_reject(e->kv, p->req->user_id);
         p->paged = 0;
-        e->redo[n_redo++] = (user_plan){.req = p->req, .res = p->res};
+        n_redo++;
     }
     for (int b = 0; b < B && st == HSTU_OK; b++) {
         user_plan *p = &plans[b];
@@ -530,9 +530,15 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
     if (e->kv)
         kv_end(e->kv);
     if (st == HSTU_OK && n_redo > 0) {
-        HSTU_ASSERT(defer); /* (the run below checks eagerly: nothing to redo there) */
-        e->stats.redone += (uint64_t)n_redo;
-        st = run_sub_batch(e, e->redo, n_redo, logits, false, core_now_s(), err);
+        /* Those users, to the front of plans (done with now), and again
+         * with eager checks: nothing to redo in that run. */
+        HSTU_ASSERT(defer);
+        int n = 0;
+        for (int b = 0; b < B; b++)
+            if (plans[b].check_later && !plans[b].prefix_ok)
+                plans[n++] = (user_plan){.req = plans[b].req, .res = plans[b].res};
+        e->stats.redone += (uint64_t)n;
+        st = run_sub_batch(e, plans, n, logits, false, core_now_s(), err);
     }
     return st;
 }

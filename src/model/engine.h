@@ -65,7 +65,6 @@ struct hstu_engine {
     int *page_idx;         /* [max_pages] */
     float **page_ptr;      /* [max_pages] */
     user_plan *plans;      /* [ENGINE_MAX_USERS] */
-    user_plan *redo;       /* [ENGINE_MAX_USERS] users whose deferred prefix check failed */
     attn_seq *seqs;        /* [ENGINE_MAX_USERS] */
     cuda_onload *onload;   /* [max_pages] host-hit pages of a sub-batch (host tier) */
     int *off_slots;        /* [max chunks of one user] offload scratch */
