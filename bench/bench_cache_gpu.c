@@ -36,9 +36,9 @@
  *
  * Build: scripts/gpu_pack.sh.
  * --attention runs part 0 only (the attention alone, with its split-KV
- * factors by hand).
+ * factors by hand); --tiers part 2 only.
  *
- * Usage: bench_cache_gpu [--iters N] [--quick] [--attention] | --profile B L C [--no-graphs]
+ * Usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers] | --profile B L C [--no-graphs]
  */
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
@@ -282,10 +282,13 @@ static void short_history_splits(attn_cuda_params ap, attn_cuda_seq s, attn_cuda
 
 static bool g_graphs = true; /* CUDA graphs in the engines make_engine creates */
 
+static hstu_onload g_onload = HSTU_ONLOAD_ALL; /* the host tier's onload policy in the engines make_engine creates */
+
 static hstu_engine *make_engine(const hstu_model *m, int max_tok, size_t cache, size_t host, int chunk, bool lw)
 {
     hstu_engine_options o;
     hstu_engine_options_default(&o);
+    o.onload = g_onload;
     o.backend = HSTU_BACKEND_CUDA;
     o.use_cache = cache > 0;
     o.cache_bytes = cache;
@@ -351,7 +354,7 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
 int main(int argc, char **argv)
 {
     int iters = 15, prof[3] = {0, 0, -1};
-    bool quick = false, attention_only = false;
+    bool quick = false, attention_only = false, tiers_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--iters") && i + 1 < argc)
             iters = atoi(argv[++i]);
@@ -359,6 +362,8 @@ int main(int argc, char **argv)
             quick = true;
         else if (!strcmp(argv[i], "--attention"))
             attention_only = true;
+        else if (!strcmp(argv[i], "--tiers"))
+            tiers_only = true;
         else if (!strcmp(argv[i], "--no-graphs"))
             g_graphs = false;
         else if (!strcmp(argv[i], "--profile") && i + 3 < argc) {
@@ -370,7 +375,8 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] [--attention] | --profile B L C [--no-graphs]\n");
+            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers] | --profile B L C "
+                            "[--no-graphs]\n");
             return 2;
         }
     }
@@ -409,6 +415,8 @@ int main(int argc, char **argv)
     static hstu_result res[MAX_B];
     float t[64];
 
+    if (tiers_only)
+        goto tiers;
     /* 0. the attention alone: cached keys from pages vs the same keys dense */
     printf("\n0. attention alone, one layer (batch 8, hist 4096, 256 candidates): cached keys from pages vs dense\n");
     {
@@ -542,26 +550,35 @@ int main(int argc, char **argv)
     printf("targets (issue, H100): batch 8 at 4096 with 3968 cached <= 2.5 ms, batch 1 <= 0.5 ms; NVIDIA (L20): "
            "2.7 / 9.3 ms; Meta cached_forward (H100): 21 / 16.3 ms\n");
 
+tiers:
     /* 2. tiers ---------------------------------------------------------------- */
-    printf("\n2. where the prefix lives (L - 128 rows cached; host chunks of 128 rows)\n");
-    printf("%-5s %6s %10s %10s %10s %10s %10s %10s %9s\n", "batch", "hist", "gpu_ms", "host_ms", "host_all_ms",
-           "miss_ms", "host/gpu", "pcie_ms", "onload_GB");
+    printf("\n2. where the prefix lives (L - 128 rows cached; host chunks of 128 rows). host: the default onload\n"
+           "   (auto: the rows whose transfer the recompute of the rest hides); all: every row onloaded, layer by\n"
+           "   layer; first: every row onloaded before the forward; pcie: all's bytes at the pinned copy rate\n");
+    printf("%-5s %6s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n", "batch", "hist", "gpu_ms", "host_ms", "host/gpu",
+           "all_ms", "all/gpu", "first_ms", "miss_ms", "pcie_ms", "host_GB", "recomp");
     {
         int Ls[4] = {1024, 2048, 4096, 8192};
         int maxL = quick ? 4096 : 8192;
         size_t per_user = (size_t)(maxL / 32 + 2) * (size_t)(kv_row_bytes * 32);
         hstu_engine *lw = make_engine(m, 8 * (maxL + CANDS), per_user * 8, per_user * 8, 128, true);
         hstu_engine *al = make_engine(m, 8 * (maxL + CANDS), per_user * 8, per_user * 8, 128, false);
+        g_onload = HSTU_ONLOAD_AUTO;
+        hstu_engine *au = make_engine(m, 8 * (maxL + CANDS), per_user * 8, per_user * 8, 128, true);
+        g_onload = HSTU_ONLOAD_ALL;
         int bs[2] = {1, 8};
         for (int bi = 0; bi < 2; bi++)
             for (int li = 0; li < 4 && Ls[li] <= maxL; li++) {
                 int B = bs[bi], L = Ls[li], c = L - 128;
-                float r[4];
-                hstu_cache_stats s0, s1;
+                float r[5];
+                hstu_cache_stats s0, s1, a0, a1;
                 hstu_engine_cache_stats(lw, &s0);
-                for (int kind = 0; kind < 4; kind++) {
-                    hstu_engine *e = kind == 2 ? al : lw;
-                    make_batch(q, res, B, L, 10000 + 100 * (bi * 4 + li) + (kind == 2 ? 50 : 0));
+                hstu_engine_cache_stats(au, &a0);
+                /* kinds: GPU hit, host hit (all, layer-wise), host hit (all
+                 * first), miss, host hit (auto) */
+                for (int kind = 0; kind < 5; kind++) {
+                    hstu_engine *e = kind == 2 ? al : kind == 4 ? au : lw;
+                    make_batch(q, res, B, L, 10000 + 100 * (bi * 4 + li) + (kind == 2 ? 50 : kind == 4 ? 70 : 0));
                     /* prime: prefix on the device and (after its offload) the host */
                     for (int b = 0; b < B; b++)
                         q[b].n_items = c / 2;
@@ -578,14 +595,25 @@ int main(int argc, char **argv)
                     r[kind] = median(t, iters);
                     if (kind == 1)
                         hstu_engine_cache_stats(lw, &s1);
+                    if (kind == 4)
+                        hstu_engine_cache_stats(au, &a1);
                     for (int b = 0; b < B; b++)
                         engine_cache_set(e, &q[b], 0, 0);
                 }
                 double moved = (s1.onload_bytes - s0.onload_bytes) / (double)(iters + 2);
-                printf("%-5d %6d %10.3f %10.3f %10.3f %10.3f %9.2fx %10.3f %9.3f\n", B, L, r[0], r[1], r[2], r[3],
-                       r[1] / r[0], moved / (ce.h2d_gbs * 1e9) * 1e3, moved / 1e9);
+                double moved_au = (a1.onload_bytes - a0.onload_bytes) / (double)(iters + 2);
+                double recomp = (a1.host_rows_recomputed - a0.host_rows_recomputed) / (double)(iters + 2) / B;
+                printf("%-5d %6d %8.3f %8.3f %7.2fx %8.3f %7.2fx %8.3f %8.3f %8.3f %9.3f %9.0f\n", B, L, r[0], r[4],
+                       r[4] / r[0], r[1], r[1] / r[0], r[2], r[3], moved / (ce.h2d_gbs * 1e9) * 1e3, moved_au / 1e9,
+                       recomp);
                 fflush(stdout);
             }
+        hstu_cache_stats as;
+        hstu_engine_cache_stats(au, &as);
+        printf("auto's model at the end: %.1f GB/s, %.0f TFLOP/s + %.3f ms a forward, x%.2f when onloading (recomp: "
+               "host rows a user computed instead of onloaded)\n",
+               as.onload_model_gbs, as.onload_model_tflops, as.onload_model_fixed_ms, as.onload_model_factor);
+        hstu_engine_destroy(au);
         hstu_cache_stats cs;
         hstu_engine_cache_stats(lw, &cs);
         printf("layer-wise engine: %.2f GB onloaded in %.1f ms of copy time (%.1f GB/s), %.2f GB offloaded in %.1f ms "
@@ -598,6 +626,10 @@ int main(int argc, char **argv)
     }
     printf("target (issue): host hit <= 1.3x GPU hit at 4096 (NVIDIA FlexKV: 1.26x at 4K, 1.5x at 8K)\n");
 
+    if (tiers_only) {
+        hstu_model_destroy(m);
+        return 0;
+    }
     /* 3. end to end -------------------------------------------------------- */
     printf("\n3. end to end: histories grow by 128 tokens per request, 256 -> 4096 (31 requests per user)\n");
     printf("%-5s %12s %12s %14s %9s %9s %12s\n", "batch", "nocache_ms", "cache_ms", "cache+graph_ms", "cache_x",

@@ -145,6 +145,22 @@ typedef enum hstu_prefix_check {
 /* "auto", "eager" or "deferred"; HSTU_ERR_ARG with the choices otherwise. */
 hstu_status hstu_prefix_check_parse(const char *name, hstu_prefix_check *out, hstu_error *err);
 
+/* How much of a host hit's prefix comes up from the host tier (CUDA backend,
+ * docs/kvcache.md, "How much to onload"). Moving a row over PCIe can cost
+ * more than computing it again: AUTO onloads, per batch, the rows whose
+ * transfer the GPU's recomputation of the rest hides (a cost model from the
+ * measured host-to-device rate and the forwards' measured compute rate), so
+ * that a host hit costs at most what a miss does; ALL onloads every row the
+ * host holds; NONE recomputes host hits (for comparisons). */
+typedef enum hstu_onload {
+    HSTU_ONLOAD_AUTO = 0,
+    HSTU_ONLOAD_ALL,
+    HSTU_ONLOAD_NONE,
+} hstu_onload;
+
+/* "auto", "all" or "none"; HSTU_ERR_ARG with the choices otherwise. */
+hstu_status hstu_onload_parse(const char *name, hstu_onload *out, hstu_error *err);
+
 typedef struct hstu_engine_options {
     hstu_backend backend;   /* default CPU */
     bool use_cache;         /* default true */
@@ -159,6 +175,11 @@ typedef struct hstu_engine_options {
     int chunk_tokens;         /* rows per host chunk, a multiple of page_size; default 1024 */
     int offload_queue;        /* chunks in flight to the host at most; default 64 */
     bool layerwise_onload;    /* host hits: layer l waits only for layer l's K/V (default true) */
+    hstu_onload onload;       /* default AUTO */
+    /* AUTO's rates, fixed instead of measured (0: measured at create, then
+     * from the forwards): host-to-device GB/s, and the forward's marginal
+     * compute rate in TFLOP/s */
+    double onload_gbs, compute_tflops;
     /* CUDA backend: CUDA graphs of the layer stack per (batch, tokens)
      * bucket (docs/cuda.md); batches over the largest bucket run eagerly. */
     bool cuda_graphs;         /* default true */
@@ -234,6 +255,12 @@ typedef struct hstu_cache_stats {
     uint64_t host_rewrites, host_evictions, offloads, offloads_skipped;
     uint64_t onload_bytes, offload_bytes;
     double onload_ms, offload_ms;  /* time the copies took on their streams */
+    /* host hits' rows computed again instead of onloaded (hstu_onload), and
+     * the cost model's current rates: host-to-device GB/s, the forward's
+     * marginal TFLOP/s and fixed ms, and the measured over the modelled time
+     * of the forwards that onloaded */
+    uint64_t host_rows_recomputed;
+    double onload_model_gbs, onload_model_tflops, onload_model_fixed_ms, onload_model_factor;
     int host_chunks_total, host_chunks_in_use, host_users;
     size_t chunk_bytes, host_bytes;
     /* CUDA graphs: forwards replayed, buckets captured, forwards run eagerly;

@@ -6,7 +6,8 @@
 # It runs every test binary (the CUDA ones must report 0 skipped on a GPU;
 # the CPU ones are cheap and run too; test_cuda twice, the second time as
 # test_cuda_alt on the backend's opt-in paths: HSTU_CUDA_FUSED_HEAD=1, the
-# fused head at any size, HSTU_CUDA_FUSED_GEMM=1), compute-sanitizer memcheck and
+# fused head at any size, HSTU_CUDA_FUSED_GEMM=1, HSTU_CUDA_ONLOAD=kernel),
+# compute-sanitizer memcheck and
 # racecheck of the CUDA tests on small shapes, and the GPU benchmark, then
 # prints a short table last. Logs go to $OUT (the device tool brings them
 # back) or /tmp/gpu_check. Exit status: non-zero when anything failed.
@@ -95,9 +96,10 @@ for t in "$BIN"/test_*; do
     *) gpu=0; case " $SKIP " in *" cpu "*) continue ;; esac ;;
     esac
     run_test "$t" "$name" "$gpu"
-    # The backend's opt-in paths: the fused ranking head at any size, the fused uvqk GEMM.
+    # The backend's opt-in paths: the fused ranking head at any size, the fused uvqk GEMM,
+    # the onload's copy kernel.
     if [ "$name" = test_cuda ]; then
-        run_test "$t" test_cuda_alt 1 HSTU_CUDA_FUSED_HEAD=1 HSTU_CUDA_FUSED_GEMM=1
+        run_test "$t" test_cuda_alt 1 HSTU_CUDA_FUSED_HEAD=1 HSTU_CUDA_FUSED_GEMM=1 HSTU_CUDA_ONLOAD=kernel
     fi
 done
 

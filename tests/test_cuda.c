@@ -60,10 +60,12 @@
     X("cuda: KV append and block copy kernels", test_kv_kernels)                                  \
     X("cuda: engine vs reference, GPU KV cache + host tier, ranking (churn, rewrites)",            \
       test_cache_ranking)                                                                         \
-    X("cuda: engine vs reference, GPU KV cache + host tier, retrieval (churn, rewrites)",          \
+    X("cuda: engine vs reference, GPU KV cache + host tier, retrieval (churn, rewrites, partial onloads)", \
       test_cache_retrieval)                                                                       \
     X("cuda: engine vs reference, GPU KV cache, onload all layers first, no CUDA graphs",         \
       test_cache_no_overlap)                                                                      \
+    X("cuda: engine vs reference, GPU KV cache, host hits partly onloaded, recomputed, all onloaded", \
+      test_cache_onload)                                                                          \
     X("cuda: engine vs reference, programmatic dependent launch off, then on", test_model_pdl)
 
 #ifdef HSTU_HAVE_CUDA
@@ -1199,7 +1201,12 @@ static void test_kv_kernels(void)
  * misses. After every batch the cache invariants hold. */
 #define CACHE_USERS 16
 
-static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bool graphs)
+/* How much of a host hit to onload (hstu_onload): AUTO with the measured
+ * rates, ALL, NONE, or AUTO with rates that make a row's transfer cost about
+ * what computing a middle row does (partial onloads). */
+typedef enum { ONLOAD_MEASURED, ONLOAD_ALL, ONLOAD_NONE, ONLOAD_PARTIAL } onload_case;
+
+static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bool graphs, onload_case oc_kind)
 {
     hstu_model *m = make_model(cfg, 41, false), *mb = make_model(cfg, 41, true);
     T_REQUIRE(m && mb, "no model");
@@ -1218,6 +1225,14 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
     int user_pages = hstu_config_history_tokens(c, c->max_history) / P + 1;
     o.cache_bytes = page_bytes * (size_t)(2 * user_pages);          /* about two users */
     o.host_cache_bytes = page_bytes * 4 * (size_t)(3 * user_pages / 4); /* about three users' chunks */
+    o.onload = oc_kind == ONLOAD_ALL ? HSTU_ONLOAD_ALL : oc_kind == ONLOAD_NONE ? HSTU_ONLOAD_NONE : HSTU_ONLOAD_AUTO;
+    if (oc_kind == ONLOAD_PARTIAL) {
+        onload_model om = onload_model_make(c->n_layers, c->d_model, hstu_config_uvqk_width(c), c->n_heads, c->d_qk,
+                                            c->d_v, 2);
+        double mid = om.n_layers * (om.gemm_flops_row + om.attn_flops_key * (c->max_history / 4 + 1));
+        o.compute_tflops = 1;
+        o.onload_gbs = om.row_bytes * 1e12 / mid / 1e9; /* a row's bytes in the time of a middle row's FLOPs */
+    }
     hstu_engine *gc = NULL, *gpu = make_cuda_engine(m, NULL, NULL), *ref = make_engine(m, HSTU_BACKEND_REF);
     hstu_engine *emu = make_engine(mb, HSTU_BACKEND_CPU);
     hstu_error err = {0};
@@ -1316,6 +1331,24 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
            rounds, tiers[HSTU_TIER_DEVICE], tiers[HSTU_TIER_HOST], tiers[HSTU_TIER_MISS], rewrites,
            (unsigned long long)cs.redone, (unsigned long long)cs.evictions, (unsigned long long)cs.degraded, (unsigned long long)cs.offloads,
            (unsigned long long)cs.offloads_skipped, cs.onload_bytes / 1024.0);
+    printf("    onload %s: %llu host rows recomputed instead of onloaded; model %.3g GB/s, %.3g TFLOP/s + %.3f ms, "
+           "x%.2f onloading\n",
+           oc_kind == ONLOAD_ALL ? "all" : oc_kind == ONLOAD_NONE ? "none" : oc_kind == ONLOAD_PARTIAL ? "auto (rates set)"
+                                                                                                    : "auto",
+           (unsigned long long)cs.host_rows_recomputed, cs.onload_model_gbs, cs.onload_model_tflops,
+           cs.onload_model_fixed_ms, cs.onload_model_factor);
+    if (!g_small && tiers[HSTU_TIER_HOST] > 0) {
+        if (oc_kind == ONLOAD_ALL)
+            T_CHECK(cs.host_rows_recomputed == 0 && cs.onload_bytes > 0, "onload all: %llu rows recomputed",
+                    (unsigned long long)cs.host_rows_recomputed);
+        if (oc_kind == ONLOAD_NONE)
+            T_CHECK(cs.host_rows_recomputed > 0 && cs.onload_bytes == 0, "onload none: %.0f bytes onloaded",
+                    (double)cs.onload_bytes);
+        if (oc_kind == ONLOAD_PARTIAL)
+            T_CHECK(cs.host_rows_recomputed > 0 && cs.onload_bytes > 0,
+                    "partial onloads: %llu rows recomputed, %.0f bytes onloaded",
+                    (unsigned long long)cs.host_rows_recomputed, (double)cs.onload_bytes);
+    }
     printf("    CUDA graphs: %llu forwards replayed (%llu one graph per layer), %llu buckets captured, %llu eager\n",
            (unsigned long long)cs.graph_runs, (unsigned long long)cs.graph_layered_runs,
            (unsigned long long)cs.graph_captures, (unsigned long long)cs.eager_runs);
@@ -1328,7 +1361,7 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
             (unsigned long long)cs.gpu_forwards, cs.plan_ms);
     /* a layer-wise onload replays one graph per layer; every other replay
      * runs the whole stack as one graph: both kinds replayed and checked */
-    if (graphs && layerwise && tiers[HSTU_TIER_HOST] > 0 && !g_small)
+    if (graphs && layerwise && cs.onload_bytes > 0 && !g_small)
         T_CHECK(cs.graph_layered_runs > 0 && cs.graph_layered_runs < cs.graph_runs,
                 "%llu of %llu replays one graph per layer: want both kinds", (unsigned long long)cs.graph_layered_runs,
                 (unsigned long long)cs.graph_runs);
@@ -1361,21 +1394,32 @@ static void test_cache_ranking(void)
 {
     hstu_config c;
     parse(ranking_json, &c);
-    cache_vs_full(&c, g_small ? 6 : 60, true, true);
+    cache_vs_full(&c, g_small ? 6 : 60, true, true, ONLOAD_MEASURED);
 }
 
 static void test_cache_retrieval(void)
 {
     hstu_config c;
     parse(retrieval_json, &c);
-    cache_vs_full(&c, g_small ? 6 : 60, true, true);
+    cache_vs_full(&c, g_small ? 6 : 60, true, true, ONLOAD_PARTIAL);
 }
 
 static void test_cache_no_overlap(void)
 {
     hstu_config c;
     parse(ranking_json, &c);
-    cache_vs_full(&c, g_small ? 4 : 30, false, false);
+    cache_vs_full(&c, g_small ? 4 : 30, false, false, ONLOAD_ALL);
+}
+
+static void test_cache_onload(void)
+{
+    hstu_config c;
+    parse(ranking_json, &c);
+    cache_vs_full(&c, g_small ? 4 : 40, true, true, ONLOAD_PARTIAL);
+    if (!t_case_failed())
+        cache_vs_full(&c, g_small ? 4 : 20, true, true, ONLOAD_NONE);
+    if (!t_case_failed())
+        cache_vs_full(&c, g_small ? 4 : 20, true, true, ONLOAD_ALL);
 }
 
 /* Programmatic dependent launch off, then on (cuda_pdl_set), each setting
@@ -1396,7 +1440,7 @@ static void test_model_pdl(void)
         parse(retrieval_json, &c);
         model_vs_ref(&c, HSTU_BACKEND_REF, g_small ? 2 : 4, 8);
         parse(ranking_json, &c);
-        cache_vs_full(&c, g_small ? 4 : 20, true, true);
+        cache_vs_full(&c, g_small ? 4 : 20, true, true, ONLOAD_ALL);
     }
     cuda_pdl_set(was);
 }

@@ -146,6 +146,13 @@ struct cuda_backend {
     cudaStream_t s_mark;     /* a graph's stack marks branch off on it (stack_mark) */
     cudaEvent_t ev_mark_fork, ev_mark_join;
     cudaEvent_t *ev_on;   /* [L] layer l's onload has landed */
+    /* The onload by the copy engines (cudaMemcpyBatchAsync, one batch a
+     * layer), or by kv_copy_cuda's kernel (HSTU_CUDA_ONLOAD=kernel), whose
+     * CTAs take SMs from the layers they overlap: [max_pages] per layer */
+    bool onload_dma;
+    void **on_dst;
+    const void **on_src;
+    size_t *on_size;
     kv_copy *h_off_desc;  /* [host_slots * ppc] offload copies, by slot (pinned, read by the kernel) */
     struct off_job {
         int64_t user;
@@ -155,6 +162,7 @@ struct cuda_backend {
     int job_head, job_n;
     bool onload_pending;  /* this forward has host pages to bring up */
     cuda_cache_counters ctr;
+    double h2d_gbs, gemm_tflops; /* measured at create with a host tier (cuda_backend_rates) */
 
     /* Staging: the upload's region list first, then the arrays the layer
      * kernels read at fixed offsets (a CUDA graph holds their addresses);
@@ -517,6 +525,69 @@ __global__ void fill_uniform_kernel(bf16_t *x, size_t n, uint32_t seed)
     }
 }
 
+/* Best of three timed runs of a stream's work (after one untimed). */
+template <typename F> static hstu_status best_ms(cudaStream_t s, F run, float *ms, hstu_error *err)
+{
+    cudaEvent_t a = NULL, b = NULL;
+    hstu_status st = ck(cudaEventCreate(&a), "cudaEventCreate", err);
+    if (st == HSTU_OK)
+        st = ck(cudaEventCreate(&b), "cudaEventCreate", err);
+    *ms = 0;
+    for (int i = 0; i < 4 && st == HSTU_OK; i++) {
+        float t = 0;
+        if ((st = ck(cudaEventRecord(a, s), "cudaEventRecord", err)) != HSTU_OK || (st = run()) != HSTU_OK ||
+            (st = ck(cudaEventRecord(b, s), "cudaEventRecord", err)) != HSTU_OK ||
+            (st = ck(cudaEventSynchronize(b), "rate measurement", err)) != HSTU_OK ||
+            (st = ck(cudaEventElapsedTime(&t, a, b), "cudaEventElapsedTime", err)) != HSTU_OK)
+            break;
+        if (i > 0 && (*ms == 0 || t < *ms))
+            *ms = t;
+    }
+    if (a)
+        cudaEventDestroy(a);
+    if (b)
+        cudaEventDestroy(b);
+    return st;
+}
+
+/* The uvqk GEMM at max_tokens rows on the tuning's random activations: the
+ * compute rate behind the onload plan's prior (cuda_backend_rates). */
+static hstu_status time_gemm(cuda_backend *cb, hstu_error *err)
+{
+    const layer_dev *L = &cb->layers[0];
+    int M = cb->max_tokens, W = cb->W, d8 = cb->d8;
+    float ms = 0;
+    hstu_status st = best_ms(
+        cb->stream,
+        [&]() {
+            return ck_gemm(cb, M, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE, NULL,
+                           "uvqk (rate)", err);
+        },
+        &ms, err);
+    if (st == HSTU_OK && ms > 0)
+        cb->gemm_tflops = 2.0 * M * W * d8 / (ms * 1e9);
+    return st;
+}
+
+/* A pinned copy from the host tier to the page pool (at most 64 MiB, before
+ * either holds anything): the link's rate behind the onload plan's prior. */
+static hstu_status time_h2d(cuda_backend *cb, hstu_error *err)
+{
+    size_t n = cb->host_bytes < cb->pool_bytes ? cb->host_bytes : cb->pool_bytes;
+    n = n < ((size_t)64 << 20) ? n : ((size_t)64 << 20);
+    float ms = 0;
+    hstu_status st = best_ms(
+        cb->stream,
+        [&]() {
+            return ck(cudaMemcpyAsync(cb->d_pool, cb->h_pool, n, cudaMemcpyHostToDevice, cb->stream), "cudaMemcpy",
+                      err);
+        },
+        &ms, err);
+    if (st == HSTU_OK && ms > 0)
+        cb->h2d_gbs = n / (ms * 1e6);
+    return st;
+}
+
 /* Times cuBLASLt's candidates for the two layer GEMMs at the row counts a
  * forward runs (calls at other M take the nearest tuned M's; see gemm.cu),
  * on the activation buffers, filled with random values for the purpose (they
@@ -557,6 +628,8 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
             st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: GEMM tuning: %s", why);
     }
     gemm_cuda_tune_cold(cb->gemm, NULL, 0);
+    if (st == HSTU_OK && cb->cc.host_slots > 0)
+        st = time_gemm(cb, err);
     size_t act = (size_t)((char *)(cb->d_y + T * vw) - (char *)cb->d_x); /* x, xn, uvqk, attn, y: contiguous */
     if (st == HSTU_OK)
         st = ck(cudaMemsetAsync(cb->d_x, 0, act, s), "cudaMemset", err);
@@ -612,6 +685,9 @@ void cuda_backend_destroy(cuda_backend *cb)
         if (cb->ev_on[l])
             cudaEventDestroy(cb->ev_on[l]);
     free(cb->ev_on);
+    free(cb->on_dst);
+    free(cb->on_src);
+    free(cb->on_size);
     if (cb->ev_submit)
         cudaEventDestroy(cb->ev_submit);
     if (cb->ev_on_start)
@@ -680,6 +756,13 @@ static hstu_status create_cache(cuda_backend *cb, hstu_error *err)
     if (cc->host_slots <= 0)
         return HSTU_OK;
     HSTU_ASSERT(cc->chunk_rows % cc->page_size == 0 && cc->max_pending >= 1);
+    const char *ok = getenv("HSTU_CUDA_ONLOAD");
+    cb->onload_dma = !(ok && !strcmp(ok, "kernel"));
+    cb->on_dst = (void **)calloc((size_t)cb->max_pages, sizeof *cb->on_dst);
+    cb->on_src = (const void **)calloc((size_t)cb->max_pages, sizeof *cb->on_src);
+    cb->on_size = (size_t *)calloc((size_t)cb->max_pages, sizeof *cb->on_size);
+    if (!cb->on_dst || !cb->on_src || !cb->on_size)
+        return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
     cb->ppc = cc->chunk_rows / cc->page_size;
     cb->chunk_bytes = (size_t)cb->ppc * cb->page_bytes;
     cb->host_bytes = (size_t)cc->host_slots * cb->chunk_bytes;
@@ -890,6 +973,8 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
     if ((st = tune_gemms(cb, err)) != HSTU_OK)
         goto fail;
     if ((st = create_cache(cb, err)) != HSTU_OK)
+        goto fail;
+    if (cb->h_pool && (st = time_h2d(cb, err)) != HSTU_OK)
         goto fail;
     *out = cb;
     return HSTU_OK;
@@ -1334,11 +1419,32 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
     return HSTU_OK;
 }
 
+/* Layer l's blocks of the n pages in sg->onload, host tier to page pool,
+ * by the copy engines: one batch of n copies, in stream order, with the
+ * hint to overlap compute. */
+static hstu_status onload_dma(cuda_backend *cb, const staged *sg, int n, int l, hstu_error *err)
+{
+    size_t src_l = (size_t)cb->ppc * cb->blk_bytes, dst_l = cb->blk_bytes;
+    for (int i = 0; i < n; i++) {
+        cb->on_src[i] = (const void *)(uintptr_t)(sg->onload[i].src + (uint64_t)l * src_l);
+        cb->on_dst[i] = (void *)(uintptr_t)(sg->onload[i].dst + (uint64_t)l * dst_l);
+        cb->on_size[i] = cb->blk_bytes;
+    }
+    cudaMemcpyAttributes a;
+    memset(&a, 0, sizeof a);
+    a.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    a.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+    size_t first = 0;
+    return ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, (size_t)n, &a, &first, 1, cb->s_onload),
+              "KV onload (cudaMemcpyBatchAsync)", err);
+}
+
 /* Starts the host-tier onload of this forward's host hits on the side
  * stream: per layer (an event each) or all layers at once, then the compute
- * stream waits for all of it. Its copy list is read from the host staging
- * (mapped), so it need not wait for the metadata's upload; the compute
- * stream has nothing in flight (each forward ends with a wait for it). */
+ * stream waits for all of it. By the copy engines (onload_dma), or by a
+ * kernel that reads its copy list from the host staging (mapped), so it
+ * need not wait for the metadata's upload; the compute stream has nothing
+ * in flight (each forward ends with a wait for it). */
 static hstu_status start_onload(cuda_backend *cb, const staged *sg, int n, hstu_error *err)
 {
     int L = cb->model->cfg.n_layers;
@@ -1348,6 +1454,17 @@ static hstu_status start_onload(cuda_backend *cb, const staged *sg, int n, hstu_
     hstu_status st;
     if ((st = ck(cudaEventRecord(cb->ev_on_start, so), "cudaEventRecord", err)))
         return st;
+    if (cb->onload_dma) {
+        for (int l = 0; l < L; l++)
+            if ((st = onload_dma(cb, sg, n, l, err)) != HSTU_OK ||
+                (cb->cc.layerwise && (st = ck(cudaEventRecord(cb->ev_on[l], so), "cudaEventRecord", err))))
+                return st;
+        if (cb->cc.layerwise)
+            return HSTU_OK;
+        if ((st = ck(cudaEventRecord(cb->ev_on[L - 1], so), "cudaEventRecord", err)))
+            return st;
+        return ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[L - 1], 0), "cudaStreamWaitEvent", err);
+    }
     if (cb->cc.layerwise) {
         for (int l = 0; l < L; l++)
             if ((st = ck(kv_copy_cuda(d, n, cb->blk_bytes, src_l, dst_l, l, 1, so), "KV onload", err)) ||
@@ -1689,6 +1806,12 @@ int cuda_offload_poll(cuda_backend *cb, int64_t *users, int max, bool wait)
         cb->job_n--;
     }
     return n;
+}
+
+void cuda_backend_rates(const cuda_backend *cb, double *h2d_gbs, double *gemm_tflops)
+{
+    *h2d_gbs = cb->h2d_gbs;
+    *gemm_tflops = cb->gemm_tflops;
 }
 
 void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c)

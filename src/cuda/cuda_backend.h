@@ -122,6 +122,10 @@ hstu_status cuda_offload_submit(cuda_backend *cb, int64_t user, const int *pages
  * (returns the count); with wait, waits for every offload in flight first. */
 int cuda_offload_poll(cuda_backend *cb, int64_t *users, int max, bool wait);
 void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c);
+/* Rates measured at create when there is a host tier (0 otherwise): a
+ * pinned host-to-device copy in GB/s, and the uvqk GEMM at max_tokens rows
+ * in TFLOP/s. The priors of the engine's onload plan (hstu_onload). */
+void cuda_backend_rates(const cuda_backend *cb, double *h2d_gbs, double *gemm_tflops);
 
 #ifdef __cplusplus
 }

@@ -50,4 +50,9 @@ void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c)
     *c = (cuda_cache_counters){0};
 }
 
+void cuda_backend_rates(const cuda_backend *cb, double *h2d_gbs, double *gemm_tflops)
+{
+    *h2d_gbs = *gemm_tflops = 0;
+}
+
 #endif

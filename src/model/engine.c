@@ -62,6 +62,19 @@ hstu_status hstu_prefix_check_parse(const char *name, hstu_prefix_check *out, hs
     return HSTU_OK;
 }
 
+hstu_status hstu_onload_parse(const char *name, hstu_onload *out, hstu_error *err)
+{
+    if (!strcmp(name, "auto"))
+        *out = HSTU_ONLOAD_AUTO;
+    else if (!strcmp(name, "all"))
+        *out = HSTU_ONLOAD_ALL;
+    else if (!strcmp(name, "none"))
+        *out = HSTU_ONLOAD_NONE;
+    else
+        return hstu_fail(err, HSTU_ERR_ARG, "unknown onload policy \"%s\" (choose auto, all or none)", name);
+    return HSTU_OK;
+}
+
 void hstu_engine_options_default(hstu_engine_options *o)
 {
     memset(o, 0, sizeof *o);
@@ -79,6 +92,15 @@ void hstu_engine_options_default(hstu_engine_options *o)
     o->graph_max_tokens = 8192;
     o->graph_max_batch = 64;
 }
+
+/* The onload plan's prior for the forward's compute rate until the forwards
+ * fit one (hstu_onload): this share of the uvqk GEMM's rate at max_tokens
+ * rows (the whole forward at batch 8 runs at about 0.66 of the GEMMs' rate
+ * on an H100, docs/perf.md). */
+#define ONLOAD_PRIOR_SHARE 0.6
+/* and this fixed cost per layer (a layer's cost at batch 1 beyond its FLOPs
+ * on an H100: about 50 us, docs/perf.md) */
+#define ONLOAD_PRIOR_LAYER_MS 0.05
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -99,6 +121,12 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
     if (o->prefix_check < HSTU_PREFIX_CHECK_AUTO || o->prefix_check > HSTU_PREFIX_CHECK_DEFERRED)
         return hstu_fail(err, HSTU_ERR_ARG, "prefix check %d: must be AUTO (0), EAGER (1) or DEFERRED (2)",
                          (int)o->prefix_check);
+    if (o->onload < HSTU_ONLOAD_AUTO || o->onload > HSTU_ONLOAD_NONE)
+        return hstu_fail(err, HSTU_ERR_ARG, "onload policy %d: must be AUTO (0), ALL (1) or NONE (2)",
+                         (int)o->onload);
+    if (!(o->onload_gbs >= 0 && o->onload_gbs < 1e6) || !(o->compute_tflops >= 0 && o->compute_tflops < 1e6))
+        return hstu_fail(err, HSTU_ERR_ARG, "onload rates %g GB/s, %g TFLOP/s: must be 0 (measured) or positive",
+                         o->onload_gbs, o->compute_tflops);
     if (host_tier && (o->offload_queue < 1 || o->offload_queue > 65536))
         return hstu_fail(err, HSTU_ERR_ARG, "offload queue of %d chunks: must be in 1..65536", o->offload_queue);
     int user_max = hstu_config_max_user_tokens(cfg);
@@ -145,6 +173,7 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         host_tier ? (size_t)e->max_pages * sizeof(cuda_onload) : 0,
         host_tier ? ((size_t)T / (size_t)o->chunk_tokens + 1) * sizeof(int) : 0,
         host_tier ? (size_t)o->offload_queue * sizeof(int64_t) : 0,
+        host_tier ? ENGINE_MAX_USERS * sizeof(onload_user) : 0, host_tier ? ENGINE_MAX_USERS * sizeof(int) : 0,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -163,7 +192,7 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         (void **)&e->head_a, (void **)&e->head_b, (void **)&e->topk_scratch, (void **)&e->users,
         (void **)&e->keys, (void **)&e->exclude, (void **)&e->page_idx, (void **)&e->page_ptr,
         (void **)&e->plans, (void **)&e->seqs, (void **)&e->onload, (void **)&e->off_slots,
-        (void **)&e->done_users,
+        (void **)&e->done_users, (void **)&e->on_users, (void **)&e->on_order,
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         *slots[i] = sizes[i] ? p : NULL;
@@ -219,6 +248,18 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         free(e->arena);
         free(e);
         return st;
+    }
+    if (e->ht) {
+        /* The onload plan's priors: the link's rate measured at create and
+         * a share of the uvqk GEMM's (until the forwards fit a line), or
+         * the rates given. */
+        double gbs = 0, tflops = 0;
+        cuda_backend_rates(e->cuda, &gbs, &tflops);
+        e->om = onload_model_make(cfg->n_layers, d, W, cfg->n_heads, cfg->d_qk, cfg->d_v, 2);
+        e->rates.bytes_per_ms = (o->onload_gbs > 0 ? o->onload_gbs : gbs) * 1e6;
+        e->rates.flops_per_ms = (o->compute_tflops > 0 ? o->compute_tflops : ONLOAD_PRIOR_SHARE * tflops) * 1e9;
+        e->rates.fixed_ms = o->compute_tflops > 0 ? 0 : ONLOAD_PRIOR_LAYER_MS * cfg->n_layers;
+        e->rates.onload_factor = 1;
     }
     e->stats.page_size = o->page_size;
     *out = e;
@@ -375,6 +416,76 @@ static void keys_after_launch(void *arg)
     h->done = true;
 }
 
+/* How much of each host hit to onload (hstu_onload): under AUTO, what the
+ * cost model finds fastest for the batch (onload_plan.h); the rest of a host
+ * hit's prefix is computed like new rows. Before the page tables. */
+static void plan_onload(hstu_engine *e, user_plan *plans, int B)
+{
+    int n = 0;
+    double base = 0; /* every other row the batch computes */
+    for (int b = 0; b < B; b++) {
+        const user_plan *p = &plans[b];
+        base += onload_flops_rows(&e->om, p->host > 0 ? p->host : p->c, p->hist) +
+                onload_flops_cands(&e->om, p->hist, p->cand);
+        if (p->host > 0)
+            e->on_users[n++] = (onload_user){.host_rows = p->host};
+    }
+    if (n == 0 || e->opt.onload == HSTU_ONLOAD_ALL ||
+        (e->opt.onload == HSTU_ONLOAD_AUTO && (e->rates.bytes_per_ms <= 0 || e->rates.flops_per_ms <= 0)))
+        return;
+    if (e->opt.onload == HSTU_ONLOAD_AUTO)
+        onload_plan(&e->om, &e->rates, base, e->opt.page_size, e->on_users, n, e->on_order);
+    else
+        for (int i = 0; i < n; i++)
+            e->on_users[i].onload = 0;
+    for (int b = 0, i = 0; b < B; b++) {
+        user_plan *p = &plans[b];
+        if (p->host == 0)
+            continue;
+        int x = e->on_users[i++].onload;
+        e->stats.host_rows_recomputed += (uint64_t)(p->host - x);
+        p->c = p->host = x;
+    }
+}
+
+/* What a forward without onloads taught about the compute rate, and one
+ * with onloads about the link (AUTO's rates, unless given). */
+static void learn_rates(hstu_engine *e, const cuda_cache_counters *before, const user_plan *plans, int B)
+{
+    cuda_cache_counters now;
+    cuda_cache_get_counters(e->cuda, &now);
+    if (now.forwards != before->forwards + 1)
+        return;
+    double flops = 0, ms = now.gpu_ms - before->gpu_ms;
+    for (int b = 0; b < B; b++)
+        flops += onload_flops_rows(&e->om, plans[b].c, plans[b].hist) +
+                 onload_flops_cands(&e->om, plans[b].hist, plans[b].cand);
+    if (now.onload_bytes > before->onload_bytes) {
+        double bytes = (double)(now.onload_bytes - before->onload_bytes);
+        if (e->opt.onload_gbs <= 0) {
+            /* bytes over time, the older onloads decaying: small onloads,
+             * where latency dominates, weigh little */
+            e->on_bytes = 0.9 * e->on_bytes + bytes;
+            e->on_ms = 0.9 * e->on_ms + (now.onload_ms - before->onload_ms);
+            if (e->on_ms > 0)
+                e->rates.bytes_per_ms = e->on_bytes / e->on_ms;
+        }
+        /* what the forward took against what the model says (factor 1) */
+        onload_rates r = e->rates;
+        r.onload_factor = 1;
+        double model = onload_time(&e->om, &r, bytes, flops);
+        if (model > 0 && ms > 0) {
+            double k = 0.75 * e->rates.onload_factor + 0.25 * (ms / model);
+            e->rates.onload_factor = k < 0.5 ? 0.5 : k > 4 ? 4 : k;
+        }
+        return;
+    }
+    if (e->opt.compute_tflops > 0)
+        return;
+    onload_fit_add(&e->fit, flops, ms, 0.98);
+    onload_fit_get(&e->fit, &e->rates);
+}
+
 /* Looks user p up in the cache: sets p->c, p->host and, for a deferred
  * check (defer), p->keys_later and p->check_later. */
 static void plan_lookup(hstu_engine *e, user_plan *p, bool defer)
@@ -423,7 +534,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         p->cacheable = cfg->family == HSTU_FAMILY_RANKING ? p->hist : p->hist - 1;
         p->c = 0;
         p->paged = 0;
-        p->host = 0;
+        p->host = p->host_found = 0;
         p->key0 = key_off;
         p->keys_later = p->check_later = p->prefix_ok = false;
         if (!e->kv)
@@ -432,6 +543,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         plan_lookup(e, p, defer);
         if (p->check_later)
             continue; /* counted once checked */
+        p->host_found = p->host;
         if (p->host > 0)
             e->stats.host_hits++;
         else if (p->c > 0)
@@ -449,11 +561,13 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
             /* No room: reuse what is on the device, add nothing. A host hit
              * has no pages to land in: it is computed in full. */
             if (p->host > 0)
-                p->c = p->host = 0;
+                p->c = p->host = p->host_found = 0;
             p->paged = p->c;
             e->stats.degraded++;
         }
     }
+    if (e->ht)
+        plan_onload(e, plans, B);
     /* Page tables, after every reserve (a reserve may evict only unpinned users). */
     int page_off = 0, n_onload = 0;
     for (int b = 0; b < B; b++) {
@@ -468,25 +582,33 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
             for (int i = 0; i < n; i++)
                 e->page_ptr[page_off + i] = kv_page_ptr(e->kv, e->page_idx[page_off + i]);
         if (p->host > 0) {
-            /* The host chunks' pages land in the user's first pages. */
-            int C = e->opt.chunk_tokens, P = e->opt.page_size, ppc = C / P;
-            int chunks = ht_slots(e->ht, p->req->user_id, e->off_slots, p->host / C);
-            HSTU_ASSERT(chunks == p->host / C);
-            for (int k = 0; k < chunks; k++)
-                for (int j = 0; j < ppc; j++)
-                    e->onload[n_onload++] = (cuda_onload){.slot = e->off_slots[k], .j = j,
-                                                          .page = e->page_idx[page_off + k * ppc + j]};
+            /* The host chunks' first host / P pages land in the user's first
+             * pages (a whole number of pages: the rows after them are
+             * appended by this forward). */
+            int C = e->opt.chunk_tokens, P = e->opt.page_size, ppc = C / P, pages = p->host / P;
+            HSTU_ASSERT(p->host % P == 0);
+            int want = (p->host + C - 1) / C, chunks = ht_slots(e->ht, p->req->user_id, e->off_slots, want);
+            HSTU_ASSERT(chunks == want);
+            for (int i = 0; i < pages; i++)
+                e->onload[n_onload++] = (cuda_onload){.slot = e->off_slots[i / ppc], .j = i % ppc,
+                                                      .page = e->page_idx[page_off + i]};
         }
         page_off += n;
     }
     hstu_status st = HSTU_OK;
     late_keys lk = {.cfg = cfg, .keys = e->keys, .plans = plans, .B = B};
     e->stats.plan_ms += (core_now_s() - t_start) * 1e3;
+    bool learn = e->ht && e->opt.onload == HSTU_ONLOAD_AUTO;
+    cuda_cache_counters before;
+    if (learn)
+        cuda_cache_get_counters(e->cuda, &before);
     if (e->cuda) {
         cuda_batch_cache kc = {.page_idx = e->page_idx, .n_page_idx = page_off, .onload = e->onload,
                                .n_onload = n_onload, .overlap = e->kv ? keys_after_launch : NULL,
                                .overlap_arg = &lk};
         st = cuda_forward_run(e->cuda, plans, B, logits, &kc, err);
+        if (st == HSTU_OK && learn)
+            learn_rates(e, &before, plans, B);
     } else
         forward_run(e, plans, B, logits);
     if (e->kv && !lk.done)
@@ -511,7 +633,7 @@ static hstu_status run_sub_batch(hstu_engine *e, user_plan *plans, int B, bool l
         user_plan *p = &plans[b];
         if (p->check_later && !p->prefix_ok)
             continue;
-        p->res->tier = p->host > 0 ? HSTU_TIER_HOST : p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
+        p->res->tier = p->host_found > 0 ? HSTU_TIER_HOST : p->c > 0 ? HSTU_TIER_DEVICE : HSTU_TIER_MISS;
         p->res->cached_tokens = p->c;
         p->res->computed_tokens = p->hist - p->c + p->cand;
         e->stats.tokens_reused += (uint64_t)p->c;
@@ -600,6 +722,10 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->host_chunks_in_use = hs.slots_in_use;
         s->host_users = hs.users;
         s->chunk_bytes = kv_page_bytes(e->kv) * (size_t)(e->opt.chunk_tokens / e->opt.page_size);
+        s->onload_model_gbs = e->rates.bytes_per_ms * 1e-6;
+        s->onload_model_tflops = e->rates.flops_per_ms * 1e-9;
+        s->onload_model_fixed_ms = e->rates.fixed_ms;
+        s->onload_model_factor = e->rates.onload_factor;
         s->host_bytes = (size_t)hs.slots_total * s->chunk_bytes;
     }
     if (e->cuda) {

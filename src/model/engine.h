@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "kvcache/host_tier.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/onload_plan.h"
 #include "model/model.h"
 
 /* Users per sub-batch; larger batches are split. */
@@ -31,6 +32,7 @@ typedef struct user_plan {
     int key0;       /* offset of this user's row keys in the keys scratch */
     int page0;      /* offset of this user's page pointers */
     int host;       /* rows brought up from the host tier in this call (0, or c on a host hit) */
+    int host_found; /* rows the host tier held (a host hit: host may be fewer, hstu_onload) */
     uint64_t commit_hash; /* kv_hash_keys of rows [0, paged), made while the GPU runs */
     /* A deferred prefix check (hstu_prefix_check): the keys are made while
      * the GPU runs (keys_later), and a hit's hash of its c cached rows'
@@ -69,6 +71,14 @@ struct hstu_engine {
     cuda_onload *onload;   /* [max_pages] host-hit pages of a sub-batch (host tier) */
     int *off_slots;        /* [max chunks of one user] offload scratch */
     int64_t *done_users;   /* [offload_queue] users whose offload landed */
+    /* hstu_onload (host tier): the cost model, its rates now, the compute
+     * fit over the forwards, the onloads' decayed bytes and ms, scratch */
+    onload_model om;
+    onload_rates rates;
+    onload_fit fit;
+    double on_bytes, on_ms;
+    onload_user *on_users; /* [ENGINE_MAX_USERS] */
+    int *on_order;         /* [ENGINE_MAX_USERS] */
     void *arena;
     size_t arena_bytes;
 

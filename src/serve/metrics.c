@@ -157,6 +157,9 @@ char *metrics_text(repository *r, const http_pool_stats *ps)
     EACH("hstu_kv_host_chunks_total", "%d", s->cache.host_chunks_total);
     FAMILY("hstu_kv_onload_bytes_total", "counter", "K/V bytes brought up from the host tier");
     EACH("hstu_kv_onload_bytes_total", "%llu", (unsigned long long)s->cache.onload_bytes);
+    FAMILY("hstu_kv_host_rows_recomputed_total", "counter",
+           "Rows of host hits computed again instead of onloaded (--onload)");
+    EACH("hstu_kv_host_rows_recomputed_total", "%llu", (unsigned long long)s->cache.host_rows_recomputed);
     FAMILY("hstu_kv_offload_bytes_total", "counter", "K/V bytes copied to the host tier");
     EACH("hstu_kv_offload_bytes_total", "%llu", (unsigned long long)s->cache.offload_bytes);
     FAMILY("hstu_kv_offloads_skipped_total", "counter", "Offloads skipped because the offload queue was full");

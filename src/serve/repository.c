@@ -68,6 +68,7 @@ static hstu_status load_model(repository *r, served_model *m)
     eo.host_cache_bytes = o->host_cache_bytes;
     eo.cuda_graphs = o->cuda_graphs;
     eo.prefix_check = o->prefix_check;
+    eo.onload = o->onload;
     eo.threads = o->threads;
     eo.max_batch_tokens = budget > user_max ? budget : user_max;
     if (hstu_engine_create(model, &eo, &engine, &err) != HSTU_OK)

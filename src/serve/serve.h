@@ -35,6 +35,7 @@ typedef struct serve_options {
     size_t host_cache_bytes;      /* cuda: host tier per model, 0 = none */
     bool cuda_graphs;             /* cuda: CUDA graphs of the layers, true */
     hstu_prefix_check prefix_check; /* when cached prefixes are checked, AUTO */
+    hstu_onload onload;           /* how much of a host hit to onload, AUTO */
     int max_top_k;                /* 1000 */
     int threads;                  /* engine threads, 0 = all cores */
     int verbose;

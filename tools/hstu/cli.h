@@ -46,5 +46,7 @@ double cli_now_ms(void);
 double cli_peak_rss_mib(void);
 /* Parses a non-negative integer option; exits with a message on error. */
 long cli_parse_long(const char *opt, const char *s, long lo, long hi);
+/* Parses a number in [lo, hi]; exits with a message on error. */
+double cli_parse_double(const char *opt, const char *s, double lo, double hi);
 
 #endif

@@ -294,3 +294,15 @@ long cli_parse_long(const char *opt, const char *s, long lo, long hi)
     }
     return v;
 }
+
+double cli_parse_double(const char *opt, const char *s, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "hstu: %s: expected a number in [%g, %g], got \"%s\"\n", opt, lo, hi, s);
+        exit(2);
+    }
+    return v;
+}

@@ -38,6 +38,11 @@ static void usage(FILE *f)
             "  --prefix-check MODE  when cached rows are checked against the history: eager,\n"
             "                   deferred (while the GPU runs; a rewritten history is run\n"
             "                   again) or auto (deferred on cuda, eager on cpu; the default)\n"
+            "  --onload MODE    cuda: how much of a host hit's prefix to bring up: auto (the\n"
+            "                   rows whose transfer the GPU's recompute of the rest hides;\n"
+            "                   the default), all, or none (recompute host hits)\n"
+            "  --onload-gbs G   cuda: auto's host-to-device rate in GB/s (default: measured)\n"
+            "  --compute-tflops F  cuda: auto's compute rate in TFLOP/s (default: measured)\n"
             "  --max-tokens T   workspace rows per batch (default: 16384 or one user at the maxima)\n"
             "  --threads N      threads (default: all cores)\n"
             "  --stats          print cache statistics to stderr at the end\n");
@@ -91,6 +96,8 @@ int cmd_infer(int argc, char **argv)
         {"stats", no_argument, 0, 's'},            {"help", no_argument, 0, 'h'},
         {"host-cache-mb", required_argument, 0, 'H'}, {"chunk-tokens", required_argument, 0, 'K'},
         {"no-graphs", no_argument, 0, 'G'},      {"prefix-check", required_argument, 0, 'X'},
+        {"onload", required_argument, 0, 'O'},     {"onload-gbs", required_argument, 0, 'g'},
+        {"compute-tflops", required_argument, 0, 'f'},
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *req_path = NULL;
@@ -127,6 +134,14 @@ int cmd_infer(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'O':
+            if (hstu_onload_parse(optarg, &eo.onload, &err) != HSTU_OK) {
+                fprintf(stderr, "hstu infer: --onload: %s\n", err.msg);
+                return 2;
+            }
+            break;
+        case 'g': eo.onload_gbs = cli_parse_double("--onload-gbs", optarg, 0.001, 1e5); break;
+        case 'f': eo.compute_tflops = cli_parse_double("--compute-tflops", optarg, 0.001, 1e5); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -215,11 +230,14 @@ int cmd_infer(int argc, char **argv)
                 (unsigned long long)s.tokens_computed, s.pages_in_use, s.pages_total);
         if (eo.backend == HSTU_BACKEND_CUDA)
             fprintf(stderr,
-                    "host tier: %llu hits, %llu offloads (%llu skipped), %.1f MiB onloaded in %.2f ms, %.1f MiB "
-                    "offloaded in %.2f ms; chunks %d/%d; CUDA graphs: %llu replays, %llu buckets, %llu eager\n",
-                    (unsigned long long)s.host_hits, (unsigned long long)s.offloads,
+                    "host tier: %llu hits (%llu rows recomputed instead of onloaded), %llu offloads (%llu "
+                    "skipped), %.1f MiB onloaded in %.2f ms, %.1f MiB offloaded in %.2f ms; chunks %d/%d; onload "
+                    "model %.1f GB/s, %.0f TFLOP/s + %.3f ms, x%.2f onloading; CUDA graphs: %llu replays, %llu buckets, %llu eager\n",
+                    (unsigned long long)s.host_hits, (unsigned long long)s.host_rows_recomputed,
+                    (unsigned long long)s.offloads,
                     (unsigned long long)s.offloads_skipped, s.onload_bytes / 1048576.0, s.onload_ms,
                     s.offload_bytes / 1048576.0, s.offload_ms, s.host_chunks_in_use, s.host_chunks_total,
+                    s.onload_model_gbs, s.onload_model_tflops, s.onload_model_fixed_ms, s.onload_model_factor,
                     (unsigned long long)s.graph_runs, (unsigned long long)s.graph_captures,
                     (unsigned long long)s.eager_runs);
     }

@@ -59,6 +59,9 @@ static void usage(FILE *f)
             "                          the history: eager (before the forward), deferred (while\n"
             "                          the GPU runs; a rewritten history is run again) or auto\n"
             "                          (deferred on cuda, eager on cpu; the default)\n"
+            "  --onload MODE           cuda: how much of a host hit's prefix to bring up: auto\n"
+            "                          (what the GPU's recompute of the rest hides; the\n"
+            "                          default), all, or none (recompute host hits)\n"
             "  --threads N             engine threads (default: all cores)\n"
             "  --port-file FILE        write \"HTTP_PORT METRICS_PORT\" to FILE once listening\n");
 }
@@ -85,6 +88,7 @@ int cmd_serve(int argc, char **argv)
         {"host-cache-mb", required_argument, 0, 'E'},
         {"no-graphs", no_argument, 0, 'G'},
         {"prefix-check", required_argument, 0, 'X'},
+        {"onload", required_argument, 0, 'O'},
         {"threads", required_argument, 0, 't'},
         {"port-file", required_argument, 0, 'F'},
         {"help", no_argument, 0, 'h'},
@@ -125,6 +129,12 @@ int cmd_serve(int argc, char **argv)
         case 'X':
             if (hstu_prefix_check_parse(optarg, &o.prefix_check, &err) != HSTU_OK) {
                 fprintf(stderr, "hstu serve: --prefix-check: %s\n", err.msg);
+                return 2;
+            }
+            break;
+        case 'O':
+            if (hstu_onload_parse(optarg, &o.onload, &err) != HSTU_OK) {
+                fprintf(stderr, "hstu serve: --onload: %s\n", err.msg);
                 return 2;
             }
             break;

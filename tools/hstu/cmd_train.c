@@ -56,18 +56,6 @@ static void usage(FILE *f)
             "                      its inputs, loss and every gradient to FILE (safetensors)\n");
 }
 
-static double parse_double(const char *opt, const char *s, double lo, double hi)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "hstu train: %s: expected a number in [%g, %g], got \"%s\"\n", opt, lo, hi, s);
-        exit(2);
-    }
-    return v;
-}
-
 int cmd_train(int argc, char **argv)
 {
     enum { O_DATA = 1, O_CONFIG, O_OUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_DROPOUT, O_NEG, O_TEMP, O_HOLDOUT,
@@ -101,11 +89,11 @@ int cmd_train(int argc, char **argv)
         case O_OUT: out = optarg; break;
         case O_EPOCHS: o.epochs = (int)cli_parse_long("--epochs", optarg, 0, 1000000); break;
         case O_BATCH: o.batch_users = (int)cli_parse_long("--batch", optarg, 1, 1000000); break;
-        case O_LR: o.adam.lr = (float)parse_double("--lr", optarg, 0, 10); break;
-        case O_WD: o.adam.weight_decay = (float)parse_double("--weight-decay", optarg, 0, 10); break;
-        case O_DROPOUT: o.dropout = (float)parse_double("--dropout", optarg, 0, 0.95); break;
+        case O_LR: o.adam.lr = (float)cli_parse_double("--lr", optarg, 0, 10); break;
+        case O_WD: o.adam.weight_decay = (float)cli_parse_double("--weight-decay", optarg, 0, 10); break;
+        case O_DROPOUT: o.dropout = (float)cli_parse_double("--dropout", optarg, 0, 0.95); break;
         case O_NEG: o.negatives = (int)cli_parse_long("--negatives", optarg, 1, 100000); break;
-        case O_TEMP: o.temperature = (float)parse_double("--temperature", optarg, 1e-4, 100); break;
+        case O_TEMP: o.temperature = (float)cli_parse_double("--temperature", optarg, 1e-4, 100); break;
         case O_HOLDOUT: o.holdout = (int)cli_parse_long("--holdout", optarg, 1, 2); break;
         case O_SEED: o.seed = (uint64_t)cli_parse_long("--seed", optarg, 0, 0x7fffffffL); break;
         case O_THREADS: o.threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
