@@ -610,9 +610,9 @@ tiers:
             }
         hstu_cache_stats as;
         hstu_engine_cache_stats(au, &as);
-        printf("auto's model at the end: %.1f GB/s, %.0f TFLOP/s + %.3f ms a forward, x%.2f when onloading (recomp: "
+        printf("auto's model at the end: %.1f GB/s, %.0f TFLOP/s + %.3f ms a forward, + %.3f ms when onloading (recomp: "
                "host rows a user computed instead of onloaded)\n",
-               as.onload_model_gbs, as.onload_model_tflops, as.onload_model_fixed_ms, as.onload_model_factor);
+               as.onload_model_gbs, as.onload_model_tflops, as.onload_model_fixed_ms, as.onload_model_extra_ms);
         hstu_engine_destroy(au);
         hstu_cache_stats cs;
         hstu_engine_cache_stats(lw, &cs);

@@ -257,10 +257,10 @@ typedef struct hstu_cache_stats {
     double onload_ms, offload_ms;  /* time the copies took on their streams */
     /* host hits' rows computed again instead of onloaded (hstu_onload), and
      * the cost model's current rates: host-to-device GB/s, the forward's
-     * marginal TFLOP/s and fixed ms, and the measured over the modelled time
-     * of the forwards that onloaded */
+     * marginal TFLOP/s and fixed ms, and the measured minus the modelled
+     * time of the forwards that onloaded */
     uint64_t host_rows_recomputed;
-    double onload_model_gbs, onload_model_tflops, onload_model_fixed_ms, onload_model_factor;
+    double onload_model_gbs, onload_model_tflops, onload_model_fixed_ms, onload_model_extra_ms;
     int host_chunks_total, host_chunks_in_use, host_users;
     size_t chunk_bytes, host_bytes;
     /* CUDA graphs: forwards replayed, buckets captured, forwards run eagerly;

@@ -62,7 +62,7 @@ static void test_plan_brute_force(void)
         onload_rates r = {.bytes_per_ms = 1e6 * (0.5 + rng_below(&g, 100)), /* 0.5-100 GB/s */
                           .flops_per_ms = 1e9 * (50 + rng_below(&g, 800)), /* 50-850 TFLOP/s */
                           .fixed_ms = 0.01 * rng_below(&g, 50),
-                          .onload_factor = it % 3 ? 1 : 0.8 + 0.01 * rng_below(&g, 100)};
+                          .onload_extra_ms = it % 3 ? 0 : 0.01 * rng_below(&g, 30)};
         double base = 1e9 * rng_below(&g, 200);
         double t = onload_plan(&m, &r, base, P, u, n, order);
         int aligned[3];

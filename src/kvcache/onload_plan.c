@@ -30,7 +30,7 @@ double onload_time(const onload_model *m, const onload_rates *r, double bytes, d
     if (bytes <= 0)
         return compute;
     double onload = bytes / r->bytes_per_ms + compute / m->n_layers;
-    return (onload > compute ? onload : compute) * (r->onload_factor > 0 ? r->onload_factor : 1);
+    return (onload > compute ? onload : compute) + r->onload_extra_ms;
 }
 
 double onload_plan(const onload_model *m, const onload_rates *r, double base_flops, int page, onload_user *u,

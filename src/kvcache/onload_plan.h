@@ -55,10 +55,10 @@ typedef struct onload_rates {
     double bytes_per_ms; /* host to device */
     double flops_per_ms; /* the forward's marginal rate */
     double fixed_ms;     /* a forward's cost at no FLOPs */
-    /* measured over modelled time of the forwards that onloaded (what the
+    /* measured minus modelled time of the forwards that onloaded (what the
      * model misses of the onload's path: its waits between the layers'
-     * graphs, the copies' setup); 0 is taken as 1 */
-    double onload_factor;
+     * graphs, the copies' setup) */
+    double onload_extra_ms;
 } onload_rates;
 
 /* One host hit: in, the rows the host holds; out, the rows to onload (a
@@ -75,7 +75,7 @@ double onload_plan(const onload_model *m, const onload_rates *r, double base_flo
                    int n, int *order);
 
 /* The modelled time of a batch that onloads `bytes` and computes `flops`
- * (times onload_factor when bytes > 0). */
+ * (plus onload_extra_ms when bytes > 0). */
 double onload_time(const onload_model *m, const onload_rates *r, double bytes, double flops);
 
 /* Least squares of ms = fixed + flops / rate over the forwards seen, each

@@ -101,6 +101,9 @@ void hstu_engine_options_default(hstu_engine_options *o)
 /* and this fixed cost per layer (a layer's cost at batch 1 beyond its FLOPs
  * on an H100: about 50 us, docs/perf.md) */
 #define ONLOAD_PRIOR_LAYER_MS 0.05
+/* Onloads from which the link's rate is learned: at least this many bytes
+ * (4 MiB: 80 us at 50 GB/s, against a few us of latency) */
+#define ONLOAD_RATE_MIN_BYTES ((double)(4 << 20))
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -259,7 +262,6 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         e->rates.bytes_per_ms = (o->onload_gbs > 0 ? o->onload_gbs : gbs) * 1e6;
         e->rates.flops_per_ms = (o->compute_tflops > 0 ? o->compute_tflops : ONLOAD_PRIOR_SHARE * tflops) * 1e9;
         e->rates.fixed_ms = o->compute_tflops > 0 ? 0 : ONLOAD_PRIOR_LAYER_MS * cfg->n_layers;
-        e->rates.onload_factor = 1;
     }
     e->stats.page_size = o->page_size;
     *out = e;
@@ -462,22 +464,21 @@ static void learn_rates(hstu_engine *e, const cuda_cache_counters *before, const
                  onload_flops_cands(&e->om, plans[b].hist, plans[b].cand);
     if (now.onload_bytes > before->onload_bytes) {
         double bytes = (double)(now.onload_bytes - before->onload_bytes);
-        if (e->opt.onload_gbs <= 0) {
-            /* bytes over time, the older onloads decaying: small onloads,
-             * where latency dominates, weigh little */
+        if (e->opt.onload_gbs <= 0 && bytes >= ONLOAD_RATE_MIN_BYTES) {
+            /* bytes over time, the older onloads decaying; only onloads
+             * large enough for the link's rate to show (in small ones the
+             * latency does: a plan that onloads little would then see a
+             * slow link and onload less still) */
             e->on_bytes = 0.9 * e->on_bytes + bytes;
             e->on_ms = 0.9 * e->on_ms + (now.onload_ms - before->onload_ms);
             if (e->on_ms > 0)
                 e->rates.bytes_per_ms = e->on_bytes / e->on_ms;
         }
-        /* what the forward took against what the model says (factor 1) */
+        /* what the forward took beyond what the model says */
         onload_rates r = e->rates;
-        r.onload_factor = 1;
-        double model = onload_time(&e->om, &r, bytes, flops);
-        if (model > 0 && ms > 0) {
-            double k = 0.75 * e->rates.onload_factor + 0.25 * (ms / model);
-            e->rates.onload_factor = k < 0.5 ? 0.5 : k > 4 ? 4 : k;
-        }
+        r.onload_extra_ms = 0;
+        double extra = 0.75 * e->rates.onload_extra_ms + 0.25 * (ms - onload_time(&e->om, &r, bytes, flops));
+        e->rates.onload_extra_ms = extra > 0 ? extra : 0;
         return;
     }
     if (e->opt.compute_tflops > 0)
@@ -725,7 +726,7 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->onload_model_gbs = e->rates.bytes_per_ms * 1e-6;
         s->onload_model_tflops = e->rates.flops_per_ms * 1e-9;
         s->onload_model_fixed_ms = e->rates.fixed_ms;
-        s->onload_model_factor = e->rates.onload_factor;
+        s->onload_model_extra_ms = e->rates.onload_extra_ms;
         s->host_bytes = (size_t)hs.slots_total * s->chunk_bytes;
     }
     if (e->cuda) {
