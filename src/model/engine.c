@@ -418,17 +418,23 @@ static void keys_after_launch(void *arg)
     h->done = true;
 }
 
+/* FLOPs of what plan p computes: its history rows after the c reused, and
+ * its candidates (the onload plan's unit of compute). */
+static double plan_flops(const hstu_engine *e, const user_plan *p)
+{
+    return onload_flops_rows(&e->om, p->c, p->hist) + onload_flops_cands(&e->om, p->hist, p->cand);
+}
+
 /* How much of each host hit to onload (hstu_onload): under AUTO, what the
  * cost model finds fastest for the batch (onload_plan.h); the rest of a host
  * hit's prefix is computed like new rows. Before the page tables. */
 static void plan_onload(hstu_engine *e, user_plan *plans, int B)
 {
     int n = 0;
-    double base = 0; /* every other row the batch computes */
+    double base = 0; /* every other row the batch computes (a host hit's c is its host rows) */
     for (int b = 0; b < B; b++) {
         const user_plan *p = &plans[b];
-        base += onload_flops_rows(&e->om, p->host > 0 ? p->host : p->c, p->hist) +
-                onload_flops_cands(&e->om, p->hist, p->cand);
+        base += plan_flops(e, p);
         if (p->host > 0)
             e->on_users[n++] = (onload_user){.host_rows = p->host};
     }
@@ -460,8 +466,7 @@ static void learn_rates(hstu_engine *e, const cuda_cache_counters *before, const
         return;
     double flops = 0, ms = now.gpu_ms - before->gpu_ms;
     for (int b = 0; b < B; b++)
-        flops += onload_flops_rows(&e->om, plans[b].c, plans[b].hist) +
-                 onload_flops_cands(&e->om, plans[b].hist, plans[b].cand);
+        flops += plan_flops(e, &plans[b]);
     if (now.onload_bytes > before->onload_bytes) {
         double bytes = (double)(now.onload_bytes - before->onload_bytes);
         if (e->opt.onload_gbs <= 0 && bytes >= ONLOAD_RATE_MIN_BYTES) {

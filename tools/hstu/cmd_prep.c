@@ -99,15 +99,7 @@ int cmd_prep(int argc, char **argv)
         case O_CTX: po.context = optarg; break;
         case O_CAND: po.split.num_candidates = (int)cli_parse_long("--candidates", optarg, 1, 1 << 20); break;
         case O_MAXI: po.split.max_items = (int)cli_parse_long("--max-items", optarg, 2, 1 << 30); break;
-        case O_FRAC: {
-            char *end;
-            po.split.train_frac = strtod(optarg, &end);
-            if (*end || end == optarg || !(po.split.train_frac >= 0 && po.split.train_frac <= 1)) {
-                fprintf(stderr, "hstu prep: --train-frac: expected a number in [0, 1], got \"%s\"\n", optarg);
-                return 2;
-            }
-            break;
-        }
+        case O_FRAC: po.split.train_frac = cli_parse_double("--train-frac", optarg, 0, 1); break;
         case O_SKIP: po.skip_bad = true; break;
         case O_CFG: config_out = optarg; break;
         case O_PRESET: preset = optarg; break;
