@@ -245,8 +245,10 @@ static void trace_attention(attn_cuda_params ap, const char *label)
     if (attn_fwd_cuda(&ap, 0) || cudaDeviceSynchronize() != cudaSuccess)
         die("attention", "traced launch failed");
     cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
-    static const char *names[ATTN_CUDA_TRACE_POINTS] = {"start", "Q landed", "Q activated", "first S",
-                                                        "loop done", "last PV done", "stored"};
+    static const char *names[ATTN_CUDA_TRACE_POINTS] = {"start",       "Q landed",    "Q activated",
+                                                        "first S",     "loop done",   "last PV done",
+                                                        "part stored", "parts synced", "reduced",
+                                                        "stored"};
     print_trace(label, h, max_ctas, ATTN_CUDA_TRACE_POINTS, names);
     cudaFree(d);
     free(h);

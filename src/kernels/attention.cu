@@ -605,6 +605,8 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
     unsigned live = 0; /* ranks with a part (this one among them) */
     for (int r = 0; r < S; r++)
         live |= cluster_ld_s32(cluster_addr(empty, r)) ? 0u : 1u << r;
+    if (tid == 0)
+        trace_stamp(p, ATTN_TRACE_SYNCED);
     const int n = __popc(live), j = __popc(live & ((1u << z) - 1u)); /* this CTA's share: j of n */
     const int lo = j * BM / n, hi = min((j + 1) * BM / n, k.nr), cpr = p.Dv / 4;
     const float inv_n = 1.0f / (float)p.N;
@@ -629,6 +631,8 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
         dst[0] = pack_bf16(a.x * inv_n, a.y * inv_n);
         dst[1] = pack_bf16(a.z * inv_n, a.w * inv_n);
     }
+    if (tid == 0)
+        trace_stamp(p, ATTN_TRACE_REDUCED);
     cluster_sync();
 }
 
@@ -1161,6 +1165,8 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     if (split) {
         bar_sync(3, 256); /* both computing warpgroups are done reading Q, K and V */
         split_store<D>(o, reinterpret_cast<float *>(free_smem), lr, t4);
+        if (stamp)
+            trace_stamp(p, ATTN_TRACE_PART_STORED);
         split_reduce<D>(p, k, sQ, smem_u32(&s_empty), threadIdx.x - 128, 256);
     } else if (out_vec16(p)) {
         bar_sync(3, 256);
