@@ -608,13 +608,15 @@ tiers:
                 printf("%-5d %6d %8.3f %8.3f %7.2fx %8.3f %7.2fx %8.3f %8.3f %8.3f %9.3f %9.0f\n", B, L, r[0], r[4],
                        r[4] / r[0], r[1], r[1] / r[0], r[2], r[3], moved / (ce.h2d_gbs * 1e9) * 1e3, moved_au / 1e9,
                        recomp);
+                if (li == 3 || Ls[li + 1] > maxL) { /* the batch size's last row: what auto learned for it */
+                    printf("      auto's model for batch %d: %.1f GB/s, %.0f TFLOP/s + %.3f ms a forward, + %.3f ms "
+                           "+ %.3f ms/GB when onloading\n",
+                           a1.onload_model_batch, a1.onload_model_gbs, a1.onload_model_tflops,
+                           a1.onload_model_fixed_ms, a1.onload_model_extra_ms, a1.onload_model_extra_ms_per_gb);
+                }
                 fflush(stdout);
             }
-        hstu_cache_stats as;
-        hstu_engine_cache_stats(au, &as);
-        printf("auto's model at the end: %.1f GB/s, %.0f TFLOP/s + %.3f ms a forward, + %.3f ms when onloading (recomp: "
-               "host rows a user computed instead of onloaded)\n",
-               as.onload_model_gbs, as.onload_model_tflops, as.onload_model_fixed_ms, as.onload_model_extra_ms);
+        printf("(recomp: host rows a user computed instead of onloaded)\n");
         hstu_engine_destroy(au);
         hstu_cache_stats cs;
         hstu_engine_cache_stats(lw, &cs);

@@ -256,11 +256,15 @@ typedef struct hstu_cache_stats {
     uint64_t onload_bytes, offload_bytes;
     double onload_ms, offload_ms;  /* time the copies took on their streams */
     /* host hits' rows computed again instead of onloaded (hstu_onload), and
-     * the cost model's current rates: host-to-device GB/s, the forward's
-     * marginal TFLOP/s and fixed ms, and the measured minus the modelled
-     * time of the forwards that onloaded */
+     * the rates the cost model used for the last batch it planned (of
+     * onload_model_batch users; each class of batch sizes learns its own):
+     * host-to-device GB/s, the forward's marginal TFLOP/s and fixed ms, and
+     * the measured minus the modelled time of the forwards that onloaded,
+     * as ms + ms per GB onloaded */
     uint64_t host_rows_recomputed;
-    double onload_model_gbs, onload_model_tflops, onload_model_fixed_ms, onload_model_extra_ms;
+    int onload_model_batch;
+    double onload_model_gbs, onload_model_tflops, onload_model_fixed_ms, onload_model_extra_ms,
+        onload_model_extra_ms_per_gb;
     int host_chunks_total, host_chunks_in_use, host_users;
     size_t chunk_bytes, host_bytes;
     /* CUDA graphs: forwards replayed, buckets captured, forwards run eagerly;

@@ -1332,11 +1332,11 @@ static void cache_vs_full(const hstu_config *cfg, int rounds, bool layerwise, bo
            (unsigned long long)cs.redone, (unsigned long long)cs.evictions, (unsigned long long)cs.degraded, (unsigned long long)cs.offloads,
            (unsigned long long)cs.offloads_skipped, cs.onload_bytes / 1024.0);
     printf("    onload %s: %llu host rows recomputed instead of onloaded; model %.3g GB/s, %.3g TFLOP/s + %.3f ms, "
-           "+ %.3f ms onloading\n",
+           "+ %.3f ms + %.3f ms/GB onloading\n",
            oc_kind == ONLOAD_ALL ? "all" : oc_kind == ONLOAD_NONE ? "none" : oc_kind == ONLOAD_PARTIAL ? "auto (rates set)"
                                                                                                     : "auto",
            (unsigned long long)cs.host_rows_recomputed, cs.onload_model_gbs, cs.onload_model_tflops,
-           cs.onload_model_fixed_ms, cs.onload_model_extra_ms);
+           cs.onload_model_fixed_ms, cs.onload_model_extra_ms, cs.onload_model_extra_ms_per_gb);
     if (!g_small && tiers[HSTU_TIER_HOST] > 0) {
         if (oc_kind == ONLOAD_ALL)
             T_CHECK(cs.host_rows_recomputed == 0 && cs.onload_bytes > 0, "onload all: %llu rows recomputed",

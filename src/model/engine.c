@@ -101,9 +101,6 @@ void hstu_engine_options_default(hstu_engine_options *o)
 /* and this fixed cost per layer (a layer's cost at batch 1 beyond its FLOPs
  * on an H100: about 50 us, docs/perf.md) */
 #define ONLOAD_PRIOR_LAYER_MS 0.05
-/* Onloads from which the link's rate is learned: at least this many bytes
- * (4 MiB: 80 us at 50 GB/s, against a few us of latency) */
-#define ONLOAD_RATE_MIN_BYTES ((double)(4 << 20))
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -259,9 +256,13 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
         double gbs = 0, tflops = 0;
         cuda_backend_rates(e->cuda, &gbs, &tflops);
         e->om = onload_model_make(cfg->n_layers, d, W, cfg->n_heads, cfg->d_qk, cfg->d_v, 2);
-        e->rates.bytes_per_ms = (o->onload_gbs > 0 ? o->onload_gbs : gbs) * 1e6;
-        e->rates.flops_per_ms = (o->compute_tflops > 0 ? o->compute_tflops : ONLOAD_PRIOR_SHARE * tflops) * 1e9;
-        e->rates.fixed_ms = o->compute_tflops > 0 ? 0 : ONLOAD_PRIOR_LAYER_MS * cfg->n_layers;
+        onload_rates prior = {
+            .bytes_per_ms = (o->onload_gbs > 0 ? o->onload_gbs : gbs) * 1e6,
+            .flops_per_ms = (o->compute_tflops > 0 ? o->compute_tflops : ONLOAD_PRIOR_SHARE * tflops) * 1e9,
+            .fixed_ms = o->compute_tflops > 0 ? 0 : ONLOAD_PRIOR_LAYER_MS * cfg->n_layers,
+        };
+        onload_learner_init(&e->learner, &e->om, &prior, o->onload_gbs > 0, o->compute_tflops > 0);
+        e->last_rates = e->learner.prior;
     }
     e->stats.page_size = o->page_size;
     *out = e;
@@ -438,12 +439,16 @@ static void plan_onload(hstu_engine *e, user_plan *plans, int B)
         if (p->host > 0)
             e->on_users[n++] = (onload_user){.host_rows = p->host};
     }
-    if (n == 0 || e->opt.onload == HSTU_ONLOAD_ALL ||
-        (e->opt.onload == HSTU_ONLOAD_AUTO && (e->rates.bytes_per_ms <= 0 || e->rates.flops_per_ms <= 0)))
+    if (n == 0 || e->opt.onload == HSTU_ONLOAD_ALL)
         return;
-    if (e->opt.onload == HSTU_ONLOAD_AUTO)
-        onload_plan(&e->om, &e->rates, base, e->opt.page_size, e->on_users, n, e->on_order);
-    else
+    if (e->opt.onload == HSTU_ONLOAD_AUTO) {
+        onload_rates r = onload_learner_rates(&e->learner, B);
+        if (r.bytes_per_ms <= 0 || r.flops_per_ms <= 0)
+            return;
+        onload_plan(&e->om, &r, base, e->opt.page_size, e->on_users, n, e->on_order);
+        e->last_rates = r;
+        e->last_batch = B;
+    } else
         for (int i = 0; i < n; i++)
             e->on_users[i].onload = 0;
     for (int b = 0, i = 0; b < B; b++) {
@@ -456,40 +461,18 @@ static void plan_onload(hstu_engine *e, user_plan *plans, int B)
     }
 }
 
-/* What a forward without onloads taught about the compute rate, and one
- * with onloads about the link (AUTO's rates, unless given). */
+/* What a forward taught the onload plan (onload_learner_add). */
 static void learn_rates(hstu_engine *e, const cuda_cache_counters *before, const user_plan *plans, int B)
 {
     cuda_cache_counters now;
     cuda_cache_get_counters(e->cuda, &now);
     if (now.forwards != before->forwards + 1)
         return;
-    double flops = 0, ms = now.gpu_ms - before->gpu_ms;
+    double flops = 0;
     for (int b = 0; b < B; b++)
         flops += plan_flops(e, &plans[b]);
-    if (now.onload_bytes > before->onload_bytes) {
-        double bytes = (double)(now.onload_bytes - before->onload_bytes);
-        if (e->opt.onload_gbs <= 0 && bytes >= ONLOAD_RATE_MIN_BYTES) {
-            /* bytes over time, the older onloads decaying; only onloads
-             * large enough for the link's rate to show (in small ones the
-             * latency does: a plan that onloads little would then see a
-             * slow link and onload less still) */
-            e->on_bytes = 0.9 * e->on_bytes + bytes;
-            e->on_ms = 0.9 * e->on_ms + (now.onload_ms - before->onload_ms);
-            if (e->on_ms > 0)
-                e->rates.bytes_per_ms = e->on_bytes / e->on_ms;
-        }
-        /* what the forward took beyond what the model says */
-        onload_rates r = e->rates;
-        r.onload_extra_ms = 0;
-        double extra = 0.75 * e->rates.onload_extra_ms + 0.25 * (ms - onload_time(&e->om, &r, bytes, flops));
-        e->rates.onload_extra_ms = extra > 0 ? extra : 0;
-        return;
-    }
-    if (e->opt.compute_tflops > 0)
-        return;
-    onload_fit_add(&e->fit, flops, ms, 0.98);
-    onload_fit_get(&e->fit, &e->rates);
+    onload_learner_add(&e->learner, B, flops, now.gpu_ms - before->gpu_ms,
+                       (double)(now.onload_bytes - before->onload_bytes), now.onload_ms - before->onload_ms);
 }
 
 /* Looks user p up in the cache: sets p->c, p->host and, for a deferred
@@ -728,10 +711,12 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->host_chunks_in_use = hs.slots_in_use;
         s->host_users = hs.users;
         s->chunk_bytes = kv_page_bytes(e->kv) * (size_t)(e->opt.chunk_tokens / e->opt.page_size);
-        s->onload_model_gbs = e->rates.bytes_per_ms * 1e-6;
-        s->onload_model_tflops = e->rates.flops_per_ms * 1e-9;
-        s->onload_model_fixed_ms = e->rates.fixed_ms;
-        s->onload_model_extra_ms = e->rates.onload_extra_ms;
+        s->onload_model_batch = e->last_batch;
+        s->onload_model_gbs = e->last_rates.bytes_per_ms * 1e-6;
+        s->onload_model_tflops = e->last_rates.flops_per_ms * 1e-9;
+        s->onload_model_fixed_ms = e->last_rates.fixed_ms;
+        s->onload_model_extra_ms = e->last_rates.extra_ms;
+        s->onload_model_extra_ms_per_gb = e->last_rates.extra_ms_per_gb;
         s->host_bytes = (size_t)hs.slots_total * s->chunk_bytes;
     }
     if (e->cuda) {

@@ -71,12 +71,12 @@ struct hstu_engine {
     cuda_onload *onload;   /* [max_pages] host-hit pages of a sub-batch (host tier) */
     int *off_slots;        /* [max chunks of one user] offload scratch */
     int64_t *done_users;   /* [offload_queue] users whose offload landed */
-    /* hstu_onload (host tier): the cost model, its rates now, the compute
-     * fit over the forwards, the onloads' decayed bytes and ms, scratch */
+    /* hstu_onload (host tier): the cost model, the rates it learns from
+     * the forwards, those of the last batch planned, scratch */
     onload_model om;
-    onload_rates rates;
-    onload_fit fit;
-    double on_bytes, on_ms;
+    onload_learner learner;
+    onload_rates last_rates;
+    int last_batch;        /* its users (0: none planned yet) */
     onload_user *on_users; /* [ENGINE_MAX_USERS] */
     int *on_order;         /* [ENGINE_MAX_USERS] */
     void *arena;
