@@ -177,8 +177,9 @@ typedef struct hstu_engine_options {
     bool layerwise_onload;    /* host hits: layer l waits only for layer l's K/V (default true) */
     hstu_onload onload;       /* default AUTO */
     /* AUTO's rates, fixed instead of measured (0: measured at create, then
-     * from the forwards): host-to-device GB/s, and the forward's marginal
-     * compute rate in TFLOP/s */
+     * from the forwards, per class of batch sizes): host-to-device GB/s,
+     * and the forward's marginal compute rate in TFLOP/s (with no fixed
+     * cost). The extra time of onloading is learned either way. */
     double onload_gbs, compute_tflops;
     /* CUDA backend: CUDA graphs of the layer stack per (batch, tokens)
      * bucket (docs/cuda.md); batches over the largest bucket run eagerly. */
