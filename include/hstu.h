@@ -149,9 +149,10 @@ hstu_status hstu_prefix_check_parse(const char *name, hstu_prefix_check *out, hs
  * docs/kvcache.md, "How much to onload"). Moving a row over PCIe can cost
  * more than computing it again: AUTO onloads, per batch, the rows whose
  * transfer the GPU's recomputation of the rest hides (a cost model from the
- * measured host-to-device rate and the forwards' measured compute rate), so
- * that a host hit costs at most what a miss does; ALL onloads every row the
- * host holds; NONE recomputes host hits (for comparisons). */
+ * measured host-to-device rate and the forwards' measured compute rate, per
+ * class of batch sizes; where it still costs more than a miss: the doc);
+ * ALL onloads every row the host holds; NONE recomputes host hits (for
+ * comparisons). */
 typedef enum hstu_onload {
     HSTU_ONLOAD_AUTO = 0,
     HSTU_ONLOAD_ALL,
@@ -257,8 +258,9 @@ typedef struct hstu_cache_stats {
     uint64_t onload_bytes, offload_bytes;
     double onload_ms, offload_ms;  /* time the copies took on their streams */
     /* host hits' rows computed again instead of onloaded (hstu_onload), and
-     * the rates the cost model used for the last batch it planned (of
-     * onload_model_batch users; each class of batch sizes learns its own):
+     * the cost model's rates now for batches the size of the last it planned
+     * (onload_model_batch users, 0 before any; each class of batch sizes
+     * learns its own):
      * host-to-device GB/s, the forward's marginal TFLOP/s and fixed ms, and
      * the measured minus the modelled time of the forwards that onloaded,
      * as ms + ms per GB onloaded */

@@ -262,7 +262,6 @@ hstu_status hstu_engine_create(const hstu_model *m, const hstu_engine_options *o
             .fixed_ms = o->compute_tflops > 0 ? 0 : ONLOAD_PRIOR_LAYER_MS * cfg->n_layers,
         };
         onload_learner_init(&e->learner, &e->om, &prior, o->onload_gbs > 0, o->compute_tflops > 0);
-        e->last_rates = e->learner.prior;
     }
     e->stats.page_size = o->page_size;
     *out = e;
@@ -446,7 +445,6 @@ static void plan_onload(hstu_engine *e, user_plan *plans, int B)
         if (r.bytes_per_ms <= 0 || r.flops_per_ms <= 0)
             return;
         onload_plan(&e->om, &r, base, e->opt.page_size, e->on_users, n, e->on_order);
-        e->last_rates = r;
         e->last_batch = B;
     } else
         for (int i = 0; i < n; i++)
@@ -711,12 +709,13 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->host_chunks_in_use = hs.slots_in_use;
         s->host_users = hs.users;
         s->chunk_bytes = kv_page_bytes(e->kv) * (size_t)(e->opt.chunk_tokens / e->opt.page_size);
+        onload_rates r = onload_learner_rates(&e->learner, e->last_batch > 0 ? e->last_batch : 1);
         s->onload_model_batch = e->last_batch;
-        s->onload_model_gbs = e->last_rates.bytes_per_ms * 1e-6;
-        s->onload_model_tflops = e->last_rates.flops_per_ms * 1e-9;
-        s->onload_model_fixed_ms = e->last_rates.fixed_ms;
-        s->onload_model_extra_ms = e->last_rates.extra_ms;
-        s->onload_model_extra_ms_per_gb = e->last_rates.extra_ms_per_gb;
+        s->onload_model_gbs = r.bytes_per_ms * 1e-6;
+        s->onload_model_tflops = r.flops_per_ms * 1e-9;
+        s->onload_model_fixed_ms = r.fixed_ms;
+        s->onload_model_extra_ms = r.extra_ms;
+        s->onload_model_extra_ms_per_gb = r.extra_ms_per_gb;
         s->host_bytes = (size_t)hs.slots_total * s->chunk_bytes;
     }
     if (e->cuda) {

@@ -72,11 +72,11 @@ struct hstu_engine {
     int *off_slots;        /* [max chunks of one user] offload scratch */
     int64_t *done_users;   /* [offload_queue] users whose offload landed */
     /* hstu_onload (host tier): the cost model, the rates it learns from
-     * the forwards, those of the last batch planned, scratch */
+     * the forwards, the users of the last batch planned (0: none yet; the
+     * statistics report that class's rates), scratch */
     onload_model om;
     onload_learner learner;
-    onload_rates last_rates;
-    int last_batch;        /* its users (0: none planned yet) */
+    int last_batch;
     onload_user *on_users; /* [ENGINE_MAX_USERS] */
     int *on_order;         /* [ENGINE_MAX_USERS] */
     void *arena;

@@ -48,5 +48,8 @@ double cli_peak_rss_mib(void);
 long cli_parse_long(const char *opt, const char *s, long lo, long hi);
 /* Parses a number in [lo, hi]; exits with a message on error. */
 double cli_parse_double(const char *opt, const char *s, double lo, double hi);
+/* For an option parsed by one of the library's hstu_*_parse: exits with
+ * err's message (which lists the choices) unless st is HSTU_OK. */
+void cli_parse_choice(const char *opt, hstu_status st, const hstu_error *err);
 
 #endif

@@ -306,3 +306,11 @@ double cli_parse_double(const char *opt, const char *s, double lo, double hi)
     }
     return v;
 }
+
+void cli_parse_choice(const char *opt, hstu_status st, const hstu_error *err)
+{
+    if (st != HSTU_OK) {
+        fprintf(stderr, "hstu: %s: %s\n", opt, err->msg);
+        exit(2);
+    }
+}

@@ -93,12 +93,7 @@ int cmd_bench(int argc, char **argv)
         switch (c) {
         case 'p': preset = optarg; break;
         case 'm': model_dir = optarg; break;
-        case 'b':
-            if (hstu_backend_parse(optarg, &eo.backend, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu bench: %s\n", err.msg);
-                return 2;
-            }
-            break;
+        case 'b': cli_parse_choice("--backend", hstu_backend_parse(optarg, &eo.backend, &err), &err); break;
         case 'B': batches = optarg; break;
         case 'H': history = (int)cli_parse_long("--history", optarg, 1, 1 << 20); break;
         case 'M': cands = (int)cli_parse_long("--candidates", optarg, 0, 1 << 20); break;

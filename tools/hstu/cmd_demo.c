@@ -218,12 +218,7 @@ int cmd_demo(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'b':
-            if (hstu_backend_parse(optarg, &backend, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu demo: %s\n", err.msg);
-                return 2;
-            }
-            break;
+        case 'b': cli_parse_choice("--backend", hstu_backend_parse(optarg, &backend, &err), &err); break;
         case 's': seed = (uint64_t)cli_parse_long("--seed", optarg, 0, 0x7fffffffL); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

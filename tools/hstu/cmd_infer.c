@@ -111,12 +111,7 @@ int cmd_infer(int argc, char **argv)
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'r': req_path = optarg; break;
-        case 'b':
-            if (hstu_backend_parse(optarg, &eo.backend, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu infer: %s\n", err.msg);
-                return 2;
-            }
-            break;
+        case 'b': cli_parse_choice("--backend", hstu_backend_parse(optarg, &eo.backend, &err), &err); break;
         case 'n': eo.use_cache = false; break;
         case 'l': logits = true; break;
         case 'B': batch = (int)cli_parse_long("--batch", optarg, 1, 256); break;
@@ -129,17 +124,9 @@ int cmd_infer(int argc, char **argv)
         case 'K': eo.chunk_tokens = (int)cli_parse_long("--chunk-tokens", optarg, 1, 1L << 20); break;
         case 'G': eo.cuda_graphs = false; break;
         case 'X':
-            if (hstu_prefix_check_parse(optarg, &eo.prefix_check, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu infer: --prefix-check: %s\n", err.msg);
-                return 2;
-            }
+            cli_parse_choice("--prefix-check", hstu_prefix_check_parse(optarg, &eo.prefix_check, &err), &err);
             break;
-        case 'O':
-            if (hstu_onload_parse(optarg, &eo.onload, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu infer: --onload: %s\n", err.msg);
-                return 2;
-            }
-            break;
+        case 'O': cli_parse_choice("--onload", hstu_onload_parse(optarg, &eo.onload, &err), &err); break;
         case 'g': eo.onload_gbs = cli_parse_double("--onload-gbs", optarg, 0.001, 1e5); break;
         case 'f': eo.compute_tflops = cli_parse_double("--compute-tflops", optarg, 0.001, 1e5); break;
         case 'h': usage(stdout); return 0;
@@ -232,7 +219,8 @@ int cmd_infer(int argc, char **argv)
             fprintf(stderr,
                     "host tier: %llu hits (%llu rows recomputed instead of onloaded), %llu offloads (%llu "
                     "skipped), %.1f MiB onloaded in %.2f ms, %.1f MiB offloaded in %.2f ms; chunks %d/%d; onload "
-                    "model (batch %d) %.1f GB/s, %.0f TFLOP/s + %.3f ms, + %.3f ms + %.3f ms/GB onloading; CUDA graphs: %llu replays, %llu buckets, %llu eager\n",
+                    "model (batch %d) %.1f GB/s, %.0f TFLOP/s + %.3f ms, + %.3f ms + %.3f ms/GB onloading; CUDA "
+                    "graphs: %llu replays, %llu buckets, %llu eager\n",
                     (unsigned long long)s.host_hits, (unsigned long long)s.host_rows_recomputed,
                     (unsigned long long)s.offloads,
                     (unsigned long long)s.offloads_skipped, s.onload_bytes / 1048576.0, s.onload_ms,

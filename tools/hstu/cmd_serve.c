@@ -107,12 +107,7 @@ int cmd_serve(int argc, char **argv)
             o.metrics_port = strcmp(optarg, "-1") ? (int)cli_parse_long("--metrics-port", optarg, 0, 65535) : -1;
             break;
         case 'H': o.host = optarg; break;
-        case 'b':
-            if (hstu_backend_parse(optarg, &o.backend, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu serve: %s\n", err.msg);
-                return 2;
-            }
-            break;
+        case 'b': cli_parse_choice("--backend", hstu_backend_parse(optarg, &o.backend, &err), &err); break;
         case 'B': o.max_batch = (int)cli_parse_long("--max-batch", optarg, 1, 4096); break;
         case 'D': o.max_queue_delay_us = cli_parse_long("--max-queue-delay-us", optarg, 0, 60000000L); break;
         case 'T': o.token_budget = (int)cli_parse_long("--token-budget", optarg, 1, 1L << 26); break;
@@ -127,17 +122,9 @@ int cmd_serve(int argc, char **argv)
         case 'E': o.host_cache_bytes = (size_t)cli_parse_long("--host-cache-mb", optarg, 0, 1L << 24) << 20; break;
         case 'G': o.cuda_graphs = false; break;
         case 'X':
-            if (hstu_prefix_check_parse(optarg, &o.prefix_check, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu serve: --prefix-check: %s\n", err.msg);
-                return 2;
-            }
+            cli_parse_choice("--prefix-check", hstu_prefix_check_parse(optarg, &o.prefix_check, &err), &err);
             break;
-        case 'O':
-            if (hstu_onload_parse(optarg, &o.onload, &err) != HSTU_OK) {
-                fprintf(stderr, "hstu serve: --onload: %s\n", err.msg);
-                return 2;
-            }
-            break;
+        case 'O': cli_parse_choice("--onload", hstu_onload_parse(optarg, &o.onload, &err), &err); break;
         case 't': o.threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
         case 'F': port_file = optarg; break;
         case 'h': usage(stdout); return 0;
