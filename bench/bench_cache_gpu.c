@@ -556,9 +556,10 @@ tiers:
     /* 2. tiers ---------------------------------------------------------------- */
     printf("\n2. where the prefix lives (L - 128 rows cached; host chunks of 128 rows). host: the default onload\n"
            "   (auto: the rows whose transfer the recompute of the rest hides); all: every row onloaded, layer by\n"
-           "   layer; first: every row onloaded before the forward; pcie: all's bytes at the pinned copy rate\n");
-    printf("%-5s %6s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s\n", "batch", "hist", "gpu_ms", "host_ms", "host/gpu",
-           "all_ms", "all/gpu", "first_ms", "miss_ms", "pcie_ms", "host_GB", "recomp");
+           "   layer; first: every row onloaded before the forward; pcie: all's bytes at the pinned copy rate;\n"
+           "   on_iss, off_iss: host ms issuing the copies, a forward (all's onload; a miss's offload after it)\n");
+    printf("%-5s %6s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s %8s %8s\n", "batch", "hist", "gpu_ms", "host_ms",
+           "host/gpu", "all_ms", "all/gpu", "first_ms", "miss_ms", "pcie_ms", "host_GB", "recomp", "on_iss", "off_iss");
     {
         int Ls[4] = {1024, 2048, 4096, 8192};
         int maxL = quick ? 4096 : 8192;
@@ -573,7 +574,7 @@ tiers:
             for (int li = 0; li < 4 && Ls[li] <= maxL; li++) {
                 int B = bs[bi], L = Ls[li], c = L - 128;
                 float r[5];
-                hstu_cache_stats s0, s1, a0, a1;
+                hstu_cache_stats s0, s1, s3, a0, a1;
                 hstu_engine_cache_stats(lw, &s0);
                 hstu_engine_cache_stats(au, &a0);
                 /* kinds: GPU hit, host hit (all, layer-wise), host hit (all
@@ -597,6 +598,8 @@ tiers:
                     r[kind] = median(t, iters);
                     if (kind == 1)
                         hstu_engine_cache_stats(lw, &s1);
+                    if (kind == 3)
+                        hstu_engine_cache_stats(lw, &s3);
                     if (kind == 4)
                         hstu_engine_cache_stats(au, &a1);
                     for (int b = 0; b < B; b++)
@@ -605,9 +608,12 @@ tiers:
                 double moved = (s1.onload_bytes - s0.onload_bytes) / (double)(iters + 2);
                 double moved_au = (a1.onload_bytes - a0.onload_bytes) / (double)(iters + 2);
                 double recomp = (a1.host_rows_recomputed - a0.host_rows_recomputed) / (double)(iters + 2) / B;
-                printf("%-5d %6d %8.3f %8.3f %7.2fx %8.3f %7.2fx %8.3f %8.3f %8.3f %9.3f %9.0f\n", B, L, r[0], r[4],
-                       r[4] / r[0], r[1], r[1] / r[0], r[2], r[3], moved / (ce.h2d_gbs * 1e9) * 1e3, moved_au / 1e9,
-                       recomp);
+                /* host time issuing the copies, a forward: all's onload, and a miss's offload after it */
+                double on_iss = (s1.onload_issue_ms - s0.onload_issue_ms) / (iters + 2);
+                double off_iss = (s3.offload_issue_ms - s1.offload_issue_ms) / (iters + 2);
+                printf("%-5d %6d %8.3f %8.3f %7.2fx %8.3f %7.2fx %8.3f %8.3f %8.3f %9.3f %9.0f %8.3f %8.3f\n", B, L,
+                       r[0], r[4], r[4] / r[0], r[1], r[1] / r[0], r[2], r[3], moved / (ce.h2d_gbs * 1e9) * 1e3,
+                       moved_au / 1e9, recomp, on_iss, off_iss);
                 if (li == 3 || Ls[li + 1] > maxL) { /* the batch size's last row: what auto learned for it */
                     printf("      auto's model for batch %d: %.1f GB/s, %.0f TFLOP/s + %.3f ms a forward, + %.3f ms "
                            "+ %.3f ms/GB when onloading\n",

@@ -257,6 +257,7 @@ typedef struct hstu_cache_stats {
     uint64_t host_rewrites, host_evictions, offloads, offloads_skipped;
     uint64_t onload_bytes, offload_bytes;
     double onload_ms, offload_ms;  /* time the copies took on their streams */
+    double onload_issue_ms, offload_issue_ms; /* host time issuing them (on the request path) */
     /* host hits' rows computed again instead of onloaded (hstu_onload), and
      * the cost model's rates now for batches the size of the last it planned
      * (onload_model_batch users, 0 before any; each class of batch sizes

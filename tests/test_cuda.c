@@ -1151,7 +1151,8 @@ static void test_kv_kernels(void)
     T_CHECK(bias_silu_cuda(T, vw, d_pool, W, NULL, 1, &pages, NULL) != 0, "a bad width is refused");
     cudaGetLastError();
     int bad;
-    /* block copy: pages -> pinned host chunks ([layer][page][blk]) and back into other pages */
+    /* block copy, with strides the kernel must honour: pages -> pinned host chunks laid out
+     * [layer][page][blk] and back into other pages */
     const int ppc = 2, n_chunks = 3;
     uint16_t *host = NULL;
     T_REQUIRE(cudaMallocHost((void **)&host, (size_t)n_chunks * ppc * page_elems * 2) == cudaSuccess, "pinned");

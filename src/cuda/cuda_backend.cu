@@ -136,7 +136,7 @@ struct cuda_backend {
     int max_pages;        /* page-table entries per forward */
     bf16_t *d_pool;       /* [n_pages, page_elems] */
     size_t pool_bytes, page_bytes, blk_bytes; /* blk: one layer's K|V block of a page */
-    char *h_pool;         /* [host_slots, chunk_bytes] pinned, mapped */
+    char *h_pool;         /* [host_slots, chunk_bytes] pinned, mapped; a chunk is its pages as on the device */
     size_t host_bytes, chunk_bytes;
     int ppc;              /* pages per chunk */
     cudaStream_t s_onload, s_offload;
@@ -146,10 +146,12 @@ struct cuda_backend {
     cudaStream_t s_mark;     /* a graph's stack marks branch off on it (stack_mark) */
     cudaEvent_t ev_mark_fork, ev_mark_join;
     cudaEvent_t *ev_on;   /* [L] layer l's onload has landed */
-    /* The onload by the copy engines (cudaMemcpyBatchAsync, one batch a
-     * layer), or by kv_copy_cuda's kernel (HSTU_CUDA_ONLOAD=kernel), whose
-     * CTAs take SMs from the layers they overlap: [max_pages] per layer */
-    bool onload_dma;
+    /* The onload and the offload by the copy engines (cudaMemcpyBatchAsync:
+     * the onload one batch a layer, an offload one batch), or by
+     * kv_copy_cuda's kernel (HSTU_CUDA_ONLOAD=kernel, HSTU_CUDA_OFFLOAD=kernel),
+     * whose CTAs take SMs from the layers they overlap. The lists: [max_pages],
+     * read by the calls as they are made. */
+    bool onload_dma, offload_dma;
     void **on_dst;
     const void **on_src;
     size_t *on_size;
@@ -161,6 +163,10 @@ struct cuda_backend {
     } *jobs;              /* ring of max_pending */
     int job_head, job_n;
     bool onload_pending;  /* this forward has host pages to bring up */
+    /* Its copies by the copy engines, layer-wise: issued a layer at a time
+     * (issue_onload); the list, its length and the layers issued so far. */
+    const struct staged *on_sg;
+    int on_n, on_issued;
     cuda_cache_counters ctr;
     double h2d_gbs, gemm_tflops; /* measured at create with a host tier (cuda_backend_rates) */
 
@@ -756,8 +762,10 @@ static hstu_status create_cache(cuda_backend *cb, hstu_error *err)
     if (cc->host_slots <= 0)
         return HSTU_OK;
     HSTU_ASSERT(cc->chunk_rows % cc->page_size == 0 && cc->max_pending >= 1);
-    const char *ok = getenv("HSTU_CUDA_ONLOAD");
+    const char *ok = getenv("HSTU_CUDA_ONLOAD"), *fk = getenv("HSTU_CUDA_OFFLOAD");
     cb->onload_dma = !(ok && !strcmp(ok, "kernel"));
+    cb->offload_dma = !(fk && !strcmp(fk, "kernel"));
+    /* (an offload's pages are one user's: at most max_pages too) */
     cb->on_dst = (void **)calloc((size_t)cb->max_pages, sizeof *cb->on_dst);
     cb->on_src = (const void **)calloc((size_t)cb->max_pages, sizeof *cb->on_src);
     cb->on_size = (size_t *)calloc((size_t)cb->max_pages, sizeof *cb->on_size);
@@ -1033,13 +1041,18 @@ static hstu_status embed_forward(cuda_backend *cb, int T, const staged *sg, hstu
               "embedding + LayerNorm", err);
 }
 
+static hstu_status issue_onload(cuda_backend *cb, int through, hstu_error *err);
+
 /* Layer l's onloaded pages must have landed before its attention (layer-wise
- * onload only; otherwise the compute stream waited for all of it at start). */
+ * onload only; otherwise the compute stream waited for all of it at start).
+ * By the copy engines, layer l's copies are issued here, just before the
+ * wait (issue_onload). */
 static hstu_status wait_onload_layer(cuda_backend *cb, int l, hstu_error *err)
 {
     if (!cb->onload_pending || !cb->cc.layerwise)
         return HSTU_OK;
-    return ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[l], 0), "cudaStreamWaitEvent", err);
+    hstu_status st = cb->onload_dma ? issue_onload(cb, l, err) : HSTU_OK;
+    return st != HSTU_OK ? st : ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[l], 0), "cudaStreamWaitEvent", err);
 }
 
 static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base, const staged *sg,
@@ -1419,24 +1432,46 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
     return HSTU_OK;
 }
 
-/* Layer l's blocks of the n pages in sg->onload, host tier to page pool,
- * by the copy engines: one batch of n copies, in stream order, with the
- * hint to overlap compute. */
+/* Layer l's blocks of the n pages in sg->onload (l < 0: the whole pages),
+ * host tier to page pool, by the copy engines: one batch of n copies, in
+ * stream order, with the hint to overlap compute. */
 static hstu_status onload_dma(cuda_backend *cb, const staged *sg, int n, int l, hstu_error *err)
 {
-    size_t src_l = (size_t)cb->ppc * cb->blk_bytes, dst_l = cb->blk_bytes;
+    const double t0 = core_now_s();
     for (int i = 0; i < n; i++) {
-        cb->on_src[i] = (const void *)(uintptr_t)(sg->onload[i].src + (uint64_t)l * src_l);
-        cb->on_dst[i] = (void *)(uintptr_t)(sg->onload[i].dst + (uint64_t)l * dst_l);
-        cb->on_size[i] = cb->blk_bytes;
+        uint64_t off = l < 0 ? 0 : (uint64_t)l * cb->blk_bytes;
+        cb->on_src[i] = (const void *)(uintptr_t)(sg->onload[i].src + off);
+        cb->on_dst[i] = (void *)(uintptr_t)(sg->onload[i].dst + off);
+        cb->on_size[i] = l < 0 ? cb->page_bytes : cb->blk_bytes;
     }
     cudaMemcpyAttributes a;
     memset(&a, 0, sizeof a);
     a.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
     a.flags = cudaMemcpyFlagPreferOverlapWithCompute;
     size_t first = 0;
-    return ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, (size_t)n, &a, &first, 1, cb->s_onload),
-              "KV onload (cudaMemcpyBatchAsync)", err);
+    hstu_status st =
+        ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, (size_t)n, &a, &first, 1, cb->s_onload),
+           "KV onload (cudaMemcpyBatchAsync)", err);
+    cb->ctr.onload_issue_ms += (core_now_s() - t0) * 1e3;
+    return st;
+}
+
+/* Issues the layer-wise onload's copies of every layer up to `through` not
+ * issued yet, each layer's followed by its event. A copy costs about half a
+ * microsecond of host time to issue: all layers' at once, before the first
+ * layer's launch, held the compute back (8 ms at batch 8 and 8192 rows).
+ * Issued a layer at a time as the layers are launched, they overlap the
+ * compute of the layers before, and the copy engines still never wait (a
+ * copy takes longer to run than to issue). */
+static hstu_status issue_onload(cuda_backend *cb, int through, hstu_error *err)
+{
+    hstu_status st = HSTU_OK;
+    while (st == HSTU_OK && cb->on_issued <= through) {
+        int l = cb->on_issued++;
+        if ((st = onload_dma(cb, cb->on_sg, cb->on_n, l, err)) == HSTU_OK)
+            st = ck(cudaEventRecord(cb->ev_on[l], cb->s_onload), "cudaEventRecord", err);
+    }
+    return st;
 }
 
 /* Starts the host-tier onload of this forward's host hits on the side
@@ -1450,31 +1485,35 @@ static hstu_status start_onload(cuda_backend *cb, const staged *sg, int n, hstu_
     int L = cb->model->cfg.n_layers;
     cudaStream_t so = cb->s_onload;
     const kv_copy *d = (const kv_copy *)MAPPED(cb, sg->onload);
-    size_t src_l = (size_t)cb->ppc * cb->blk_bytes, dst_l = cb->blk_bytes;
+    size_t src_l = cb->blk_bytes, dst_l = cb->blk_bytes; /* a page's layers, on either side */
     hstu_status st;
     if ((st = ck(cudaEventRecord(cb->ev_on_start, so), "cudaEventRecord", err)))
         return st;
     if (cb->onload_dma) {
-        for (int l = 0; l < L; l++)
-            if ((st = onload_dma(cb, sg, n, l, err)) != HSTU_OK ||
-                (cb->cc.layerwise && (st = ck(cudaEventRecord(cb->ev_on[l], so), "cudaEventRecord", err))))
-                return st;
-        if (cb->cc.layerwise)
-            return HSTU_OK;
-        if ((st = ck(cudaEventRecord(cb->ev_on[L - 1], so), "cudaEventRecord", err)))
+        if (cb->cc.layerwise) { /* layer 0 now, the others as the layers are launched */
+            cb->on_sg = sg;
+            cb->on_n = n;
+            cb->on_issued = 0;
+            return issue_onload(cb, 0, err);
+        }
+        if ((st = onload_dma(cb, sg, n, -1, err)) != HSTU_OK ||
+            (st = ck(cudaEventRecord(cb->ev_on[L - 1], so), "cudaEventRecord", err)))
             return st;
         return ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[L - 1], 0), "cudaStreamWaitEvent", err);
     }
+    const double t0 = core_now_s();
     if (cb->cc.layerwise) {
         for (int l = 0; l < L; l++)
             if ((st = ck(kv_copy_cuda(d, n, cb->blk_bytes, src_l, dst_l, l, 1, so), "KV onload", err)) ||
                 (st = ck(cudaEventRecord(cb->ev_on[l], so), "cudaEventRecord", err)))
                 return st;
+        cb->ctr.onload_issue_ms += (core_now_s() - t0) * 1e3;
         return HSTU_OK;
     }
     if ((st = ck(kv_copy_cuda(d, n, cb->blk_bytes, src_l, dst_l, 0, L, so), "KV onload", err)) ||
         (st = ck(cudaEventRecord(cb->ev_on[L - 1], so), "cudaEventRecord", err)))
         return st;
+    cb->ctr.onload_issue_ms += (core_now_s() - t0) * 1e3;
     return ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[L - 1], 0), "cudaStreamWaitEvent", err);
 }
 
@@ -1569,9 +1608,9 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         sg.onload = (kv_copy *)stage_take(&sgb, (size_t)n_onload * sizeof(kv_copy));
         for (int i = 0; i < n_onload; i++) {
             const cuda_onload *o = &kc->onload[i];
-            /* chunk layout [layer][page of chunk][block]: layer 0's block of page j */
+            /* chunk layout [page of chunk][layer][block]: page j */
             sg.onload[i].src =
-                (uint64_t)(uintptr_t)(cb->h_pool + (size_t)o->slot * cb->chunk_bytes + (size_t)o->j * cb->blk_bytes);
+                (uint64_t)(uintptr_t)(cb->h_pool + (size_t)o->slot * cb->chunk_bytes + (size_t)o->j * cb->page_bytes);
             sg.onload[i].dst = (uint64_t)(uintptr_t)((char *)cb->d_pool + (size_t)o->page * cb->page_bytes);
         }
     }
@@ -1716,6 +1755,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
             if ((st = layer_forward(cb, T, l, &ap, &sg, n_app > 0, true, err)) != HSTU_OK)
                 return st;
     }
+    /* (every layer waited for its onload, so every layer's copies are issued) */
+    HSTU_ASSERT(!cb->onload_pending || !cb->onload_dma || !cb->cc.layerwise || cb->on_issued == cfg->n_layers);
     if (!whole_graph && (st = stack_mark(cb, 1, false, err)) != HSTU_OK)
         return st;
     cb->ctr.launch_ms += (core_now_s() - t_launch) * 1e3;
@@ -1753,11 +1794,60 @@ hstu_status cuda_forward_run(cuda_backend *cb, user_plan *plans, int B, bool log
     return st;
 }
 
+/* An offload's copies by the copy engines, one batch: a host chunk holds
+ * its pages as the device does, so each page is one copy, and pages that
+ * follow each other on both sides are one. Few copies matter: the call's
+ * host time grows with their number, and it is spent on the request path. */
+static hstu_status offload_dma(cuda_backend *cb, const int *pages, const int *slots, int n_chunks, hstu_error *err)
+{
+    size_t n = 0;
+    for (int k = 0; k < n_chunks; k++)
+        for (int i = 0; i < cb->ppc; i++) {
+            const char *page = (const char *)cb->d_pool + (size_t)pages[k * cb->ppc + i] * cb->page_bytes;
+            char *host = cb->h_pool + (size_t)slots[k] * cb->chunk_bytes + (size_t)i * cb->page_bytes;
+            if (n > 0 && (const char *)cb->on_src[n - 1] + cb->on_size[n - 1] == page &&
+                (char *)cb->on_dst[n - 1] + cb->on_size[n - 1] == host) {
+                cb->on_size[n - 1] += cb->page_bytes;
+                continue;
+            }
+            cb->on_src[n] = page;
+            cb->on_dst[n] = host;
+            cb->on_size[n++] = cb->page_bytes;
+        }
+    HSTU_ASSERT(n <= (size_t)cb->max_pages);
+    cudaMemcpyAttributes a;
+    memset(&a, 0, sizeof a);
+    a.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    a.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+    size_t first = 0;
+    return ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, n, &a, &first, 1, cb->s_offload),
+              "KV offload (cudaMemcpyBatchAsync)", err);
+}
+
+/* The same by kv_copy_cuda's kernel, one launch a chunk (HSTU_CUDA_OFFLOAD=kernel). */
+static hstu_status offload_kernel(cuda_backend *cb, const int *pages, const int *slots, int n_chunks,
+                                  hstu_error *err)
+{
+    int L = cb->model->cfg.n_layers;
+    hstu_status st = HSTU_OK;
+    for (int k = 0; k < n_chunks && st == HSTU_OK; k++) {
+        kv_copy *d = cb->h_off_desc + (size_t)slots[k] * cb->ppc; /* the slot's own copies: free while it is pending */
+        for (int i = 0; i < cb->ppc; i++) {
+            d[i].src = (uint64_t)(uintptr_t)((char *)cb->d_pool + (size_t)pages[k * cb->ppc + i] * cb->page_bytes);
+            d[i].dst =
+                (uint64_t)(uintptr_t)(cb->h_pool + (size_t)slots[k] * cb->chunk_bytes + (size_t)i * cb->page_bytes);
+        }
+        st = ck(kv_copy_cuda(d, cb->ppc, cb->blk_bytes, cb->blk_bytes, cb->blk_bytes, 0, L, cb->s_offload),
+                "KV offload", err);
+    }
+    return st;
+}
+
 hstu_status cuda_offload_submit(cuda_backend *cb, int64_t user, const int *pages, const int *slots, int n_chunks,
                                 hstu_error *err)
 {
     HSTU_ASSERT(cb->h_pool && n_chunks >= 1 && cb->job_n < cb->cc.max_pending);
-    int L = cb->model->cfg.n_layers;
+    const double t0 = core_now_s();
     cudaStream_t so = cb->s_offload;
     hstu_status st;
     struct cuda_backend::off_job *j = &cb->jobs[(cb->job_head + cb->job_n) % cb->cc.max_pending];
@@ -1766,21 +1856,13 @@ hstu_status cuda_offload_submit(cuda_backend *cb, int64_t user, const int *pages
         (st = ck(cudaStreamWaitEvent(so, cb->ev_submit, 0), "cudaStreamWaitEvent", err)) ||
         (st = ck(cudaEventRecord(j->start, so), "cudaEventRecord", err)))
         return st;
-    for (int k = 0; k < n_chunks; k++) {
-        kv_copy *d = cb->h_off_desc + (size_t)slots[k] * cb->ppc; /* the slot's own copies: free while it is pending */
-        for (int i = 0; i < cb->ppc; i++) {
-            d[i].src = (uint64_t)(uintptr_t)((char *)cb->d_pool + (size_t)pages[k * cb->ppc + i] * cb->page_bytes);
-            d[i].dst =
-                (uint64_t)(uintptr_t)(cb->h_pool + (size_t)slots[k] * cb->chunk_bytes + (size_t)i * cb->blk_bytes);
-        }
-        if ((st = ck(kv_copy_cuda(d, cb->ppc, cb->blk_bytes, cb->blk_bytes, (size_t)cb->ppc * cb->blk_bytes, 0, L, so),
-                     "KV offload", err)) != HSTU_OK)
-            return st;
-    }
-    if ((st = ck(cudaEventRecord(j->done, so), "cudaEventRecord", err)) != HSTU_OK)
+    if ((st = cb->offload_dma ? offload_dma(cb, pages, slots, n_chunks, err)
+                              : offload_kernel(cb, pages, slots, n_chunks, err)) != HSTU_OK ||
+        (st = ck(cudaEventRecord(j->done, so), "cudaEventRecord", err)) != HSTU_OK)
         return st;
     j->user = user;
     j->bytes = (uint64_t)n_chunks * cb->chunk_bytes;
+    cb->ctr.offload_issue_ms += (core_now_s() - t0) * 1e3;
     cb->job_n++;
     cb->ctr.offload_jobs++;
     cb->ctr.offload_bytes += j->bytes;

@@ -77,6 +77,7 @@ typedef struct cuda_batch_cache {
 typedef struct cuda_cache_counters {
     uint64_t onload_bytes, offload_bytes, offload_jobs;
     double onload_ms, offload_ms;
+    double onload_issue_ms, offload_issue_ms; /* host time issuing those copies */
     uint64_t graph_runs, graph_captures, eager_runs, graph_layered_runs;
     int graphs_held;
     /* edges into the GEMMs made programmatic in the graphs captured so far

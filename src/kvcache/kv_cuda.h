@@ -7,10 +7,13 @@
  * page_elems; layer l's block at + l * P * (kw + vw): P rows of K (kw wide)
  * then P rows of V (vw wide). The K|V block of one layer of one page is
  * therefore contiguous (blk = P * (kw + vw) elements), and the host tier
- * stores chunks as [layer][page of chunk][blk], so every copy is a whole
- * block. Host memory is pinned and mapped (cudaMallocHost under unified
- * addressing): the copy kernels read or write it directly over PCIe, which
- * lets one launch move any number of scattered pages.
+ * stores a chunk as its pages are on the device ([page of chunk][layer][blk]),
+ * so every copy is a whole block or page. Host memory is pinned and mapped
+ * (cudaMallocHost under unified addressing): the copy kernels read or write
+ * it directly over PCIe, which lets one launch move any number of scattered
+ * pages. The backend moves them by the copy engines by default
+ * (cudaMemcpyBatchAsync); these kernels are its HSTU_CUDA_ONLOAD=kernel and
+ * HSTU_CUDA_OFFLOAD=kernel paths.
  *
  * Each call launches on `stream` and returns a cudaError_t (0 = launched).
  */

@@ -725,6 +725,8 @@ void hstu_engine_cache_stats(const hstu_engine *e, hstu_cache_stats *s)
         s->offload_bytes = cc.offload_bytes;
         s->onload_ms = cc.onload_ms;
         s->offload_ms = cc.offload_ms;
+        s->onload_issue_ms = cc.onload_issue_ms;
+        s->offload_issue_ms = cc.offload_issue_ms;
         s->graph_runs = cc.graph_runs;
         s->graph_layered_runs = cc.graph_layered_runs;
         s->graph_captures = cc.graph_captures;

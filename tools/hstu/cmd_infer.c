@@ -218,13 +218,14 @@ int cmd_infer(int argc, char **argv)
         if (eo.backend == HSTU_BACKEND_CUDA)
             fprintf(stderr,
                     "host tier: %llu hits (%llu rows recomputed instead of onloaded), %llu offloads (%llu "
-                    "skipped), %.1f MiB onloaded in %.2f ms, %.1f MiB offloaded in %.2f ms; chunks %d/%d; onload "
+                    "skipped), %.1f MiB onloaded in %.2f ms (issued in %.2f), %.1f MiB offloaded in %.2f ms (issued in "
+                    "%.2f); chunks %d/%d; onload "
                     "model (batch %d) %.1f GB/s, %.0f TFLOP/s + %.3f ms, + %.3f ms + %.3f ms/GB onloading; CUDA "
                     "graphs: %llu replays, %llu buckets, %llu eager\n",
                     (unsigned long long)s.host_hits, (unsigned long long)s.host_rows_recomputed,
                     (unsigned long long)s.offloads,
                     (unsigned long long)s.offloads_skipped, s.onload_bytes / 1048576.0, s.onload_ms,
-                    s.offload_bytes / 1048576.0, s.offload_ms, s.host_chunks_in_use, s.host_chunks_total,
+                    s.onload_issue_ms, s.offload_bytes / 1048576.0, s.offload_ms, s.offload_issue_ms, s.host_chunks_in_use, s.host_chunks_total,
                     s.onload_model_batch, s.onload_model_gbs, s.onload_model_tflops, s.onload_model_fixed_ms,
                     s.onload_model_extra_ms, s.onload_model_extra_ms_per_gb,
                     (unsigned long long)s.graph_runs, (unsigned long long)s.graph_captures,
