@@ -1432,9 +1432,20 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
     return HSTU_OK;
 }
 
+/* The first n copies of the lists (on_dst, on_src, on_size) as one batch on
+ * the copy engines, in stream s's order, with the hint to overlap compute. */
+static hstu_status copy_batch(cuda_backend *cb, size_t n, cudaStream_t s, const char *what, hstu_error *err)
+{
+    cudaMemcpyAttributes a;
+    memset(&a, 0, sizeof a);
+    a.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    a.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+    size_t first = 0;
+    return ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, n, &a, &first, 1, s), what, err);
+}
+
 /* Layer l's blocks of the n pages in sg->onload (l < 0: the whole pages),
- * host tier to page pool, by the copy engines: one batch of n copies, in
- * stream order, with the hint to overlap compute. */
+ * host tier to page pool, by the copy engines: one batch of n copies. */
 static hstu_status onload_dma(cuda_backend *cb, const staged *sg, int n, int l, hstu_error *err)
 {
     const double t0 = core_now_s();
@@ -1444,21 +1455,14 @@ static hstu_status onload_dma(cuda_backend *cb, const staged *sg, int n, int l, 
         cb->on_dst[i] = (void *)(uintptr_t)(sg->onload[i].dst + off);
         cb->on_size[i] = l < 0 ? cb->page_bytes : cb->blk_bytes;
     }
-    cudaMemcpyAttributes a;
-    memset(&a, 0, sizeof a);
-    a.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-    a.flags = cudaMemcpyFlagPreferOverlapWithCompute;
-    size_t first = 0;
-    hstu_status st =
-        ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, (size_t)n, &a, &first, 1, cb->s_onload),
-           "KV onload (cudaMemcpyBatchAsync)", err);
+    hstu_status st = copy_batch(cb, (size_t)n, cb->s_onload, "KV onload (cudaMemcpyBatchAsync)", err);
     cb->ctr.onload_issue_ms += (core_now_s() - t0) * 1e3;
     return st;
 }
 
 /* Issues the layer-wise onload's copies of every layer up to `through` not
- * issued yet, each layer's followed by its event. A copy costs about half a
- * microsecond of host time to issue: all layers' at once, before the first
+ * issued yet, each layer's followed by its event. A copy costs 0.5-1 us of
+ * host time to issue: all layers' at once, before the first
  * layer's launch, held the compute back (8 ms at batch 8 and 8192 rows).
  * Issued a layer at a time as the layers are launched, they overlap the
  * compute of the layers before, and the copy engines still never wait (a
@@ -1815,13 +1819,7 @@ static hstu_status offload_dma(cuda_backend *cb, const int *pages, const int *sl
             cb->on_size[n++] = cb->page_bytes;
         }
     HSTU_ASSERT(n <= (size_t)cb->max_pages);
-    cudaMemcpyAttributes a;
-    memset(&a, 0, sizeof a);
-    a.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-    a.flags = cudaMemcpyFlagPreferOverlapWithCompute;
-    size_t first = 0;
-    return ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, n, &a, &first, 1, cb->s_offload),
-              "KV offload (cudaMemcpyBatchAsync)", err);
+    return copy_batch(cb, n, cb->s_offload, "KV offload (cudaMemcpyBatchAsync)", err);
 }
 
 /* The same by kv_copy_cuda's kernel, one launch a chunk (HSTU_CUDA_OFFLOAD=kernel). */
