@@ -149,12 +149,12 @@ struct cuda_backend {
     /* The onload and the offload by the copy engines (cudaMemcpyBatchAsync:
      * the onload one batch a layer, an offload one batch), or by
      * kv_copy_cuda's kernel (HSTU_CUDA_ONLOAD=kernel, HSTU_CUDA_OFFLOAD=kernel),
-     * whose CTAs take SMs from the layers they overlap. The lists: [max_pages],
-     * read by the calls as they are made. */
+     * whose CTAs take SMs from the layers they overlap. The copy lists (both
+     * directions share them): [max_pages], read by the calls as they are made. */
     bool onload_dma, offload_dma;
-    void **on_dst;
-    const void **on_src;
-    size_t *on_size;
+    void **cp_dst;
+    const void **cp_src;
+    size_t *cp_size;
     kv_copy *h_off_desc;  /* [host_slots * ppc] offload copies, by slot (pinned, read by the kernel) */
     struct off_job {
         int64_t user;
@@ -691,9 +691,9 @@ void cuda_backend_destroy(cuda_backend *cb)
         if (cb->ev_on[l])
             cudaEventDestroy(cb->ev_on[l]);
     free(cb->ev_on);
-    free(cb->on_dst);
-    free(cb->on_src);
-    free(cb->on_size);
+    free(cb->cp_dst);
+    free(cb->cp_src);
+    free(cb->cp_size);
     if (cb->ev_submit)
         cudaEventDestroy(cb->ev_submit);
     if (cb->ev_on_start)
@@ -766,10 +766,10 @@ static hstu_status create_cache(cuda_backend *cb, hstu_error *err)
     cb->onload_dma = !(ok && !strcmp(ok, "kernel"));
     cb->offload_dma = !(fk && !strcmp(fk, "kernel"));
     /* (an offload's pages are one user's: at most max_pages too) */
-    cb->on_dst = (void **)calloc((size_t)cb->max_pages, sizeof *cb->on_dst);
-    cb->on_src = (const void **)calloc((size_t)cb->max_pages, sizeof *cb->on_src);
-    cb->on_size = (size_t *)calloc((size_t)cb->max_pages, sizeof *cb->on_size);
-    if (!cb->on_dst || !cb->on_src || !cb->on_size)
+    cb->cp_dst = (void **)calloc((size_t)cb->max_pages, sizeof *cb->cp_dst);
+    cb->cp_src = (const void **)calloc((size_t)cb->max_pages, sizeof *cb->cp_src);
+    cb->cp_size = (size_t *)calloc((size_t)cb->max_pages, sizeof *cb->cp_size);
+    if (!cb->cp_dst || !cb->cp_src || !cb->cp_size)
         return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory");
     cb->ppc = cc->chunk_rows / cc->page_size;
     cb->chunk_bytes = (size_t)cb->ppc * cb->page_bytes;
@@ -1432,7 +1432,7 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
     return HSTU_OK;
 }
 
-/* The first n copies of the lists (on_dst, on_src, on_size) as one batch on
+/* The first n copies of the copy lists (cp_dst, cp_src, cp_size) as one batch on
  * the copy engines, in stream s's order, with the hint to overlap compute. */
 static hstu_status copy_batch(cuda_backend *cb, size_t n, cudaStream_t s, const char *what, hstu_error *err)
 {
@@ -1441,7 +1441,7 @@ static hstu_status copy_batch(cuda_backend *cb, size_t n, cudaStream_t s, const 
     a.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
     a.flags = cudaMemcpyFlagPreferOverlapWithCompute;
     size_t first = 0;
-    return ck(cudaMemcpyBatchAsync(cb->on_dst, cb->on_src, cb->on_size, n, &a, &first, 1, s), what, err);
+    return ck(cudaMemcpyBatchAsync(cb->cp_dst, cb->cp_src, cb->cp_size, n, &a, &first, 1, s), what, err);
 }
 
 /* Layer l's blocks of the n pages in sg->onload (l < 0: the whole pages),
@@ -1451,9 +1451,9 @@ static hstu_status onload_dma(cuda_backend *cb, const staged *sg, int n, int l, 
     const double t0 = core_now_s();
     for (int i = 0; i < n; i++) {
         uint64_t off = l < 0 ? 0 : (uint64_t)l * cb->blk_bytes;
-        cb->on_src[i] = (const void *)(uintptr_t)(sg->onload[i].src + off);
-        cb->on_dst[i] = (void *)(uintptr_t)(sg->onload[i].dst + off);
-        cb->on_size[i] = l < 0 ? cb->page_bytes : cb->blk_bytes;
+        cb->cp_src[i] = (const void *)(uintptr_t)(sg->onload[i].src + off);
+        cb->cp_dst[i] = (void *)(uintptr_t)(sg->onload[i].dst + off);
+        cb->cp_size[i] = l < 0 ? cb->page_bytes : cb->blk_bytes;
     }
     hstu_status st = copy_batch(cb, (size_t)n, cb->s_onload, "KV onload (cudaMemcpyBatchAsync)", err);
     cb->ctr.onload_issue_ms += (core_now_s() - t0) * 1e3;
@@ -1809,14 +1809,14 @@ static hstu_status offload_dma(cuda_backend *cb, const int *pages, const int *sl
         for (int i = 0; i < cb->ppc; i++) {
             const char *page = (const char *)cb->d_pool + (size_t)pages[k * cb->ppc + i] * cb->page_bytes;
             char *host = cb->h_pool + (size_t)slots[k] * cb->chunk_bytes + (size_t)i * cb->page_bytes;
-            if (n > 0 && (const char *)cb->on_src[n - 1] + cb->on_size[n - 1] == page &&
-                (char *)cb->on_dst[n - 1] + cb->on_size[n - 1] == host) {
-                cb->on_size[n - 1] += cb->page_bytes;
+            if (n > 0 && (const char *)cb->cp_src[n - 1] + cb->cp_size[n - 1] == page &&
+                (char *)cb->cp_dst[n - 1] + cb->cp_size[n - 1] == host) {
+                cb->cp_size[n - 1] += cb->page_bytes;
                 continue;
             }
-            cb->on_src[n] = page;
-            cb->on_dst[n] = host;
-            cb->on_size[n++] = cb->page_bytes;
+            cb->cp_src[n] = page;
+            cb->cp_dst[n] = host;
+            cb->cp_size[n++] = cb->page_bytes;
         }
     HSTU_ASSERT(n <= (size_t)cb->max_pages);
     return copy_batch(cb, n, cb->s_offload, "KV offload (cudaMemcpyBatchAsync)", err);
