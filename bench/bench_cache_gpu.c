@@ -36,9 +36,9 @@
  *
  * Build: scripts/gpu_pack.sh.
  * --attention runs part 0 only (the attention alone, with its split-KV
- * factors by hand); --tiers part 2 only.
+ * factors by hand); --tiers part 2 only; --e2e part 3 only.
  *
- * Usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers] | --profile B L C [--no-graphs]
+ * Usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers | --e2e] | --profile B L C [--no-graphs]
  */
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
@@ -356,7 +356,7 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
 int main(int argc, char **argv)
 {
     int iters = 15, prof[3] = {0, 0, -1};
-    bool quick = false, attention_only = false, tiers_only = false;
+    bool quick = false, attention_only = false, tiers_only = false, e2e_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--iters") && i + 1 < argc)
             iters = atoi(argv[++i]);
@@ -366,6 +366,8 @@ int main(int argc, char **argv)
             attention_only = true;
         else if (!strcmp(argv[i], "--tiers"))
             tiers_only = true;
+        else if (!strcmp(argv[i], "--e2e"))
+            e2e_only = true;
         else if (!strcmp(argv[i], "--no-graphs"))
             g_graphs = false;
         else if (!strcmp(argv[i], "--profile") && i + 3 < argc) {
@@ -377,8 +379,8 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers] | --profile B L C "
-                            "[--no-graphs]\n");
+            fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers | --e2e] | "
+                            "--profile B L C [--no-graphs]\n");
             return 2;
         }
     }
@@ -419,6 +421,8 @@ int main(int argc, char **argv)
 
     if (tiers_only)
         goto tiers;
+    if (e2e_only)
+        goto e2e;
     /* 0. the attention alone: cached keys from pages vs the same keys dense */
     printf("\n0. attention alone, one layer (batch 8, hist 4096, 256 candidates): cached keys from pages vs dense\n");
     {
@@ -640,6 +644,7 @@ tiers:
         hstu_model_destroy(m);
         return 0;
     }
+e2e:
     /* 3. end to end -------------------------------------------------------- */
     printf("\n3. end to end: histories grow by 128 tokens per request, 256 -> 4096 (31 requests per user)\n");
     printf("%-5s %12s %12s %14s %9s %9s %12s\n", "batch", "nocache_ms", "cache_ms", "cache+graph_ms", "cache_x",

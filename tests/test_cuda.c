@@ -1091,8 +1091,8 @@ static void test_kv_kernels(void)
 {
     const int P = 4, L = 3, kw = 32, vw = 48, W = 2 * vw + 2 * kw, T = 37, n_pages = 20;
     size_t page_elems = (size_t)L * P * (kw + vw), blk = (size_t)P * (kw + vw);
-    float *act = rand_f32((size_t)T * W, -4, 4), *bias = rand_f32((size_t)(vw + kw), -1, 1);
-    float *d_bias = up_f32(bias, vw + kw);
+    float *act = rand_f32((size_t)T * W, -4, 4), *bias = rand_f32((size_t)W, -1, 1);
+    float *d_bias = up_f32(bias, W);
     uint16_t *d_pool = t_dpoison((size_t)n_pages * page_elems * 2);
     float *pool = t_xmalloc((size_t)n_pages * page_elems * 4), *out = t_xmalloc((size_t)T * W * 4);
     /* rows T-1, T-2, ... to consecutive slots of shuffled pages, layer 1; every
@@ -1111,16 +1111,35 @@ static void test_kv_kernels(void)
     int64_t *d_slots = t_dpoison(sizeof row_slot);
     cudaMemcpy(d_slots, row_slot, sizeof row_slot, cudaMemcpyHostToDevice);
     size_t k_off = 1 * blk, v_off = k_off + (size_t)P * kw;
-    bias_silu_pages pages = {d_slots, d_pool, page_elems, k_off, v_off, P, kw, vw};
-    for (int variant = 0; variant < 2; variant++) { /* bias + SiLU; neither (a copy) */
+    bias_silu_pages pages = {d_slots, d_pool, page_elems, k_off, v_off, P, kw, vw, 0};
+    /* variants: v|k with bias + SiLU; v|k with neither (a copy); q|v|k with
+     * bias + SiLU (the pass also activating q, whose columns precede V's:
+     * kv0 = kw), whose activations must equal the same pass without pages */
+    for (int variant = 0; variant < 3; variant++) {
         uint16_t *d_act = up_bf16(act, (size_t)T * W);
         cudaMemset(d_pool, 0, (size_t)n_pages * page_elems * 2);
-        T_CHECK(bias_silu_cuda(T, vw + kw, d_act + vw + kw, W, variant ? NULL : d_bias, variant == 0, &pages,
+        const int c0 = variant == 2 ? vw : vw + kw; /* the pass's first column */
+        bias_silu_pages pg = pages;
+        pg.kv0 = vw + kw - c0;
+        T_CHECK(bias_silu_cuda(T, W - c0, d_act + c0, W, variant == 1 ? NULL : d_bias + c0, variant != 1, &pg,
                                NULL) == 0,
                 "append launch");
         T_REQUIRE(sync_ok("append"), "append failed");
         down_bf16(pool, d_pool, (size_t)n_pages * page_elems);
         down_bf16(out, d_act, (size_t)T * W);
+        if (variant == 2) {
+            uint16_t *d_ref = up_bf16(act, (size_t)T * W);
+            T_CHECK(bias_silu_cuda(T, W - c0, d_ref + c0, W, d_bias + c0, 1, NULL, NULL) == 0, "pass launch");
+            T_REQUIRE(sync_ok("pass"), "pass failed");
+            float *ref = t_xmalloc((size_t)T * W * 4);
+            down_bf16(ref, d_ref, (size_t)T * W);
+            int differ = 0;
+            for (size_t e = 0; e < (size_t)T * W; e++)
+                differ += out[e] != ref[e];
+            T_CHECK(differ == 0, "q|v|k pass with pages: %d activations differ from the pass without", differ);
+            free(ref);
+            cudaFree(d_ref);
+        }
         int bad = 0, moved = 0;
         for (int row = 0; row < T; row++) {
             int64_t sl = row_slot[row];
@@ -1147,8 +1166,13 @@ static void test_kv_kernels(void)
         T_CHECK(nonzero == want, "append (variant %d): %zu pool elements written, want %zu", variant, nonzero, want);
         cudaFree(d_act);
     }
-    /* a width other than vw + kw is refused */
+    /* a width other than kv0 + vw + kw is refused, and so is a negative kv0 */
     T_CHECK(bias_silu_cuda(T, vw, d_pool, W, NULL, 1, &pages, NULL) != 0, "a bad width is refused");
+    bias_silu_pages odd = pages;
+    odd.kv0 = 8;
+    T_CHECK(bias_silu_cuda(T, vw + kw, d_pool, W, NULL, 1, &odd, NULL) != 0, "kv0 + vw + kw != width is refused");
+    odd.kv0 = -8;
+    T_CHECK(bias_silu_cuda(T, vw + kw - 8, d_pool, W, NULL, 1, &odd, NULL) != 0, "a negative kv0 is refused");
     cudaGetLastError();
     int bad;
     /* block copy, with strides the kernel must honour: pages -> pinned host chunks laid out

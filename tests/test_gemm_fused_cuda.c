@@ -114,7 +114,7 @@ static double run_case(const fcase *fc, int bm, int bn, int cl)
     void *d_bias = upload(bias, (size_t)N * 4), *d_C = t_dpoison((size_t)M * ldc * 2 + 16);
     void *d_slot = upload(slot, sizeof(int64_t) * (M + 1));
     void *d_pool = fc->append ? t_dpoison((size_t)n_pages * page_elems * 2) : NULL;
-    bias_silu_pages pg = {d_slot, d_pool, page_elems, k_off, v_off, P, fc->kw, fc->vw};
+    bias_silu_pages pg = {d_slot, d_pool, page_elems, k_off, v_off, P, fc->kw, fc->vw, 0};
     gemm_fused_epilogue epi = {fc->bias ? d_bias : NULL, fc->bias || fc->silu ? fc->act_from : N, fc->silu,
                                fc->append ? &pg : NULL, fc->kv_col};
     char what[160];
@@ -205,7 +205,7 @@ static void test_args(void)
     T_CHECK(!gemm_fused_supported(4, 128, 64, p, 60, p, 128, p, 128, NULL, why, sizeof why), "lda < K refused");
     gemm_fused_epilogue e = {NULL, 4, 1, NULL, 0};
     T_CHECK(!gemm_fused_supported(4, 128, 64, p, 64, p, 128, p, 128, &e, why, sizeof why), "act_from 4 refused");
-    bias_silu_pages pg = {NULL, d, 96, 0, 48, 4, 8, 16};
+    bias_silu_pages pg = {NULL, d, 96, 0, 48, 4, 8, 16, 0};
     e = (gemm_fused_epilogue){NULL, 128, 0, &pg, 120};
     T_CHECK(!gemm_fused_supported(4, 128, 64, p, 64, p, 128, p, 128, &e, why, sizeof why), "V|K past N refused");
     T_CHECK(gemm_fused_cuda(4, 100, 64, p, 64, p, 100, d, 100, NULL, NULL) == cudaErrorInvalidValue,

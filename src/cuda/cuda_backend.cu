@@ -1076,20 +1076,26 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
      * after cuBLASLt's GEMM, or with HSTU_CUDA_FUSED_GEMM=1 (where its
      * shapes allow) in the fused GEMM's epilogue. The attention below reads the cached
      * rows from the pages and this call's rows from the dense activations, so
-     * the two do not wait for each other. q's bias and SiLU are applied by the
-     * attention as it loads Q, u's where u is read (ln_mul). */
-    const bool silu_all = cfg->silu_uvqk == HSTU_SILU_ALL;
+     * the two do not wait for each other. u's bias and SiLU are applied where
+     * u is read (ln_mul). q's are applied by the attention as it loads Q,
+     * except when it splits each row block 3 ways or more (a few rows over
+     * long histories): every split would apply them to the same Q tile on
+     * its critical path, and this pass (or epilogue) takes q's columns
+     * instead, at little cost for so few rows (docs/cuda.md, "Where q is
+     * activated"). */
+    const bool silu_all = cfg->silu_uvqk == HSTU_SILU_ALL, q_here = ap_base->splits >= 3;
+    const int act0 = q_here ? vw : vw + kw; /* the first column activated here */
     size_t P = (size_t)cb->cc.page_size, k_off = (size_t)l * P * (size_t)(kw + vw), v_off = k_off + P * (size_t)kw;
     bias_silu_pages pages = {(const int64_t *)DEV(cb, sg->row_slot), cb->d_pool, cb->cc.page_elems, k_off, v_off,
-                             (int)P, kw, vw};
-    gemm_fused_epilogue fe = {L->uvqk_b, vw + kw, silu_all, append ? &pages : NULL, vw + kw};
+                             (int)P, kw, vw, vw + kw - act0};
+    gemm_fused_epilogue fe = {L->uvqk_b, act0, silu_all, append ? &pages : NULL, vw + kw};
     if (cb->fused_uvqk && gemm_fused_supported(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, NULL, 0)) {
         if ((st = ck(gemm_fused_cuda(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, s),
                      "uvqk GEMM with bias+SiLU and KV append", err)) != HSTU_OK)
             return st;
     } else if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
                              NULL, "uvqk", err)) != HSTU_OK ||
-               (st = ck(bias_silu_cuda(T, vw + kw, cb->d_uvqk + vw + kw, W, L->uvqk_b ? L->uvqk_b + vw + kw : NULL,
+               (st = ck(bias_silu_cuda(T, W - act0, cb->d_uvqk + act0, W, L->uvqk_b ? L->uvqk_b + act0 : NULL,
                                        silu_all, append ? &pages : NULL, s),
                         "bias+SiLU and KV append", err)) != HSTU_OK)
         return st;
@@ -1097,8 +1103,8 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
         return st;
     attn_cuda_params ap = *ap_base;
     ap.q = cb->d_uvqk + vw;
-    ap.q_bias = L->uvqk_b ? L->uvqk_b + vw : NULL;
-    ap.q_silu = silu_all;
+    ap.q_bias = L->uvqk_b && !q_here ? L->uvqk_b + vw : NULL;
+    ap.q_silu = silu_all && !q_here;
     ap.k = cb->d_uvqk + 2 * vw + kw;
     ap.v = cb->d_uvqk + vw + kw;
     ap.ld_qkv = W;

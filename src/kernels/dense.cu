@@ -428,8 +428,8 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
  * lane, all loads issued before the math. */
 constexpr int BS_COLS = 4 * 32 * VEC;
 /* With APPEND, a row r with pg.row_slot[r] >= 0 also goes to its page slot:
- * the pass's columns [0, vw) to V, [vw, vw + kw) to K (each 16-byte chunk
- * lies in one of them: vw is a multiple of 8). */
+ * the pass's columns [kv0, kv0 + vw) to V, [kv0 + vw, width) to K (each
+ * 16-byte chunk lies in one of them or before kv0: all multiples of 8). */
 template <bool APPEND>
 __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
                                      bias_silu_pages pg)
@@ -475,8 +475,8 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
             }
             if (bias || silu_on)
                 store8(xr + c, v[i]);
-            if (APPEND && v_dst)
-                store8(c < pg.vw ? v_dst + c : k_dst + (c - pg.vw), v[i]);
+            if (APPEND && v_dst && c >= pg.kv0)
+                store8(c - pg.kv0 < pg.vw ? v_dst + (c - pg.kv0) : k_dst + (c - pg.kv0 - pg.vw), v[i]);
         }
     }
 }
@@ -503,7 +503,8 @@ extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const flo
     bool vec = width % VEC == 0 && ldx % VEC == 0 && aligned16(x) && (!bias || aligned16(bias));
     if (pages) {
         const bias_silu_pages *pg = pages;
-        if (!vec || pg->kw % VEC || pg->vw % VEC || pg->vw + pg->kw != width || pg->page_elems % VEC ||
+        if (!vec || pg->kw % VEC || pg->vw % VEC || pg->kv0 < 0 || pg->kv0 % VEC ||
+            pg->kv0 + pg->vw + pg->kw != width || pg->page_elems % VEC ||
             pg->k_off % VEC || pg->v_off % VEC || pg->P < 1 || !aligned16(pg->pool))
             return (int)cudaErrorInvalidValue;
     }

@@ -56,16 +56,19 @@ int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx, const flo
 
 /* Where bias_silu_cuda also writes each row's result: the paged KV pool of
  * one layer. Row r with row_slot[r] >= 0 goes to page row_slot[r] / P, slot
- * row_slot[r] % P: the pass's columns [0, vw) (V) to pool + page *
- * page_elems + v_off + slot * vw, columns [vw, vw + kw) (K) to ... + k_off +
- * slot * kw. row_slot[r] < 0: not appended (cached rows, candidates,
- * padding). kw and vw multiples of 8, vw + kw = the pass's width, every
- * address 16-byte aligned. */
+ * row_slot[r] % P: the pass's columns [kv0, kv0 + vw) (V) to pool + page *
+ * page_elems + v_off + slot * vw, columns [kv0 + vw, kv0 + vw + kw) (K) to
+ * ... + k_off + slot * kw; columns before kv0 (q, when the pass activates it
+ * too) are not appended. row_slot[r] < 0: not appended (cached rows,
+ * candidates, padding). kv0, kw and vw multiples of 8, kv0 + vw + kw = the
+ * pass's width, every address 16-byte aligned. (gemm_fused_cuda places V
+ * by its epilogue's kv_col and ignores kv0.) */
 typedef struct bias_silu_pages {
     const int64_t *row_slot; /* [rows], device-readable */
     bf16_t *pool;
     size_t page_elems, k_off, v_off;
     int P, kw, vw;
+    int kv0; /* the pass's first appended column (V's first) */
 } bias_silu_pages;
 
 /* In place on bf16 x, columns [0, width): x += bias (fp32 [width], or
