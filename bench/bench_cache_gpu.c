@@ -268,18 +268,42 @@ static void split_sweep(attn_cuda_params ap, int iters, float *t)
 /* Batch 1, 128 new rows + the candidates over 384, 896 and 1920 cached rows
  * (the end-to-end benchmark's requests): the split sweep. Writes sequence 0
  * (from s) to d_seqs; the caller restores it. */
-static void short_history_splits(attn_cuda_params ap, attn_cuda_seq s, attn_cuda_seq *d_seqs, int iters, float *t)
+static void short_history_splits(attn_cuda_params ap, const attn_cuda_seq *hs, attn_cuda_seq *d_seqs, int iters,
+                                 float *t)
 {
-    for (int h = 512; h <= 2048; h *= 2) {
-        s.c = s.paged = h - 128;
-        s.hist = h;
-        cudaMemcpy(d_seqs, &s, sizeof s, cudaMemcpyHostToDevice);
-        ap.B = 1;
-        ap.max_rows = 128 + CANDS;
-        ap.max_keys = h + CANDS;
-        printf("    batch 1, history %d, cached %d, splits", h, h - 128);
-        split_sweep(ap, iters, t);
-    }
+    printf("    clusters held at once by S:");
+    for (int S = 1; S <= ATTN_CUDA_MAX_SPLITS; S++)
+        printf(" %d: %d", S, attn_cuda_max_clusters(S, ap.Dqk > ap.Dv ? ap.Dqk : ap.Dv));
+    printf("\n");
+    for (int nb = 1; nb <= 4; nb *= 2)
+        for (int h = nb == 1 ? 512 : 2048; h <= 2048; h *= 2) {
+            attn_cuda_seq s[4];
+            for (int u = 0; u < nb; u++) {
+                s[u] = hs[u];
+                s[u].c = s[u].paged = h - 128;
+                s[u].hist = h;
+                s[u].q0 = u * (128 + CANDS);
+            }
+            cudaMemcpy(d_seqs, s, sizeof s[0] * nb, cudaMemcpyHostToDevice);
+            ap.B = nb;
+            ap.max_rows = 128 + CANDS;
+            ap.max_keys = h + CANDS;
+            printf("    batch %d, history %d, cached %d, splits", nb, h, h - 128);
+            split_sweep(ap, iters, t);
+            if (nb > 1) {
+                char label[80];
+                snprintf(label, sizeof label, "batch %d, history %d, splits %d", nb, h, attn_cuda_splits(&ap));
+                trace_attention(ap, label);
+                /* as a graph's bucket launches it: a grid for rows up to the bucket's total */
+                attn_cuda_params pad = ap;
+                pad.splits = attn_cuda_splits(&ap);
+                pad.max_rows = nb * (128 + CANDS);
+                printf("    batch %d, history %d, grid padded to %d rows a sequence: %.4f ms\n", nb, h, pad.max_rows,
+                       time_attention(&pad, iters, t));
+                snprintf(label, sizeof label, "batch %d, history %d, padded grid", nb, h);
+                trace_attention(pad, label);
+            }
+        }
 }
 
 static bool g_graphs = true; /* CUDA graphs in the engines make_engine creates */
@@ -484,7 +508,7 @@ int main(int argc, char **argv)
                         ap.splits = 1;
                         trace_attention(ap, "batch 1, splits 1");
                         ap.splits = 0;
-                        short_history_splits(ap, hs[0], d_seqs, iters, t);
+                        short_history_splits(ap, hs, d_seqs, iters, t);
                         cudaMemcpy(d_seqs, hs, sizeof hs, cudaMemcpyHostToDevice);
                     }
                     ap.B = B;

@@ -709,6 +709,34 @@ static void case_split(void)
     g_splits = 0;
 }
 
+/* The split factor fills one wave of clusters, never two: for every count of
+ * row blocks a few new rows give (1 to 16 users of 384 rows, 4 heads) and
+ * long or short histories, the chosen S's clusters fit at once on this GPU
+ * (attn_cuda_max_clusters), and S + 1 would not have fit or had too few
+ * key tiles, or S is the most there is. */
+static void case_split_rule(void)
+{
+    int dev = 0, n_sm = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
+    for (int d = 64; d <= 256; d *= 2)
+        for (int B = 1; B <= 16; B++)
+            for (int keys = 512; keys <= 8192; keys *= 2) {
+                attn_cuda_params p = {.B = B, .H = 4, .Dqk = d, .Dv = d, .max_rows = 384, .max_keys = keys + 256};
+                const int S = attn_cuda_splits(&p), ctas = B * 4 * 3;
+                T_CHECK(S >= 1 && S <= ATTN_CUDA_MAX_SPLITS, "d %d, B %d, keys %d: S %d", d, B, keys, S);
+                if (S > 1)
+                    T_CHECK(ctas <= attn_cuda_max_clusters(S, d), "d %d, B %d, keys %d: %d clusters of %d, %d fit",
+                            d, B, keys, ctas, S, attn_cuda_max_clusters(S, d));
+                const bool room = (S + 1) * ctas <= n_sm && (keys + 256) / 192 >= S + 1;
+                if (S < ATTN_CUDA_MAX_SPLITS && room)
+                    T_CHECK(ctas > attn_cuda_max_clusters(S + 1, d), "d %d, B %d, keys %d: S %d, but %d fit at %d",
+                            d, B, keys, S, attn_cuda_max_clusters(S + 1, d), S + 1);
+                if (t_case_failed())
+                    return;
+            }
+}
+
 static void case_batch_independence(void)
 {
     /* A user's rows are bit-identical alone and inside a batch. */
@@ -858,6 +886,7 @@ static const test_case kCases[] = {
     {"attention cuda: SiLU tails (large logits)", case_silu_tails, 0, 1},
     {"attention cuda: a user's rows alone = in a batch (bitwise)", case_batch_independence, 0, 1},
     {"attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster", case_split, 1, 1},
+    {"attention cuda: the split factor's clusters fit in one wave", case_split_rule, 1, 1},
     {"attention cuda: no pages: K and V loaded by TMA", case_tma, 0, 1},
 };
 

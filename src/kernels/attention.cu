@@ -57,6 +57,7 @@
 #include "kernels/sm90.cuh"
 #include "kernels/tma.cuh"
 
+#include <atomic>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -1291,6 +1292,31 @@ static int tma_launch(const attn_cuda_params *p, int d, bool rab, cudaStream_t s
     return (int)pdl_launch(fn, grid, block, (size_t)smem, s, a);
 }
 
+extern "C" int attn_cuda_max_clusters(int S, int d)
+{
+    if (S < 1 || S > ATTN_CUDA_MAX_SPLITS || d < 1 || d > 256)
+        return 0;
+    int smem, threads;
+    attn_kernel_fn fn = d <= 64    ? pick_kernel<64>(ATTN_CUDA_KERNEL_WS, false, &smem, &threads)
+                        : d <= 128 ? pick_kernel<128>(ATTN_CUDA_KERNEL_WS, false, &smem, &threads)
+                                   : pick_kernel<256>(ATTN_CUDA_KERNEL_WS, false, &smem, &threads);
+    if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+        return 0;
+    cudaLaunchConfig_t lc = {};
+    const cudaLaunchAttribute cluster = cluster_attribute(1, 1, (unsigned)S);
+    lc.gridDim = dim3(1, 1, (unsigned)S);
+    lc.blockDim = dim3((unsigned)threads);
+    lc.dynamicSmemBytes = (size_t)smem;
+    lc.attrs = const_cast<cudaLaunchAttribute *>(&cluster);
+    lc.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, fn, &lc) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
 /* Split-KV when the row blocks alone leave SMs idle (a few new rows over a
  * long cached history): S CTAs per row block (one cluster; at most 8, the
  * portable cluster size) share its key tiles, at least 3 tiles each (batch
@@ -1300,7 +1326,26 @@ static int tma_launch(const attn_cuda_params *p, int d, bool rab, cudaStream_t s
  * simply sum). S fills one wave, no more: a cluster's CTAs wait for each
  * other, so a second wave costs more than the split gains (H100, D 256,
  * 3968 cached + 384 rows per user: batch 8, 96 row blocks, S = 1 0.129 ms,
- * 2 0.144, 3 0.176; batch 1, 12 row blocks, S = 1 0.124, 4 0.044, 8 0.032). */
+ * 2 0.144, 3 0.176; batch 1, 12 row blocks, S = 1 0.124, 4 0.044, 8 0.032).
+ * One wave is counted in clusters, not SMs: a cluster's CTAs share a GPC,
+ * and an H100 holds 22 clusters of 5 of these CTAs, not 132 / 5 = 26 (15
+ * of 7 or 8); batch 2 over 1920 cached rows (24 row blocks) took 0.050 ms
+ * at S = 5, two waves, against 0.032 at S = 4. */
+/* attn_cuda_max_clusters per padded width (64, 128, 256) and S, asked once
+ * each, stored plus one (0: not asked yet). */
+static std::atomic<int> g_max_clusters[3][ATTN_CUDA_MAX_SPLITS + 1];
+
+static int max_clusters_cached(int S, int d)
+{
+    std::atomic<int> &slot = g_max_clusters[d <= 64 ? 0 : d <= 128 ? 1 : 2][S];
+    int n = slot.load(std::memory_order_relaxed) - 1;
+    if (n < 0) {
+        n = attn_cuda_max_clusters(S, d);
+        slot.store(n + 1, std::memory_order_relaxed);
+    }
+    return n;
+}
+
 extern "C" int attn_cuda_splits(const attn_cuda_params *p)
 {
     static int n_sm = 0;
@@ -1317,7 +1362,14 @@ extern "C" int attn_cuda_splits(const attn_cuda_params *p)
         return 1;
     long long by_sm = n_sm / ctas, by_keys = p->max_keys / (3 * BN);
     long long S = by_sm < by_keys ? by_sm : by_keys;
-    return (int)(S > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_SPLITS : S < 2 ? 1 : S);
+    S = S > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_SPLITS : S;
+    const int d = p->Dqk > p->Dv ? p->Dqk : p->Dv;
+    for (; S >= 2; S--) { /* the largest S whose clusters fit at once (0: not known, trust the count of SMs) */
+        const int fit = max_clusters_cached((int)S, d);
+        if (fit <= 0 || ctas <= fit)
+            break;
+    }
+    return (int)(S < 2 ? 1 : S);
 }
 
 extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)

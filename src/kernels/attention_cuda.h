@@ -117,6 +117,11 @@ enum attn_cuda_trace_point {
  * the default kernel only). */
 int attn_cuda_splits(const attn_cuda_params *p);
 
+/* How many clusters of S CTAs of the split kernel for head width d
+ * (Dqk, Dv <= d) the GPU holds at once (cudaOccupancyMaxActiveClusters;
+ * clusters must sit inside one GPC, so this is not SMs / S); 0 if unknown. */
+int attn_cuda_max_clusters(int S, int d);
+
 /* True when the kernel handles these head widths; otherwise writes why. */
 bool attn_cuda_supported(int Dqk, int Dv, char *why, size_t n);
 
