@@ -66,7 +66,7 @@ extern "C" {
 #define TOPK_MAX_K 100000                 /* the engine's bound on top_k */
 #define UPLOAD_CHUNK ((size_t)4 << 20)    /* elements converted per upload step at create */
 #define UPLOAD_MAX_CTAS 264                /* metadata upload: 2 per SM of an H100 at most */
-#define FUSED_HEAD_ROWS 512                /* the fused head's default bound (rows of a bucket) */
+#define FUSED_HEAD_ROWS 384                /* the fused head's default bound (rows of a bucket) */
 
 typedef struct layer_dev {
     float *ln_in_w, *ln_in_b;   /* [d8] (NULL without ln_affine) */
@@ -872,8 +872,9 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         /* The head in one kernel (one hidden layer of widths the kernel
          * takes), at the end of the whole stack's graph, for batches of at
          * most FUSED_HEAD_ROWS rows: faster than the four launches at
-         * batch 1 (256 candidates in 384 rows), slower at batch 2 (512 in
-         * 768) and 8 (docs/cuda.md, "The fused ranking head").
+         * batch 1 (256 candidates in 384 rows), slower at batch 2 (512
+         * candidates: 32 clusters of 8, two waves) and 8 (docs/cuda.md,
+         * "The fused ranking head").
          * HSTU_CUDA_FUSED_HEAD=1: at any size; 0: never. */
         const char *fh = getenv("HSTU_CUDA_FUSED_HEAD");
         bool fits = m->n_head == 2 && head_fused_supported(cb->head_in8[0], cb->head_out8[0], cb->n_tasks8);
