@@ -22,9 +22,9 @@
  * A forward, on one stream: embedding gather of the rows after each user's
  * cached prefix (x = e * sqrt(d) + pos, and layer 0's LN(x) in the same
  * pass), then per layer (replayed as a CUDA graph of its bucket, or eagerly)
- * LN (from layer 1 on) -> uvqk GEMM (columns u|q|v|k) -> bias+SiLU on v|k -> append of the
- * new history K/V to the page pool -> [wait for this layer's onload] ->
- * attention (q's bias+SiLU as it loads Q; cached rows from the pages) -> SiLU(u + b_u) * LN(attn) ->
+ * LN (from layer 1 on) -> uvqk GEMM (columns u|q|v|k) -> bias+SiLU on v|k (q|v|k for a split
+ * attention) -> append of the new history K/V to the page pool -> [wait for this layer's onload] ->
+ * attention (else q's bias+SiLU as it loads Q; cached rows from the pages) -> SiLU(u + b_u) * LN(attn) ->
  * proj GEMM into x (beta = 1, bias epilogue);
  * then the head. Ranking: candidate rows gathered and L2-normalised, the MLP
  * as GEMMs with bias(+ReLU) epilogues, logits copied back, sigmoid on the
@@ -407,7 +407,8 @@ static hstu_status upload_f32(float *dst, const float *src, int64_t n, int64_t n
 /* The device keeps the projection's columns as u|q|v|k, not the
  * checkpoint's u|v|q|k: v and k, the two that need activating in a pass
  * of their own (q is activated by the attention as it loads Q, u by
- * ln_mul), are then one contiguous range. Column c of the device's
+ * ln_mul), are then one contiguous range, and q|v|k too (the pass takes q
+ * when the attention splits, layer_forward). Column c of the device's
  * layout comes from column uvqk_src(c) of the model's. */
 static int uvqk_src(const cuda_backend *cb, int c)
 {
