@@ -265,9 +265,11 @@ static void split_sweep(attn_cuda_params ap, int iters, float *t)
     printf(" ms (chosen: %d)\n", attn_cuda_splits(&ap));
 }
 
-/* Batch 1, 128 new rows + the candidates over 384, 896 and 1920 cached rows
- * (the end-to-end benchmark's requests): the split sweep. Writes sequence 0
- * (from s) to d_seqs; the caller restores it. */
+/* The clusters the GPU holds by split factor, then the split sweep for 128
+ * new rows + the candidates a user (the end-to-end benchmark's requests):
+ * batch 1 over 384, 896 and 1920 cached rows, batches 2 and 4 over 1920
+ * (with the trace, and the grid padded as a graph's bucket launches it).
+ * Writes sequences 0-3 (from hs) to d_seqs; the caller restores them. */
 static void short_history_splits(attn_cuda_params ap, const attn_cuda_seq *hs, attn_cuda_seq *d_seqs, int iters,
                                  float *t)
 {

@@ -1264,6 +1264,14 @@ template <int D> static attn_kernel_fn pick_kernel(int kind, bool rab, int *smem
     }
 }
 
+/* pick_kernel for head width d (Dqk, Dv <= d <= 256), padded to 64, 128 or 256. */
+static attn_kernel_fn pick_kernel_for(int d, int kind, bool rab, int *smem, int *threads)
+{
+    return d <= 64    ? pick_kernel<64>(kind, rab, smem, threads)
+           : d <= 128 ? pick_kernel<128>(kind, rab, smem, threads)
+                      : pick_kernel<256>(kind, rab, smem, threads);
+}
+
 static bool aligned(const void *ptr, size_t a) { return ((uintptr_t)ptr & (a - 1)) == 0; }
 
 typedef void (*tma_kernel_fn)(TmaArgs);
@@ -1297,9 +1305,7 @@ extern "C" int attn_cuda_max_clusters(int S, int d)
     if (S < 1 || S > ATTN_CUDA_MAX_SPLITS || d < 1 || d > 256)
         return 0;
     int smem, threads;
-    attn_kernel_fn fn = d <= 64    ? pick_kernel<64>(ATTN_CUDA_KERNEL_WS, false, &smem, &threads)
-                        : d <= 128 ? pick_kernel<128>(ATTN_CUDA_KERNEL_WS, false, &smem, &threads)
-                                   : pick_kernel<256>(ATTN_CUDA_KERNEL_WS, false, &smem, &threads);
+    attn_kernel_fn fn = pick_kernel_for(d, ATTN_CUDA_KERNEL_WS, false, &smem, &threads);
     if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
         return 0;
     cudaLaunchConfig_t lc = {};
@@ -1313,6 +1319,21 @@ extern "C" int attn_cuda_max_clusters(int S, int d)
     if (cudaOccupancyMaxActiveClusters(&n, fn, &lc) != cudaSuccess) {
         cudaGetLastError();
         return 0;
+    }
+    return n;
+}
+
+/* attn_cuda_max_clusters per padded width (64, 128, 256) and S, asked once
+ * each, stored plus one (0: not asked yet). */
+static std::atomic<int> g_max_clusters[3][ATTN_CUDA_MAX_SPLITS + 1];
+
+static int max_clusters_cached(int S, int d)
+{
+    std::atomic<int> &slot = g_max_clusters[d <= 64 ? 0 : d <= 128 ? 1 : 2][S];
+    int n = slot.load(std::memory_order_relaxed) - 1;
+    if (n < 0) {
+        n = attn_cuda_max_clusters(S, d);
+        slot.store(n + 1, std::memory_order_relaxed);
     }
     return n;
 }
@@ -1331,21 +1352,6 @@ extern "C" int attn_cuda_max_clusters(int S, int d)
  * and an H100 holds 22 clusters of 5 of these CTAs, not 132 / 5 = 26 (15
  * of 7 or 8); batch 2 over 1920 cached rows (24 row blocks) took 0.050 ms
  * at S = 5, two waves, against 0.032 at S = 4. */
-/* attn_cuda_max_clusters per padded width (64, 128, 256) and S, asked once
- * each, stored plus one (0: not asked yet). */
-static std::atomic<int> g_max_clusters[3][ATTN_CUDA_MAX_SPLITS + 1];
-
-static int max_clusters_cached(int S, int d)
-{
-    std::atomic<int> &slot = g_max_clusters[d <= 64 ? 0 : d <= 128 ? 1 : 2][S];
-    int n = slot.load(std::memory_order_relaxed) - 1;
-    if (n < 0) {
-        n = attn_cuda_max_clusters(S, d);
-        slot.store(n + 1, std::memory_order_relaxed);
-    }
-    return n;
-}
-
 extern "C" int attn_cuda_splits(const attn_cuda_params *p)
 {
     static int n_sm = 0;
@@ -1407,9 +1413,7 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
         (d == 64 || d == 128 || d == 256))
         return tma_launch(p, d, rab, s);
     int smem, threads;
-    attn_kernel_fn fn = d <= 64    ? pick_kernel<64>(kind, rab, &smem, &threads)
-                        : d <= 128 ? pick_kernel<128>(kind, rab, &smem, &threads)
-                                   : pick_kernel<256>(kind, rab, &smem, &threads);
+    attn_kernel_fn fn = pick_kernel_for(d, kind, rab, &smem, &threads);
     cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess)
         return (int)e;
