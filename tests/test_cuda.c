@@ -220,16 +220,20 @@ static bf16_check check_rows_bf16(const char *what, const float *out, const floa
 
 static const int widths[] = {1, 3, 24, 50, 129, 512, 1024, 2048, 2056};
 #define N_WIDTHS ((int)(sizeof widths / sizeof widths[0]))
-static const int row_counts[] = {1, 7, 300};
+/* 1100 rows take the row-wise kernels' plain forms, fewer their early forms
+ * (dense.cu's header) */
+static const int row_counts[] = {1, 7, 300, 1100};
 
 static int pad8(int n) { return (n + 7) / 8 * 8; }
 
 /* embed_cuda (fp32 x) and embed_ln_cuda: x fp32 or bf16, with or without
- * the fused LayerNorm (checked against layernorm_ref on the x it stored). */
+ * the fused LayerNorm (checked against layernorm_ref on the x it stored);
+ * 257 rows take the early form, 1100 the plain one. */
 static void test_embed(void)
 {
-    int T = 257, rows_tab = 40, n_pos = 30;
+    int rows_tab = 40, n_pos = 30;
     double worst_x = 0, worst_ln = 0;
+    for (int T = 257; T <= 1100; T += 1100 - 257)
     for (int wi = 0; wi < N_WIDTHS; wi++)
         for (int padded = 0; padded < 2; padded++)
             for (int mode = 0; mode < 4; mode++) { /* 0: embed_cuda; 1: f32 + LN; 2: bf16 + LN; 3: bf16 */
@@ -266,7 +270,7 @@ static void test_embed(void)
                             ref[(size_t)t * ld + c] =
                                 c < d ? tab[(size_t)rows[t] * ld + c] * scale + pos[(size_t)p[t] * ld + c] : 0.0f;
                     char what[96];
-                    snprintf(what, sizeof what, "embed width %d ld %d mode %d", d, ld, mode);
+                    snprintf(what, sizeof what, "embed %d rows width %d ld %d mode %d", T, d, ld, mode);
                     if (x_f32) {
                         double e = t_rel_err(x, ref, (size_t)T * ld);
                         T_CHECK(e <= 1e-6 && !t_has_nonfinite(x, (size_t)T * ld), "%s: error %.3g", what, e);

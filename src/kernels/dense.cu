@@ -11,11 +11,25 @@
  * from memory once per pass; it exists for small odd models, not for speed.
  *
  * Every kernel is launched with programmatic dependent launch (pdl.cuh): it
- * opens with pdl_wait and pdl_trigger, in every thread, before its first
- * global access and before the early return of rows past the end. Each one
- * first reads what earlier work in the stream wrote (row indices, the row
- * itself), so there is no prologue to move above the wait: what overlaps
- * the previous kernel is the launch and the CTAs' start.
+ * calls pdl_wait and pdl_trigger, in every thread, before its first access
+ * to what earlier work in the stream wrote (row indices, the row itself) and
+ * before the early return of rows past the end. Only the parameters (w, b,
+ * biases: weights, which no kernel writes) may be read above the wait, and
+ * the early forms below do so.
+ *
+ * Few rows: the early forms. With one warp per row and a warp or two per
+ * block (row_warps(rows) <= 2, under 1056 rows: a batch of one or two users
+ * over a cached history) the GPU is nowhere near its bandwidth, and a
+ * kernel's time is its chain of dependent memory round trips. The plain
+ * forms store chunk by chunk, and since a store may alias the next chunk's
+ * parameter loads the compiler keeps those after it: LayerNorm made five
+ * round trips after the wait, SiLU(u) * LN(a) five, the embedding with
+ * layer 0's LayerNorm nine. The early forms load the row's parameters into
+ * registers before the wait, then every input of the row at once, and store
+ * last: one round trip after the wait (the embedding two, its row ids
+ * first). They hold about twice the registers, which is why many rows keep
+ * the plain forms (there the registers bound the warps an SM, and the
+ * bandwidth with them).
  */
 #include "kernels/dense_cuda.h"
 #include "kernels/pdl.cuh"
@@ -180,6 +194,36 @@ __device__ __forceinline__ void ln_chunk(const float v[VEC], float mean, float i
     }
 }
 
+/* The early forms' parameters: this lane's chunks of p (a row of NC * 32
+ * * VEC floats at most; zeros past width or when p is NULL). */
+template <int NC>
+__device__ __forceinline__ void param_load(const float *p, int width, int lane, float (&v)[NC][VEC])
+{
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (p && c < width)
+            load8(p + c, v[i]);
+        else
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                v[i][j] = 0.0f;
+    }
+}
+
+/* ln_chunk from parameters in registers (affine false: w and b unused). */
+__device__ __forceinline__ void ln_chunk_reg(const float v[VEC], float mean, float inv, bool affine,
+                                             const float wv[VEC], const float bv[VEC], float o[VEC])
+{
+#pragma unroll
+    for (int j = 0; j < VEC; j++)
+        o[j] = affine ? (v[j] - mean) * inv * wv[j] + bv[j] : (v[j] - mean) * inv;
+}
+
+/* Whether a row-wise op of `rows` rows and nc chunks a lane takes its early
+ * form (the file's header). */
+static bool early_form(int rows, int nc) { return row_warps(rows) <= 2 && nc >= 1 && nc <= 4; }
+
 /* ---- embedding (+ the first layer's LayerNorm) --------------------------- */
 
 /* x = e * scale + pos as X (float or bf16). */
@@ -251,6 +295,84 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
     zero_pad(yr, width, ldxn, lane);
 }
 
+/* x as stored: v rounded to X in place (the statistics see the stored residual). */
+__device__ __forceinline__ void round_x(float *, float[VEC]) {}
+__device__ __forceinline__ void round_x(bf16_t *, float v[VEC])
+{
+#pragma unroll
+    for (int j = 0; j < VEC; j++)
+        v[j] = bf2f(f2bf(v[j]));
+}
+
+/* The early form (the file's header): w and b before the wait, then the
+ * row ids, then the table's and the positions' rows at once; x and xn are
+ * stored last. The same values as embed_vec_kernel. */
+template <typename X, int NC>
+__global__ void __launch_bounds__(64)
+    embed_early_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows, const bf16_t *pos_table,
+                       int ld_pos, const int *pos, float scale, X *x, int ldx, const float *w, const float *b,
+                       float eps, bf16_t *xn, int ldxn)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int t = blockIdx.x * (blockDim.x / 32) + warp;
+    float wv[NC][VEC], bv[NC][VEC];
+    param_load<NC>(xn ? w : NULL, width, lane, wv);
+    param_load<NC>(xn ? b : NULL, width, lane, bv);
+    pdl_wait();
+    pdl_trigger();
+    if (t >= T)
+        return;
+    const bf16_t *e = table + (size_t)rows[t] * ld_table;
+    const bf16_t *p = pos_table + (size_t)pos[t] * ld_pos;
+    X *xr = x + (size_t)t * ldx;
+    float v[NC][VEC], a[NC][VEC];
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            load8(e + c, v[i]);
+            load8(p + c, a[i]);
+        }
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                v[i][j] = v[i][j] * scale + a[i][j];
+            round_x(xr, v[i]);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                s += v[i][j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width)
+            store8(xr + c, v[i]);
+    }
+    for (int c = width + lane; c < ldx; c += 32)
+        store_x1(xr + c, 0.0f);
+    if (!xn)
+        return;
+    float mean, inv;
+    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
+    bf16_t *yr = xn + (size_t)t * ldxn;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float o[VEC];
+            ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
+            store8(yr + c, o);
+        }
+    }
+    zero_pad(yr, width, ldxn, lane);
+}
+
 template <typename X>
 __global__ void embed_any_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows,
                                  const bf16_t *pos_table, int ld_pos, const int *pos, float scale, X *x, int ldx)
@@ -287,6 +409,13 @@ static int embed_launch(int T, int width, const bf16_t *table, int ld_table, con
         nc = 0;
 #define EMBED_ARGS T, width, table, ld_table, rows, pos_table, ld_pos, pos, scale, x, ldx, w, b, eps, xn, ldxn
     cudaError_t e;
+    if (early_form(T, nc)) {
+        switch (nc) {
+        case 1: e = pdl_launch(embed_early_kernel<X, 1>, g, blk, 0, s, EMBED_ARGS); break;
+        case 2: e = pdl_launch(embed_early_kernel<X, 2>, g, blk, 0, s, EMBED_ARGS); break;
+        default: e = pdl_launch(embed_early_kernel<X, 4>, g, blk, 0, s, EMBED_ARGS); break;
+        }
+    } else
     switch (nc) {
     case 1: e = pdl_launch(embed_vec_kernel<X, 1>, g, blk, 0, s, EMBED_ARGS); break;
     case 2: e = pdl_launch(embed_vec_kernel<X, 2>, g, blk, 0, s, EMBED_ARGS); break;
@@ -358,6 +487,39 @@ __global__ void layernorm_vec_kernel(int rows, int width, const X *x, int ldx, c
     zero_pad(yr, width, ldy, lane);
 }
 
+/* The early form (the file's header); the same values as layernorm_vec_kernel. */
+template <typename X, int NC>
+__global__ void __launch_bounds__(64)
+    layernorm_early_kernel(int rows, int width, const X *x, int ldx, const float *w, const float *b, float eps,
+                           bf16_t *y, int ldy)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * (blockDim.x / 32) + warp;
+    float wv[NC][VEC], bv[NC][VEC];
+    param_load<NC>(w, width, lane, wv);
+    param_load<NC>(b, width, lane, bv);
+    pdl_wait();
+    pdl_trigger();
+    if (r >= rows)
+        return;
+    const X *xr = x + (size_t)r * ldx;
+    bf16_t *yr = y + (size_t)r * ldy;
+    float v[NC][VEC];
+    float s = row_load<NC>(xr, width, lane, v);
+    float mean, inv;
+    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float o[VEC];
+            ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
+            store8(yr + c, o);
+        }
+    }
+    zero_pad(yr, width, ldy, lane);
+}
+
 template <typename X>
 __global__ void layernorm_any_kernel(int rows, int width, const X *x, int ldx, const float *w,
                                      const float *b, float eps, bf16_t *y, int ldy)
@@ -399,6 +561,13 @@ static int layernorm_launch(int rows, int width, const X *x, int ldx, const floa
         nc = 0;
 #define LN_ARGS rows, width, x, ldx, w, b, eps, y, ldy
     cudaError_t e;
+    if (early_form(rows, nc)) {
+        switch (nc) {
+        case 1: e = pdl_launch(layernorm_early_kernel<X, 1>, g, blk, 0, s, LN_ARGS); break;
+        case 2: e = pdl_launch(layernorm_early_kernel<X, 2>, g, blk, 0, s, LN_ARGS); break;
+        default: e = pdl_launch(layernorm_early_kernel<X, 4>, g, blk, 0, s, LN_ARGS); break;
+        }
+    } else
     switch (nc) {
     case 1: e = pdl_launch(layernorm_vec_kernel<X, 1>, g, blk, 0, s, LN_ARGS); break;
     case 2: e = pdl_launch(layernorm_vec_kernel<X, 2>, g, blk, 0, s, LN_ARGS); break;
@@ -425,23 +594,32 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
 /* ---- bias + SiLU, in place on bf16 ------------------------------------ */
 
 /* One warp per row and 1024-column slice (grid y), four 16-byte chunks per
- * lane, all loads issued before the math. */
+ * lane, the row's loads issued before the math. EARLY (the file's header):
+ * the bias as well, before the wait; otherwise chunk by chunk, after the
+ * store of the chunk before (about 30 registers fewer). */
 constexpr int BS_COLS = 4 * 32 * VEC;
 /* With APPEND, a row r with pg.row_slot[r] >= 0 also goes to its page slot:
  * the pass's columns [kv0, kv0 + vw) to V, [kv0 + vw, width) to K (each
  * 16-byte chunk lies in one of them or before kv0: all multiples of 8). */
-template <bool APPEND>
+template <bool APPEND, bool EARLY>
 __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
                                      bias_silu_pages pg)
 {
-    pdl_wait();
-    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
+    const int c0 = blockIdx.y * BS_COLS + lane * VEC;
+    float bv[4][VEC];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int c = c0 + i * 32 * VEC;
+        if (EARLY && bias && c < width)
+            load8(bias + c, bv[i]);
+    }
+    pdl_wait();
+    pdl_trigger();
     if (r >= rows)
         return;
     bf16_t *xr = x + (size_t)r * ldx;
-    const int c0 = blockIdx.y * BS_COLS + lane * VEC;
     bf16_t *k_dst = NULL, *v_dst = NULL;
     if (APPEND) {
         const int64_t slot = pg.row_slot[r];
@@ -462,11 +640,11 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
         int c = c0 + i * 32 * VEC;
         if (c < width) {
             if (bias) {
-                float bv[VEC];
-                load8(bias + c, bv);
+                if (!EARLY)
+                    load8(bias + c, bv[i]);
 #pragma unroll
                 for (int j = 0; j < VEC; j++)
-                    v[i][j] += bv[j];
+                    v[i][j] += bv[i][j];
             }
             if (silu_on) {
 #pragma unroll
@@ -511,12 +689,13 @@ extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const flo
     cudaError_t e;
     if (vec) {
         dim3 g(row_grid(rows).x, (unsigned)((width + BS_COLS - 1) / BS_COLS));
-        if (pages)
-            e = pdl_launch(bias_silu_vec_kernel<true>, g, row_block(rows), 0, s, rows, width, x, ldx, bias, silu_on,
-                           *pages);
-        else
-            e = pdl_launch(bias_silu_vec_kernel<false>, g, row_block(rows), 0, s, rows, width, x, ldx, bias,
-                           silu_on, bias_silu_pages{});
+        const bias_silu_pages none = {};
+        const bias_silu_pages &pg = pages ? *pages : none;
+        const bool early = early_form(rows, 4);
+        auto kernel = pages ? early ? bias_silu_vec_kernel<true, true> : bias_silu_vec_kernel<true, false>
+                      : early ? bias_silu_vec_kernel<false, true>
+                              : bias_silu_vec_kernel<false, false>;
+        e = pdl_launch(kernel, g, row_block(rows), 0, s, rows, width, x, ldx, bias, silu_on, pg);
     } else {
         /* Enough blocks to fill the GPU several times over; the loop takes the rest. */
         size_t blocks = ((size_t)rows * width + 255) / 256;
@@ -574,6 +753,57 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
     zero_pad(yr, width, ldy, lane);
 }
 
+/* The early form (the file's header): w, b and ubias before the wait, then
+ * the rows of a and u at once; the same values as ln_mul_vec_kernel. */
+template <int NC>
+__global__ void __launch_bounds__(64)
+    ln_mul_early_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
+                        const float *w, const float *b, float eps, bf16_t *y, int ldy)
+{
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r = blockIdx.x * (blockDim.x / 32) + warp;
+    float wv[NC][VEC], bv[NC][VEC], ub[NC][VEC];
+    param_load<NC>(w, width, lane, wv);
+    param_load<NC>(b, width, lane, bv);
+    param_load<NC>(ubias, width, lane, ub);
+    pdl_wait();
+    pdl_trigger();
+    if (r >= rows)
+        return;
+    const bf16_t *ar = a + (size_t)r * lda;
+    const bf16_t *ur = u + (size_t)r * ldu;
+    bf16_t *yr = y + (size_t)r * ldy;
+    float uv[NC][VEC];
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width)
+            load8(ur + c, uv[i]);
+    }
+    float v[NC][VEC];
+    float s = row_load<NC>(ar, width, lane, v);
+    float mean, inv;
+    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float o[VEC];
+            if (ubias) {
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    uv[i][j] += ub[i][j];
+            }
+            ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                o[j] *= silu(uv[i][j]);
+            store8(yr + c, o);
+        }
+    }
+    zero_pad(yr, width, ldy, lane);
+}
+
 __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu,
                                   const float *ubias, const float *w, const float *b, float eps, bf16_t *y,
                                   int ldy)
@@ -619,6 +849,13 @@ extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const 
         nc = 0;
 #define LN_MUL_ARGS rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy
     cudaError_t e;
+    if (early_form(rows, nc)) {
+        switch (nc) {
+        case 1: e = pdl_launch(ln_mul_early_kernel<1>, g, blk, 0, s, LN_MUL_ARGS); break;
+        case 2: e = pdl_launch(ln_mul_early_kernel<2>, g, blk, 0, s, LN_MUL_ARGS); break;
+        default: e = pdl_launch(ln_mul_early_kernel<4>, g, blk, 0, s, LN_MUL_ARGS); break;
+        }
+    } else
     switch (nc) {
     case 1: e = pdl_launch(ln_mul_vec_kernel<1>, g, blk, 0, s, LN_MUL_ARGS); break;
     case 2: e = pdl_launch(ln_mul_vec_kernel<2>, g, blk, 0, s, LN_MUL_ARGS); break;
