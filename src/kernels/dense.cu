@@ -224,6 +224,31 @@ __device__ __forceinline__ void ln_chunk_reg(const float v[VEC], float mean, flo
  * form (the file's header). */
 static bool early_form(int rows, int nc) { return row_warps(rows) <= 2 && nc >= 1 && nc <= 4; }
 
+/* The row's LayerNorm from registers (v: this lane's chunks, s their sum)
+ * into yr, and its padding to ldy: w and b chunk by chunk, or (EARLY) from
+ * wv and bv, loaded before the wait. */
+template <int NC, bool EARLY>
+__device__ __forceinline__ void ln_store(const float (&v)[NC][VEC], float s, int width, int lane, float eps,
+                                         const float *w, const float *b, const float (&wv)[NC][VEC],
+                                         const float (&bv)[NC][VEC], bf16_t *yr, int ldy)
+{
+    float mean, inv;
+    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        int c = (lane + 32 * i) * VEC;
+        if (c < width) {
+            float o[VEC];
+            if (EARLY)
+                ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
+            else
+                ln_chunk(v[i], mean, inv, w, b, c, o);
+            store8(yr + c, o);
+        }
+    }
+    zero_pad(yr, width, ldy, lane);
+}
+
 /* ---- embedding (+ the first layer's LayerNorm) --------------------------- */
 
 /* x = e * scale + pos as X (float or bf16). */
@@ -280,19 +305,8 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
         store_x1(xr + c, 0.0f);
     if (!xn)
         return;
-    float mean, inv;
-    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
-    bf16_t *yr = xn + (size_t)t * ldxn;
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-            float o[VEC];
-            ln_chunk(v[i], mean, inv, w, b, c, o);
-            store8(yr + c, o);
-        }
-    }
-    zero_pad(yr, width, ldxn, lane);
+    const float none[NC][VEC] = {};
+    ln_store<NC, false>(v, s, width, lane, eps, w, b, none, none, xn + (size_t)t * ldxn, ldxn);
 }
 
 /* x as stored: v rounded to X in place (the statistics see the stored residual). */
@@ -306,7 +320,7 @@ __device__ __forceinline__ void round_x(bf16_t *, float v[VEC])
 
 /* The early form (the file's header): w and b before the wait, then the
  * row ids, then the table's and the positions' rows at once; x and xn are
- * stored last. The same values as embed_vec_kernel. */
+ * stored last. The same arithmetic as embed_vec_kernel. */
 template <typename X, int NC>
 __global__ void __launch_bounds__(64)
     embed_early_kernel(int T, int width, const bf16_t *table, int ld_table, const int *rows, const bf16_t *pos_table,
@@ -358,19 +372,7 @@ __global__ void __launch_bounds__(64)
         store_x1(xr + c, 0.0f);
     if (!xn)
         return;
-    float mean, inv;
-    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
-    bf16_t *yr = xn + (size_t)t * ldxn;
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-            float o[VEC];
-            ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
-            store8(yr + c, o);
-        }
-    }
-    zero_pad(yr, width, ldxn, lane);
+    ln_store<NC, true>(v, s, width, lane, eps, w, b, wv, bv, xn + (size_t)t * ldxn, ldxn);
 }
 
 template <typename X>
@@ -459,45 +461,20 @@ extern "C" int embed_cuda(int T, int width, const bf16_t *table, int ld_table, c
 
 /* ---- LayerNorm: fp32 or bf16 in, bf16 out ----------------------------- */
 
-template <typename X, int NC>
-__global__ void layernorm_vec_kernel(int rows, int width, const X *x, int ldx, const float *w,
-                                     const float *b, float eps, bf16_t *y, int ldy)
-{
-    pdl_wait();
-    pdl_trigger();
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r = blockIdx.x * (blockDim.x / 32) + warp;
-    if (r >= rows)
-        return;
-    const X *xr = x + (size_t)r * ldx;
-    bf16_t *yr = y + (size_t)r * ldy;
-    float v[NC][VEC];
-    float s = row_load<NC>(xr, width, lane, v);
-    float mean, inv;
-    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-            float o[VEC];
-            ln_chunk(v[i], mean, inv, w, b, c, o);
-            store8(yr + c, o);
-        }
-    }
-    zero_pad(yr, width, ldy, lane);
-}
-
-/* The early form (the file's header); the same values as layernorm_vec_kernel. */
-template <typename X, int NC>
-__global__ void __launch_bounds__(64)
-    layernorm_early_kernel(int rows, int width, const X *x, int ldx, const float *w, const float *b, float eps,
-                           bf16_t *y, int ldy)
+/* EARLY: the early form (the file's header), w and b in registers before
+ * the wait; otherwise they are read chunk by chunk. */
+template <typename X, int NC, bool EARLY>
+__global__ void __launch_bounds__(EARLY ? 64 : 32 * ROWS_PER_BLOCK)
+    layernorm_vec_kernel(int rows, int width, const X *x, int ldx, const float *w, const float *b, float eps,
+                         bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
     float wv[NC][VEC], bv[NC][VEC];
-    param_load<NC>(w, width, lane, wv);
-    param_load<NC>(b, width, lane, bv);
+    if (EARLY) {
+        param_load<NC>(w, width, lane, wv);
+        param_load<NC>(b, width, lane, bv);
+    }
     pdl_wait();
     pdl_trigger();
     if (r >= rows)
@@ -506,18 +483,7 @@ __global__ void __launch_bounds__(64)
     bf16_t *yr = y + (size_t)r * ldy;
     float v[NC][VEC];
     float s = row_load<NC>(xr, width, lane, v);
-    float mean, inv;
-    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-            float o[VEC];
-            ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
-            store8(yr + c, o);
-        }
-    }
-    zero_pad(yr, width, ldy, lane);
+    ln_store<NC, EARLY>(v, s, width, lane, eps, w, b, wv, bv, yr, ldy);
 }
 
 template <typename X>
@@ -563,16 +529,16 @@ static int layernorm_launch(int rows, int width, const X *x, int ldx, const floa
     cudaError_t e;
     if (early_form(rows, nc)) {
         switch (nc) {
-        case 1: e = pdl_launch(layernorm_early_kernel<X, 1>, g, blk, 0, s, LN_ARGS); break;
-        case 2: e = pdl_launch(layernorm_early_kernel<X, 2>, g, blk, 0, s, LN_ARGS); break;
-        default: e = pdl_launch(layernorm_early_kernel<X, 4>, g, blk, 0, s, LN_ARGS); break;
+        case 1: e = pdl_launch(layernorm_vec_kernel<X, 1, true>, g, blk, 0, s, LN_ARGS); break;
+        case 2: e = pdl_launch(layernorm_vec_kernel<X, 2, true>, g, blk, 0, s, LN_ARGS); break;
+        default: e = pdl_launch(layernorm_vec_kernel<X, 4, true>, g, blk, 0, s, LN_ARGS); break;
         }
     } else
     switch (nc) {
-    case 1: e = pdl_launch(layernorm_vec_kernel<X, 1>, g, blk, 0, s, LN_ARGS); break;
-    case 2: e = pdl_launch(layernorm_vec_kernel<X, 2>, g, blk, 0, s, LN_ARGS); break;
-    case 4: e = pdl_launch(layernorm_vec_kernel<X, 4>, g, blk, 0, s, LN_ARGS); break;
-    case 8: e = pdl_launch(layernorm_vec_kernel<X, 8>, g, blk, 0, s, LN_ARGS); break;
+    case 1: e = pdl_launch(layernorm_vec_kernel<X, 1, false>, g, blk, 0, s, LN_ARGS); break;
+    case 2: e = pdl_launch(layernorm_vec_kernel<X, 2, false>, g, blk, 0, s, LN_ARGS); break;
+    case 4: e = pdl_launch(layernorm_vec_kernel<X, 4, false>, g, blk, 0, s, LN_ARGS); break;
+    case 8: e = pdl_launch(layernorm_vec_kernel<X, 8, false>, g, blk, 0, s, LN_ARGS); break;
     default: e = pdl_launch(layernorm_any_kernel<X>, g, blk, 0, s, LN_ARGS); break;
     }
 #undef LN_ARGS
@@ -709,77 +675,38 @@ extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const flo
 
 /* ---- y = SiLU(u + ubias) * LN(a) -------------------------------------- */
 
-/* The row of a stays in registers; u is read in the output loop, not with a:
- * holding both would double the registers and halve the warps per SM (run 2
- * of docs/cuda.md: 66% of copy bandwidth that way). */
-template <int NC>
-__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)
+/* The row of a stays in registers. The plain form reads u in the output
+ * loop, not with a: holding both would double the registers and halve the
+ * warps per SM (run 2 of docs/cuda.md: 66% of copy bandwidth that way).
+ * EARLY, the early form (the file's header): w, b and ubias before the
+ * wait, then the rows of a and u at once. */
+template <int NC, bool EARLY>
+__global__ void __launch_bounds__(EARLY ? 64 : 32 * ROWS_PER_BLOCK)
     ln_mul_vec_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
                       const float *w, const float *b, float eps, bf16_t *y, int ldy)
 {
-    pdl_wait();
-    pdl_trigger();
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
+    float wv[NC][VEC], bv[NC][VEC], ub[NC][VEC], uv[NC][VEC];
+    if (EARLY) {
+        param_load<NC>(w, width, lane, wv);
+        param_load<NC>(b, width, lane, bv);
+        param_load<NC>(ubias, width, lane, ub);
+    }
+    pdl_wait();
+    pdl_trigger();
     if (r >= rows)
         return;
     const bf16_t *ar = a + (size_t)r * lda;
     const bf16_t *ur = u + (size_t)r * ldu;
     bf16_t *yr = y + (size_t)r * ldy;
-    float v[NC][VEC];
-    float s = row_load<NC>(ar, width, lane, v);
-    float mean, inv;
-    row_stats<NC>(v, s, width, lane, eps, &mean, &inv);
+    if (EARLY)
 #pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width) {
-            float o[VEC], uv[VEC];
-            load8(ur + c, uv);
-            if (ubias) {
-                float ub[VEC];
-                load8(ubias + c, ub);
-#pragma unroll
-                for (int j = 0; j < VEC; j++)
-                    uv[j] += ub[j];
-            }
-            ln_chunk(v[i], mean, inv, w, b, c, o);
-#pragma unroll
-            for (int j = 0; j < VEC; j++)
-                o[j] *= silu(uv[j]);
-            store8(yr + c, o);
+        for (int i = 0; i < NC; i++) {
+            int c = (lane + 32 * i) * VEC;
+            if (c < width)
+                load8(ur + c, uv[i]);
         }
-    }
-    zero_pad(yr, width, ldy, lane);
-}
-
-/* The early form (the file's header): w, b and ubias before the wait, then
- * the rows of a and u at once; the same values as ln_mul_vec_kernel. */
-template <int NC>
-__global__ void __launch_bounds__(64)
-    ln_mul_early_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
-                        const float *w, const float *b, float eps, bf16_t *y, int ldy)
-{
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int r = blockIdx.x * (blockDim.x / 32) + warp;
-    float wv[NC][VEC], bv[NC][VEC], ub[NC][VEC];
-    param_load<NC>(w, width, lane, wv);
-    param_load<NC>(b, width, lane, bv);
-    param_load<NC>(ubias, width, lane, ub);
-    pdl_wait();
-    pdl_trigger();
-    if (r >= rows)
-        return;
-    const bf16_t *ar = a + (size_t)r * lda;
-    const bf16_t *ur = u + (size_t)r * ldu;
-    bf16_t *yr = y + (size_t)r * ldy;
-    float uv[NC][VEC];
-#pragma unroll
-    for (int i = 0; i < NC; i++) {
-        int c = (lane + 32 * i) * VEC;
-        if (c < width)
-            load8(ur + c, uv[i]);
-    }
     float v[NC][VEC];
     float s = row_load<NC>(ar, width, lane, v);
     float mean, inv;
@@ -789,12 +716,20 @@ __global__ void __launch_bounds__(64)
         int c = (lane + 32 * i) * VEC;
         if (c < width) {
             float o[VEC];
+            if (!EARLY) {
+                load8(ur + c, uv[i]);
+                if (ubias)
+                    load8(ubias + c, ub[i]);
+            }
             if (ubias) {
 #pragma unroll
                 for (int j = 0; j < VEC; j++)
                     uv[i][j] += ub[i][j];
             }
-            ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
+            if (EARLY)
+                ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
+            else
+                ln_chunk(v[i], mean, inv, w, b, c, o);
 #pragma unroll
             for (int j = 0; j < VEC; j++)
                 o[j] *= silu(uv[i][j]);
@@ -851,16 +786,16 @@ extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const 
     cudaError_t e;
     if (early_form(rows, nc)) {
         switch (nc) {
-        case 1: e = pdl_launch(ln_mul_early_kernel<1>, g, blk, 0, s, LN_MUL_ARGS); break;
-        case 2: e = pdl_launch(ln_mul_early_kernel<2>, g, blk, 0, s, LN_MUL_ARGS); break;
-        default: e = pdl_launch(ln_mul_early_kernel<4>, g, blk, 0, s, LN_MUL_ARGS); break;
+        case 1: e = pdl_launch(ln_mul_vec_kernel<1, true>, g, blk, 0, s, LN_MUL_ARGS); break;
+        case 2: e = pdl_launch(ln_mul_vec_kernel<2, true>, g, blk, 0, s, LN_MUL_ARGS); break;
+        default: e = pdl_launch(ln_mul_vec_kernel<4, true>, g, blk, 0, s, LN_MUL_ARGS); break;
         }
     } else
     switch (nc) {
-    case 1: e = pdl_launch(ln_mul_vec_kernel<1>, g, blk, 0, s, LN_MUL_ARGS); break;
-    case 2: e = pdl_launch(ln_mul_vec_kernel<2>, g, blk, 0, s, LN_MUL_ARGS); break;
-    case 4: e = pdl_launch(ln_mul_vec_kernel<4>, g, blk, 0, s, LN_MUL_ARGS); break;
-    case 8: e = pdl_launch(ln_mul_vec_kernel<8>, g, blk, 0, s, LN_MUL_ARGS); break;
+    case 1: e = pdl_launch(ln_mul_vec_kernel<1, false>, g, blk, 0, s, LN_MUL_ARGS); break;
+    case 2: e = pdl_launch(ln_mul_vec_kernel<2, false>, g, blk, 0, s, LN_MUL_ARGS); break;
+    case 4: e = pdl_launch(ln_mul_vec_kernel<4, false>, g, blk, 0, s, LN_MUL_ARGS); break;
+    case 8: e = pdl_launch(ln_mul_vec_kernel<8, false>, g, blk, 0, s, LN_MUL_ARGS); break;
     default: e = pdl_launch(ln_mul_any_kernel, g, blk, 0, s, LN_MUL_ARGS); break;
     }
 #undef LN_MUL_ARGS
