@@ -220,6 +220,18 @@ __device__ __forceinline__ void ln_chunk_reg(const float v[VEC], float mean, flo
         o[j] = affine ? (v[j] - mean) * inv * wv[j] + bv[j] : (v[j] - mean) * inv;
 }
 
+/* One chunk's LayerNorm at column c: w and b read there, or (EARLY) this
+ * lane's chunk of them from registers (wv, bv). */
+template <bool EARLY>
+__device__ __forceinline__ void ln_chunk_at(const float v[VEC], float mean, float inv, const float *w, const float *b,
+                                            int c, const float wv[VEC], const float bv[VEC], float o[VEC])
+{
+    if (EARLY)
+        ln_chunk_reg(v, mean, inv, w != NULL, wv, bv, o);
+    else
+        ln_chunk(v, mean, inv, w, b, c, o);
+}
+
 /* Whether a row-wise op of `rows` rows and nc chunks a lane takes its early
  * form (the file's header). */
 static bool early_form(int rows, int nc) { return row_warps(rows) <= 2 && nc >= 1 && nc <= 4; }
@@ -239,10 +251,7 @@ __device__ __forceinline__ void ln_store(const float (&v)[NC][VEC], float s, int
         int c = (lane + 32 * i) * VEC;
         if (c < width) {
             float o[VEC];
-            if (EARLY)
-                ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
-            else
-                ln_chunk(v[i], mean, inv, w, b, c, o);
+            ln_chunk_at<EARLY>(v[i], mean, inv, w, b, c, wv[i], bv[i], o);
             store8(yr + c, o);
         }
     }
@@ -726,10 +735,7 @@ __global__ void __launch_bounds__(EARLY ? 64 : 32 * ROWS_PER_BLOCK)
                 for (int j = 0; j < VEC; j++)
                     uv[i][j] += ub[i][j];
             }
-            if (EARLY)
-                ln_chunk_reg(v[i], mean, inv, w != NULL, wv[i], bv[i], o);
-            else
-                ln_chunk(v[i], mean, inv, w, b, c, o);
+            ln_chunk_at<EARLY>(v[i], mean, inv, w, b, c, wv[i], bv[i], o);
 #pragma unroll
             for (int j = 0; j < VEC; j++)
                 o[j] *= silu(uv[i][j]);
