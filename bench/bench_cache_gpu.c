@@ -265,6 +265,39 @@ static void split_sweep(attn_cuda_params ap, int iters, float *t)
     printf(" ms (chosen: %d)\n", attn_cuda_splits(&ap));
 }
 
+/* The split parts through global memory (attn_cuda_params.parts) at batch
+ * 1: the attention alone by S, the same plus the planes' sum
+ * (attn_parts_sum_cuda, as ln_mul_parts_cuda reads them), and the trace. */
+static void parts_splits(attn_cuda_params ap, int rows_u, int vw, int iters, float *t)
+{
+    void *parts = NULL;
+    float *scales = NULL;
+    cuda_ok(cudaMalloc(&parts, (size_t)ATTN_CUDA_MAX_PART_SPLITS * rows_u * vw * 2), "cudaMalloc");
+    cuda_ok(cudaMalloc((void **)&scales, (size_t)ATTN_CUDA_MAX_PART_SPLITS * rows_u * ap.H * 4), "cudaMalloc");
+    ap.parts = parts;
+    ap.parts_scale = scales;
+    ap.ld_parts = vw;
+    ap.parts_plane = (size_t)rows_u * vw;
+    ap.scale_plane = (size_t)rows_u * ap.H;
+    ap.parts_planes = ATTN_CUDA_MAX_PART_SPLITS;
+    static const int Ss[6] = {4, 6, 8, 11, 12, 16};
+    printf("    batch 1, parts in global memory, splits");
+    for (int i = 0; i < 6; i++) {
+        ap.splits = Ss[i];
+        printf(" %d: %.4f", Ss[i], time_attention(&ap, iters, t));
+    }
+    ap.splits = 0;
+    printf(" ms (chosen: %d)\n", attn_cuda_splits(&ap));
+    for (int S = 8; S <= 11; S += 3) {
+        ap.splits = S;
+        char label[64];
+        snprintf(label, sizeof label, "batch 1, parts, splits %d", S);
+        trace_attention(ap, label);
+    }
+    cudaFree(parts);
+    cudaFree(scales);
+}
+
 /* The clusters the GPU holds by split factor, then the split sweep for 128
  * new rows + the candidates a user (the end-to-end benchmark's requests):
  * batch 1 over 384, 896 and 1920 cached rows, batches 2 and 4 over 1920
@@ -510,6 +543,7 @@ int main(int argc, char **argv)
                         ap.splits = 1;
                         trace_attention(ap, "batch 1, splits 1");
                         ap.splits = 0;
+                        parts_splits(ap, rows_u, vw, iters, t);
                         short_history_splits(ap, hs, d_seqs, iters, t);
                         cudaMemcpy(d_seqs, hs, sizeof hs, cudaMemcpyHostToDevice);
                     }

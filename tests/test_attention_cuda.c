@@ -377,6 +377,9 @@ static void problem_reference(problem *pb)
 
 typedef struct gpu_problem {
     uint16_t *d_qkv, *d_pool, *d_out;
+    uint16_t *d_parts; /* g_parts: ATTN_CUDA_MAX_PART_SPLITS planes of fp16, and their scales */
+    float *d_scales;
+    size_t parts_bytes, scales_bytes;
     int *d_pt;
     attn_cuda_seq *d_seqs;
     int64_t *d_ts;
@@ -388,6 +391,9 @@ typedef struct gpu_problem {
 
 /* Split-KV (case_split): 0 none, -1 the kernel's own choice, else forced. */
 static int g_splits;
+/* Split-KV parts in global memory (attn_cuda_params.parts), added up by
+ * attn_parts_sum_cuda into the output the checks read. */
+static bool g_parts;
 
 /* Records a failed CUDA call as a test failure; true when it succeeded. */
 static bool cuda_ok(cudaError_t e, const char *what, int line)
@@ -403,6 +409,8 @@ static void gpu_free(gpu_problem *g)
     cudaFree(g->d_qkv);
     cudaFree(g->d_pool);
     cudaFree(g->d_out);
+    cudaFree(g->d_parts);
+    cudaFree(g->d_scales);
     cudaFree(g->d_pt);
     cudaFree(g->d_seqs);
     cudaFree(g->d_ts);
@@ -477,6 +485,19 @@ static bool gpu_init(gpu_problem *g, const problem *pb)
             if (pb->cseqs[b].hist + pb->cseqs[b].cand > c->max_keys)
                 c->max_keys = pb->cseqs[b].hist + pb->cseqs[b].cand;
     }
+    if (g_parts) { /* rows 8 values wider than the heads, planes 8 values (scales 3) apart beyond the rows */
+        c->ld_parts = p->H * p->Dv + 8;
+        c->parts_plane = pb->rows * (size_t)c->ld_parts + 8;
+        c->scale_plane = pb->rows * (size_t)p->H + 3;
+        c->parts_planes = ATTN_CUDA_MAX_PART_SPLITS;
+        g->parts_bytes = c->parts_plane * ATTN_CUDA_MAX_PART_SPLITS * sizeof(uint16_t);
+        g->scales_bytes = c->scale_plane * ATTN_CUDA_MAX_PART_SPLITS * sizeof(float);
+        if (!CUDA_OK(cudaMalloc((void **)&g->d_parts, g->parts_bytes)) ||
+            !CUDA_OK(cudaMalloc((void **)&g->d_scales, g->scales_bytes)))
+            goto fail;
+        c->parts = g->d_parts;
+        c->parts_scale = g->d_scales;
+    }
     return true;
 fail:
     gpu_free(g);
@@ -488,9 +509,15 @@ static bool gpu_run(gpu_problem *g, int kind, uint16_t *out)
 {
     if (!CUDA_OK(cudaMemset(g->d_out, 0xFF, g->out_bytes))) /* 0xFFFF: a bf16 NaN */
         return false;
+    if (g->d_parts && (!CUDA_OK(cudaMemset(g->d_parts, 0xFF, g->parts_bytes)) || /* NaN: what is left unwritten shows */
+                       !CUDA_OK(cudaMemset(g->d_scales, 0xFF, g->scales_bytes))))
+        return false;
     attn_cuda_force_kernel(kind);
     int rc = attn_fwd_cuda(&g->cp, g->stream);
+    const int S = attn_cuda_parts_used(&g->cp); /* (under the forced kernel: the one that ran) */
     attn_cuda_force_kernel(ATTN_CUDA_KERNEL_AUTO);
+    if (rc == 0 && S > 0)
+        rc = attn_parts_sum_cuda(&g->cp, S, g->stream);
     return CUDA_OK((cudaError_t)rc) && CUDA_OK(cudaStreamSynchronize(g->stream)) &&
            CUDA_OK(cudaMemcpy(out, g->d_out, g->out_bytes, cudaMemcpyDeviceToHost));
 }
@@ -709,6 +736,92 @@ static void case_split(void)
     g_splits = 0;
 }
 
+/* The same problems with the parts in global memory (no cluster): the
+ * kernel's own S, forced S up to ATTN_CUDA_MAX_PART_SPLITS (more than a
+ * cluster holds), and more splits than a row block has tiles (empty splits,
+ * whose planes the next split zeroes: the planes start as NaN). */
+static void case_split_parts(void)
+{
+    g_parts = true;
+    g_splits = -1;
+    case_spec one = {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128, .nseq = 1,
+                     .seqs = {SEQ(3000, 3128, 40, 3000)}};
+    check_case(&one, 80);
+    case_spec three = {.H = 4, .Dqk = 128, .Dv = 128, .P = 16, .N = 2048, .nseq = 3,
+                       .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}};
+    if (!t_case_failed())
+        check_case(&three, 81);
+    static const int forced[4] = {3, 11, ATTN_CUDA_MAX_PART_SPLITS, 2};
+    for (int i = 0; i < 4 && !t_case_failed(); i++) {
+        g_splits = forced[i];
+        check_case(&one, 82 + i);
+    }
+    case_spec few = {.H = 1, .Dqk = 64, .Dv = 64, .P = 16, .N = 512, .nseq = 2,
+                     .seqs = {SEQ(0, 100, 5, 0), SEQ(96, 130, 3, 96)}};
+    g_splits = ATTN_CUDA_MAX_PART_SPLITS;
+    if (!t_case_failed())
+        check_case(&few, 86);
+    g_splits = 0;
+    g_parts = false;
+}
+
+/* Parts added up give the cluster's output at the same S but for the
+ * parts' fp16 rounding (11 significant bits, relative to the largest value
+ * of the row's head slice: the per-row scale): every value within a bf16
+ * step of its own plus 1/64 of its slice's largest. */
+static void case_split_parts_vs_cluster(void)
+{
+    case_spec cases[2] = {
+        {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128, .nseq = 1,
+         .seqs = {SEQ(3000, 3128, 40, 3000)}},
+        {.H = 4, .Dqk = 128, .Dv = 128, .P = 16, .N = 2048, .nseq = 3,
+         .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}}};
+    static const int forced[3] = {3, 8, 5};
+    for (int ci = 0; ci < 2; ci++)
+        for (int fi = 0; fi < 3 && !t_case_failed(); fi++) {
+            problem pb;
+            problem_init(&pb, &cases[ci], 200 + ci);
+            gpu_problem gc, gp;
+            g_splits = forced[fi];
+            g_parts = false;
+            bool ok = gpu_init(&gc, &pb);
+            g_parts = true;
+            ok = ok && gpu_init(&gp, &pb);
+            g_parts = false;
+            g_splits = 0;
+            if (!ok) {
+                problem_free(&pb);
+                return;
+            }
+            size_t n = pb.rows * pb.p.ld_out;
+            uint16_t *oc = xcalloc(n, sizeof(uint16_t)), *op = xcalloc(n, sizeof(uint16_t));
+            if (gpu_run(&gc, ATTN_CUDA_KERNEL_WS, oc) && gpu_run(&gp, ATTN_CUDA_KERNEL_WS, op)) {
+                T_CHECK(attn_cuda_parts_used(&gp.cp) == forced[fi], "S %d: parts used %d", forced[fi],
+                        attn_cuda_parts_used(&gp.cp));
+                size_t diff = 0, same = 0;
+                const int Dv = pb.p.Dv;
+                for (size_t i = 0; i < n; i++) {
+                    const size_t s0 = i - (i % (size_t)pb.p.ld_out) % (size_t)Dv; /* the slice's first value */
+                    double big = 0;
+                    for (int d = 0; d < Dv && s0 + d < n; d++)
+                        if (isfinite(t_bf2f(oc[s0 + d])))
+                            big = fmax(big, fabs(t_bf2f(oc[s0 + d])));
+                    const double a = t_bf2f(oc[i]), b = t_bf2f(op[i]);
+                    same += oc[i] == op[i];
+                    diff += !(fabs(a - b) <= ldexp(fabs(a), -7) + ldexp(big, -6)) && oc[i] != op[i];
+                }
+                T_CHECK(diff == 0, "case %d, S %d: %zu of %zu values more than one bf16 step from the cluster's", ci,
+                        forced[fi], diff, n);
+                printf("    case %d, S %d: %.1f%% of the values bit for bit the cluster's\n", ci, forced[fi],
+                       100.0 * same / n);
+            }
+            free(oc), free(op);
+            gpu_free(&gc);
+            gpu_free(&gp);
+            problem_free(&pb);
+        }
+}
+
 /* The split factor fills one wave of clusters, never two: for every count of
  * row blocks a few new rows give (1 to 16 users of 384 rows, 4 heads) and
  * long or short histories, the chosen S's clusters fit at once on this GPU
@@ -887,6 +1000,8 @@ static const test_case kCases[] = {
     {"attention cuda: a user's rows alone = in a batch (bitwise)", case_batch_independence, 0, 1},
     {"attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster", case_split, 1, 1},
     {"attention cuda: the split factor's clusters fit in one wave", case_split_rule, 1, 1},
+    {"attention cuda: split-KV with fp16 parts in global memory (no cluster, S up to 16)", case_split_parts, 1, 1},
+    {"attention cuda: split-KV parts added up = the cluster's output within a bf16 step", case_split_parts_vs_cluster, 0, 1},
     {"attention cuda: no pages: K and V loaded by TMA", case_tma, 0, 1},
 };
 
@@ -926,6 +1041,9 @@ static const char *const kNames[] = {
     "attention cuda: SiLU tails (large logits)",
     "attention cuda: a user's rows alone = in a batch (bitwise)",
     "attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster",
+    "attention cuda: the split factor's clusters fit in one wave",
+    "attention cuda: split-KV with fp16 parts in global memory (no cluster, S up to 16)",
+    "attention cuda: split-KV parts added up = the cluster's output within a bf16 step",
     "attention cuda: no pages: K and V loaded by TMA",
 };
 

@@ -45,6 +45,7 @@
     X("cuda: layernorm", test_layernorm)                                                          \
     X("cuda: bias + SiLU", test_bias_silu)                                                        \
     X("cuda: SiLU(u + b) * LN(a)", test_ln_mul)                                                   \
+    X("cuda: SiLU(u + b) * LN(a) with a as split-KV parts", test_ln_mul_parts)                    \
     X("cuda: gather + L2 norm", test_gather_l2norm)                                               \
     X("cuda: scores (sigmoid or logits) into pinned host or device memory", test_scores_out)      \
     X("cuda: bf16 GEMM (cuBLASLt)", test_gemm)                                                    \
@@ -414,6 +415,89 @@ static void test_ln_mul(void)
                 cudaFree(d_a), cudaFree(d_u), cudaFree(d_ub), cudaFree(d_w), cudaFree(d_b), cudaFree(d_y);
                 free(a), free(u), free(ub), free(gw), free(gb);
             }
+    printf("    worst error %.3g\n", worst);
+}
+
+/* fp16 bits of k / 16 for an integer |k| <= 2047 (exact in fp16's 11
+ * significant bits), and back. */
+static uint16_t half_of_sixteenths(int k)
+{
+    if (k == 0)
+        return 0;
+    uint16_t sign = k < 0 ? 0x8000 : 0;
+    int m = k < 0 ? -k : k, e = 10;
+    while (m < 1024)
+        m <<= 1, e--;
+    return (uint16_t)(sign | (uint16_t)((e - 4 + 15) << 10) | (uint16_t)(m & 1023));
+}
+static float half_value(uint16_t h)
+{
+    int e = (h >> 10) & 31, m = h & 1023;
+    float v = e ? ldexpf((float)(m | 1024), e - 25) : ldexpf((float)m, -24);
+    return (h & 0x8000) ? -v : v;
+}
+
+/* ln_mul_parts_cuda: a = bf16(scale * sum over planes, in order, of fp16 x
+ * its power-of-two scale per row and head), then ln_mul_ref. */
+static void test_ln_mul_parts(void)
+{
+    static const int pw[] = {4, 24, 512, 1024}, ph[] = {4, 8, 128, 256}, ps[] = {1, 3, 16};
+    double worst = 0;
+    rng r = {77};
+    for (int ri = 0; ri < 3; ri++)
+        for (int wi = 0; wi < 4; wi++)
+            for (int si = 0; si < 3; si++) {
+                int rows = row_counts[ri], w = pw[wi], hw = ph[wi], H = w / hw, S = ps[si], affine = (wi + si) % 2;
+                int ldp = pad8(w) + 8, ldu = w * 4 + 8, ldy = w + 4;
+                size_t plane = (size_t)rows * ldp + 8, np = plane * S, splane = (size_t)rows * H + 1;
+                uint16_t *hp = t_xmalloc(np * 2);
+                float *sc = t_xmalloc(sizeof(float) * splane * S);
+                for (size_t i = 0; i < np; i++)
+                    hp[i] = half_of_sixteenths((int)rng_below(&r, 4095) - 2047);
+                for (size_t i = 0; i < splane * S; i++)
+                    sc[i] = ldexpf(1.0f, -(int)rng_below(&r, 12));
+                float *u = rand_bf((size_t)rows * ldu, -4, 4);
+                float *ub = rand_f32(w, -1, 1), *gw = rand_f32(w, 0.5f, 1.5f), *gb = rand_f32(w, -0.5f, 0.5f);
+                const float scale = 1.0f / 4096.0f;
+                uint16_t *d_hp = NULL;
+                cudaMalloc((void **)&d_hp, np * 2);
+                cudaMemcpy(d_hp, hp, np * 2, cudaMemcpyHostToDevice);
+                float *d_sc = up_f32(sc, splane * S), *d_ub = up_f32(ub, w), *d_w = up_f32(gw, w),
+                      *d_b = up_f32(gb, w);
+                uint16_t *d_u = up_bf16(u, (size_t)rows * ldu), *d_y = t_dpoison((size_t)rows * ldy * 2);
+                ln_mul_parts_src src = {d_hp, d_sc, plane, splane, ldp, hw, S, scale};
+                T_CHECK(ln_mul_parts_cuda(rows, w, &src, d_u, ldu, d_ub, affine ? d_w : NULL, affine ? d_b : NULL,
+                                          1e-5f, d_y, ldy, NULL) == 0,
+                        "launch");
+                if (sync_ok("ln_mul_parts")) {
+                    float *y = t_xmalloc(sizeof(float) * rows * ldy), *ref = t_xmalloc(sizeof(float) * rows * w);
+                    float *a = t_xmalloc(sizeof(float) * rows * w);
+                    down_bf16(y, d_y, (size_t)rows * ldy);
+                    for (int q = 0; q < rows; q++)
+                        for (int c = 0; c < w; c++) {
+                            float acc = 0.0f;
+                            for (int z = 0; z < S; z++)
+                                acc += half_value(hp[z * plane + (size_t)q * ldp + c]) *
+                                       sc[z * splane + (size_t)q * H + c / hw];
+                            a[(size_t)q * w + c] = acc * scale;
+                        }
+                    round_bf16(a, (size_t)rows * w);
+                    float *us = pack(u, rows, w, ldu);
+                    bias_silu_ref(rows, w, us, w, ub, w);
+                    ln_mul_ref(rows, w, a, w, us, w, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
+                    char what[96];
+                    snprintf(what, sizeof what, "ln_mul_parts rows %d width %d S %d affine %d", rows, w, S, affine);
+                    bf16_check c = check_rows_bf16(what, y, ref, rows, w, ldy);
+                    worst = fmax(worst, c.err);
+                    free(y), free(ref), free(a), free(us);
+                }
+                cudaFree(d_hp), cudaFree(d_sc), cudaFree(d_u), cudaFree(d_ub), cudaFree(d_w), cudaFree(d_b),
+                    cudaFree(d_y);
+                free(hp), free(sc), free(u), free(ub), free(gw), free(gb);
+            }
+    ln_mul_parts_src wide = {NULL, NULL, 0, 0, 1032, 4, 1, 1.0f};
+    T_CHECK(ln_mul_parts_cuda(1, 1028, &wide, NULL, 1028, NULL, NULL, NULL, 1e-5f, NULL, 1028, NULL) != 0,
+            "width 1028 (over 1024) must be refused");
     printf("    worst error %.3g\n", worst);
 }
 

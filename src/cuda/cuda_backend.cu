@@ -111,6 +111,12 @@ struct cuda_backend {
     bf16_t *d_mlp_a, *d_mlp_b;   /* [T, head_w8] ranking MLP ping-pong */
     float *d_logits;      /* [T, n_tasks8] */
     void *d_head_scratch; /* the fused head's partial logits and counters (zeroed at create) */
+    /* Split-KV parts of the attention (attention_cuda.h, attn_cuda_params.parts),
+     * added up by ln_mul_parts_cuda; NULL with HSTU_CUDA_ATTN_PARTS=0 or a
+     * width that kernel does not take (then the parts meet in a cluster). */
+    void *d_parts;        /* fp16 values */
+    float *d_parts_scale; /* a power of two per row, head and plane */
+    size_t parts_halves, parts_scales;
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
     float *d_scores;      /* [score_rows, n_items8] */
     int *d_topk_ids;      /* [topk_cap] */
@@ -302,6 +308,8 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_head_scratch =
         cb->fused_head_rows > 0 ? carve(c, head_fused_scratch_bytes((int)T, cb->head_out8[0], cb->n_tasks8))
                                 : NULL;
+    cb->d_parts = cb->parts_halves ? carve(c, cb->parts_halves * 2) : NULL;
+    cb->d_parts_scale = cb->parts_halves ? (float *)carve(c, cb->parts_scales * 4) : NULL;
     cb->d_users = retr ? (bf16_t *)carve(c, U * d8 * 2) : NULL;
     cb->d_scores = retr ? (float *)carve(c, (size_t)cb->score_rows * cb->n_items8 * 4) : NULL;
     cb->d_topk_ids = retr ? (int *)carve(c, cb->topk_cap * 4) : NULL;
@@ -851,6 +859,21 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
+        /* Split-KV parts through L2 into SiLU(u) * LN(attn) (docs/cuda.md,
+         * "The attention's split parts"), unless HSTU_CUDA_ATTN_PARTS=0.
+         * A split call's planes hold S x T x H x Dv values and S x T x H
+         * scales: S x (row blocks x H) is at most the SMs, so SMs x 128 x Dv
+         * values and SMs x 128 scales hold any call's (attn_cuda_splits
+         * takes fewer splits where a call's do not fit). */
+        const char *ap = getenv("HSTU_CUDA_ATTN_PARTS");
+        int dev = 0, n_sm = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n_sm < 1)
+            n_sm = 1;
+        size_t most = (size_t)n_sm * 128 * (size_t)cfg->d_v, all = (size_t)ATTN_CUDA_MAX_PART_SPLITS * max_tokens * vw;
+        bool on = !(ap && !strcmp(ap, "0")) && ln_mul_parts_supported(vw, cfg->d_v, vw, W, vw) && vw % 8 == 0;
+        cb->parts_halves = on ? (most < all ? most : all) : 0;
+        cb->parts_scales = on ? (size_t)n_sm * 128 : 0;
     }
     if (cfg->family == HSTU_FAMILY_RANKING) {
         cb->action_off = cfg->item_rows;
@@ -1121,8 +1144,13 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     }
     if ((st = ck(attn_fwd_cuda(&ap, s), "attention", err)) != HSTU_OK)
         return st;
-    if ((st = ck(ln_mul_cuda(T, vw, cb->d_attn, vw, cb->d_uvqk, W, L->uvqk_b, L->ln_out_w, L->ln_out_b,
-                             cfg->ln_eps, cb->d_y, vw, s),
+    /* A split's parts (planes 0..S-1) are added here instead of in a cluster */
+    const ln_mul_parts_src src = {ap.parts, ap.parts_scale, ap.parts_plane, ap.scale_plane, ap.ld_parts, ap.Dv,
+                                  attn_cuda_parts_used(&ap), 1.0f / (float)ap.N};
+    if ((st = ck(src.S > 0 ? ln_mul_parts_cuda(T, vw, &src, cb->d_uvqk, W, L->uvqk_b, L->ln_out_w, L->ln_out_b,
+                                               cfg->ln_eps, cb->d_y, vw, s)
+                             : ln_mul_cuda(T, vw, cb->d_attn, vw, cb->d_uvqk, W, L->uvqk_b, L->ln_out_w,
+                                           L->ln_out_b, cfg->ln_eps, cb->d_y, vw, s),
                  "u * LN(attn)", err)) != HSTU_OK)
         return st;
     return ck_gemm(cb, T, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
@@ -1710,6 +1738,16 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
     ap.N = cfg->attn_scale_len;
     ap.n_buckets = cfg->rab_buckets;
     ap.ts = retr ? (const int64_t *)DEV(cb, sg.ts) : NULL;
+    if (cb->d_parts) { /* planes of the rows the layers run */
+        ap.parts = cb->d_parts;
+        ap.parts_scale = cb->d_parts_scale;
+        ap.ld_parts = cb->vw;
+        ap.parts_plane = (size_t)T_run * (size_t)cb->vw;
+        ap.scale_plane = (size_t)T_run * (size_t)cfg->n_heads;
+        size_t planes = cb->parts_halves / ap.parts_plane, by_scales = cb->parts_scales / ap.scale_plane;
+        planes = planes < by_scales ? planes : by_scales;
+        ap.parts_planes = planes > ATTN_CUDA_MAX_PART_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS : (int)planes;
+    }
     ap.splits = attn_cuda_splits(&ap); /* from this batch's sizes, graph or not */
     /* The bucket's graphs (captured on first use) are looked up before the
      * copies, so that the launches follow the copies without a wait for the

@@ -59,6 +59,7 @@
 
 #include <atomic>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <stdint.h>
@@ -637,6 +638,107 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
     cluster_sync();
 }
 
+/* ---- split-KV through global memory: planes of parts -------------------- */
+
+/* The multiplier 2^e that puts m (> 0, finite) in [2^14, 2^15), e within
+ * fp32's normal exponents; 1 for 0, Inf or NaN (they pass as they are). */
+__device__ __forceinline__ int parts_exp(float m)
+{
+    if (!(m > 0.0f) || !(m < 3.0e38f))
+        return 0;
+    const int ex = ((__float_as_int(m) >> 23) & 255) - 127; /* floor(log2 m) for normal m */
+    const int e = 14 - (ex < -126 ? -126 : ex);
+    return e > 126 ? 126 : e < -126 ? -126 : e;
+}
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+/* With attn_cuda_params.parts: this CTA's part (fp32 in shared memory, as
+ * split_store leaves it, row stride D + 8) to its rows of plane blockIdx.z
+ * as fp16 with a power of two per row (attention_cuda.h), threads tid = 0
+ * .. nthreads-1 (256): two threads find a row's largest |v| and leave the
+ * multiplier in the row's padding, then 16 bytes (8 values) a store. The
+ * reader adds the planes (no cluster, no wait for the other splits). A
+ * split with no key tile adds nothing, but its plane must hold zeros: such
+ * splits leave at once, and the next split with tiles zeroes their planes
+ * (split_first gives the last split of a row block at least one tile, so
+ * every empty split has one after it; zeroing in the empty CTA itself,
+ * before the roles part, cost the computing warpgroups 56 more bytes of
+ * spills at D 256). */
+template <int D>
+__device__ __forceinline__ void parts_write(const attn_cuda_params &p, const Blk &k, float *part, int tid)
+{
+    constexpr int SR = part_stride<D>();
+    {   /* the rows' multipliers: threads 2r and 2r + 1 take half of row r each */
+        const int row = tid / 2, c0 = (tid % 2) * (p.Dv / 2);
+        float m = 0.0f;
+        if (row < k.nr)
+            for (int c = c0; c < c0 + p.Dv / 2; c += 4) {
+                const float4 v = *reinterpret_cast<const float4 *>(part + row * SR + c);
+                m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+            }
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        if (tid % 2 == 0 && row < BM)
+            part[row * SR + D] = pow2f(parts_exp(m));
+    }
+    bar_sync(3, 256);
+    const size_t at = (size_t)(k.s.q0 + k.r0) * p.ld_parts + (size_t)k.h * p.Dv;
+    const size_t sat = (size_t)(k.s.q0 + k.r0) * p.H + (size_t)k.h;
+    const int cpr = p.Dv / 8, z = (int)blockIdx.z;
+    __half *dst = static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at;
+    for (int i = tid; i < k.nr * cpr; i += 256) {
+        const int row = i / cpr, col = 8 * (i - row * cpr);
+        const float mul = part[row * SR + D];
+        const float4 a = *reinterpret_cast<const float4 *>(part + row * SR + col);
+        const float4 b = *reinterpret_cast<const float4 *>(part + row * SR + col + 4);
+        const __half2 h0 = __floats2half2_rn(a.x * mul, a.y * mul), h1 = __floats2half2_rn(a.z * mul, a.w * mul);
+        const __half2 h2 = __floats2half2_rn(b.x * mul, b.y * mul), h3 = __floats2half2_rn(b.z * mul, b.w * mul);
+        uint4 w;
+        w.x = *reinterpret_cast<const uint32_t *>(&h0), w.y = *reinterpret_cast<const uint32_t *>(&h1);
+        w.z = *reinterpret_cast<const uint32_t *>(&h2), w.w = *reinterpret_cast<const uint32_t *>(&h3);
+        *reinterpret_cast<uint4 *>(dst + (size_t)row * p.ld_parts + col) = w;
+    }
+    for (int row = tid; row < k.nr; row += 256) /* 2^-e: exact */
+        p.parts_scale[(size_t)z * p.scale_plane + sat + (size_t)row * p.H] = 1.0f / part[row * SR + D];
+    const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0, all = k.nh + nc;
+    for (int y = z - 1; y >= 0 && split_tiles(all, y, (int)gridDim.z) == 0; y--) {
+        __half *zd = static_cast<__half *>(p.parts) + (size_t)y * p.parts_plane + at;
+        for (int i = tid; i < k.nr * cpr; i += 256) {
+            const int row = i / cpr, col = 8 * (i - row * cpr);
+            *reinterpret_cast<uint4 *>(zd + (size_t)row * p.ld_parts + col) = make_uint4(0u, 0u, 0u, 0u);
+        }
+        for (int row = tid; row < k.nr; row += 256)
+            p.parts_scale[(size_t)y * p.scale_plane + sat + (size_t)row * p.H] = 1.0f;
+    }
+}
+
+/* attn_parts_sum_cuda: one warp per computed row of a sequence (grid y),
+ * each lane 4 columns at a time over H * Dv, the planes added in order. */
+__global__ void parts_sum_kernel(const attn_cuda_params p, int S)
+{
+    const int b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const attn_cuda_seq sq = p.seqs[b];
+    const int rows = sq.hist - sq.c + sq.cand, r = blockIdx.x * (blockDim.x / 32) + warp;
+    if (r >= rows)
+        return;
+    const float inv_n = 1.0f / (float)p.N;
+    const size_t at = (size_t)(sq.q0 + r) * p.ld_parts, sat = (size_t)(sq.q0 + r) * p.H;
+    bf16 *out = static_cast<bf16 *>(p.out) + (size_t)(sq.q0 + r) * p.ld_out;
+    for (int c = 4 * lane; c < p.H * p.Dv; c += 128) {
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int z = 0; z < S; z++) {
+            const uint2 w = *reinterpret_cast<const uint2 *>(static_cast<const __half *>(p.parts) +
+                                                             z * p.parts_plane + at + c);
+            const float sc = p.parts_scale[z * p.scale_plane + sat + c / p.Dv];
+            const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&w.x));
+            const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&w.y));
+            a.x += lo.x * sc, a.y += lo.y * sc, a.z += hi.x * sc, a.w += hi.y * sc;
+        }
+        uint32_t *dst = reinterpret_cast<uint32_t *>(out + c);
+        dst[0] = pack_bf16(a.x * inv_n, a.y * inv_n);
+        dst[1] = pack_bf16(a.z * inv_n, a.w * inv_n);
+    }
+}
+
 /* ---- kernel 1: mma.sync ------------------------------------------------- */
 
 template <int D, bool RAB>
@@ -1032,8 +1134,12 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     if (RAB)
         rab_init(rb, p, k, s_thr);
     __syncthreads();
+    /* (parts: p.parts is set only when the call splits; read from the
+     * parameters at each use, so that no register holds it over the loop) */
     const bool split = gridDim.z > 1;
     if (k.nt == 0) { /* a split with no tile: it only keeps the cluster's count (see split_reduce) */
+        if (p.parts) /* (the next split with tiles zeroes this one's plane: parts_write) */
+            return;
         cluster_sync();
         cluster_sync();
         return;
@@ -1062,7 +1168,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
                 mbar_arrive_cp_async(wb.vfull(vb));
             }
         }
-        if (split) { /* the loading warps (few registers left) only keep the cluster's count */
+        if (split && !p.parts) { /* the loading warps (few registers left) only keep the cluster's count */
             cluster_sync();
             cluster_sync();
         }
@@ -1166,9 +1272,14 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     if (split) {
         bar_sync(3, 256); /* both computing warpgroups are done reading Q, K and V */
         split_store<D>(o, reinterpret_cast<float *>(free_smem), lr, t4);
+        if (p.parts) /* every part in shared memory, then to its plane */
+            bar_sync(3, 256);
         if (stamp)
             trace_stamp(p, ATTN_TRACE_PART_STORED);
-        split_reduce<D>(p, k, sQ, smem_u32(&s_empty), threadIdx.x - 128, 256);
+        if (p.parts)
+            parts_write<D>(p, k, reinterpret_cast<float *>(free_smem), threadIdx.x - 128);
+        else
+            split_reduce<D>(p, k, sQ, smem_u32(&s_empty), threadIdx.x - 128, 256);
     } else if (out_vec16(p)) {
         bar_sync(3, 256);
         store_o_staged<D>(o, p, k, lr, t4, reinterpret_cast<bf16 *>(free_smem), threadIdx.x - 128);
@@ -1352,7 +1463,15 @@ static int max_clusters_cached(int S, int d)
  * and an H100 holds 22 clusters of 5 of these CTAs, not 132 / 5 = 26 (15
  * of 7 or 8); batch 2 over 1920 cached rows (24 row blocks) took 0.050 ms
  * at S = 5, two waves, against 0.032 at S = 4. */
-extern "C" int attn_cuda_splits(const attn_cuda_params *p)
+/* Whether a call may write split parts to global memory (planes for 2 splits at least). */
+static bool parts_possible(const attn_cuda_params *p) { return p->parts && p->parts_planes >= 2; }
+
+/* The split factor by a rule (1: none): enough CTAs of a row block to fill
+ * the SMs, each with at least 3 key tiles; in a cluster (parts false) at
+ * most ATTN_CUDA_MAX_SPLITS and lowered until the clusters fit at once;
+ * with the parts in global memory at most ATTN_CUDA_MAX_PART_SPLITS and
+ * the planes the call has. */
+static int split_rule(const attn_cuda_params *p, bool parts)
 {
     static int n_sm = 0;
     if (!n_sm) {
@@ -1368,6 +1487,11 @@ extern "C" int attn_cuda_splits(const attn_cuda_params *p)
         return 1;
     long long by_sm = n_sm / ctas, by_keys = p->max_keys / (3 * BN);
     long long S = by_sm < by_keys ? by_sm : by_keys;
+    if (parts) { /* no cluster to fit */
+        S = S > ATTN_CUDA_MAX_PART_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS : S;
+        S = S > p->parts_planes ? p->parts_planes : S;
+        return (int)(S < 2 ? 1 : S);
+    }
     S = S > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_SPLITS : S;
     const int d = p->Dqk > p->Dv ? p->Dqk : p->Dv;
     for (; S >= 2; S--) { /* the largest S whose clusters fit at once (0: not known, trust the count of SMs) */
@@ -1376,6 +1500,57 @@ extern "C" int attn_cuda_splits(const attn_cuda_params *p)
             break;
     }
     return (int)(S < 2 ? 1 : S);
+}
+
+/* Whether a split call sends its parts through global memory: when forced
+ * (splits set) whenever it may, else only where that allows more splits
+ * than the clusters do. At the same S the cluster wins: its reduction
+ * moves fp32 parts between SMs, the other writes and reads half the bytes
+ * through L2 and adds SiLU(u) * LN(attn)'s read of S planes (batch 4 over
+ * 1920 cached rows, S = 2 either way: 0.83 against 0.86 ms a request;
+ * docs/attention_cuda.md, "Parts through L2"). */
+static bool parts_form(const attn_cuda_params *p)
+{
+    if (!parts_possible(p))
+        return false;
+    return p->splits > 0 || split_rule(p, true) > split_rule(p, false);
+}
+
+extern "C" int attn_cuda_splits(const attn_cuda_params *p) { return split_rule(p, parts_form(p)); }
+
+/* The S attn_fwd_cuda launches: 1 unless the kernel is the warp-specialised
+ * one (either form); forced or chosen, at most what its form holds. */
+static int call_splits(const attn_cuda_params *p)
+{
+    const int kind = g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
+    if (kind != ATTN_CUDA_KERNEL_WS && kind != ATTN_CUDA_KERNEL_TMA)
+        return 1;
+    int S = p->splits > 0 ? p->splits : attn_cuda_splits(p);
+    const int most = parts_form(p) ? (p->parts_planes < ATTN_CUDA_MAX_PART_SPLITS ? p->parts_planes
+                                                                                   : ATTN_CUDA_MAX_PART_SPLITS)
+                                   : ATTN_CUDA_MAX_SPLITS;
+    return S > most ? most : S;
+}
+
+extern "C" int attn_cuda_parts_used(const attn_cuda_params *p)
+{
+    if (!p || p->B <= 0 || p->max_rows <= 0 || !parts_form(p))
+        return 0;
+    const int S = call_splits(p);
+    return S > 1 ? S : 0;
+}
+
+extern "C" int attn_parts_sum_cuda(const attn_cuda_params *p, int S, void *stream)
+{
+    if (!p || S < 1 || S > ATTN_CUDA_MAX_PART_SPLITS || !p->parts || !p->parts_scale || !p->out ||
+        !aligned(p->parts, 16) || p->ld_parts % 8 || p->ld_parts < p->H * p->Dv || p->parts_plane % 8 ||
+        p->Dv % 8 || p->ld_out % 2 || !aligned(p->out, 4))
+        return (int)cudaErrorInvalidValue;
+    if (p->B <= 0 || p->max_rows <= 0)
+        return (int)cudaSuccess;
+    const dim3 grid((unsigned)((p->max_rows + 7) / 8), (unsigned)p->B);
+    parts_sum_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>(*p, S);
+    return (int)cudaGetLastError();
 }
 
 extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
@@ -1400,14 +1575,15 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
         return (int)cudaErrorInvalidValue;
 
     const int d = p->Dqk > p->Dv ? p->Dqk : p->Dv;
-    const int kind = g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
-    /* Only the warp-specialised kernel (either form) splits. */
-    const bool ws = kind == ATTN_CUDA_KERNEL_WS || kind == ATTN_CUDA_KERNEL_TMA;
-    int S = !ws ? 1 : p->splits > 0 ? p->splits : attn_cuda_splits(p);
-    S = S > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_SPLITS : S;
+    const int S = call_splits(p);
+    const bool parts = S > 1 && parts_form(p);
     cudaStream_t s = (cudaStream_t)stream;
     if (S > 1 && ((p->H * p->Dv) % 4 || p->ld_out % 2))
         return (int)cudaErrorInvalidValue;
+    if (parts && (!aligned(p->parts, 16) || !p->parts_scale || p->ld_parts % 8 || p->ld_parts < p->H * p->Dv ||
+                  p->parts_plane % 8 || p->Dv % 8))
+        return (int)cudaErrorInvalidValue;
+    const int kind = g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
     /* The TMA form wherever it applies (the default). */
     if (kind == ATTN_CUDA_KERNEL_TMA && S == 1 && !p->pages && p->n_rows > 0 && p->Dqk == p->Dv &&
         (d == 64 || d == 128 || d == 256))
@@ -1418,10 +1594,14 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     if (e != cudaSuccess)
         return (int)e;
     /* With programmatic dependent launch when it is on (pdl.cuh); a split
-     * launches its row blocks' CTAs as clusters of 1 x 1 x S. */
+     * launches its row blocks' CTAs as clusters of 1 x 1 x S, unless its
+     * parts go to global memory. */
     const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), block((unsigned)threads);
-    if (S == 1)
-        return (int)pdl_launch(fn, grid, block, (size_t)smem, s, *p);
+    attn_cuda_params q = *p;
+    if (!parts)
+        q.parts = NULL; /* the kernel writes parts exactly when it is given them and splits */
+    if (S == 1 || parts)
+        return (int)pdl_launch(fn, grid, block, (size_t)smem, s, q);
     const cudaLaunchAttribute cluster = cluster_attribute(1, 1, (unsigned)S);
-    return (int)pdl_launch_attrs(fn, grid, block, (size_t)smem, s, &cluster, 1, *p);
+    return (int)pdl_launch_attrs(fn, grid, block, (size_t)smem, s, &cluster, 1, q);
 }

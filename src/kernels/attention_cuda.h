@@ -90,6 +90,28 @@ typedef struct attn_cuda_params {
      * max_keys bounds hist + cand over the sequences (sizes the split). */
     int max_keys;
     int splits;                  /* 0: chosen from the sizes (attn_cuda_splits); else forced */
+    /* Split-KV parts in global memory instead (docs/attention_cuda.md,
+     * "Parts through L2"): with `parts` set, a split call launches no
+     * cluster. Split z of a row block writes its sum (not yet divided by N)
+     * of each of its rows as fp16 times a power of two per row and head:
+     * row q0 + r of plane z holds at parts + z * parts_plane + (q0 + r) *
+     * ld_parts + h * Dv + c the value v * 2^e (rounded to fp16; e puts the
+     * row's largest |v| in [2^14, 2^15)), and parts_scale + z * scale_plane
+     * + (q0 + r) * H + h holds 2^-e. A split with no key tile has zeros
+     * there. `out` is not written: the reader adds fp16 x scale over planes
+     * 0..S-1 in that order in fp32, multiplies by 1/N and rounds to bf16
+     * (attn_parts_sum_cuda; ln_mul_parts_cuda in dense_cuda.h). fp16 keeps
+     * 11 significant bits, below bf16's 8, and halves the bytes that go
+     * through L2 (the time of this path). With no cluster to fit, S is
+     * bounded by the SMs, the key tiles, ATTN_CUDA_MAX_PART_SPLITS and
+     * parts_planes. parts 16-byte aligned, ld_parts and parts_plane
+     * multiples of 8, scale_plane at least the rows x H. */
+    void *parts;                 /* fp16 */
+    float *parts_scale;
+    int ld_parts;                /* fp16 values a row of a plane, >= H * Dv */
+    size_t parts_plane;          /* fp16 values from one plane to the next */
+    size_t scale_plane;          /* floats from one plane of scales to the next */
+    int parts_planes;            /* planes `parts` and `parts_scale` hold */
     /* Profiling (bench_cache_gpu --attention): NULL, or device [CTAs *
      * ATTN_CUDA_TRACE_POINTS] where the default kernel's CTA i (x fastest,
      * then y, then z) stamps the global timer (ns) as it passes the points
@@ -97,7 +119,8 @@ typedef struct attn_cuda_params {
     unsigned long long *trace;
 } attn_cuda_params;
 
-#define ATTN_CUDA_MAX_SPLITS 8
+#define ATTN_CUDA_MAX_SPLITS 8       /* in a cluster (the portable cluster size) */
+#define ATTN_CUDA_MAX_PART_SPLITS 16 /* through parts in global memory */
 
 enum attn_cuda_trace_point {
     ATTN_TRACE_START,     /* the CTA runs (its first instruction) */
@@ -116,6 +139,17 @@ enum attn_cuda_trace_point {
 /* The split-KV factor attn_fwd_cuda picks for these sizes (1: no split;
  * the default kernel only). */
 int attn_cuda_splits(const attn_cuda_params *p);
+
+/* The S of a call that writes parts (attn_cuda_params.parts): S >= 2 when
+ * attn_fwd_cuda(p) will write planes 0..S-1 instead of out, 0 when it
+ * writes out (no split, no parts, or a forced kernel that does not split). */
+int attn_cuda_parts_used(const attn_cuda_params *p);
+
+/* out = bf16((plane 0 + ... + plane S-1) / N) (each plane's fp16 values
+ * times their scale) on each sequence's rows and
+ * columns [0, H * Dv), as attn_fwd_cuda writes out without parts: for
+ * callers that want out itself (tests, benchmarks). */
+int attn_parts_sum_cuda(const attn_cuda_params *p, int S, void *stream);
 
 /* How many clusters of S CTAs of the split kernel for head width d
  * (Dqk, Dv <= d) the GPU holds at once (cudaOccupancyMaxActiveClusters;

@@ -35,6 +35,7 @@
 #include "kernels/pdl.cuh"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -775,6 +776,122 @@ __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda,
         yr[c] = f2bf(o * silu(bf2f(ur[c]) + (ubias ? ubias[c] : 0.0f)));
     }
     zero_pad(yr, width, ldy, lane);
+}
+
+/* ---- the same from split-KV parts ---------------------------------------- */
+
+/* The sum of a block's values (every thread calls it; sh: 32 floats of
+ * shared memory), in a fixed order: each warp's, then the warps' in order. */
+__device__ __forceinline__ float block_sum(float v, float *sh)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
+    v = warp_sum(v);
+    __syncthreads(); /* (sh may still be read from the previous call) */
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int i = 0; i < nw; i++)
+        t += sh[i];
+    return t;
+}
+
+/* One block a row, thread t owning columns [4t, 4t + 4): the parameters
+ * before the wait, then every plane's 8 bytes and scale, u's 8, at once (a
+ * row's planes are S x 2 KB at width 1024: the loads in flight are what the
+ * time is). The sum in plane order, scaled and rounded to bf16 as the
+ * attention would have stored it; the statistics in two passes as
+ * ln_mul_cuda's. */
+__global__ void __launch_bounds__(256)
+    ln_mul_parts_kernel(int width, const ln_mul_parts_src src, const bf16_t *u, int ldu, const float *ubias,
+                        const float *w, const float *b, float eps, bf16_t *y, int ldy)
+{
+    __shared__ float sh[32];
+    const int r = blockIdx.x, c = 4 * threadIdx.x;
+    const bool on = c < width;
+    float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f), bv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), ub = bv;
+    if (on) {
+        if (w) {
+            wv = *reinterpret_cast<const float4 *>(w + c);
+            bv = *reinterpret_cast<const float4 *>(b + c);
+        }
+        if (ubias)
+            ub = *reinterpret_cast<const float4 *>(ubias + c);
+    }
+    pdl_wait();
+    pdl_trigger();
+    uint2 pv[LN_MUL_PARTS_MAX];
+    float sc[LN_MUL_PARTS_MAX];
+    uint2 uu = make_uint2(0u, 0u);
+    const int H = width / src.head_w;
+    const __half *ps = static_cast<const __half *>(src.parts) + (size_t)r * src.ld + c;
+    const float *ss = src.scales + (size_t)r * H + (on ? c / src.head_w : 0);
+    if (on) {
+#pragma unroll
+        for (int z = 0; z < LN_MUL_PARTS_MAX; z++)
+            if (z < src.S) {
+                pv[z] = *reinterpret_cast<const uint2 *>(ps + z * src.plane);
+                sc[z] = ss[z * src.scale_plane];
+            }
+        uu = *reinterpret_cast<const uint2 *>(u + (size_t)r * ldu + c);
+    }
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (on) {
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int z = 0; z < LN_MUL_PARTS_MAX; z++)
+            if (z < src.S) {
+                const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&pv[z].x));
+                const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&pv[z].y));
+                a.x += lo.x * sc[z], a.y += lo.y * sc[z], a.z += hi.x * sc[z], a.w += hi.y * sc[z];
+            }
+        v[0] = bf2f(f2bf(a.x * src.scale)), v[1] = bf2f(f2bf(a.y * src.scale));
+        v[2] = bf2f(f2bf(a.z * src.scale)), v[3] = bf2f(f2bf(a.w * src.scale));
+    }
+    const float mean = block_sum(v[0] + v[1] + v[2] + v[3], sh) / (float)width;
+    float sq = 0.0f;
+    if (on)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            sq += (v[j] - mean) * (v[j] - mean);
+    const float inv = 1.0f / sqrtf(block_sum(sq, sh) / (float)width + eps);
+    bf16_t *yr = y + (size_t)r * ldy;
+    if (on) {
+        const float uf[4] = {__uint_as_float(uu.x << 16) + ub.x, __uint_as_float(uu.x & 0xffff0000u) + ub.y,
+                             __uint_as_float(uu.y << 16) + ub.z, __uint_as_float(uu.y & 0xffff0000u) + ub.w};
+        const float wf[4] = {wv.x, wv.y, wv.z, wv.w}, bf[4] = {bv.x, bv.y, bv.z, bv.w};
+        float o[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            o[j] = (w ? (v[j] - mean) * inv * wf[j] + bf[j] : (v[j] - mean) * inv) * silu(uf[j]);
+        *reinterpret_cast<uint2 *>(yr + c) = make_uint2((uint32_t)f2bf(o[0]) | ((uint32_t)f2bf(o[1]) << 16),
+                                                        (uint32_t)f2bf(o[2]) | ((uint32_t)f2bf(o[3]) << 16));
+    }
+    for (int p = width + (int)threadIdx.x; p < ldy; p += (int)blockDim.x) /* padding columns feed GEMMs */
+        yr[p] = 0;
+}
+
+extern "C" bool ln_mul_parts_supported(int width, int head_w, int ld, int ldu, int ldy)
+{
+    return width > 0 && width % 4 == 0 && width <= 1024 && head_w > 0 && head_w % 4 == 0 && width % head_w == 0 &&
+           ld % 8 == 0 && ld >= width && ldu % 4 == 0 && ldy % 4 == 0 && ldy >= width;
+}
+
+extern "C" int ln_mul_parts_cuda(int rows, int width, const ln_mul_parts_src *src, const bf16_t *u, int ldu,
+                                 const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy,
+                                 void *stream)
+{
+    if (rows <= 0)
+        return 0;
+    if (!src || !ln_mul_parts_supported(width, src->head_w, src->ld, ldu, ldy) || src->S < 1 ||
+        src->S > LN_MUL_PARTS_MAX || src->plane % 8 || (src->S > 1 && src->plane < (size_t)rows * src->ld) ||
+        (src->S > 1 && src->scale_plane < (size_t)rows * (width / src->head_w)) || !src->parts || !src->scales ||
+        !u || !y || !aligned16(src->parts) || ((uintptr_t)u & 7) || ((uintptr_t)y & 7) ||
+        (ubias && !aligned16(ubias)) || (!w != !b) || (w && (!aligned16(w) || !aligned16(b))))
+        return (int)cudaErrorInvalidValue;
+    const int threads = (width / 4 + 31) / 32 * 32;
+    return (int)pdl_launch(ln_mul_parts_kernel, dim3((unsigned)rows), dim3((unsigned)threads), 0,
+                           (cudaStream_t)stream, width, *src, u, ldu, ubias, w, b, eps, y, ldy);
 }
 
 extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu,

@@ -22,6 +22,8 @@
 #ifndef HSTU_KERNELS_DENSE_CUDA_H
 #define HSTU_KERNELS_DENSE_CUDA_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -84,6 +86,33 @@ int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, i
  * together). The HSTU layer's u * LN(attn), with u's bias and SiLU fused. */
 int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
                 const float *w, const float *b, float eps, bf16_t *y, int ldy, void *stream);
+
+/* Split-KV parts of the attention's output as attention_cuda.h's
+ * attn_cuda_params.parts describes them: S planes of fp16 values, each row
+ * of each head's slice (head_w columns) with a power-of-two scale. */
+typedef struct ln_mul_parts_src {
+    const void *parts;    /* fp16, plane z at + z * plane, row stride ld */
+    const float *scales;  /* plane z at + z * scale_plane, [row * (width / head_w) + head] */
+    size_t plane, scale_plane;
+    int ld, head_w, S;
+    float scale;          /* 1 / N */
+} ln_mul_parts_src;
+
+/* ln_mul_cuda with its a given as split-KV parts: a[r][c] = bf16(scale x
+ * sum over planes z = 0..S-1, in that order, of fp16 x its scale) (the
+ * attention's output as attn_parts_sum_cuda makes it), then y as
+ * ln_mul_cuda. One block a row, each thread 4 columns with every plane's
+ * load in flight. Needs 1 <= S <= LN_MUL_PARTS_MAX, width a multiple of 4
+ * and at most 1024 (256 threads), head_w a multiple of 4 dividing width,
+ * ld and plane multiples of 8, ldu and ldy multiples of 4, parts 16-byte
+ * and u, y 8-byte aligned, ubias, w and b 16-byte aligned
+ * (cudaErrorInvalidValue otherwise; ln_mul_parts_supported says whether a
+ * shape qualifies). */
+#define LN_MUL_PARTS_MAX 16
+bool ln_mul_parts_supported(int width, int head_w, int ld, int ldu, int ldy);
+int ln_mul_parts_cuda(int rows, int width, const ln_mul_parts_src *src, const bf16_t *u, int ldu,
+                      const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy,
+                      void *stream);
 
 /* y[i] = x[rows[i]] / max(||x[rows[i]]||, 1e-6), x fp32 (width columns,
  * stride ldx), y bf16 [n, ldy] with columns [width, ldy) set to 0. The
