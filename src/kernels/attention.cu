@@ -1502,21 +1502,18 @@ static int split_rule(const attn_cuda_params *p, bool parts)
     return (int)(S < 2 ? 1 : S);
 }
 
-/* Whether a split call sends its parts through global memory: when forced
- * (splits set) whenever it may, else only where that allows more splits
- * than the clusters do. At the same S the cluster wins: its reduction
- * moves fp32 parts between SMs, the other writes and reads half the bytes
- * through L2 and adds SiLU(u) * LN(attn)'s read of S planes (batch 4 over
- * 1920 cached rows, S = 2 either way: 0.83 against 0.86 ms a request;
+/* Parts through global memory allow more splits than the clusters do. At
+ * the same S the cluster wins: its reduction moves fp32 parts between SMs,
+ * the other writes and reads half the bytes through L2 and adds SiLU(u) *
+ * LN(attn)'s read of S planes (batch 4 over 896 to 3968 cached rows, S = 2
+ * either way: 0.72-0.74 against 0.76-0.78 ms a request at 896;
  * docs/attention_cuda.md, "Parts through L2"). */
-static bool parts_form(const attn_cuda_params *p)
+extern "C" bool attn_cuda_parts_pay(const attn_cuda_params *p)
 {
-    if (!parts_possible(p))
-        return false;
-    return p->splits > 0 || split_rule(p, true) > split_rule(p, false);
+    return parts_possible(p) && split_rule(p, true) > split_rule(p, false);
 }
 
-extern "C" int attn_cuda_splits(const attn_cuda_params *p) { return split_rule(p, parts_form(p)); }
+extern "C" int attn_cuda_splits(const attn_cuda_params *p) { return split_rule(p, parts_possible(p)); }
 
 /* The S attn_fwd_cuda launches: 1 unless the kernel is the warp-specialised
  * one (either form); forced or chosen, at most what its form holds. */
@@ -1526,15 +1523,15 @@ static int call_splits(const attn_cuda_params *p)
     if (kind != ATTN_CUDA_KERNEL_WS && kind != ATTN_CUDA_KERNEL_TMA)
         return 1;
     int S = p->splits > 0 ? p->splits : attn_cuda_splits(p);
-    const int most = parts_form(p) ? (p->parts_planes < ATTN_CUDA_MAX_PART_SPLITS ? p->parts_planes
-                                                                                   : ATTN_CUDA_MAX_PART_SPLITS)
-                                   : ATTN_CUDA_MAX_SPLITS;
+    const int most = parts_possible(p) ? (p->parts_planes < ATTN_CUDA_MAX_PART_SPLITS ? p->parts_planes
+                                                                                       : ATTN_CUDA_MAX_PART_SPLITS)
+                                       : ATTN_CUDA_MAX_SPLITS;
     return S > most ? most : S;
 }
 
 extern "C" int attn_cuda_parts_used(const attn_cuda_params *p)
 {
-    if (!p || p->B <= 0 || p->max_rows <= 0 || !parts_form(p))
+    if (!p || p->B <= 0 || p->max_rows <= 0 || !parts_possible(p))
         return 0;
     const int S = call_splits(p);
     return S > 1 ? S : 0;
@@ -1576,7 +1573,7 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
 
     const int d = p->Dqk > p->Dv ? p->Dqk : p->Dv;
     const int S = call_splits(p);
-    const bool parts = S > 1 && parts_form(p);
+    const bool parts = S > 1 && parts_possible(p);
     cudaStream_t s = (cudaStream_t)stream;
     if (S > 1 && ((p->H * p->Dv) % 4 || p->ld_out % 2))
         return (int)cudaErrorInvalidValue;
