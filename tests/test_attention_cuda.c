@@ -707,61 +707,54 @@ static void case_silu_tails(void)
     check_case(&cs, 51);
 }
 
+/* Split-KV problems: one user alone (the batch-1 case, D 256, rab), three
+ * users (D 128), and two short users (more splits than tiles: empty
+ * splits). */
+static const case_spec kSplitOne = {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128,
+                                    .nseq = 1, .seqs = {SEQ(3000, 3128, 40, 3000)}};
+static const case_spec kSplitThree = {
+    .H = 4, .Dqk = 128, .Dv = 128, .P = 16, .N = 2048, .nseq = 3,
+    .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}};
+static const case_spec kSplitFew = {.H = 1, .Dqk = 64, .Dv = 64, .P = 16, .N = 512, .nseq = 2,
+                                    .seqs = {SEQ(0, 100, 5, 0), SEQ(96, 130, 3, 96)}};
+
+/* The three problems: the kernel's own split, then four forced splits of
+ * the first, then the most splits on the short users. */
+static void split_cases(const int forced[4], int most)
+{
+    g_splits = -1;
+    check_case(&kSplitOne, 80);
+    if (!t_case_failed())
+        check_case(&kSplitThree, 81);
+    for (int i = 0; i < 4 && !t_case_failed(); i++) {
+        g_splits = forced[i];
+        check_case(&kSplitOne, 82 + i);
+    }
+    g_splits = most;
+    if (!t_case_failed())
+        check_case(&kSplitFew, 86);
+    g_splits = 0;
+}
+
 static void case_split(void)
 {
     /* Few new rows over long cached histories: a handful of row blocks, so
      * several CTAs (one cluster) share each block's key tiles and add in
-     * fp32 through shared memory. Pages, rab, candidates; one user alone
-     * (the batch-1 case) and three; the kernel's own split, then forced
-     * splits that do not divide the 128 rows of a block, and more splits
-     * than a block has tiles (empty parts). */
-    g_splits = -1;
-    case_spec one = {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128, .nseq = 1,
-                     .seqs = {SEQ(3000, 3128, 40, 3000)}};
-    check_case(&one, 80);
-    case_spec three = {.H = 4, .Dqk = 128, .Dv = 128, .P = 16, .N = 2048, .nseq = 3,
-                       .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}};
-    if (!t_case_failed())
-        check_case(&three, 81);
+     * fp32 through shared memory. Pages, rab, candidates; forced splits that
+     * do not divide the 128 rows of a block, and more splits than a block
+     * has tiles (empty parts). */
     static const int forced[4] = {3, 7, ATTN_CUDA_MAX_SPLITS, 2};
-    for (int i = 0; i < 4 && !t_case_failed(); i++) {
-        g_splits = forced[i];
-        check_case(&one, 82 + i);
-    }
-    case_spec few = {.H = 1, .Dqk = 64, .Dv = 64, .P = 16, .N = 512, .nseq = 2,
-                     .seqs = {SEQ(0, 100, 5, 0), SEQ(96, 130, 3, 96)}};
-    g_splits = ATTN_CUDA_MAX_SPLITS;
-    if (!t_case_failed())
-        check_case(&few, 86);
-    g_splits = 0;
+    split_cases(forced, ATTN_CUDA_MAX_SPLITS);
 }
 
-/* The same problems with the parts in global memory (no cluster): the
- * kernel's own S, forced S up to ATTN_CUDA_MAX_PART_SPLITS (more than a
- * cluster holds), and more splits than a row block has tiles (empty splits,
- * whose planes the next split zeroes: the planes start as NaN). */
+/* The same problems with the parts in global memory (no cluster): S up to
+ * ATTN_CUDA_MAX_PART_SPLITS (more than a cluster holds), and empty splits,
+ * whose planes the next split zeroes (the planes start as NaN). */
 static void case_split_parts(void)
 {
-    g_parts = true;
-    g_splits = -1;
-    case_spec one = {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128, .nseq = 1,
-                     .seqs = {SEQ(3000, 3128, 40, 3000)}};
-    check_case(&one, 80);
-    case_spec three = {.H = 4, .Dqk = 128, .Dv = 128, .P = 16, .N = 2048, .nseq = 3,
-                       .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}};
-    if (!t_case_failed())
-        check_case(&three, 81);
     static const int forced[4] = {3, 11, ATTN_CUDA_MAX_PART_SPLITS, 2};
-    for (int i = 0; i < 4 && !t_case_failed(); i++) {
-        g_splits = forced[i];
-        check_case(&one, 82 + i);
-    }
-    case_spec few = {.H = 1, .Dqk = 64, .Dv = 64, .P = 16, .N = 512, .nseq = 2,
-                     .seqs = {SEQ(0, 100, 5, 0), SEQ(96, 130, 3, 96)}};
-    g_splits = ATTN_CUDA_MAX_PART_SPLITS;
-    if (!t_case_failed())
-        check_case(&few, 86);
-    g_splits = 0;
+    g_parts = true;
+    split_cases(forced, ATTN_CUDA_MAX_PART_SPLITS);
     g_parts = false;
 }
 
@@ -771,16 +764,12 @@ static void case_split_parts(void)
  * step of its own plus 1/64 of its slice's largest. */
 static void case_split_parts_vs_cluster(void)
 {
-    case_spec cases[2] = {
-        {.H = 2, .Dqk = 256, .Dv = 256, .P = 32, .rab = 1, .N = 4096, .n_buckets = 128, .nseq = 1,
-         .seqs = {SEQ(3000, 3128, 40, 3000)}},
-        {.H = 4, .Dqk = 128, .Dv = 128, .P = 16, .N = 2048, .nseq = 3,
-         .seqs = {SEQ(1500, 1700, 30, 1500), SEQ(0, 900, 10, 0), SEQ(777, 800, 1, 790)}}};
+    const case_spec *cases[2] = {&kSplitOne, &kSplitThree};
     static const int forced[3] = {3, 8, 5};
     for (int ci = 0; ci < 2; ci++)
         for (int fi = 0; fi < 3 && !t_case_failed(); fi++) {
             problem pb;
-            problem_init(&pb, &cases[ci], 200 + ci);
+            problem_init(&pb, cases[ci], 200 + ci);
             gpu_problem gc, gp;
             g_splits = forced[fi];
             g_parts = false;
