@@ -53,13 +53,13 @@
  * the GPU's buckets equal the reference's (the test checks the table).
  */
 #include "kernels/attention_cuda.h"
+#include "kernels/attn_parts.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
 #include "kernels/tma.cuh"
 
 #include <atomic>
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <stdint.h>
@@ -640,18 +640,6 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
 
 /* ---- split-KV through global memory: planes of parts -------------------- */
 
-/* The multiplier 2^e that puts m (> 0, finite) in [2^14, 2^15), e within
- * fp32's normal exponents; 1 for 0, Inf or NaN (they pass as they are). */
-__device__ __forceinline__ int parts_exp(float m)
-{
-    if (!(m > 0.0f) || !(m < 3.0e38f))
-        return 0;
-    const int ex = ((__float_as_int(m) >> 23) & 255) - 127; /* floor(log2 m) for normal m */
-    const int e = 14 - (ex < -126 ? -126 : ex);
-    return e > 126 ? 126 : e < -126 ? -126 : e;
-}
-__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
-
 /* With attn_cuda_params.parts: this CTA's part (fp32 in shared memory, as
  * split_store leaves it, row stride D + 8) to its rows of plane blockIdx.z
  * as fp16 with a power of two per row (attention_cuda.h), threads tid = 0
@@ -711,6 +699,8 @@ __device__ __forceinline__ void parts_write(const attn_cuda_params &p, const Blk
     }
 }
 
+static_assert(ATTN_CUDA_MAX_PART_SPLITS <= ATTN_PARTS_MAX, "parts_sum4 adds every plane");
+
 /* attn_parts_sum_cuda: one warp per computed row of a sequence (grid y),
  * each lane 4 columns at a time over H * Dv, the planes added in order. */
 __global__ void parts_sum_kernel(const attn_cuda_params p, int S)
@@ -724,15 +714,8 @@ __global__ void parts_sum_kernel(const attn_cuda_params p, int S)
     const size_t at = (size_t)(sq.q0 + r) * p.ld_parts, sat = (size_t)(sq.q0 + r) * p.H;
     bf16 *out = static_cast<bf16 *>(p.out) + (size_t)(sq.q0 + r) * p.ld_out;
     for (int c = 4 * lane; c < p.H * p.Dv; c += 128) {
-        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int z = 0; z < S; z++) {
-            const uint2 w = *reinterpret_cast<const uint2 *>(static_cast<const __half *>(p.parts) +
-                                                             z * p.parts_plane + at + c);
-            const float sc = p.parts_scale[z * p.scale_plane + sat + c / p.Dv];
-            const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&w.x));
-            const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&w.y));
-            a.x += lo.x * sc, a.y += lo.y * sc, a.z += hi.x * sc, a.w += hi.y * sc;
-        }
+        const float4 a = parts_sum4(static_cast<const __half *>(p.parts) + at + c, p.parts_plane,
+                                    p.parts_scale + sat + c / p.Dv, p.scale_plane, S);
         uint32_t *dst = reinterpret_cast<uint32_t *>(out + c);
         dst[0] = pack_bf16(a.x * inv_n, a.y * inv_n);
         dst[1] = pack_bf16(a.z * inv_n, a.w * inv_n);

@@ -31,11 +31,11 @@
  * the plain forms (there the registers bound the warps an SM, and the
  * bandwidth with them).
  */
+#include "kernels/attn_parts.cuh"
 #include "kernels/dense_cuda.h"
 #include "kernels/pdl.cuh"
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -799,9 +799,10 @@ __device__ __forceinline__ float block_sum(float v, float *sh)
 /* One block a row, thread t owning columns [4t, 4t + 4): the parameters
  * before the wait, then every plane's 8 bytes and scale, u's 8, at once (a
  * row's planes are S x 2 KB at width 1024: the loads in flight are what the
- * time is). The sum in plane order, scaled and rounded to bf16 as the
- * attention would have stored it; the statistics in two passes as
+ * time is). The sum in plane order (parts_sum4), scaled and rounded to bf16
+ * as the attention would have stored it; the statistics in two passes as
  * ln_mul_cuda's. */
+static_assert(LN_MUL_PARTS_MAX <= ATTN_PARTS_MAX, "parts_sum4 adds every plane");
 __global__ void __launch_bounds__(256)
     ln_mul_parts_kernel(int width, const ln_mul_parts_src src, const bf16_t *u, int ldu, const float *ubias,
                         const float *w, const float *b, float eps, bf16_t *y, int ldy)
@@ -820,31 +821,13 @@ __global__ void __launch_bounds__(256)
     }
     pdl_wait();
     pdl_trigger();
-    uint2 pv[LN_MUL_PARTS_MAX];
-    float sc[LN_MUL_PARTS_MAX];
     uint2 uu = make_uint2(0u, 0u);
-    const int H = width / src.head_w;
-    const __half *ps = static_cast<const __half *>(src.parts) + (size_t)r * src.ld + c;
-    const float *ss = src.scales + (size_t)r * H + (on ? c / src.head_w : 0);
-    if (on) {
-#pragma unroll
-        for (int z = 0; z < LN_MUL_PARTS_MAX; z++)
-            if (z < src.S) {
-                pv[z] = *reinterpret_cast<const uint2 *>(ps + z * src.plane);
-                sc[z] = ss[z * src.scale_plane];
-            }
-        uu = *reinterpret_cast<const uint2 *>(u + (size_t)r * ldu + c);
-    }
     float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (on) {
-        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-        for (int z = 0; z < LN_MUL_PARTS_MAX; z++)
-            if (z < src.S) {
-                const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&pv[z].x));
-                const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&pv[z].y));
-                a.x += lo.x * sc[z], a.y += lo.y * sc[z], a.z += hi.x * sc[z], a.w += hi.y * sc[z];
-            }
+        const int H = width / src.head_w;
+        uu = *reinterpret_cast<const uint2 *>(u + (size_t)r * ldu + c); /* (in flight with the planes) */
+        const float4 a = parts_sum4(static_cast<const __half *>(src.parts) + (size_t)r * src.ld + c, src.plane,
+                                    src.scales + (size_t)r * H + c / src.head_w, src.scale_plane, src.S);
         v[0] = bf2f(f2bf(a.x * src.scale)), v[1] = bf2f(f2bf(a.y * src.scale));
         v[2] = bf2f(f2bf(a.z * src.scale)), v[3] = bf2f(f2bf(a.w * src.scale));
     }
