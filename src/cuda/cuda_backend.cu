@@ -117,6 +117,7 @@ struct cuda_backend {
     void *d_parts;        /* fp16 values */
     float *d_parts_scale; /* a power of two per row, head and plane */
     size_t parts_halves, parts_scales;
+    bool parts_always;   /* HSTU_CUDA_ATTN_PARTS=all: parts whenever the call splits (to measure the rule) */
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
     float *d_scores;      /* [score_rows, n_items8] */
     int *d_topk_ids;      /* [topk_cap] */
@@ -181,10 +182,11 @@ struct cuda_backend {
      * the rest is packed after fx_end. */
     size_t fx_scalars, fx_seqs, fx_pt, fx_row_slot, fx_ts, fx_end;
     stage_upload_list *h_upload; /* at offset 0 of h_stage */
-    /* CUDA graphs of the layers, per (batch, tokens, splits, paged, layered) bucket. */
+    /* CUDA graphs of the layers, per (batch, tokens, splits, paged, parts, layered) bucket. */
     struct graph_entry {
         int B, T, S;
         bool paged;   /* the attention reads pages (some user had cached rows) */
+        bool parts;   /* its splits meet as parts in global memory, not in a cluster */
         bool layered; /* one graph per layer (exec[l]); else the whole stack in two (graph_part) */
         bool logits;  /* the fused head, in the whole stack's graph, leaves the logits (no sigmoid) */
         int n_exec;
@@ -874,6 +876,7 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         bool on = !(ap && !strcmp(ap, "0")) && ln_mul_parts_supported(vw, cfg->d_v, vw, W, vw) && vw % 8 == 0;
         cb->parts_halves = on ? (most < all ? most : all) : 0;
         cb->parts_scales = on ? (size_t)n_sm * 128 : 0;
+        cb->parts_always = on && ap && !strcmp(ap, "all");
     }
     if (cfg->family == HSTU_FAMILY_RANKING) {
         cb->action_off = cfg->item_rows;
@@ -1361,7 +1364,7 @@ static void graph_part(const cuda_backend::graph_entry *g, int L, int i, int *lo
     *hi = g->layered || i == 0 ? i + 1 : L;
 }
 
-/* The graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL, layered),
+/* The graphs of bucket (Bg, Tg, ap->splits, ap->pages != NULL, parts used, layered),
  * captured on first use (the least recently used bucket makes room when the
  * table is full): the embedding and the whole layer stack in two graphs
  * (graph_part), or (layered, for a layer-wise onload whose waits sit
@@ -1376,13 +1379,14 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
 {
     int L = cb->model->cfg.n_layers, S = ap_in->splits;
     const bool paged = ap_in->pages != NULL; /* the attention's kernel differs */
+    const bool parts = attn_cuda_parts_used(ap_in) > 0; /* so do its launch and ln_mul's */
     const bool head = head_in_graph(cb, layered, Tg);
     logits = head && logits;
     *out = NULL;
     for (int i = 0; i < cb->n_graphs; i++) {
         cuda_backend::graph_entry *g = &cb->graphs[i];
-        if (g->B == Bg && g->T == Tg && g->S == S && g->paged == paged && g->layered == layered &&
-            g->logits == logits) {
+        if (g->B == Bg && g->T == Tg && g->S == S && g->paged == paged && g->parts == parts &&
+            g->layered == layered && g->logits == logits) {
             g->used = ++cb->graph_clock;
             *out = g;
             return HSTU_OK;
@@ -1409,7 +1413,7 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
                 g->exec[l] = NULL;
             }
     }
-    g->B = Bg, g->T = Tg, g->S = S, g->paged = paged, g->layered = layered, g->logits = logits;
+    g->B = Bg, g->T = Tg, g->S = S, g->paged = paged, g->parts = parts, g->layered = layered, g->logits = logits;
     g->used = ++cb->graph_clock;
     attn_cuda_params ap = *ap_in;
     ap.B = Bg;
@@ -1747,7 +1751,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         size_t planes = cb->parts_halves / ap.parts_plane, by_scales = cb->parts_scales / ap.scale_plane;
         planes = planes < by_scales ? planes : by_scales;
         ap.parts_planes = planes > ATTN_CUDA_MAX_PART_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS : (int)planes;
-        if (!attn_cuda_parts_pay(&ap)) /* decided here, on the batch's own sizes (a graph's are padded) */
+        if (!cb->parts_always && !attn_cuda_parts_pay(&ap)) /* decided here, on the batch's own sizes (a graph's are padded) */
             ap.parts = NULL, ap.parts_scale = NULL, ap.parts_planes = 0;
     }
     ap.splits = attn_cuda_splits(&ap); /* from this batch's sizes, graph or not */

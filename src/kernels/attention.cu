@@ -640,53 +640,56 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
 
 /* ---- split-KV through global memory: planes of parts -------------------- */
 
-/* With attn_cuda_params.parts: this CTA's part (fp32 in shared memory, as
- * split_store leaves it, row stride D + 8) to its rows of plane blockIdx.z
- * as fp16 with a power of two per row (attention_cuda.h), threads tid = 0
- * .. nthreads-1 (256): two threads find a row's largest |v| and leave the
- * multiplier in the row's padding, then 16 bytes (8 values) a store. The
- * reader adds the planes (no cluster, no wait for the other splits). A
- * split with no key tile adds nothing, but its plane must hold zeros: such
- * splits leave at once, and the next split with tiles zeroes their planes
- * (split_first gives the last split of a row block at least one tile, so
- * every empty split has one after it; zeroing in the empty CTA itself,
- * before the roles part, cost the computing warpgroups 56 more bytes of
- * spills at D 256). */
+/* With attn_cuda_params.parts: this CTA's part, straight from the computing
+ * threads' O fragments (as store_o holds them), to its rows of plane
+ * blockIdx.z as fp16 with a power of two per row (attention_cuda.h), threads
+ * tid = 0 .. nthreads-1 (256). A row's values sit in the four threads of a
+ * quad, so its largest |v| is two shuffles away; each thread scales its
+ * values and writes them as fp16 into the idle Q/K/V buffers (rows D + 8
+ * halves apart: no bank conflicts), the quad's first thread the row's
+ * multiplier's inverse to the scales, and after a barrier the rows leave in
+ * 16-byte pieces (store_o_staged's pattern). The reader adds the planes (no
+ * cluster, no wait for the other splits). A split with no key tile adds
+ * nothing, but its plane must hold zeros: such splits leave at once, and
+ * the next split with tiles zeroes their planes (split_first gives the last
+ * split of a row block at least one tile, so every empty split has one
+ * after it; zeroing in the empty CTA itself, before the roles part, cost
+ * the computing warpgroups 56 more bytes of spills at D 256). (Before: the
+ * fp32 part went to shared memory first and two threads a row found its
+ * largest value there; 4.4 us from the last P V to the stores' end against
+ * this form's ... at batch 1 over 3968 cached rows.) */
 template <int D>
-__device__ __forceinline__ void parts_write(const attn_cuda_params &p, const Blk &k, float *part, int tid)
+__device__ __forceinline__ void parts_write(const float *o, const attn_cuda_params &p, const Blk &k,
+                                            const int (&lr)[2], int t4, __half *stage, int tid)
 {
-    constexpr int SR = part_stride<D>();
-    {   /* the rows' multipliers: threads 2r and 2r + 1 take half of row r each */
-        const int row = tid / 2, c0 = (tid % 2) * (p.Dv / 2);
+    constexpr int SR = D + 8;
+    const int z = (int)blockIdx.z;
+    const size_t sat = (size_t)(k.s.q0 + k.r0) * p.H + (size_t)k.h;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
         float m = 0.0f;
-        if (row < k.nr)
-            for (int c = c0; c < c0 + p.Dv / 2; c += 4) {
-                const float4 v = *reinterpret_cast<const float4 *>(part + row * SR + c);
-                m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
-            }
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            m = fmaxf(m, fmaxf(fabsf(o[4 * j + 2 * r]), fabsf(o[4 * j + 2 * r + 1])));
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        if (tid % 2 == 0 && row < BM)
-            part[row * SR + D] = pow2f(parts_exp(m));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        const float mul = pow2f(parts_exp(m));
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            *reinterpret_cast<__half2 *>(stage + lr[r] * SR + 8 * j + 2 * t4) =
+                __floats2half2_rn(o[4 * j + 2 * r] * mul, o[4 * j + 2 * r + 1] * mul);
+        if (t4 == 0 && lr[r] < k.nr) /* 2^-e: exact */
+            p.parts_scale[(size_t)z * p.scale_plane + sat + (size_t)lr[r] * p.H] = 1.0f / mul;
     }
     bar_sync(3, 256);
     const size_t at = (size_t)(k.s.q0 + k.r0) * p.ld_parts + (size_t)k.h * p.Dv;
-    const size_t sat = (size_t)(k.s.q0 + k.r0) * p.H + (size_t)k.h;
-    const int cpr = p.Dv / 8, z = (int)blockIdx.z;
+    const int cpr = p.Dv / 8;
     __half *dst = static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at;
     for (int i = tid; i < k.nr * cpr; i += 256) {
         const int row = i / cpr, col = 8 * (i - row * cpr);
-        const float mul = part[row * SR + D];
-        const float4 a = *reinterpret_cast<const float4 *>(part + row * SR + col);
-        const float4 b = *reinterpret_cast<const float4 *>(part + row * SR + col + 4);
-        const __half2 h0 = __floats2half2_rn(a.x * mul, a.y * mul), h1 = __floats2half2_rn(a.z * mul, a.w * mul);
-        const __half2 h2 = __floats2half2_rn(b.x * mul, b.y * mul), h3 = __floats2half2_rn(b.z * mul, b.w * mul);
-        uint4 w;
-        w.x = *reinterpret_cast<const uint32_t *>(&h0), w.y = *reinterpret_cast<const uint32_t *>(&h1);
-        w.z = *reinterpret_cast<const uint32_t *>(&h2), w.w = *reinterpret_cast<const uint32_t *>(&h3);
-        *reinterpret_cast<uint4 *>(dst + (size_t)row * p.ld_parts + col) = w;
+        *reinterpret_cast<uint4 *>(dst + (size_t)row * p.ld_parts + col) =
+            *reinterpret_cast<const uint4 *>(stage + row * SR + col);
     }
-    for (int row = tid; row < k.nr; row += 256) /* 2^-e: exact */
-        p.parts_scale[(size_t)z * p.scale_plane + sat + (size_t)row * p.H] = 1.0f / part[row * SR + D];
     const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0, all = k.nh + nc;
     for (int y = z - 1; y >= 0 && split_tiles(all, y, (int)gridDim.z) == 0; y--) {
         __half *zd = static_cast<__half *>(p.parts) + (size_t)y * p.parts_plane + at;
@@ -1254,15 +1257,14 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     uint8_t *free_smem = smem_raw + (sQ - smem_u32(smem_raw)); /* Q, K, V: idle after the barrier */
     if (split) {
         bar_sync(3, 256); /* both computing warpgroups are done reading Q, K and V */
-        split_store<D>(o, reinterpret_cast<float *>(free_smem), lr, t4);
-        if (p.parts) /* every part in shared memory, then to its plane */
-            bar_sync(3, 256);
-        if (stamp)
-            trace_stamp(p, ATTN_TRACE_PART_STORED);
-        if (p.parts)
-            parts_write<D>(p, k, reinterpret_cast<float *>(free_smem), threadIdx.x - 128);
-        else
+        if (p.parts) {
+            parts_write<D>(o, p, k, lr, t4, reinterpret_cast<__half *>(free_smem), threadIdx.x - 128);
+        } else {
+            split_store<D>(o, reinterpret_cast<float *>(free_smem), lr, t4);
+            if (stamp)
+                trace_stamp(p, ATTN_TRACE_PART_STORED);
             split_reduce<D>(p, k, sQ, smem_u32(&s_empty), threadIdx.x - 128, 256);
+        }
     } else if (out_vec16(p)) {
         bar_sync(3, 256);
         store_o_staged<D>(o, p, k, lr, t4, reinterpret_cast<bf16 *>(free_smem), threadIdx.x - 128);
@@ -1485,15 +1487,22 @@ static int split_rule(const attn_cuda_params *p, bool parts)
     return (int)(S < 2 ? 1 : S);
 }
 
-/* Parts through global memory allow more splits than the clusters do. At
- * the same S the cluster wins: its reduction moves fp32 parts between SMs,
- * the other writes and reads half the bytes through L2 and adds SiLU(u) *
- * LN(attn)'s read of S planes (batch 4 over 896 to 3968 cached rows, S = 2
- * either way: 0.72-0.74 against 0.76-0.78 ms a request at 896;
- * docs/attention_cuda.md, "Parts through L2"). */
+/* Parts through global memory pay where they allow more splits than the
+ * clusters do, and at the same S from 3 splits on: the cluster's reduction
+ * waits at a barrier for its slowest CTA and reads (S - 1) / S of every
+ * fp32 part through distributed shared memory, while a part leaves its SM
+ * as fp16 straight from the registers, and SiLU(u) * LN(attn) reads the S
+ * planes. At S = 2 the cluster's exchange is small and the planes' read
+ * costs more (batch 4 over 896 cached rows: 0.722-0.730 against 0.744-0.761
+ * ms a request with parts; batch 1 over 512 and 896, S = 4 and 6:
+ * 0.321-0.331 against 0.336-0.346 ms with the cluster; docs/attention_cuda.md,
+ * "Parts through L2"). */
 extern "C" bool attn_cuda_parts_pay(const attn_cuda_params *p)
 {
-    return parts_possible(p) && split_rule(p, true) > split_rule(p, false);
+    if (!parts_possible(p))
+        return false;
+    const int S = split_rule(p, true);
+    return S > split_rule(p, false) || S >= 3;
 }
 
 extern "C" int attn_cuda_splits(const attn_cuda_params *p) { return split_rule(p, parts_possible(p)); }

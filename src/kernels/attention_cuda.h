@@ -140,10 +140,11 @@ enum attn_cuda_trace_point {
  * the default kernel only). */
 int attn_cuda_splits(const attn_cuda_params *p);
 
-/* Whether the parts through global memory allow more splits for these
- * sizes than clusters do (and the call has planes for them); at the same S
- * the cluster is faster, so a caller sets parts only when this says so
- * (with parts set, a split call always writes them). */
+/* Whether the parts through global memory are the faster form for these
+ * sizes (and the call has planes for them): where they allow more splits
+ * than clusters do, and at the same S from 3 splits on (at 2 the cluster is
+ * faster). A caller sets parts only when this says so (with parts set, a
+ * split call always writes them). */
 bool attn_cuda_parts_pay(const attn_cuda_params *p);
 
 /* The S of a call that writes parts (attn_cuda_params.parts): S >= 2 when
