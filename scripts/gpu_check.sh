@@ -7,7 +7,8 @@
 # the CPU ones are cheap and run too; test_cuda twice, the second time as
 # test_cuda_alt on the backend's opt-in paths: HSTU_CUDA_FUSED_HEAD=1, the
 # fused head at any size, HSTU_CUDA_FUSED_GEMM=1, HSTU_CUDA_ONLOAD=kernel,
-# HSTU_CUDA_OFFLOAD=kernel),
+# HSTU_CUDA_OFFLOAD=kernel, HSTU_CUDA_ATTN_PARTS=0: split attentions meet in
+# clusters),
 # compute-sanitizer memcheck and
 # racecheck of the CUDA tests on small shapes, and the GPU benchmark, then
 # prints a short table last. Logs go to $OUT (the device tool brings them
@@ -98,10 +99,10 @@ for t in "$BIN"/test_*; do
     esac
     run_test "$t" "$name" "$gpu"
     # The backend's opt-in paths: the fused ranking head at any size, the fused uvqk GEMM,
-    # the onload's and the offload's copy kernel.
+    # the onload's and the offload's copy kernel; and the split attention in clusters only.
     if [ "$name" = test_cuda ]; then
         run_test "$t" test_cuda_alt 1 HSTU_CUDA_FUSED_HEAD=1 HSTU_CUDA_FUSED_GEMM=1 HSTU_CUDA_ONLOAD=kernel \
-            HSTU_CUDA_OFFLOAD=kernel
+            HSTU_CUDA_OFFLOAD=kernel HSTU_CUDA_ATTN_PARTS=0
     fi
 done
 

@@ -815,7 +815,8 @@ static void case_split_parts_vs_cluster(void)
  * row blocks a few new rows give (1 to 16 users of 384 rows, 4 heads) and
  * long or short histories, the chosen S's clusters fit at once on this GPU
  * (attn_cuda_max_clusters), and S + 1 would not have fit or had too few
- * key tiles, or S is the most there is. */
+ * key tiles, or S is the most there is. And parts through global memory
+ * pay exactly where they split more than the clusters or at least 3 ways. */
 static void case_split_rule(void)
 {
     int dev = 0, n_sm = 0;
@@ -834,9 +835,29 @@ static void case_split_rule(void)
                 if (S < ATTN_CUDA_MAX_SPLITS && room)
                     T_CHECK(ctas > attn_cuda_max_clusters(S + 1, d), "d %d, B %d, keys %d: S %d, but %d fit at %d",
                             d, B, keys, S, attn_cuda_max_clusters(S + 1, d), S + 1);
+                /* parts through global memory: where they split more, or 3 ways or more (never 2 against 2) */
+                attn_cuda_params pp = p;
+                pp.parts = &pp; /* (a call with planes; nothing runs) */
+                pp.parts_planes = ATTN_CUDA_MAX_PART_SPLITS;
+                const int Sp = attn_cuda_splits(&pp);
+                const bool pay = attn_cuda_parts_pay(&pp);
+                T_CHECK(pay == (Sp > S || Sp >= 3), "d %d, B %d, keys %d: parts S %d, cluster S %d, pay %d", d, B,
+                        keys, Sp, S, pay);
+                pp.parts_planes = 1;
+                T_CHECK(!attn_cuda_parts_pay(&pp), "d %d, B %d, keys %d: parts pay with one plane", d, B, keys);
                 if (t_case_failed())
                     return;
             }
+    /* the end-to-end benchmark's shapes on an H100-sized GPU: batch 1 takes parts, batch 4 (S = 2) the cluster */
+    if (n_sm >= 132) {
+        attn_cuda_params one = {.B = 1, .H = 4, .Dqk = 256, .Dv = 256, .max_rows = 384, .max_keys = 896,
+                                .parts_planes = ATTN_CUDA_MAX_PART_SPLITS};
+        one.parts = &one;
+        attn_cuda_params four = one;
+        four.B = 4;
+        T_CHECK(attn_cuda_parts_pay(&one) && attn_cuda_splits(&one) == 4, "batch 1 over 896 keys: parts at S 4");
+        T_CHECK(!attn_cuda_parts_pay(&four) && attn_cuda_splits(&four) == 2, "batch 4: the cluster at S 2");
+    }
 }
 
 static void case_batch_independence(void)
@@ -988,7 +1009,7 @@ static const test_case kCases[] = {
     {"attention cuda: SiLU tails (large logits)", case_silu_tails, 0, 1},
     {"attention cuda: a user's rows alone = in a batch (bitwise)", case_batch_independence, 0, 1},
     {"attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster", case_split, 1, 1},
-    {"attention cuda: the split factor's clusters fit in one wave", case_split_rule, 1, 1},
+    {"attention cuda: the split factor's clusters fit in one wave; when parts pay", case_split_rule, 1, 1},
     {"attention cuda: split-KV with fp16 parts in global memory (no cluster, S up to 16)", case_split_parts, 1, 1},
     {"attention cuda: split-KV parts added up = the cluster's output within a bf16 step", case_split_parts_vs_cluster, 0, 1},
     {"attention cuda: no pages: K and V loaded by TMA", case_tma, 0, 1},
@@ -1030,7 +1051,7 @@ static const char *const kNames[] = {
     "attention cuda: SiLU tails (large logits)",
     "attention cuda: a user's rows alone = in a batch (bitwise)",
     "attention cuda: split-KV (few rows, long cached histories), fp32 sums in a cluster",
-    "attention cuda: the split factor's clusters fit in one wave",
+    "attention cuda: the split factor's clusters fit in one wave; when parts pay",
     "attention cuda: split-KV with fp16 parts in global memory (no cluster, S up to 16)",
     "attention cuda: split-KV parts added up = the cluster's output within a bf16 step",
     "attention cuda: no pages: K and V loaded by TMA",
