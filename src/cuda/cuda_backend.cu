@@ -1751,7 +1751,8 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         size_t planes = cb->parts_halves / ap.parts_plane, by_scales = cb->parts_scales / ap.scale_plane;
         planes = planes < by_scales ? planes : by_scales;
         ap.parts_planes = planes > ATTN_CUDA_MAX_PART_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS : (int)planes;
-        if (!cb->parts_always && !attn_cuda_parts_pay(&ap)) /* decided here, on the batch's own sizes (a graph's are padded) */
+        /* decided here, on the batch's own sizes (a graph's are padded) */
+        if (!cb->parts_always && !attn_cuda_parts_pay(&ap))
             ap.parts = NULL, ap.parts_scale = NULL, ap.parts_planes = 0;
     }
     ap.splits = attn_cuda_splits(&ap); /* from this batch's sizes, graph or not */
