@@ -638,6 +638,20 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
     cluster_sync();
 }
 
+/* Rows 0..nr-1 of a tile staged in shared memory (row stride SR elements)
+ * to dst (row stride ld) in 16-byte pieces, cols (a multiple of 8) 2-byte
+ * values a row, threads tid = 0..255: the staged stores' second half. */
+template <int SR, typename T>
+__device__ __forceinline__ void staged_rows_out(T *dst, size_t ld, const T *stage, int nr, int cols, int tid)
+{
+    static_assert(sizeof(T) == 2, "8 values a piece");
+    const int cpr = cols / 8;
+    for (int i = tid; i < nr * cpr; i += 256) {
+        const int row = i / cpr, c = 8 * (i - row * cpr);
+        *reinterpret_cast<uint4 *>(dst + (size_t)row * ld + c) = *reinterpret_cast<const uint4 *>(stage + row * SR + c);
+    }
+}
+
 /* ---- split-KV through global memory: planes of parts -------------------- */
 
 /* With attn_cuda_params.parts: this CTA's part, straight from the computing
@@ -685,14 +699,9 @@ __device__ __forceinline__ void parts_write(const float *o, const attn_cuda_para
     }
     bar_sync(3, 256);
     const size_t at = (size_t)(k.s.q0 + k.r0) * p.ld_parts + (size_t)k.h * p.Dv;
-    const int cpr = p.Dv / 8;
-    __half *dst = static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at;
-    for (int i = tid; i < k.nr * cpr; i += 256) {
-        const int row = i / cpr, col = 8 * (i - row * cpr);
-        *reinterpret_cast<uint4 *>(dst + (size_t)row * p.ld_parts + col) =
-            *reinterpret_cast<const uint4 *>(stage + row * SR + col);
-    }
-    const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0, all = k.nh + nc;
+    staged_rows_out<SR>(static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at, p.ld_parts, stage, k.nr,
+                        p.Dv, tid);
+    const int cpr = p.Dv / 8, nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0, all = k.nh + nc;
     for (int y = z - 1; y >= 0 && split_tiles(all, y, (int)gridDim.z) == 0; y--) {
         __half *zd = static_cast<__half *>(p.parts) + (size_t)y * p.parts_plane + at;
         for (int i = tid; i < k.nr * cpr; i += 256) {
@@ -982,13 +991,8 @@ __device__ __forceinline__ void store_o_staged(const float *o, const attn_cuda_p
             *reinterpret_cast<uint32_t *>(stage + lr[r] * SR + 8 * j + 2 * t4) =
                 pack_bf16(o[4 * j + 2 * r] * inv_n, o[4 * j + 2 * r + 1] * inv_n);
     bar_sync(3, 256);
-    bf16 *out = static_cast<bf16 *>(p.out) + (size_t)(k.s.q0 + k.r0) * p.ld_out + (size_t)k.h * p.Dv;
-    const int cpr = p.Dv / 8;
-    for (int i = tid; i < k.nr * cpr; i += 256) {
-        const int row = i / cpr, c = 8 * (i - row * cpr);
-        *reinterpret_cast<uint4 *>(out + (size_t)row * p.ld_out + c) =
-            *reinterpret_cast<const uint4 *>(stage + row * SR + c);
-    }
+    staged_rows_out<SR>(static_cast<bf16 *>(p.out) + (size_t)(k.s.q0 + k.r0) * p.ld_out + (size_t)k.h * p.Dv,
+                        p.ld_out, stage, k.nr, p.Dv, tid);
 }
 
 /* Whether every output row of attention p starts 16-byte aligned. */
@@ -1509,11 +1513,17 @@ extern "C" bool attn_cuda_parts_pay(const attn_cuda_params *p)
 
 extern "C" int attn_cuda_splits(const attn_cuda_params *p) { return split_rule(p, parts_possible(p)); }
 
+/* The kernel attn_fwd_cuda runs: the forced one, or the default. */
+static int call_kind(void)
+{
+    return g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
+}
+
 /* The S attn_fwd_cuda launches: 1 unless the kernel is the warp-specialised
  * one (either form); forced or chosen, at most what its form holds. */
 static int call_splits(const attn_cuda_params *p)
 {
-    const int kind = g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
+    const int kind = call_kind();
     if (kind != ATTN_CUDA_KERNEL_WS && kind != ATTN_CUDA_KERNEL_TMA)
         return 1;
     int S = p->splits > 0 ? p->splits : attn_cuda_splits(p);
@@ -1574,7 +1584,7 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     if (parts && (!aligned(p->parts, 16) || !p->parts_scale || p->ld_parts % 8 || p->ld_parts < p->H * p->Dv ||
                   p->parts_plane % 8 || p->Dv % 8))
         return (int)cudaErrorInvalidValue;
-    const int kind = g_forced_kernel != ATTN_CUDA_KERNEL_AUTO ? g_forced_kernel : ATTN_CUDA_KERNEL_DEFAULT;
+    const int kind = call_kind();
     /* The TMA form wherever it applies (the default). */
     if (kind == ATTN_CUDA_KERNEL_TMA && S == 1 && !p->pages && p->n_rows > 0 && p->Dqk == p->Dv &&
         (d == 64 || d == 128 || d == 256))
