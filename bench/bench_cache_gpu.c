@@ -722,22 +722,42 @@ e2e:
             float tot[3] = {0, 0, 0};
             int reps = quick ? 1 : 3;
             float runs[3][3];
+            hstu_cache_stats s0, s1; /* cache + graphs, around its last repetition */
+            float slowest = 0;
+            int slowest_L = 0;
             for (int rep = 0; rep < reps; rep++)
                 for (int k = 0; k < 3; k++) {
                     hstu_engine *e = k == 2 ? cg : k ? ca : nc;
                     hstu_engine_cache_clear(e);
+                    if (k == 2)
+                        hstu_engine_cache_stats(e, &s0);
                     float sum = 0;
                     int64_t base = 100000 + 1000 * bi + 100 * rep;
                     for (int L = 256; L <= 4096; L += 128) {
                         make_batch(q, res, B, L, base);
-                        sum += timed_run(e, q, res, B);
+                        float ms = timed_run(e, q, res, B);
+                        sum += ms;
+                        if (k == 2 && rep == reps - 1 && ms > slowest)
+                            slowest = ms, slowest_L = L;
                     }
                     runs[k][rep] = sum;
+                    if (k == 2)
+                        hstu_engine_cache_stats(e, &s1);
                 }
+            const float last_cg = runs[2][reps - 1]; /* (median() sorts the runs) */
             for (int k = 0; k < 3; k++)
                 tot[k] = median(runs[k], reps);
             printf("%-5d %12.1f %12.1f %14.1f %8.2fx %8.2fx %12.3f\n", B, tot[0], tot[1], tot[2], tot[0] / tot[1],
                    tot[0] / tot[2], tot[2] / 31.0);
+            /* where a cache + graphs request's time goes (its last repetition, per request) */
+            double nf = (double)(s1.gpu_forwards - s0.gpu_forwards);
+            if (nf > 0)
+                printf("      c+g per request: %.3f ms: planning %.3f, backend host %.3f, GPU %.3f (stack %.3f, "
+                       "packing %.3f, launches %.3f); %llu graph captures; slowest %.3f ms (history %d)\n",
+                       last_cg / 31.0, (s1.plan_ms - s0.plan_ms) / nf, (s1.gpu_host_ms - s0.gpu_host_ms) / nf,
+                       (s1.gpu_busy_ms - s0.gpu_busy_ms) / nf, (s1.gpu_stack_ms - s0.gpu_stack_ms) / nf,
+                       (s1.gpu_stage_ms - s0.gpu_stage_ms) / nf, (s1.gpu_launch_ms - s0.gpu_launch_ms) / nf,
+                       (unsigned long long)(s1.graph_captures - s0.graph_captures), slowest, slowest_L);
             fflush(stdout);
         }
         hstu_engine_destroy(nc);

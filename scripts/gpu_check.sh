@@ -23,7 +23,8 @@
 # TRACE="1 4096 3968" records those cases' kernels and copies as they run
 # (tools/kernel_trace.c, CUPTI; CUDA graphs and PDL included) and prints the
 # last forward kernel by kernel (tools/kernel_trace.py); TRACE_KINDS=api
-# records the host's CUDA calls instead (all: both).
+# records the host's CUDA calls instead (all: both); TRACE_FIRST=stage_upload
+# starts the listing at that kernel instead of the embedding.
 set -u
 BIN=${BIN:-.device/bin}
 LOGS=${OUT:-/tmp/gpu_check}
@@ -189,7 +190,8 @@ if [ -n "${TRACE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
             CUDA_INJECTION64_PATH=/tmp/kernel_trace.so KERNEL_TRACE_OUT="/tmp/$name.csv" \
                 KERNEL_TRACE_KINDS="${TRACE_KINDS:-gpu}" \
                 "$BIN/bench_cache_gpu" --profile "$tb" "$tl" "$tc" 2>&1 | tail -n 1
-            python3 tools/kernel_trace.py "/tmp/$name.csv" | tee "$LOGS/$name.txt" | tail -n 16
+            python3 tools/kernel_trace.py "/tmp/$name.csv" ${TRACE_FIRST:+"$TRACE_FIRST"} | tee "$LOGS/$name.txt" |
+                tail -n 16
         done
     else
         echo "kernel trace: the CUPTI library did not build ($LOGS/kernel_trace_build.err)"
