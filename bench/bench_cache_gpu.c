@@ -376,6 +376,20 @@ static double flops_of(const hstu_config *cfg, int B, int L, int c)
     return B * (cfg->n_layers * per_layer + CANDS * 2.0 * (d * cfg->hidden[0] + cfg->hidden[0] * cfg->n_tasks));
 }
 
+/* The engine's own accounting between two snapshots, as a mean per forward
+ * (nothing if none ran): where a request's time goes. */
+static void print_forward_means(const hstu_cache_stats *s0, const hstu_cache_stats *s1)
+{
+    double nf = (double)(s1->gpu_forwards - s0->gpu_forwards);
+    if (nf <= 0)
+        return;
+    printf("mean per forward: planning %.3f ms, backend host %.3f ms, GPU %.3f ms of which metadata packing %.3f ms "
+           "and launching the layers %.3f ms; embedding and layers on the GPU %.3f ms",
+           (s1->plan_ms - s0->plan_ms) / nf, (s1->gpu_host_ms - s0->gpu_host_ms) / nf,
+           (s1->gpu_busy_ms - s0->gpu_busy_ms) / nf, (s1->gpu_stage_ms - s0->gpu_stage_ms) / nf,
+           (s1->gpu_launch_ms - s0->gpu_launch_ms) / nf, (s1->gpu_stack_ms - s0->gpu_stack_ms) / nf);
+}
+
 /* --profile: one block case, warm, then once inside the profiler's range. */
 static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L, int c)
 {
@@ -394,21 +408,16 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
         t[it] = timed_run(e, q, res, B);
     }
     hstu_engine_cache_stats(e, &s1);
-    double nf = (double)(s1.gpu_forwards - s0.gpu_forwards);
     for (int b = 0; b < B; b++)
         engine_cache_set(e, &q[b], c, 0);
     cudaProfilerStart();
     float ms = timed_run(e, q, res, B);
     cudaProfilerStop();
-    printf("profile: batch %d, history %d, cached %d, graphs %s, PDL %s (%llu GEMM edges): median %.3f ms warm "
-           "(mean per forward: "
-           "planning %.3f ms, backend host %.3f ms, GPU %.3f ms of which metadata packing %.3f ms and launching the layers %.3f ms; "
-           "embedding and layers on the GPU %.3f ms), %.3f ms profiled\n",
+    printf("profile: batch %d, history %d, cached %d, graphs %s, PDL %s (%llu GEMM edges): median %.3f ms warm (",
            B, L, c, g_graphs ? "on" : "off", cuda_pdl_on() ? "on" : "off", (unsigned long long)s1.graph_gemm_edges,
-           median(t, 20),
-           (s1.plan_ms - s0.plan_ms) / nf, (s1.gpu_host_ms - s0.gpu_host_ms) / nf, (s1.gpu_busy_ms - s0.gpu_busy_ms) / nf,
-           (s1.gpu_stage_ms - s0.gpu_stage_ms) / nf, (s1.gpu_launch_ms - s0.gpu_launch_ms) / nf,
-           (s1.gpu_stack_ms - s0.gpu_stack_ms) / nf, ms);
+           median(t, 20));
+    print_forward_means(&s0, &s1);
+    printf("), %.3f ms profiled\n", ms);
     hstu_engine_destroy(e);
 }
 
@@ -749,15 +758,12 @@ e2e:
                 tot[k] = median(runs[k], reps);
             printf("%-5d %12.1f %12.1f %14.1f %8.2fx %8.2fx %12.3f\n", B, tot[0], tot[1], tot[2], tot[0] / tot[1],
                    tot[0] / tot[2], tot[2] / 31.0);
-            /* where a cache + graphs request's time goes (its last repetition, per request) */
-            double nf = (double)(s1.gpu_forwards - s0.gpu_forwards);
-            if (nf > 0)
-                printf("      c+g per request: %.3f ms: planning %.3f, backend host %.3f, GPU %.3f (stack %.3f, "
-                       "packing %.3f, launches %.3f); %llu graph captures; slowest %.3f ms (history %d)\n",
-                       last_cg / 31.0, (s1.plan_ms - s0.plan_ms) / nf, (s1.gpu_host_ms - s0.gpu_host_ms) / nf,
-                       (s1.gpu_busy_ms - s0.gpu_busy_ms) / nf, (s1.gpu_stack_ms - s0.gpu_stack_ms) / nf,
-                       (s1.gpu_stage_ms - s0.gpu_stage_ms) / nf, (s1.gpu_launch_ms - s0.gpu_launch_ms) / nf,
-                       (unsigned long long)(s1.graph_captures - s0.graph_captures), slowest, slowest_L);
+            /* where a cache + graphs request's time goes (its last repetition) */
+            printf("      cache + graphs, last repetition: %.3f ms a request, slowest %.3f ms (history %d), %llu "
+                   "graph captures; ",
+                   last_cg / 31.0, slowest, slowest_L, (unsigned long long)(s1.graph_captures - s0.graph_captures));
+            print_forward_means(&s0, &s1);
+            printf("\n");
             fflush(stdout);
         }
         hstu_engine_destroy(nc);

@@ -1457,6 +1457,13 @@ static int max_clusters_cached(int S, int d)
 /* Whether a call may write split parts to global memory (planes for 2 splits at least). */
 static bool parts_possible(const attn_cuda_params *p) { return p->parts && p->parts_planes >= 2; }
 
+/* Whether the planes' layout is what their writer and readers take (attention_cuda.h). */
+static bool parts_layout_ok(const attn_cuda_params *p)
+{
+    return p->parts && p->parts_scale && aligned(p->parts, 16) && p->ld_parts % 8 == 0 &&
+           p->ld_parts >= p->H * p->Dv && p->parts_plane % 8 == 0 && p->Dv % 8 == 0;
+}
+
 /* The split factor by a rule (1: none): enough CTAs of a row block to fill
  * the SMs, each with at least 3 key tiles; in a cluster (parts false) at
  * most ATTN_CUDA_MAX_SPLITS and lowered until the clusters fit at once;
@@ -1543,9 +1550,8 @@ extern "C" int attn_cuda_parts_used(const attn_cuda_params *p)
 
 extern "C" int attn_parts_sum_cuda(const attn_cuda_params *p, int S, void *stream)
 {
-    if (!p || S < 1 || S > ATTN_CUDA_MAX_PART_SPLITS || !p->parts || !p->parts_scale || !p->out ||
-        !aligned(p->parts, 16) || p->ld_parts % 8 || p->ld_parts < p->H * p->Dv || p->parts_plane % 8 ||
-        p->Dv % 8 || p->ld_out % 2 || !aligned(p->out, 4))
+    if (!p || S < 1 || S > ATTN_CUDA_MAX_PART_SPLITS || !parts_layout_ok(p) || !p->out || p->ld_out % 2 ||
+        !aligned(p->out, 4))
         return (int)cudaErrorInvalidValue;
     if (p->B <= 0 || p->max_rows <= 0)
         return (int)cudaSuccess;
@@ -1581,8 +1587,7 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     cudaStream_t s = (cudaStream_t)stream;
     if (S > 1 && ((p->H * p->Dv) % 4 || p->ld_out % 2))
         return (int)cudaErrorInvalidValue;
-    if (parts && (!aligned(p->parts, 16) || !p->parts_scale || p->ld_parts % 8 || p->ld_parts < p->H * p->Dv ||
-                  p->parts_plane % 8 || p->Dv % 8))
+    if (parts && !parts_layout_ok(p))
         return (int)cudaErrorInvalidValue;
     const int kind = call_kind();
     /* The TMA form wherever it applies (the default). */
