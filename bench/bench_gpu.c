@@ -27,7 +27,6 @@
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
-#include "kernels/gemm_ws_cuda.h"
 #include "kernels/pdl_cuda.h"
 #include "trace_print.h"
 
@@ -487,111 +486,6 @@ static void fused_vs_cublas(int M, int N, int K, cudaStream_t s, int iters)
     cudaFree(a.A), cudaFree(a.W), cudaFree(a.C), cudaFree(a.bias);
 }
 
-/* A layer GEMM two ways: cuBLASLt (tuned as the backend tunes it) and the
- * weight-stationary kernel (its automatic plan, then every row tile and
- * cluster that takes the shape). Each timed as 20 calls in a CUDA graph,
- * alone and each behind a LayerNorm that writes its A (as in a forward,
- * where the kernel's W loads overlap the kernel ahead: programmatic
- * dependent launch). */
-typedef struct ws_arg {
-    gemm_cuda *g;
-    gemm_ws_args ga;
-    int bm, cl, behind_ln, use_ws; /* use_ws: 0 cuBLASLt, 1 weight-stationary, 2 neither */
-    bf16_t *x; /* the LayerNorm's input, M x K */
-    cudaStream_t s;
-} ws_arg;
-
-static void run_ws_or_cublas(void *p)
-{
-    ws_arg *a = p;
-    const gemm_ws_args *g = &a->ga;
-    char why[256];
-    if (a->behind_ln)
-        cuda_ok((cudaError_t)layernorm_bf16_cuda(g->M, g->K, a->x, g->K, NULL, NULL, 1e-5f, (bf16_t *)g->A, g->lda,
-                                                 a->s),
-                "layernorm");
-    if (a->use_ws == 2) /* the LayerNorm alone */
-        return;
-    if (!a->use_ws) {
-        if (gemm_cuda_run(a->g, g->M, g->N, g->K, g->A, g->lda, g->W, g->ldw, 0, g->accumulate ? 1.0f : 0.0f, g->C,
-                          g->c_f32, g->ldc, g->bias ? GEMM_EPI_BIAS : GEMM_EPI_NONE, g->bias, a->s, why, sizeof why))
-            die("gemm", why);
-        return;
-    }
-    gemm_ws_force(a->bm, a->cl);
-    cuda_ok((cudaError_t)gemm_ws_cuda(g, a->s), "gemm_ws");
-    gemm_ws_force(0, 0);
-}
-
-static void ws_vs_cublas(const char *name, int M, int N, int K, int c_f32, int acc, cudaStream_t s, int iters)
-{
-    char why[256];
-    ws_arg a = {NULL, {M, N, K, dev_rand((size_t)M * K, 0), K, dev_rand((size_t)K * N, 0), N,
-                       dev_rand((size_t)M * N, c_f32), N, c_f32, acc, acc ? dev_rand(N, c_f32) : NULL},
-                0, 0, 0, 0, dev_rand((size_t)M * K, 0), s};
-    cuda_ok((cudaError_t)gemm_ws_prepare(), "gemm_ws_prepare");
-    if (gemm_cuda_create((size_t)32 << 20, &a.g, why, sizeof why) ||
-        gemm_cuda_tune(a.g, M, N, K, a.ga.A, K, a.ga.W, N, 0, acc ? 1.0f : 0.0f, a.ga.C, c_f32, N,
-                       acc ? GEMM_EPI_BIAS : GEMM_EPI_NONE, a.ga.bias, s, why, sizeof why))
-        die("gemm_cuda", why);
-    const double fl = 2.0 * M * (double)N * K;
-    gemm_ws_plan pl;
-    if (gemm_ws_plan_of(M, N, K, &pl)) {
-        printf("%-22s %6d %5d %5d: the weight-stationary GEMM does not take this shape\n", name, M, N, K);
-        gemm_cuda_destroy(a.g);
-        return;
-    }
-    for (int ln = 0; ln < 2; ln++) {
-        a.behind_ln = ln;
-        float t_ln = 0;
-        if (ln) { /* the LayerNorm alone, to take off */
-            a.use_ws = 2;
-            t_ln = time_graph20(run_ws_or_cublas, &a, s, iters);
-        }
-        a.use_ws = 0;
-        float tc = time_graph20(run_ws_or_cublas, &a, s, iters) - t_ln;
-        a.use_ws = 1, a.bm = 0, a.cl = 0;
-        float tw = time_graph20(run_ws_or_cublas, &a, s, iters) - t_ln;
-        printf("%-22s %6d %5d %5d %s: cuBLASLt %.4f ms (%.0f TFLOP/s), weight-stationary %.4f ms (%.0f TFLOP/s; "
-               "%d-row tiles, clusters of %d, %d CTAs x %d tiles), %.2fx;",
-               name, M, N, K, ln ? "behind LN, LN's time off" : "alone", tc, fl / (tc * 1e-3) / 1e12, tw,
-               fl / (tw * 1e-3) / 1e12, pl.bm, pl.cl, pl.ctas, pl.tiles_per_cta, tc / tw);
-        for (int bm = 64; bm <= 192; bm += 64)
-            for (int cl = 1; cl <= 4; cl *= 2) {
-                gemm_ws_plan q;
-                gemm_ws_force(bm, cl);
-                int ok = !gemm_ws_plan_of(M, N, K, &q);
-                gemm_ws_force(0, 0);
-                if (!ok)
-                    continue;
-                a.bm = bm, a.cl = cl;
-                float t = time_graph20(run_ws_or_cublas, &a, s, iters) - t_ln;
-                printf(" %d/%d %.4f", bm, cl, t);
-            }
-        printf(" (ms, rows/cluster)\n");
-        /* one traced call behind the last untraced one (LN first, if behind_ln) */
-        const size_t n = 1024 * GEMM_WS_TRACE_POINTS;
-        unsigned long long *d = NULL, *h = calloc(n, sizeof *h);
-        cuda_ok(cudaMalloc((void **)&d, n * sizeof *d), "cudaMalloc");
-        cudaMemset(d, 0, n * sizeof *d);
-        a.bm = 0, a.cl = 0;
-        run_ws_or_cublas(&a);
-        gemm_ws_set_trace(d);
-        run_ws_or_cublas(&a);
-        gemm_ws_set_trace(NULL);
-        cuda_ok(cudaStreamSynchronize(s), "traced gemm_ws");
-        cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
-        static const char *names[GEMM_WS_TRACE_POINTS] = {"start", "W issued", "W landed", "waited", "first A",
-                                                          "loop done", "end"};
-        print_trace(ln ? "weight-stationary behind LN" : "weight-stationary", h, pl.ctas, GEMM_WS_TRACE_POINTS,
-                    names);
-        cudaFree(d);
-        free(h);
-    }
-    gemm_cuda_destroy(a.g);
-    cudaFree((void *)a.ga.A), cudaFree((void *)a.ga.W), cudaFree(a.ga.C), cudaFree((void *)a.ga.bias), cudaFree(a.x);
-}
-
 int main(int argc, char **argv)
 {
     int iters = 20, warmup = 3;
@@ -609,8 +503,7 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: bench_gpu [--iters N] [--warmup N] [--quick] [--gemm M[,M...]]\n"
                             "  --gemm: only sweep cuBLASLt's algorithms (and their split-K variants)\n"
-                            "          for the layer GEMMs at these row counts, every candidate shown,\n"
-                            "          and time the weight-stationary GEMM against cuBLASLt's choice\n");
+                            "          for the layer GEMMs at these row counts, every candidate shown\n");
             return 2;
         }
     }
@@ -637,9 +530,6 @@ int main(int argc, char **argv)
             fused_vs_cublas(M, W, d, s, 5);
             sweep("proj, f32 residual", M, d, vw, 1, 1.0f, s, 5, 1);
             sweep("proj, bf16 residual", M, d, vw, 0, 1.0f, s, 5, 1);
-            ws_vs_cublas("uvqk", M, W, d, 0, 0, s, 5);
-            ws_vs_cublas("proj, bf16 residual", M, d, vw, 0, 1, s, 5);
-            ws_vs_cublas("proj, f32 residual", M, d, vw, 1, 1, s, 5);
             p = strchr(p, ',');
             if (!p)
                 break;

@@ -40,7 +40,6 @@
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
-#include "kernels/gemm_ws_cuda.h"
 #include "kernels/head_fused_cuda.h"
 #include "kernels/pdl_cuda.h"
 #include "kernels/topk_cuda.h"
@@ -87,7 +86,6 @@ struct cuda_backend {
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
-    int ws_rows;       /* the layer GEMMs weight-stationary when a CTA's rows are at most this (HSTU_CUDA_WS_GEMM) */
     int fused_head_rows; /* the ranking head in one kernel for at most this many candidate rows
                           * (one hidden layer; 0: never; HSTU_CUDA_FUSED_HEAD) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
@@ -219,10 +217,6 @@ typedef struct staged {
     kv_copy *onload;     /* [n_onload] layer 0's blocks of the host hits */
 } staged;
 
-/* The layer GEMMs go to the weight-stationary kernel when its busiest CTA
- * takes at most this many rows (docs/cuda.md, "The weight-stationary GEMM"). */
-#define WS_GEMM_ROWS 384
-
 /* ---- small helpers ------------------------------------------------------ */
 
 static int pad8(int64_t n) { return (int)((n + 7) / 8 * 8); }
@@ -248,15 +242,6 @@ static hstu_status ck_gemm(cuda_backend *cb, int M, int N, int K, const bf16_t *
                       sizeof why) == 0)
         return HSTU_OK;
     return hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: %s GEMM: %s", what, why);
-}
-
-/* Whether a layer GEMM goes to the weight-stationary kernel: it takes the
- * shape and its busiest CTA has at most ws_rows rows. */
-static bool ws_wanted(const cuda_backend *cb, const gemm_ws_args *a)
-{
-    gemm_ws_plan p;
-    return cb->ws_rows > 0 && gemm_ws_supported(a, NULL, 0) && !gemm_ws_plan_of(a->M, a->N, a->K, &p) &&
-           (long)p.tiles_per_cta * p.bm <= cb->ws_rows;
 }
 
 static uint16_t f2bf_host(float f)
@@ -876,13 +861,6 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
-        /* The layer GEMMs weight-stationary (gemm_ws_cuda.h) only with
-         * HSTU_CUDA_WS_GEMM=1 (when their busiest CTA takes at most
-         * WS_GEMM_ROWS rows) or =all (whenever the kernel takes the shape):
-         * slower than cuBLASLt at every measured shape (docs/cuda.md, "The
-         * weight-stationary GEMM"). */
-        const char *wg = getenv("HSTU_CUDA_WS_GEMM");
-        cb->ws_rows = wg && !strcmp(wg, "1") ? WS_GEMM_ROWS : wg && !strcmp(wg, "all") ? INT_MAX : 0;
         /* Split-KV parts through L2 into SiLU(u) * LN(attn) (docs/cuda.md,
          * "The attention's split parts"), unless HSTU_CUDA_ATTN_PARTS=0.
          * A split call's planes hold S x T x H x Dv values and S x T x H
@@ -1021,10 +999,6 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
     }
     if (cb->fused_uvqk && (st = ck(gemm_fused_prepare(), "the fused GEMM's launch attributes", err)) != HSTU_OK)
         goto fail;
-    if (cb->ws_rows > 0 && gemm_ws_prepare() != 0) { /* a device it cannot run on: cuBLASLt takes every GEMM */
-        cb->ws_rows = 0;
-        cudaGetLastError();
-    }
     if ((st = upload_weights(cb, err)) != HSTU_OK)
         goto fail;
     /* The uploads and the memset ran on the legacy stream (a pageable
@@ -1143,14 +1117,12 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     bias_silu_pages pages = {(const int64_t *)DEV(cb, sg->row_slot), cb->d_pool, cb->cc.page_elems, k_off, v_off,
                              (int)P, kw, vw, vw + kw - act0};
     gemm_fused_epilogue fe = {L->uvqk_b, act0, silu_all, append ? &pages : NULL, vw + kw};
-    const gemm_ws_args uvqk_ws = {T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, 0, 0, NULL};
     if (cb->fused_uvqk && gemm_fused_supported(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, NULL, 0)) {
         if ((st = ck(gemm_fused_cuda(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, s),
                      "uvqk GEMM with bias+SiLU and KV append", err)) != HSTU_OK)
             return st;
-    } else if ((st = ws_wanted(cb, &uvqk_ws) ? ck(gemm_ws_cuda(&uvqk_ws, s), "uvqk GEMM (weight-stationary)", err)
-                                              : ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk,
-                                                        0, W, GEMM_EPI_NONE, NULL, "uvqk", err)) != HSTU_OK ||
+    } else if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
+                             NULL, "uvqk", err)) != HSTU_OK ||
                (st = ck(bias_silu_cuda(T, W - act0, cb->d_uvqk + act0, W, L->uvqk_b ? L->uvqk_b + act0 : NULL,
                                        silu_all, append ? &pages : NULL, s),
                         "bias+SiLU and KV append", err)) != HSTU_OK)
@@ -1184,9 +1156,6 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                                            L->ln_out_b, cfg->ln_eps, cb->d_y, vw, s),
                  "u * LN(attn)", err)) != HSTU_OK)
         return st;
-    const gemm_ws_args proj_ws = {T, d8, vw, cb->d_y, vw, L->proj_w, d8, cb->d_x, d8, cb->x_f32, 1, L->proj_b};
-    if (ws_wanted(cb, &proj_ws))
-        return ck(gemm_ws_cuda(&proj_ws, s), "proj GEMM (weight-stationary)", err);
     return ck_gemm(cb, T, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
                    L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, "proj", err);
 }
