@@ -174,6 +174,13 @@ struct Blk {
     }
 };
 
+/* The row block's key tiles (all splits together): its history tiles,
+ * then those of the candidates it sees. */
+__device__ __forceinline__ int blk_tiles(const Blk &k)
+{
+    return k.nh + (k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0);
+}
+
 /* Fills the row-block fields of k (k.s set) for the block of rows
  * [r0, r0 + BM) of the sequence's computed rows; returns its key tiles in
  * all (before any split). */
@@ -186,8 +193,7 @@ __device__ __forceinline__ int blk_rows(Blk &k, int r0, int rows)
     k.hist_end = min(k.s.hist, k.qv1 + 1);
     k.nh = (k.hist_end + BN - 1) / BN;
     k.cand_lo = max(k.qv0, k.s.hist);
-    const int nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0;
-    return k.nh + nc;
+    return blk_tiles(k);
 }
 
 /* Split z of S of a row block's `all` tiles: its first tile and count. */
@@ -701,7 +707,7 @@ __device__ __forceinline__ void parts_write(const float *o, const attn_cuda_para
     const size_t at = (size_t)(k.s.q0 + k.r0) * p.ld_parts + (size_t)k.h * p.Dv;
     staged_rows_out<SR>(static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at, p.ld_parts, stage, k.nr,
                         p.Dv, tid);
-    const int cpr = p.Dv / 8, nc = k.qv1 >= k.s.hist ? (k.qv1 + 1 - k.cand_lo + BN - 1) / BN : 0, all = k.nh + nc;
+    const int cpr = p.Dv / 8, all = blk_tiles(k);
     for (int y = z - 1; y >= 0 && split_tiles(all, y, (int)gridDim.z) == 0; y--) {
         __half *zd = static_cast<__half *>(p.parts) + (size_t)y * p.parts_plane + at;
         for (int i = tid; i < k.nr * cpr; i += 256) {
