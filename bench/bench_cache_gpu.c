@@ -294,6 +294,13 @@ static void parts_splits(attn_cuda_params ap, int rows_u, int vw, int iters, flo
         snprintf(label, sizeof label, "batch 1, parts, splits %d", S);
         trace_attention(ap, label);
     }
+    if (attn_cuda_tma_form(&ap)) { /* the cp.async loads at the chosen S, for comparison */
+        ap.splits = 0;
+        attn_cuda_force_kernel(ATTN_CUDA_KERNEL_WS);
+        printf("    batch 1, parts, chosen splits, cp.async form: %.4f ms\n", time_attention(&ap, iters, t));
+        trace_attention(ap, "batch 1, parts, chosen splits, cp.async form");
+        attn_cuda_force_kernel(ATTN_CUDA_KERNEL_AUTO);
+    }
     cudaFree(parts);
     cudaFree(scales);
 }
@@ -527,6 +534,7 @@ int main(int argc, char **argv)
                                        .n_rows = B * rows_u, .pages = paged ? pool : NULL,
                                        .page_table = var == 2 ? d_pt_seq : d_pt, .page_size = P,
                                        .page_elems = var == 1 ? (size_t)P * (kw + vw) : page_elems,
+                                       .n_pages = (int)(var == 1 ? n_pages * (size_t)cfg.n_layers : n_pages),
                                        .k_off = var == 1 ? 0 : 3 * (size_t)P * (kw + vw),
                                        .v_off = (var == 1 ? 0 : 3 * (size_t)P * (kw + vw)) + P * kw,
                                        .alpha = cfg.alpha, .N = cfg.attn_scale_len, .out = out, .ld_out = vw,
@@ -534,8 +542,15 @@ int main(int argc, char **argv)
                 float ms = time_attention(&ap, iters, t);
                 double pairs = 0.5 * ((double)hist * (hist + 1) - (double)c * (c + 1)) + (double)CANDS * (hist + 1);
                 double fl = B * pairs * H * 2.0 * (cfg.d_qk + cfg.d_v);
-                printf("  cached %4d, keys %-20s %8.3f ms %7.0f TFLOP/s (splits %d)\n", c, vname[var],
+                printf("  cached %4d, keys %-20s %8.3f ms %7.0f TFLOP/s (splits %d)", c, vname[var],
                        ms, fl / (ms * 1e-3) / 1e12, attn_cuda_splits(&ap));
+                if (paged && attn_cuda_tma_form(&ap)) { /* the same call with the cp.async loads */
+                    attn_cuda_force_kernel(ATTN_CUDA_KERNEL_WS);
+                    const float ms_cp = time_attention(&ap, iters, t);
+                    attn_cuda_force_kernel(ATTN_CUDA_KERNEL_AUTO);
+                    printf("; cp.async form %.3f ms (TMA %.2fx)", ms_cp, ms_cp / ms);
+                }
+                printf("\n");
                 if (c != 3968 || var != 3)
                     continue;
                 /* the split-KV factor by hand, batch 8 and 1 */

@@ -27,7 +27,9 @@
  * Without CUDA in the build, or without a usable GPU, every GPU case is
  * reported as skipped with the reason. HSTU_TEST_QUICK=1 runs a small subset
  * (for compute-sanitizer); HSTU_TEST_KERNELS=mma,wgmma,ws,tma (any of them)
- * limits the kernels, e.g. to run each in its own process.
+ * limits the kernels, e.g. to run each in its own process. The TMA form's
+ * output must equal the cp.async form's (ws) bit for bit, over pages too;
+ * HSTU_TEST_DIFF=1 prints the first values where they differ.
  */
 #include "harness.h"
 
@@ -196,7 +198,10 @@ static void problem_init(problem *pb, const case_spec *cs, uint64_t seed)
     const size_t kw = (size_t)P * H * Dqk, vw = (size_t)P * H * Dv;
     p->k_off = (LAYERS - 1) * (kw + vw);
     p->v_off = p->k_off + kw;
-    pb->page_elems = LAYERS * (kw + vw) + 8;
+    /* Pages of whole rows where the TMA form can read them (attn_cuda_tma_form),
+     * 8 values longer otherwise: the cp.async loads take any multiple of 8. */
+    const bool tma_width = Dqk == Dv && (Dqk == 64 || Dqk == 128 || Dqk == 256);
+    pb->page_elems = LAYERS * (kw + vw) + (tma_width ? 0 : 8);
     p->alpha = cs->alpha != 0 ? cs->alpha : 1.0f / sqrtf((float)Dqk);
     p->N = cs->N;
     p->ld_out = H * Dv + 6; /* even, wider than the heads */
@@ -469,6 +474,7 @@ static bool gpu_init(gpu_problem *g, const problem *pb)
     c->page_table = g->d_pt;
     c->page_size = p->page_size;
     c->page_elems = pb->page_elems;
+    c->n_pages = pb->npages;
     c->k_off = p->k_off;
     c->v_off = p->v_off;
     c->alpha = p->alpha;
@@ -571,10 +577,34 @@ static void check_problem(problem *pb)
     gpu_problem g;
     if (!gpu_init(&g, pb))
         return;
-    uint16_t *out = xcalloc(pb->rows * pb->p.ld_out, sizeof(uint16_t));
-    for (int k = 0; k < NKERNELS; k++)
-        if (gpu_run(&g, kKernels[k], out))
-            check_output(pb, out, kKernelNames[k]);
+    const size_t n = pb->rows * pb->p.ld_out;
+    uint16_t *out = xcalloc(n, sizeof(uint16_t)), *ws = NULL;
+    /* Widths the TMA form takes run it, over pages of 16, 32 and 64 rows too */
+    const int d = pb->p.Dqk, P = pb->p.page_size;
+    const bool tma = pb->p.Dqk == pb->p.Dv && (d == 64 || d == 128 || d == 256) &&
+                     (!g.cp.pages || P == 16 || P == 32 || P == 64);
+    T_CHECK(attn_cuda_tma_form(&g.cp) == tma,
+            "TMA form %d at Dqk %d, Dv %d, pages %d", (int)attn_cuda_tma_form(&g.cp), pb->p.Dqk, pb->p.Dv,
+            g.cp.pages != NULL);
+    for (int k = 0; k < NKERNELS; k++) {
+        if (!gpu_run(&g, kKernels[k], out))
+            continue;
+        check_output(pb, out, kKernelNames[k]);
+        /* The TMA form is the cp.async form with other loads: bit for bit */
+        if (kKernels[k] == ATTN_CUDA_KERNEL_WS)
+            ws = (uint16_t *)memcpy(xcalloc(n, sizeof(uint16_t)), out, n * sizeof(uint16_t));
+        if (kKernels[k] == ATTN_CUDA_KERNEL_TMA && ws) {
+            size_t diff = 0;
+            for (size_t i = 0; i < n; i++) {
+                if (out[i] != ws[i] && diff < 12 && getenv("HSTU_TEST_DIFF"))
+                    fprintf(stderr, "DIFF row %zu col %zu: ws %g tma %g\n", i / pb->p.ld_out, i % pb->p.ld_out,
+                            t_bf2f(ws[i]), t_bf2f(out[i]));
+                diff += out[i] != ws[i];
+            }
+            T_CHECK(diff == 0, "tma and ws differ in %zu of %zu values (pages %d)", diff, n, g.cp.pages != NULL);
+        }
+    }
+    free(ws);
     free(out);
     gpu_free(&g);
 }
@@ -629,13 +659,14 @@ static void case_only_candidates(void)
 static void case_pages(void)
 {
     /* paged = hist (c = 0: the new rows are in pages too) and c < paged <
-     * hist, page sizes 16 and 32, shuffled page ids. */
-    static const int sizes[] = {16, 32};
-    for (int k = 0; k < 2; k++) {
+     * hist, page sizes 16, 32 and 64 (the TMA form) and 48 (cp.async
+     * only), shuffled page ids. */
+    static const int sizes[] = {16, 32, 64, 48};
+    for (int k = 0; k < 4; k++) {
         case_spec cs = {.H = 2, .Dqk = 64, .Dv = 64, .P = sizes[k], .N = 600, .nseq = 5,
                         .seqs = {SEQ(0, 333, 4, 333), SEQ(40, 450, 9, 290), SEQ(128, 260, 3, 128),
                                  SEQ(0, 520, 0, 64), SEQ(17, 200, 30, 100)}};
-        check_case(&cs, 10 + k);
+        check_case(&cs, k < 2 ? 10 + k : 20 + k);
         if (t_case_failed())
             return;
     }

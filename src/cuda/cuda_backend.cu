@@ -118,6 +118,7 @@ struct cuda_backend {
     float *d_parts_scale; /* a power of two per row, head and plane */
     size_t parts_halves, parts_scales;
     bool parts_always;   /* HSTU_CUDA_ATTN_PARTS=all: parts whenever the call splits (to measure the rule) */
+    bool attn_tma_pages; /* the attention may load pages by TMA (off: HSTU_CUDA_ATTN_TMA_PAGES=0) */
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
     float *d_scores;      /* [score_rows, n_items8] */
     int *d_topk_ids;      /* [topk_cap] */
@@ -861,6 +862,10 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
+        /* The attention's TMA form over pages (docs/attention_cuda.md, "Pages
+         * by TMA"), unless HSTU_CUDA_ATTN_TMA_PAGES=0 (the cp.async loads). */
+        const char *tp = getenv("HSTU_CUDA_ATTN_TMA_PAGES");
+        cb->attn_tma_pages = !(tp && !strcmp(tp, "0"));
         /* Split-KV parts through L2 into SiLU(u) * LN(attn) (docs/cuda.md,
          * "The attention's split parts"), unless HSTU_CUDA_ATTN_PARTS=0.
          * A split call's planes hold S x T x H x Dv values and S x T x H
@@ -1737,6 +1742,7 @@ static hstu_status forward(cuda_backend *cb, user_plan *plans, int B, bool logit
         ap.pages = cb->d_pool;
         ap.page_table = (const int *)DEV(cb, sg.page_table);
         ap.page_elems = cb->cc.page_elems;
+        ap.n_pages = cb->attn_tma_pages ? cb->cc.n_pages : 0; /* 0: the cp.async loads */
     }
     ap.alpha = cfg->alpha;
     ap.N = cfg->attn_scale_len;

@@ -31,9 +31,10 @@
  *     next tile's Q K^T in flight while this tile's SiLU runs, and the two
  *     computing warpgroups taking turns on the tensor cores. About 1.8x the
  *     mma.sync kernel and 1.1x the plain wgmma one (docs/attention_cuda.md).
- *     Where every key is in the dense rows (no pages), there is no split
- *     and Dqk == Dv is 64, 128 or 256, it runs as attn_tma_kernel: K and V
- *     loaded by TMA instead of cp.async, 1.1-1.3x faster.
+ *     Where Dqk == Dv is 64, 128 or 256 (and, over pages, the pool's
+ *     layout allows: tma_pages_ok), it runs as attn_tma_kernel: K and V
+ *     loaded by TMA instead of cp.async, from the dense rows and from the
+ *     pages alike, split or not; 1.1-1.35x faster.
  * Each is launched with programmatic dependent launch when it is on
  * (pdl.cuh) and waits for the kernel before it ahead of everything else.
  * All keep tiles in shared memory in the 128-byte-swizzled layout that
@@ -1019,18 +1020,34 @@ template <int D> __host__ __device__ constexpr int ws_smem_bytes() { return 2 * 
 
 /* ---- K and V through TMA ----------------------------------------------- */
 
-/* With every key in the dense rows (no pages), no split and D = Dqk = Dv,
- * the loads of K and V can be TMA copies instead of cp.async: one thread
- * issues each tile's D/64 boxes of 64 keys x 64 columns (the 128-byte
- * swizzle lands them in wgmma's layout), counted in bytes on the tile's
- * mbarrier; the rest of the loading warpgroup only loads Q (cp.async, as
- * before), and the maps are prefetched at the start. The loads had been
- * the limit: without them (the same kernel reading garbage) 8 x 4096 at D
- * 256 took 0.39 ms against 0.55, while keeping every load in L2 gained 2-6%
- * and sharing each tile between two row blocks (TMA multicast, halving the
- * L2 traffic) 2%. With TMA: 0.465 ms (docs/attention_cuda.md). A tile's
- * rows past the keys it needs arrive as they are: masked, and finite
- * (attn_cuda_params.n_rows). */
+/* Where Dqk = Dv = D, the loads of K and V can be TMA copies instead of
+ * cp.async: one thread issues each tile's boxes (the 128-byte swizzle lands
+ * them in wgmma's layout), counted in bytes on the tile's mbarrier; the rest
+ * of the loading warpgroup only loads Q (cp.async, as before), and the maps
+ * are prefetched at the start. The loads had been the limit: without them
+ * (the same kernel reading garbage) 8 x 4096 at D 256 took 0.39 ms against
+ * 0.55, while keeping every load in L2 gained 2-6% and sharing each tile
+ * between two row blocks (TMA multicast, halving the L2 traffic) 2%. With
+ * TMA: 0.465 ms (docs/attention_cuda.md). A tile's rows past the keys it
+ * needs arrive as they are: masked, and finite (attn_cuda_params.n_rows).
+ *
+ * Over pages the pool is one more map: rows of H * D values (K and V blocks
+ * alike, as kw == vw), in boxes of a page (P = 16, 32 or 64 rows). A tile
+ * wholly below `paged` is BN / P pages of D / 64 boxes each; page p's K
+ * block of this layer starts at pool row p * page_rows + k_row. Only the
+ * tile that holds both the last cached keys and this call's first (paged
+ * not a multiple of 64: one a row block at most) is not whole boxes of
+ * either; every loading thread brings it with cp.async, as the cp.async
+ * form does. */
+
+/* The TMA form's maps and the pool's geometry in rows (tma_launch). */
+struct TmaArgs {
+    CUtensorMap tk, tv; /* K and V: [n_rows, H*D] in 64 x 64 boxes */
+    CUtensorMap tp;     /* the page pool (pages set): [n_pages * page_rows, H*D] in P x 64 boxes */
+    int page_rows;      /* pool rows a page: page_elems / (H*D) */
+    int k_row, v_row;   /* this layer's K and V blocks: rows past a page's first */
+    attn_cuda_params p;
+};
 
 /* The warp-specialised kernel's mbarriers, at offsets from `base`. */
 template <int KS, int VS> struct WsBars {
@@ -1051,25 +1068,111 @@ __device__ __forceinline__ void tma_load_tile(const CUtensorMap *map, uint32_t d
         tma_load_2d(dst + (uint32_t)(j * BN * 128), map, full, col + 64 * j, row);
 }
 
-/* The loading thread: every tile's K, then its V; use u >= 1 of a buffer
- * waits for the computing warps' release of use u - 1. */
+/* One tile of 64 cached keys from its BN / P pages (ids[0 .. BN/P)) into
+ * buffer dst: each page's P rows land P * 128 bytes after the last's (a
+ * multiple of 1024, so the swizzle is the whole tile's). */
+template <int D>
+__device__ __forceinline__ void tma_load_pages(const CUtensorMap *pool, uint32_t dst, uint32_t full, int col,
+                                               const int (&ids)[4], int P, int page_rows, int row_off)
+{
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+        if (q * P < BN)
+#pragma unroll
+            for (int j = 0; j < D / 64; j++)
+                tma_load_2d(dst + (uint32_t)(j * BN * 128 + q * P * 128), pool, full, col + 64 * j,
+                            ids[q] * page_rows + row_off);
+}
+
+/* Tile t of every loading thread with cp.async (the tile across `paged`).
+ * Only thread 0 waits for the buffer's release: it comes to tile t in
+ * order, while the others come straight here, and a parity wait from more
+ * than one phase behind would pass at once. It tells them through barrier 6
+ * (reached by thread 0 from its loop and by the others from a call of
+ * their own: warp 0 has diverged, so the barrier is the unaligned one).
+ * Each thread's copies are counted on the buffer's mbarrier (one pending
+ * arrival added now, taken when they land), and thread 0 makes the phase's
+ * one expected arrival once every thread has added its own. */
 template <int D, int KS, int VS>
-__device__ __forceinline__ void tma_load_kv(const Blk &k, const CUtensorMap *tk, const CUtensorMap *tv, uint32_t sK,
-                                            uint32_t sV, WsBars<KS, VS> b)
+__device__ __forceinline__ void tma_form_mixed_tile(const attn_cuda_params &p, const Blk &k, int t, uint32_t sK,
+                                                    uint32_t sV, WsBars<KS, VS> b, int tid)
 {
     constexpr uint32_t KV_BYTES = BN * D * 2;
-    const int col = k.h * D;
+    const int kb = t % KS, vb = t % VS;
+    if (tid == 0 && t >= KS)
+        mbar_wait(b.kempty(kb), (t / KS - 1) & 1);
+    bar_sync_diverged(6, 128); /* the K buffer is free */
+    load_kv<D, true, false, 128>(sK + kb * KV_BYTES, 0, p, k, k.k0(t), k.kend(t), tid);
+    mbar_track_cp_async(b.kfull(kb));
+    bar_sync_diverged(6, 128); /* every thread's pending arrival is in */
+    if (tid == 0) {
+        mbar_arrive(b.kfull(kb));
+        if (t >= VS)
+            mbar_wait(b.vempty(vb), (t / VS - 1) & 1);
+    }
+    bar_sync_diverged(6, 128); /* the V buffer is free */
+    load_kv<D, false, true, 128>(0, sV + vb * KV_BYTES, p, k, k.k0(t), k.kend(t), tid);
+    mbar_track_cp_async(b.vfull(vb));
+    bar_sync_diverged(6, 128);
+    if (tid == 0)
+        mbar_arrive(b.vfull(vb));
+}
+
+/* The loading warpgroup's tiles in the TMA form (every thread calls it).
+ * Thread 0 issues every tile's K, then its V, from the dense rows or the
+ * pages; the next paged tile's ids are read while it waits for a buffer.
+ * Use u >= 1 of a buffer waits for the computing warps' release of use u - 1. */
+template <int D, int KS, int VS>
+__device__ __forceinline__ void tma_load_kv(const attn_cuda_params &p, const Blk &k, const TmaArgs &a, uint32_t sK,
+                                            uint32_t sV, WsBars<KS, VS> b, int tid)
+{
+    constexpr uint32_t KV_BYTES = BN * D * 2;
+    const int col = k.h * D, paged = k.s.paged;
+    /* The tile across `paged` (its index among this CTA's tiles), if any. */
+    const int mixed = paged % BN != 0 && paged / BN < k.nh ? paged / BN - k.tb : -1;
+    const bool has_mixed = mixed >= 0 && mixed < k.nt;
+    if (tid != 0) {
+        if (has_mixed)
+            tma_form_mixed_tile<D, KS, VS>(p, k, mixed, sK, sV, b, tid);
+        return;
+    }
+    const int P = p.page_size;
+    int ids[4] = {0, 0, 0, 0}; /* the next paged tile's pages */
+    auto fetch = [&](int t) {
+        if (t < k.nt && t != mixed && k.k0(t) < paged) {
+            const int *pt = p.page_table + k.s.page0 + k.k0(t) / P;
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                if (q * P < BN)
+                    ids[q] = __ldg(pt + q);
+        }
+    };
+    fetch(0);
     for (int t = 0; t < k.nt; t++) {
-        const int row = k.s.q0 + k.k0(t) - k.s.c; /* dense row of the tile's first key */
-        const int kb = t % KS, vb = t % VS;
+        if (t == mixed) {
+            tma_form_mixed_tile<D, KS, VS>(p, k, t, sK, sV, b, tid);
+            fetch(t + 1);
+            continue;
+        }
+        const int k0 = k.k0(t), kb = t % KS, vb = t % VS;
+        const bool dense = k0 >= paged;
+        const int cur[4] = {ids[0], ids[1], ids[2], ids[3]};
+        fetch(t + 1);
+        const int row = k.s.q0 + k0 - k.s.c; /* dense row of the tile's first key */
         if (t >= KS)
             mbar_wait(b.kempty(kb), (t / KS - 1) & 1);
         mbar_arrive_expect_tx(b.kfull(kb), KV_BYTES);
-        tma_load_tile<D>(tk, sK + kb * KV_BYTES, b.kfull(kb), col, row);
+        if (dense)
+            tma_load_tile<D>(&a.tk, sK + kb * KV_BYTES, b.kfull(kb), col, row);
+        else
+            tma_load_pages<D>(&a.tp, sK + kb * KV_BYTES, b.kfull(kb), col, cur, P, a.page_rows, a.k_row);
         if (t >= VS)
             mbar_wait(b.vempty(vb), (t / VS - 1) & 1);
         mbar_arrive_expect_tx(b.vfull(vb), KV_BYTES);
-        tma_load_tile<D>(tv, sV + vb * KV_BYTES, b.vfull(vb), col, row);
+        if (dense)
+            tma_load_tile<D>(&a.tv, sV + vb * KV_BYTES, b.vfull(vb), col, row);
+        else
+            tma_load_pages<D>(&a.tp, sV + vb * KV_BYTES, b.vfull(vb), col, cur, P, a.page_rows, a.v_row);
     }
 }
 
@@ -1085,7 +1188,7 @@ __device__ __forceinline__ void tma_load_kv(const Blk &k, const CUtensorMap *tk,
  * the other's products keep the tensor cores busy. Registers move from the
  * loader to the computing warpgroups with setmaxnreg. */
 template <int D, bool RAB, bool TMA>
-__device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtensorMap *tk, const CUtensorMap *tv)
+__device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs *a)
 {
     constexpr int KS = WS_KS, VS = WS_VS;
     extern __shared__ uint8_t smem_raw[];
@@ -1105,8 +1208,10 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
     if (threadIdx.x == 0)
         trace_stamp(p, ATTN_TRACE_START);
     if (TMA && threadIdx.x == 0) { /* the maps are kernel parameters: nothing to wait for */
-        tma_prefetch_map(tk);
-        tma_prefetch_map(tv);
+        tma_prefetch_map(&a->tk);
+        tma_prefetch_map(&a->tv);
+        if (p.pages)
+            tma_prefetch_map(&a->tp);
     }
     Blk k;
     if (!blk_init(k, p))
@@ -1151,8 +1256,8 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
         load_q<D, 128>(sQ, p, k, tid);
         mbar_arrive_cp_async(qfull);
         if constexpr (TMA) {
-            if (tid == 0)
-                tma_load_kv<D, KS, VS>(k, tk, tv, sK, sV, wb);
+            tma_load_kv<D, KS, VS>(p, k, *a, sK, sV, wb, tid);
+            __syncwarp(); /* thread 0 issued alone: warp 0 meets again before the aligned cluster barriers */
         } else {
             for (int t = 0; t < k.nt; t++) {
                 const int kb = t % KS, vb = t % VS;
@@ -1289,18 +1394,14 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const CUtenso
 template <int D, bool RAB>
 __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_params p)
 {
-    ws_body<D, RAB, false>(p, nullptr, nullptr);
+    ws_body<D, RAB, false>(p, nullptr);
 }
 
 /* The same with K and V through TMA (above). */
-struct TmaArgs {
-    CUtensorMap tk, tv; /* K and V: [n_rows, H*D] in 64 x 64 boxes */
-    attn_cuda_params p;
-};
 template <int D, bool RAB>
 __global__ void __launch_bounds__(WS_THREADS, 1) attn_tma_kernel(const __grid_constant__ TmaArgs a)
 {
-    ws_body<D, RAB, true>(a.p, &a.tk, &a.tv);
+    ws_body<D, RAB, true>(a.p, &a);
 }
 
 } /* namespace */
@@ -1384,16 +1485,46 @@ static bool aligned(const void *ptr, size_t a) { return ((uintptr_t)ptr & (a - 1
 
 typedef void (*tma_kernel_fn)(TmaArgs);
 
-/* attn_tma_kernel, after attn_fwd_cuda's checks and the TMA form's own:
- * no pages, no split, n_rows set, Dqk == Dv == d in {64, 128, 256}. */
-static int tma_launch(const attn_cuda_params *p, int d, bool rab, cudaStream_t s)
+/* The pool's layout in rows of H * Dqk values, as the TMA form reads it:
+ * every block a whole number of rows, page sizes that tile 64 keys. */
+static bool tma_pages_ok(const attn_cuda_params *p)
+{
+    if (!p->pages)
+        return true;
+    const size_t w = (size_t)p->H * (size_t)p->Dqk;
+    const int P = p->page_size;
+    if (p->n_pages < 1 || (P != 16 && P != 32 && P != 64) || p->page_elems % w || p->k_off % w || p->v_off % w)
+        return false;
+    const size_t rows = p->page_elems / w;
+    return p->k_off / w + (size_t)P <= rows && p->v_off / w + (size_t)P <= rows &&
+           (unsigned long long)p->n_pages * rows < (1ull << 31);
+}
+
+extern "C" bool attn_cuda_tma_form(const attn_cuda_params *p)
+{
+    const int d = p->Dqk;
+    return p->n_rows > 0 && p->Dqk == p->Dv && (d == 64 || d == 128 || d == 256) && tma_pages_ok(p);
+}
+
+/* attn_tma_kernel, after attn_fwd_cuda's checks and attn_cuda_tma_form's,
+ * d = Dqk = Dv: S splits (a cluster of S unless the parts go to global
+ * memory: p->parts set exactly then). */
+static int tma_launch(const attn_cuda_params *p, int d, bool rab, int S, cudaStream_t s)
 {
     TmaArgs a;
     memset(&a, 0, sizeof a);
     a.p = *p;
-    int e = tma::encode_matrix(&a.tk, p->k, (uint64_t)p->n_rows, (uint64_t)p->H * d, (uint64_t)p->ld_qkv, BN);
+    const uint64_t w = (uint64_t)p->H * d;
+    int e = tma::encode_matrix(&a.tk, p->k, (uint64_t)p->n_rows, w, (uint64_t)p->ld_qkv, BN);
     if (e == 0)
-        e = tma::encode_matrix(&a.tv, p->v, (uint64_t)p->n_rows, (uint64_t)p->H * d, (uint64_t)p->ld_qkv, BN);
+        e = tma::encode_matrix(&a.tv, p->v, (uint64_t)p->n_rows, w, (uint64_t)p->ld_qkv, BN);
+    if (e == 0 && p->pages) {
+        a.page_rows = (int)(p->page_elems / w);
+        a.k_row = (int)(p->k_off / w);
+        a.v_row = (int)(p->v_off / w);
+        e = tma::encode_matrix(&a.tp, p->pages, (uint64_t)p->n_pages * (uint64_t)a.page_rows, w, w,
+                               (uint32_t)p->page_size);
+    }
     if (e != 0)
         return e;
     tma_kernel_fn fn = d == 64    ? (rab ? attn_tma_kernel<64, true> : attn_tma_kernel<64, false>)
@@ -1404,8 +1535,11 @@ static int tma_launch(const attn_cuda_params *p, int d, bool rab, cudaStream_t s
     if (ce != cudaSuccess)
         return (int)ce;
     const long long rb = ((long long)p->max_rows + BM - 1) / BM;
-    const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, 1), block(WS_THREADS);
-    return (int)pdl_launch(fn, grid, block, (size_t)smem, s, a);
+    const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), block(WS_THREADS);
+    if (S == 1 || p->parts)
+        return (int)pdl_launch(fn, grid, block, (size_t)smem, s, a);
+    const cudaLaunchAttribute cluster = cluster_attribute(1, 1, (unsigned)S);
+    return (int)pdl_launch_attrs(fn, grid, block, (size_t)smem, s, &cluster, 1, a);
 }
 
 extern "C" int attn_cuda_max_clusters(int S, int d)
@@ -1596,10 +1730,12 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
     if (parts && !parts_layout_ok(p))
         return (int)cudaErrorInvalidValue;
     const int kind = call_kind();
+    attn_cuda_params q = *p;
+    if (!parts)
+        q.parts = NULL; /* the kernel writes parts exactly when it is given them and splits */
     /* The TMA form wherever it applies (the default). */
-    if (kind == ATTN_CUDA_KERNEL_TMA && S == 1 && !p->pages && p->n_rows > 0 && p->Dqk == p->Dv &&
-        (d == 64 || d == 128 || d == 256))
-        return tma_launch(p, d, rab, s);
+    if (kind == ATTN_CUDA_KERNEL_TMA && attn_cuda_tma_form(p))
+        return tma_launch(&q, d, rab, S, s);
     int smem, threads;
     attn_kernel_fn fn = pick_kernel_for(d, kind, rab, &smem, &threads);
     cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -1609,9 +1745,6 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
      * launches its row blocks' CTAs as clusters of 1 x 1 x S, unless its
      * parts go to global memory. */
     const dim3 grid((unsigned)(p->B * p->H), (unsigned)rb, (unsigned)S), block((unsigned)threads);
-    attn_cuda_params q = *p;
-    if (!parts)
-        q.parts = NULL; /* the kernel writes parts exactly when it is given them and splits */
     if (S == 1 || parts)
         return (int)pdl_launch(fn, grid, block, (size_t)smem, s, q);
     const cudaLaunchAttribute cluster = cluster_attribute(1, 1, (unsigned)S);

@@ -75,6 +75,10 @@ typedef struct attn_cuda_params {
     const int *page_table;       /* device: page ids, per sequence from page0 */
     int page_size;
     size_t page_elems, k_off, v_off;
+    /* Pages the pool holds (ids below it): bounds the pool's tensor map, so
+     * that the TMA form can load whole pages (attn_cuda_tma_form); 0
+     * (unknown) keeps the cp.async loads over pages. */
+    int n_pages;
     float alpha;
     int N;                       /* attn_scale_len */
     const float *pos_w;          /* device [2N-1] or NULL (no rab) */
@@ -181,11 +185,18 @@ enum {
     ATTN_CUDA_KERNEL_MMA = 1,   /* mma.sync m16n8k16 + ldmatrix, 8 warps */
     ATTN_CUDA_KERNEL_WGMMA = 2, /* Hopper wgmma, 2 warpgroups, one tile at a time */
     ATTN_CUDA_KERNEL_WS = 3,    /* wgmma, warp-specialized: a loading warpgroup, two computing */
-    /* WS with K and V loaded by TMA, where it applies (no pages, no split,
-     * n_rows set, Dqk == Dv in {64, 128, 256}); WS otherwise. */
+    /* WS with K and V loaded by TMA, where it applies (attn_cuda_tma_form);
+     * WS otherwise. */
     ATTN_CUDA_KERNEL_TMA = 4,
 };
 void attn_cuda_force_kernel(int kind);
+
+/* Whether the TMA form can run this call: n_rows set, Dqk == Dv in {64,
+ * 128, 256} and, with pages, n_pages set, page_size 16, 32 or 64, and
+ * page_elems, k_off and v_off multiples of H * Dqk (a page's blocks are
+ * whole rows of the pool's map) with fewer than 2^31 such rows in the pool.
+ * The default kernel takes it wherever it can, split or not. */
+bool attn_cuda_tma_form(const attn_cuda_params *p);
 
 /* The time-bucket boundaries the kernel uses: thr[b] is the smallest |dt|
  * with bucket >= b before the clamp (thr[0] = 0). Copies min(n, count)

@@ -158,6 +158,13 @@ __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t a)
 {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
 }
+/* Adds one pending arrival to the barrier's phase now and takes it back
+ * once all of this thread's earlier cp.async copies have landed: the phase
+ * cannot complete before they do, and needs its expected arrivals besides. */
+__device__ __forceinline__ void mbar_track_cp_async(uint32_t a)
+{
+    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
 /* Arrives and adds `bytes` to the transaction count the phase waits for
  * (the TMA copies that complete_tx on this barrier). */
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t a, uint32_t bytes)
@@ -181,6 +188,13 @@ __device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t parity)
 __device__ __forceinline__ void bar_sync(int id, int n)
 {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+/* The same for threads whose warps may have diverged: bar.sync is the
+ * .aligned barrier, which every thread of a warp must reach at the same
+ * instruction. */
+__device__ __forceinline__ void bar_sync_diverged(int id, int n)
+{
+    asm volatile("barrier.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
 __device__ __forceinline__ void bar_arrive(int id, int n)
 {
