@@ -935,12 +935,15 @@ free_problems:
 static void case_sanitizer_set(void)
 {
     /* Small shapes for compute-sanitizer: every kernel width, with and
-     * without rab, pages, candidates, hist 0. */
+     * without rab, pages, candidates, hist 0. The fourth sequence has whole
+     * page tiles, then the tile across `paged` in a reused buffer (the TMA
+     * form's cp.async tile after two TMA ones). */
     static const int dims[] = {64, 128, 256};
     for (int k = 0; k < 3; k++)
         for (int rab = 0; rab < 2; rab++) {
-            case_spec cs = {.H = 1, .Dqk = dims[k], .Dv = dims[k], .P = 16, .rab = rab, .N = 100, .n_buckets = 128,
-                            .nseq = 3, .seqs = {SEQ(0, 70, 5, 0), SEQ(20, 90, 3, 40), SEQ(0, 0, 3, 0)}};
+            case_spec cs = {.H = 1, .Dqk = dims[k], .Dv = dims[k], .P = 16, .rab = rab, .N = 210, .n_buckets = 128,
+                            .nseq = 4,
+                            .seqs = {SEQ(0, 70, 5, 0), SEQ(20, 90, 3, 40), SEQ(0, 0, 3, 0), SEQ(70, 200, 4, 150)}};
             check_case(&cs, 90 + 2 * k + rab);
             if (t_case_failed())
                 return;
