@@ -25,6 +25,8 @@
 # last forward kernel by kernel (tools/kernel_trace.py); TRACE_KINDS=api
 # records the host's CUDA calls instead (all: both); TRACE_FIRST=stage_upload
 # starts the listing at that kernel instead of the embedding.
+# TEST_TIMEOUT (seconds, default 300) ends a test binary that runs longer (a
+# hung kernel): it then counts as failed, and the rest of the check still runs.
 set -u
 BIN=${BIN:-.device/bin}
 LOGS=${OUT:-/tmp/gpu_check}
@@ -77,9 +79,10 @@ run_test() {
     shift 3
     echo "== $label${*:+ ($*)}"
     start=$(date +%s)
-    env "$@" "$t" >"$LOGS/$label.log" 2>&1
+    timeout "${TEST_TIMEOUT:-300}" env "$@" "$t" >"$LOGS/$label.log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
+    [ "$rc" -ne 124 ] || echo "FAIL  $label: still running after ${TEST_TIMEOUT:-300} s, ended" >>"$LOGS/$label.log"
     grep -E '^(ok|FAIL|skip) |^    ' "$LOGS/$label.log" | head -n 80
     s=$(summary "$LOGS/$label.log")
     set -- ${s:-0 1 0}
