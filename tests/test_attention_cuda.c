@@ -124,6 +124,9 @@ typedef struct problem {
     int max_rows;
 } problem;
 
+/* Head widths the attention's TMA form takes (attn_cuda_tma_form). */
+static bool tma_widths(int Dqk, int Dv) { return Dqk == Dv && (Dqk == 64 || Dqk == 128 || Dqk == 256); }
+
 static void fill(rng *r, float *x, size_t n, float scale)
 {
     for (size_t i = 0; i < n; i++)
@@ -200,8 +203,7 @@ static void problem_init(problem *pb, const case_spec *cs, uint64_t seed)
     p->v_off = p->k_off + kw;
     /* Pages of whole rows where the TMA form can read them (attn_cuda_tma_form),
      * 8 values longer otherwise: the cp.async loads take any multiple of 8. */
-    const bool tma_width = Dqk == Dv && (Dqk == 64 || Dqk == 128 || Dqk == 256);
-    pb->page_elems = LAYERS * (kw + vw) + (tma_width ? 0 : 8);
+    pb->page_elems = LAYERS * (kw + vw) + (tma_widths(Dqk, Dv) ? 0 : 8);
     p->alpha = cs->alpha != 0 ? cs->alpha : 1.0f / sqrtf((float)Dqk);
     p->N = cs->N;
     p->ld_out = H * Dv + 6; /* even, wider than the heads */
@@ -580,9 +582,8 @@ static void check_problem(problem *pb)
     const size_t n = pb->rows * pb->p.ld_out;
     uint16_t *out = xcalloc(n, sizeof(uint16_t)), *ws = NULL;
     /* Widths the TMA form takes run it, over pages of 16, 32 and 64 rows too */
-    const int d = pb->p.Dqk, P = pb->p.page_size;
-    const bool tma = pb->p.Dqk == pb->p.Dv && (d == 64 || d == 128 || d == 256) &&
-                     (!g.cp.pages || P == 16 || P == 32 || P == 64);
+    const int P = pb->p.page_size;
+    const bool tma = tma_widths(pb->p.Dqk, pb->p.Dv) && (!g.cp.pages || P == 16 || P == 32 || P == 64);
     T_CHECK(attn_cuda_tma_form(&g.cp) == tma,
             "TMA form %d at Dqk %d, Dv %d, pages %d", (int)attn_cuda_tma_form(&g.cp), pb->p.Dqk, pb->p.Dv,
             g.cp.pages != NULL);
