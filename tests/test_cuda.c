@@ -438,17 +438,19 @@ static float half_value(uint16_t h)
 }
 
 /* ln_mul_parts_cuda: a = bf16(scale * sum over planes, in order, of fp16 x
- * its power-of-two scale per row and head), then ln_mul_ref. */
+ * its power-of-two scale per row and head), then ln_mul_ref. Both of its
+ * forms: y's stride a multiple of 8 (and head widths of 8) takes the
+ * 8-column one, with its registers sized for 4, 8 or 16 planes by S. */
 static void test_ln_mul_parts(void)
 {
-    static const int pw[] = {4, 24, 512, 1024}, ph[] = {4, 8, 128, 256}, ps[] = {1, 3, 16};
+    static const int pw[] = {4, 24, 512, 1024}, ph[] = {4, 8, 128, 256}, ps[] = {1, 3, 5, 8, 11, 16};
     double worst = 0;
     rng r = {77};
     for (int ri = 0; ri < 3; ri++)
         for (int wi = 0; wi < 4; wi++)
-            for (int si = 0; si < 3; si++) {
+            for (int si = 0; si < 6; si++) {
                 int rows = row_counts[ri], w = pw[wi], hw = ph[wi], H = w / hw, S = ps[si], affine = (wi + si) % 2;
-                int ldp = pad8(w) + 8, ldu = w * 4 + 8, ldy = w + 4;
+                int ldp = pad8(w) + 8, ldu = w * 4 + 8, ldy = w + ((wi + si + ri) % 3 ? 8 : 4);
                 size_t plane = (size_t)rows * ldp + 8, np = plane * S, splane = (size_t)rows * H + 1;
                 uint16_t *hp = t_xmalloc(np * 2);
                 float *sc = t_xmalloc(sizeof(float) * splane * S);
@@ -466,30 +468,36 @@ static void test_ln_mul_parts(void)
                       *d_b = up_f32(gb, w);
                 uint16_t *d_u = up_bf16(u, (size_t)rows * ldu), *d_y = t_dpoison((size_t)rows * ldy * 2);
                 ln_mul_parts_src src = {d_hp, d_sc, plane, splane, ldp, hw, S, scale};
-                T_CHECK(ln_mul_parts_cuda(rows, w, &src, d_u, ldu, d_ub, affine ? d_w : NULL, affine ? d_b : NULL,
-                                          1e-5f, d_y, ldy, NULL) == 0,
-                        "launch");
-                if (sync_ok("ln_mul_parts")) {
-                    float *y = t_xmalloc(sizeof(float) * rows * ldy), *ref = t_xmalloc(sizeof(float) * rows * w);
-                    float *a = t_xmalloc(sizeof(float) * rows * w);
-                    down_bf16(y, d_y, (size_t)rows * ldy);
-                    for (int q = 0; q < rows; q++)
-                        for (int c = 0; c < w; c++) {
-                            float acc = 0.0f;
-                            for (int z = 0; z < S; z++)
-                                acc += half_value(hp[z * plane + (size_t)q * ldp + c]) *
-                                       sc[z * splane + (size_t)q * H + c / hw];
-                            a[(size_t)q * w + c] = acc * scale;
-                        }
-                    round_bf16(a, (size_t)rows * w);
-                    float *us = pack(u, rows, w, ldu);
-                    bias_silu_ref(rows, w, us, w, ub, w);
-                    ln_mul_ref(rows, w, a, w, us, w, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
-                    char what[96];
-                    snprintf(what, sizeof what, "ln_mul_parts rows %d width %d S %d affine %d", rows, w, S, affine);
-                    bf16_check c = check_rows_bf16(what, y, ref, rows, w, ldy);
-                    worst = fmax(worst, c.err);
-                    free(y), free(ref), free(a), free(us);
+                for (int form = 1; form <= 2; form++) { /* (form 2 where the shapes allow it) */
+                    cudaMemset(d_y, 0xff, (size_t)rows * ldy * 2); /* NaN: what a form leaves shows */
+                    ln_mul_parts_force_form(form);
+                    T_CHECK(ln_mul_parts_cuda(rows, w, &src, d_u, ldu, d_ub, affine ? d_w : NULL, affine ? d_b : NULL,
+                                              1e-5f, d_y, ldy, NULL) == 0,
+                            "launch");
+                    ln_mul_parts_force_form(0);
+                    if (sync_ok("ln_mul_parts")) {
+                        float *y = t_xmalloc(sizeof(float) * rows * ldy), *ref = t_xmalloc(sizeof(float) * rows * w);
+                        float *a = t_xmalloc(sizeof(float) * rows * w);
+                        down_bf16(y, d_y, (size_t)rows * ldy);
+                        for (int q = 0; q < rows; q++)
+                            for (int c = 0; c < w; c++) {
+                                float acc = 0.0f;
+                                for (int z = 0; z < S; z++)
+                                    acc += half_value(hp[z * plane + (size_t)q * ldp + c]) *
+                                           sc[z * splane + (size_t)q * H + c / hw];
+                                a[(size_t)q * w + c] = acc * scale;
+                            }
+                        round_bf16(a, (size_t)rows * w);
+                        float *us = pack(u, rows, w, ldu);
+                        bias_silu_ref(rows, w, us, w, ub, w);
+                        ln_mul_ref(rows, w, a, w, us, w, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
+                        char what[96];
+                        snprintf(what, sizeof what, "ln_mul_parts form %d rows %d width %d S %d affine %d ldy %d", form,
+                                 rows, w, S, affine, ldy);
+                        bf16_check c = check_rows_bf16(what, y, ref, rows, w, ldy);
+                        worst = fmax(worst, c.err);
+                        free(y), free(ref), free(a), free(us);
+                    }
                 }
                 cudaFree(d_hp), cudaFree(d_sc), cudaFree(d_u), cudaFree(d_ub), cudaFree(d_w), cudaFree(d_b),
                     cudaFree(d_y);

@@ -51,4 +51,37 @@ __device__ __forceinline__ float4 parts_sum4(const __half *p, size_t plane, cons
     return a;
 }
 
+/* Eight consecutive values of a row summed over planes 0..S-1 as
+ * parts_sum4 adds four (the same products, the same order), into a: p at
+ * the first plane's values (16-byte aligned), S <= SMAX <= ATTN_PARTS_MAX.
+ * SMAX sizes the registers that hold the loads in flight, so a reader of
+ * few planes is instantiated for few. */
+template <int SMAX>
+__device__ __forceinline__ void parts_sum8(const __half *p, size_t plane, const float *sc, size_t scale_plane, int S,
+                                           float (&a)[8])
+{
+    static_assert(SMAX >= 1 && SMAX <= ATTN_PARTS_MAX, "planes a reader adds");
+    uint4 pv[SMAX];
+    float sv[SMAX];
+#pragma unroll
+    for (int z = 0; z < SMAX; z++)
+        if (z < S) {
+            pv[z] = *reinterpret_cast<const uint4 *>(p + z * plane);
+            sv[z] = sc[z * scale_plane];
+        }
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        a[j] = 0.0f;
+#pragma unroll
+    for (int z = 0; z < SMAX; z++)
+        if (z < S) {
+            const uint32_t w[4] = {pv[z].x, pv[z].y, pv[z].z, pv[z].w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&w[k]));
+                a[2 * k] += f.x * sv[z], a[2 * k + 1] += f.y * sv[z];
+            }
+        }
+}
+
 #endif

@@ -101,9 +101,12 @@ typedef struct ln_mul_parts_src {
 /* ln_mul_cuda with its a given as split-KV parts: a[r][c] = bf16(scale x
  * sum over planes z = 0..S-1, in that order, of fp16 x its scale) (the
  * attention's output as attn_parts_sum_cuda makes it), then y as
- * ln_mul_cuda. One block a row, each thread 4 columns with every plane's
- * load in flight. Needs 1 <= S <= LN_MUL_PARTS_MAX, width a multiple of 4
- * and at most 1024 (256 threads), head_w a multiple of 4 dividing width,
+ * ln_mul_cuda. Every plane's load in flight: one block a row, each thread
+ * 4 columns, as long as the GPU runs all the rows' blocks at once; for more
+ * rows, each thread 8 columns and a block 2 rows or more, where width,
+ * head_w, ldu and ldy are multiples of 8 and u and y 16-byte aligned.
+ * Needs 1 <= S <= LN_MUL_PARTS_MAX, width a multiple of 4 and at most 1024
+ * (256 threads), head_w a multiple of 4 dividing width,
  * ld and plane multiples of 8, ldu and ldy multiples of 4, parts 16-byte
  * and u, y 8-byte aligned, ubias, w and b 16-byte aligned
  * (cudaErrorInvalidValue otherwise; ln_mul_parts_supported says whether a
@@ -113,6 +116,10 @@ bool ln_mul_parts_supported(int width, int head_w, int ld, int ldu, int ldy);
 int ln_mul_parts_cuda(int rows, int width, const ln_mul_parts_src *src, const bf16_t *u, int ldu,
                       const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy,
                       void *stream);
+/* Tests: the form ln_mul_parts_cuda takes from now on: 1 one block a row,
+ * 2 the 8-column one wherever the shapes allow it, 0 (default) the 8-column
+ * one only for more rows than the other runs at once. */
+void ln_mul_parts_force_form(int form);
 
 /* y[i] = x[rows[i]] / max(||x[rows[i]]||, 1e-6), x fp32 (width columns,
  * stride ldx), y bf16 [n, ldy] with columns [width, ldy) set to 0. The
