@@ -847,8 +847,9 @@ static void case_split_parts_vs_cluster(void)
  * row blocks a few new rows give (1 to 16 users of 384 rows, 4 heads) and
  * long or short histories, the chosen S's clusters fit at once on this GPU
  * (attn_cuda_max_clusters), and S + 1 would not have fit or had too few
- * key tiles, or S is the most there is. And parts through global memory
- * pay exactly where they split more than the clusters or at least 3 ways. */
+ * key tiles, or S is the most there is. Parts through global memory split
+ * as far as the SMs allow with 2 key tiles a split at least, and pay exactly
+ * where they split more than the clusters or at least 3 ways. */
 static void case_split_rule(void)
 {
     int dev = 0, n_sm = 0;
@@ -872,6 +873,10 @@ static void case_split_rule(void)
                 pp.parts = &pp; /* (a call with planes; nothing runs) */
                 pp.parts_planes = ATTN_CUDA_MAX_PART_SPLITS;
                 const int Sp = attn_cuda_splits(&pp);
+                /* (parts: as many as the SMs hold, 2 key tiles each at least) */
+                int want = n_sm / ctas < (keys + 256) / 128 ? n_sm / ctas : (keys + 256) / 128;
+                want = want > ATTN_CUDA_MAX_PART_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS : want < 2 ? 1 : want;
+                T_CHECK(Sp == want, "d %d, B %d, keys %d: parts S %d, want %d", d, B, keys, Sp, want);
                 const bool pay = attn_cuda_parts_pay(&pp);
                 T_CHECK(pay == (Sp > S || Sp >= 3), "d %d, B %d, keys %d: parts S %d, cluster S %d, pay %d", d, B,
                         keys, Sp, S, pay);
@@ -887,7 +892,7 @@ static void case_split_rule(void)
         one.parts = &one;
         attn_cuda_params four = one;
         four.B = 4;
-        T_CHECK(attn_cuda_parts_pay(&one) && attn_cuda_splits(&one) == 4, "batch 1 over 896 keys: parts at S 4");
+        T_CHECK(attn_cuda_parts_pay(&one) && attn_cuda_splits(&one) == 7, "batch 1 over 896 keys: parts at S 7");
         T_CHECK(!attn_cuda_parts_pay(&four) && attn_cuda_splits(&four) == 2, "batch 4: the cluster at S 2");
     }
 }

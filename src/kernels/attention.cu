@@ -1605,10 +1605,16 @@ static bool parts_layout_ok(const attn_cuda_params *p)
 }
 
 /* The split factor by a rule (1: none): enough CTAs of a row block to fill
- * the SMs, each with at least 3 key tiles; in a cluster (parts false) at
- * most ATTN_CUDA_MAX_SPLITS and lowered until the clusters fit at once;
- * with the parts in global memory at most ATTN_CUDA_MAX_PART_SPLITS and
- * the planes the call has. */
+ * the SMs, each with at least 3 key tiles in a cluster (parts false), 2 with
+ * the parts in global memory; in a cluster at most ATTN_CUDA_MAX_SPLITS and
+ * lowered until the clusters fit at once; with the parts at most
+ * ATTN_CUDA_MAX_PART_SPLITS and the planes the call has. (Parts with 3 tiles
+ * each, as the clusters, held batch 1 at short histories below the SMs' S:
+ * 128 new rows + 256 candidates over 256, 384, 640, 896 cached rows took S
+ * = 3, 4, 5, 6, and their forwards 0.302, 0.297, 0.302, 0.302 ms against
+ * 0.287, 0.288, 0.299, 0.294 at S = 6, 6, 8, 10 (H200, one call); from
+ * 1408 cached rows on, and at batch 2, the rule gives the SMs' S either
+ * way.) */
 static int split_rule(const attn_cuda_params *p, bool parts)
 {
     static int n_sm = 0;
@@ -1623,7 +1629,7 @@ static int split_rule(const attn_cuda_params *p, bool parts)
     long long ctas = (long long)p->B * p->H * rb;
     if (ctas <= 0 || ctas >= n_sm)
         return 1;
-    long long by_sm = n_sm / ctas, by_keys = p->max_keys / (3 * BN);
+    long long by_sm = n_sm / ctas, by_keys = p->max_keys / ((parts ? 2 : 3) * BN);
     long long S = by_sm < by_keys ? by_sm : by_keys;
     if (parts) { /* no cluster to fit */
         S = S > ATTN_CUDA_MAX_PART_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS : S;
