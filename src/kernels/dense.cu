@@ -780,11 +780,13 @@ __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda,
 
 /* ---- the same from split-KV parts ---------------------------------------- */
 
-/* The sum of a block's values (every thread calls it; sh: 32 floats of
- * shared memory), in a fixed order: each warp's, then the warps' in order. */
-__device__ __forceinline__ float block_sum(float v, float *sh)
+/* The sum of each row's values where a block holds several rows, tpr
+ * threads (a multiple of 32) a row: each warp's, then the row's warps' in
+ * order (every thread calls it; sh: a float per warp). One row a block:
+ * tpr = blockDim.x. */
+__device__ __forceinline__ float rows_sum(float v, float *sh, int tpr)
 {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = tpr / 32, first = (int)threadIdx.x / tpr * nw;
     v = warp_sum(v);
     __syncthreads(); /* (sh may still be read from the previous call) */
     if (lane == 0)
@@ -792,7 +794,7 @@ __device__ __forceinline__ float block_sum(float v, float *sh)
     __syncthreads();
     float t = 0.0f;
     for (int i = 0; i < nw; i++)
-        t += sh[i];
+        t += sh[first + i];
     return t;
 }
 
@@ -831,13 +833,13 @@ __global__ void __launch_bounds__(256)
         v[0] = bf2f(f2bf(a.x * src.scale)), v[1] = bf2f(f2bf(a.y * src.scale));
         v[2] = bf2f(f2bf(a.z * src.scale)), v[3] = bf2f(f2bf(a.w * src.scale));
     }
-    const float mean = block_sum(v[0] + v[1] + v[2] + v[3], sh) / (float)width;
+    const float mean = rows_sum(v[0] + v[1] + v[2] + v[3], sh, (int)blockDim.x) / (float)width;
     float sq = 0.0f;
     if (on)
 #pragma unroll
         for (int j = 0; j < 4; j++)
             sq += (v[j] - mean) * (v[j] - mean);
-    const float inv = 1.0f / sqrtf(block_sum(sq, sh) / (float)width + eps);
+    const float inv = 1.0f / sqrtf(rows_sum(sq, sh, (int)blockDim.x) / (float)width + eps);
     bf16_t *yr = y + (size_t)r * ldy;
     if (on) {
         const float uf[4] = {__uint_as_float(uu.x << 16) + ub.x, __uint_as_float(uu.x & 0xffff0000u) + ub.y,
@@ -852,23 +854,6 @@ __global__ void __launch_bounds__(256)
     }
     for (int p = width + (int)threadIdx.x; p < ldy; p += (int)blockDim.x) /* padding columns feed GEMMs */
         yr[p] = 0;
-}
-
-/* The sum of each row's values where a block holds several rows, tpr
- * threads (a multiple of 32) a row: each warp's, then the row's warps' in
- * order (every thread calls it; sh: a float per warp). */
-__device__ __forceinline__ float rows_sum(float v, float *sh, int tpr)
-{
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = tpr / 32, first = (int)threadIdx.x / tpr * nw;
-    v = warp_sum(v);
-    __syncthreads(); /* (sh may still be read from the previous call) */
-    if (lane == 0)
-        sh[warp] = v;
-    __syncthreads();
-    float t = 0.0f;
-    for (int i = 0; i < nw; i++)
-        t += sh[first + i];
-    return t;
 }
 
 /* The 8-column form (ln_mul_parts_cuda takes it where the shapes allow):
