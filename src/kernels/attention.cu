@@ -720,7 +720,7 @@ __device__ __forceinline__ void parts_write(const float *o, const attn_cuda_para
     }
 }
 
-static_assert(ATTN_CUDA_MAX_PART_SPLITS <= ATTN_PARTS_MAX, "parts_sum4 adds every plane");
+static_assert(ATTN_CUDA_MAX_PART_SPLITS <= ATTN_PARTS_MAX, "parts_sum adds every plane");
 
 /* attn_parts_sum_cuda: one warp per computed row of a sequence (grid y),
  * each lane 4 columns at a time over H * Dv, the planes added in order. */
@@ -735,11 +735,12 @@ __global__ void parts_sum_kernel(const attn_cuda_params p, int S)
     const size_t at = (size_t)(sq.q0 + r) * p.ld_parts, sat = (size_t)(sq.q0 + r) * p.H;
     bf16 *out = static_cast<bf16 *>(p.out) + (size_t)(sq.q0 + r) * p.ld_out;
     for (int c = 4 * lane; c < p.H * p.Dv; c += 128) {
-        const float4 a = parts_sum4(static_cast<const __half *>(p.parts) + at + c, p.parts_plane,
-                                    p.parts_scale + sat + c / p.Dv, p.scale_plane, S);
+        float a[4];
+        parts_sum<4>(static_cast<const __half *>(p.parts) + at + c, p.parts_plane, p.parts_scale + sat + c / p.Dv,
+                     p.scale_plane, S, a);
         uint32_t *dst = reinterpret_cast<uint32_t *>(out + c);
-        dst[0] = pack_bf16(a.x * inv_n, a.y * inv_n);
-        dst[1] = pack_bf16(a.z * inv_n, a.w * inv_n);
+        dst[0] = pack_bf16(a[0] * inv_n, a[1] * inv_n);
+        dst[1] = pack_bf16(a[2] * inv_n, a[3] * inv_n);
     }
 }
 

@@ -25,60 +25,41 @@ __device__ __forceinline__ int parts_exp(float m)
 /* 2^e for e in [-126, 127], exactly. */
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
 
-/* Four consecutive values of a row summed over planes 0..S-1 (S <=
- * ATTN_PARTS_MAX) in that order, in fp32: p at the first plane's values
- * (8-byte aligned), sc at the first plane's scale for them. Every plane's
- * load is issued before the first add. Not yet divided by N. */
-__device__ __forceinline__ float4 parts_sum4(const __half *p, size_t plane, const float *sc, size_t scale_plane,
-                                             int S)
-{
-    uint2 pv[ATTN_PARTS_MAX];
-    float sv[ATTN_PARTS_MAX];
-#pragma unroll
-    for (int z = 0; z < ATTN_PARTS_MAX; z++)
-        if (z < S) {
-            pv[z] = *reinterpret_cast<const uint2 *>(p + z * plane);
-            sv[z] = sc[z * scale_plane];
-        }
-    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-    for (int z = 0; z < ATTN_PARTS_MAX; z++)
-        if (z < S) {
-            const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&pv[z].x));
-            const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&pv[z].y));
-            a.x += lo.x * sv[z], a.y += lo.y * sv[z], a.z += hi.x * sv[z], a.w += hi.y * sv[z];
-        }
-    return a;
-}
+/* The load that brings C (4 or 8) consecutive fp16 values: 8 or 16 bytes. */
+template <int C> struct PartsPiece;
+template <> struct PartsPiece<4> { typedef uint2 T; };
+template <> struct PartsPiece<8> { typedef uint4 T; };
 
-/* Eight consecutive values of a row summed over planes 0..S-1 as
- * parts_sum4 adds four (the same products, the same order), into a: p at
- * the first plane's values (16-byte aligned), S <= SMAX <= ATTN_PARTS_MAX.
- * SMAX sizes the registers that hold the loads in flight, so a reader of
- * few planes is instantiated for few. */
-template <int SMAX>
-__device__ __forceinline__ void parts_sum8(const __half *p, size_t plane, const float *sc, size_t scale_plane, int S,
-                                           float (&a)[8])
+/* C (4 or 8) consecutive values of a row summed over planes 0..S-1 (S <=
+ * SMAX <= ATTN_PARTS_MAX) in that order, in fp32, into a: p at the first
+ * plane's values (2C-byte aligned), sc at the first plane's scale for them.
+ * Every plane's load is issued before the first add; SMAX sizes the
+ * registers that hold them, so a reader of few planes is instantiated for
+ * few. Not yet divided by N. */
+template <int C, int SMAX = ATTN_PARTS_MAX>
+__device__ __forceinline__ void parts_sum(const __half *p, size_t plane, const float *sc, size_t scale_plane, int S,
+                                          float (&a)[C])
 {
     static_assert(SMAX >= 1 && SMAX <= ATTN_PARTS_MAX, "planes a reader adds");
-    uint4 pv[SMAX];
+    typedef typename PartsPiece<C>::T Piece;
+    Piece pv[SMAX];
     float sv[SMAX];
 #pragma unroll
     for (int z = 0; z < SMAX; z++)
         if (z < S) {
-            pv[z] = *reinterpret_cast<const uint4 *>(p + z * plane);
+            pv[z] = *reinterpret_cast<const Piece *>(p + z * plane);
             sv[z] = sc[z * scale_plane];
         }
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < C; j++)
         a[j] = 0.0f;
 #pragma unroll
     for (int z = 0; z < SMAX; z++)
         if (z < S) {
-            const uint32_t w[4] = {pv[z].x, pv[z].y, pv[z].z, pv[z].w};
+            const __half2 *h = reinterpret_cast<const __half2 *>(&pv[z]);
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&w[k]));
+            for (int k = 0; k < C / 2; k++) {
+                const float2 f = __half22float2(h[k]);
                 a[2 * k] += f.x * sv[z], a[2 * k + 1] += f.y * sv[z];
             }
         }

@@ -798,131 +798,90 @@ __device__ __forceinline__ float rows_sum(float v, float *sh, int tpr)
     return t;
 }
 
-/* One block a row, thread t owning columns [4t, 4t + 4): the parameters
- * before the wait, then every plane's 8 bytes and scale, u's 8, at once (a
- * row's planes are S x 2 KB at width 1024: the loads in flight are what the
- * time is). The sum in plane order (parts_sum4), scaled and rounded to bf16
- * as the attention would have stored it; the statistics in two passes as
- * ln_mul_cuda's. */
-static_assert(LN_MUL_PARTS_MAX <= ATTN_PARTS_MAX, "parts_sum4 adds every plane");
-__global__ void __launch_bounds__(256)
-    ln_mul_parts_kernel(int width, const ln_mul_parts_src src, const bf16_t *u, int ldu, const float *ubias,
-                        const float *w, const float *b, float eps, bf16_t *y, int ldy)
+/* C (a multiple of 4) fp32 values from 16-byte aligned memory. */
+template <int C> __device__ __forceinline__ void load_f32s(float (&d)[C], const float *src)
 {
-    __shared__ float sh[32];
-    const int r = blockIdx.x, c = 4 * threadIdx.x;
-    const bool on = c < width;
-    float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f), bv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), ub = bv;
-    if (on) {
-        if (w) {
-            wv = *reinterpret_cast<const float4 *>(w + c);
-            bv = *reinterpret_cast<const float4 *>(b + c);
-        }
-        if (ubias)
-            ub = *reinterpret_cast<const float4 *>(ubias + c);
-    }
-    pdl_wait();
-    pdl_trigger();
-    uint2 uu = make_uint2(0u, 0u);
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (on) {
-        const int H = width / src.head_w;
-        uu = *reinterpret_cast<const uint2 *>(u + (size_t)r * ldu + c); /* (in flight with the planes) */
-        const float4 a = parts_sum4(static_cast<const __half *>(src.parts) + (size_t)r * src.ld + c, src.plane,
-                                    src.scales + (size_t)r * H + c / src.head_w, src.scale_plane, src.S);
-        v[0] = bf2f(f2bf(a.x * src.scale)), v[1] = bf2f(f2bf(a.y * src.scale));
-        v[2] = bf2f(f2bf(a.z * src.scale)), v[3] = bf2f(f2bf(a.w * src.scale));
-    }
-    const float mean = rows_sum(v[0] + v[1] + v[2] + v[3], sh, (int)blockDim.x) / (float)width;
-    float sq = 0.0f;
-    if (on)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
-            sq += (v[j] - mean) * (v[j] - mean);
-    const float inv = 1.0f / sqrtf(rows_sum(sq, sh, (int)blockDim.x) / (float)width + eps);
-    bf16_t *yr = y + (size_t)r * ldy;
-    if (on) {
-        const float uf[4] = {__uint_as_float(uu.x << 16) + ub.x, __uint_as_float(uu.x & 0xffff0000u) + ub.y,
-                             __uint_as_float(uu.y << 16) + ub.z, __uint_as_float(uu.y & 0xffff0000u) + ub.w};
-        const float wf[4] = {wv.x, wv.y, wv.z, wv.w}, bf[4] = {bv.x, bv.y, bv.z, bv.w};
-        float o[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            o[j] = (w ? (v[j] - mean) * inv * wf[j] + bf[j] : (v[j] - mean) * inv) * silu(uf[j]);
-        *reinterpret_cast<uint2 *>(yr + c) = make_uint2((uint32_t)f2bf(o[0]) | ((uint32_t)f2bf(o[1]) << 16),
-                                                        (uint32_t)f2bf(o[2]) | ((uint32_t)f2bf(o[3]) << 16));
-    }
-    for (int p = width + (int)threadIdx.x; p < ldy; p += (int)blockDim.x) /* padding columns feed GEMMs */
-        yr[p] = 0;
+    for (int k = 0; k < C / 4; k++)
+        *reinterpret_cast<float4 *>(d + 4 * k) = *reinterpret_cast<const float4 *>(src + 4 * k);
 }
 
-/* The 8-column form (ln_mul_parts_cuda takes it where the shapes allow):
- * tpr threads a row, thread i owning columns [8i, 8i + 8), 256 / tpr rows
- * a block. The one-block-a-row form above holds every plane's load in
- * registers sized for 16 planes (80 a thread at 256 threads a row: three
- * rows an SM), so batch 2's 768 rows ran in two waves (its SiLU(u)·LN ended
- * 7.7 us after the attention against 4 at batch 1, H200). Here a row takes
- * half the threads, and SMAX (4, 8 or 16) sizes the loads in flight for the
- * call's S. Same sums as the form above for a (parts_sum8), and the
- * statistics in two passes; only the order in which a row's statistics
- * add up differs (a thread's 8 columns, then the warps in order). */
-template <int SMAX>
+/* tpr threads a row (a multiple of 32), thread i owning columns [C i, C i +
+ * C), blockDim.x / tpr rows a block: every plane's C values and scale, u's,
+ * at once (a row's planes are S x 2 KB at width 1024: the loads in flight
+ * are what the time is), the sum in plane order (parts_sum), scaled and
+ * rounded to bf16 as the attention would have stored it; the statistics in
+ * two passes as ln_mul_cuda's. Two forms (ln_mul_parts_cuda picks):
+ *   C = 4, one row a block (tpr = blockDim.x), loads sized for 16 planes,
+ *     w, b and u's bias in registers before the wait: 80 registers a
+ *     thread, so three rows an SM, 396 on 132 SMs. Batch 2's 768 rows ran
+ *     in two waves (SiLU(u)·LN ended 7.7 us after the attention against 4
+ *     at batch 1, H200).
+ *   C = 8, two rows or more a block, SMAX (4, 8 or 16) sized for the
+ *     call's S, the parameters read after the planes (their registers would
+ *     sit beside the loads): 64 registers at SMAX 8, eight rows an SM.
+ * Both add a row's planes the same way; only the order in which a row's
+ * statistics add up differs (a thread's C columns, then the warps). */
+static_assert(LN_MUL_PARTS_MAX <= ATTN_PARTS_MAX, "parts_sum adds every plane");
+template <int C, int SMAX>
 __global__ void __launch_bounds__(256)
-    ln_mul_parts8_kernel(int rows, int width, int tpr, const ln_mul_parts_src src, const bf16_t *u, int ldu,
-                         const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy)
+    ln_mul_parts_kernel(int rows, int width, int tpr, const ln_mul_parts_src src, const bf16_t *u, int ldu,
+                        const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy)
 {
+    constexpr bool early = C == 4; /* the parameters before the wait */
+    typedef typename PartsPiece<C>::T Piece; /* (C bf16 of u or y: as many bytes as C fp16) */
     __shared__ float sh[8];
-    const int rpb = (int)blockDim.x / tpr, r = (int)blockIdx.x * rpb + (int)threadIdx.x / tpr;
-    const int c = 8 * ((int)threadIdx.x % tpr);
+    const int r = (int)blockIdx.x * ((int)blockDim.x / tpr) + (int)threadIdx.x / tpr;
+    const int c = C * ((int)threadIdx.x % tpr);
     const bool on = r < rows && c < width;
+    float v[C], wv[C], bv[C], ub[C];
+#pragma unroll
+    for (int j = 0; j < C; j++)
+        v[j] = 0.0f, wv[j] = 1.0f, bv[j] = 0.0f, ub[j] = 0.0f;
+    auto params = [&] {
+        if (w) {
+            load_f32s<C>(wv, w + c);
+            load_f32s<C>(bv, b + c);
+        }
+        if (ubias)
+            load_f32s<C>(ub, ubias + c);
+    };
+    if (early && on)
+        params();
     pdl_wait();
     pdl_trigger();
-    uint4 uu = make_uint4(0u, 0u, 0u, 0u);
-    float v[8], wv[8], bv[8], ub[8];
-#pragma unroll
-    for (int j = 0; j < 8; j++)
-        v[j] = 0.0f, wv[j] = 1.0f, bv[j] = 0.0f, ub[j] = 0.0f;
+    Piece uu = {};
     if (on) {
         const int H = width / src.head_w;
-        uu = *reinterpret_cast<const uint4 *>(u + (size_t)r * ldu + c); /* (in flight with the planes) */
-        parts_sum8<SMAX>(static_cast<const __half *>(src.parts) + (size_t)r * src.ld + c, src.plane,
-                         src.scales + (size_t)r * H + c / src.head_w, src.scale_plane, src.S, v);
+        uu = *reinterpret_cast<const Piece *>(u + (size_t)r * ldu + c); /* (in flight with the planes) */
+        parts_sum<C, SMAX>(static_cast<const __half *>(src.parts) + (size_t)r * src.ld + c, src.plane,
+                           src.scales + (size_t)r * H + c / src.head_w, src.scale_plane, src.S, v);
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < C; j++)
             v[j] = bf2f(f2bf(v[j] * src.scale));
-        /* the parameters now (their round trip beside the statistics'
-         * barriers), not before the wait: their registers would be live
-         * beside the planes' loads */
-        if (w) {
-            *reinterpret_cast<float4 *>(wv) = *reinterpret_cast<const float4 *>(w + c);
-            *reinterpret_cast<float4 *>(wv + 4) = *reinterpret_cast<const float4 *>(w + c + 4);
-            *reinterpret_cast<float4 *>(bv) = *reinterpret_cast<const float4 *>(b + c);
-            *reinterpret_cast<float4 *>(bv + 4) = *reinterpret_cast<const float4 *>(b + c + 4);
-        }
-        if (ubias) {
-            *reinterpret_cast<float4 *>(ub) = *reinterpret_cast<const float4 *>(ubias + c);
-            *reinterpret_cast<float4 *>(ub + 4) = *reinterpret_cast<const float4 *>(ubias + c + 4);
-        }
+        if (!early)
+            params();
     }
     float t = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < C; j++)
         t += v[j];
     const float mean = rows_sum(t, sh, tpr) / (float)width;
     float sq = 0.0f;
     if (on)
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < C; j++)
             sq += (v[j] - mean) * (v[j] - mean);
     const float inv = 1.0f / sqrtf(rows_sum(sq, sh, tpr) / (float)width + eps);
     if (r >= rows)
         return;
     bf16_t *yr = y + (size_t)r * ldy;
     if (on) {
-        const uint32_t uw[4] = {uu.x, uu.y, uu.z, uu.w};
-        uint32_t o[4];
+        const uint32_t *uw = reinterpret_cast<const uint32_t *>(&uu);
+        Piece out;
+        uint32_t *ow = reinterpret_cast<uint32_t *>(&out);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < C / 2; k++) {
             float e[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -930,9 +889,9 @@ __global__ void __launch_bounds__(256)
                 const float uf = __uint_as_float(h ? uw[k] & 0xffff0000u : uw[k] << 16) + ub[j];
                 e[h] = (w ? (v[j] - mean) * inv * wv[j] + bv[j] : (v[j] - mean) * inv) * silu(uf);
             }
-            o[k] = (uint32_t)f2bf(e[0]) | ((uint32_t)f2bf(e[1]) << 16);
+            ow[k] = (uint32_t)f2bf(e[0]) | ((uint32_t)f2bf(e[1]) << 16);
         }
-        *reinterpret_cast<uint4 *>(yr + c) = make_uint4(o[0], o[1], o[2], o[3]);
+        *reinterpret_cast<Piece *>(yr + c) = out;
     }
     for (int p = width + (int)threadIdx.x % tpr; p < ldy; p += tpr) /* padding columns feed GEMMs */
         yr[p] = 0;
@@ -949,7 +908,8 @@ static int ln_mul_parts_wave(void)
         int dev = 0, n_sm = 0, per_sm = 0;
         if (cudaGetDevice(&dev) != cudaSuccess ||
             cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ln_mul_parts_kernel, 256, 0) != cudaSuccess)
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ln_mul_parts_kernel<4, ATTN_PARTS_MAX>, 256,
+                                                          0) != cudaSuccess)
             n_sm = per_sm = 0;
         wave = n_sm * per_sm;
     }
@@ -989,21 +949,21 @@ extern "C" int ln_mul_parts_cuda(int rows, int width, const ln_mul_parts_src *sr
         !u || !y || !aligned16(src->parts) || ((uintptr_t)u & 7) || ((uintptr_t)y & 7) ||
         (ubias && !aligned16(ubias)) || (!w != !b) || (w && (!aligned16(w) || !aligned16(b))))
         return (int)cudaErrorInvalidValue;
+    cudaStream_t s = (cudaStream_t)stream;
+#define LN_MUL_PARTS_ARGS rows, width, tpr, *src, u, ldu, ubias, w, b, eps, y, ldy
     if (ln_mul_parts8_ok(rows, width, src->head_w, ldu, ldy, u, y)) {
         const int tpr = (width / 8 + 31) / 32 * 32, rpb = 256 / tpr;
         const dim3 grid((unsigned)((rows + rpb - 1) / rpb)), block((unsigned)(rpb * tpr));
-        cudaStream_t s = (cudaStream_t)stream;
-#define LN_MUL_PARTS8_ARGS rows, width, tpr, *src, u, ldu, ubias, w, b, eps, y, ldy
         if (src->S <= 4)
-            return (int)pdl_launch(ln_mul_parts8_kernel<4>, grid, block, 0, s, LN_MUL_PARTS8_ARGS);
+            return (int)pdl_launch(ln_mul_parts_kernel<8, 4>, grid, block, 0, s, LN_MUL_PARTS_ARGS);
         if (src->S <= 8)
-            return (int)pdl_launch(ln_mul_parts8_kernel<8>, grid, block, 0, s, LN_MUL_PARTS8_ARGS);
-        return (int)pdl_launch(ln_mul_parts8_kernel<16>, grid, block, 0, s, LN_MUL_PARTS8_ARGS);
-#undef LN_MUL_PARTS8_ARGS
+            return (int)pdl_launch(ln_mul_parts_kernel<8, 8>, grid, block, 0, s, LN_MUL_PARTS_ARGS);
+        return (int)pdl_launch(ln_mul_parts_kernel<8, 16>, grid, block, 0, s, LN_MUL_PARTS_ARGS);
     }
-    const int threads = (width / 4 + 31) / 32 * 32;
-    return (int)pdl_launch(ln_mul_parts_kernel, dim3((unsigned)rows), dim3((unsigned)threads), 0,
-                           (cudaStream_t)stream, width, *src, u, ldu, ubias, w, b, eps, y, ldy);
+    const int tpr = (width / 4 + 31) / 32 * 32; /* one row a block */
+    return (int)pdl_launch(ln_mul_parts_kernel<4, ATTN_PARTS_MAX>, dim3((unsigned)rows), dim3((unsigned)tpr), 0, s,
+                           LN_MUL_PARTS_ARGS);
+#undef LN_MUL_PARTS_ARGS
 }
 
 extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu,
