@@ -42,6 +42,7 @@
 #include "kernels/gemm_fused_cuda.h"
 #include "kernels/head_fused_cuda.h"
 #include "kernels/pdl_cuda.h"
+#include "kernels/sm_count_cuda.h"
 #include "kernels/topk_cuda.h"
 #include "kvcache/kv_cuda.h"
 
@@ -873,10 +874,7 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * values and SMs x 128 scales hold any call's (attn_cuda_splits
          * takes fewer splits where a call's do not fit). */
         const char *ap = getenv("HSTU_CUDA_ATTN_PARTS");
-        int dev = 0, n_sm = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n_sm < 1)
-            n_sm = 1;
+        const int n_sm = cuda_sm_count() > 0 ? cuda_sm_count() : 1;
         size_t most = (size_t)n_sm * 128 * (size_t)cfg->d_v, all = (size_t)ATTN_CUDA_MAX_PART_SPLITS * max_tokens * vw;
         bool on = !(ap && !strcmp(ap, "0")) && ln_mul_parts_supported(vw, cfg->d_v, vw, W, vw) && vw % 8 == 0;
         cb->parts_halves = on ? (most < all ? most : all) : 0;

@@ -57,6 +57,7 @@
 #include "kernels/attn_parts.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
+#include "kernels/sm_count_cuda.h"
 #include "kernels/tma.cuh"
 
 #include <atomic>
@@ -1618,14 +1619,7 @@ static bool parts_layout_ok(const attn_cuda_params *p)
  * way.) */
 static int split_rule(const attn_cuda_params *p, bool parts)
 {
-    static int n_sm = 0;
-    if (!n_sm) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
-        if (n_sm < 1)
-            n_sm = 1;
-    }
+    const int n_sm = cuda_sm_count() > 0 ? cuda_sm_count() : 1;
     const long long rb = ((long long)p->max_rows + BM - 1) / BM;
     long long ctas = (long long)p->B * p->H * rb;
     if (ctas <= 0 || ctas >= n_sm)

@@ -34,6 +34,7 @@
 #include "kernels/attn_parts.cuh"
 #include "kernels/dense_cuda.h"
 #include "kernels/pdl.cuh"
+#include "kernels/sm_count_cuda.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -905,13 +906,11 @@ static int ln_mul_parts_wave(void)
 {
     static int wave = -1;
     if (wave < 0) {
-        int dev = 0, n_sm = 0, per_sm = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ln_mul_parts_kernel<4, ATTN_PARTS_MAX>, 256,
-                                                          0) != cudaSuccess)
-            n_sm = per_sm = 0;
-        wave = n_sm * per_sm;
+        int per_sm = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ln_mul_parts_kernel<4, ATTN_PARTS_MAX>, 256, 0) !=
+            cudaSuccess)
+            per_sm = 0;
+        wave = cuda_sm_count() * per_sm;
     }
     return wave;
 }

@@ -24,6 +24,7 @@
 #include "kernels/gemm_fused_cuda.h"
 #include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
+#include "kernels/sm_count_cuda.h"
 #include "kernels/tma.cuh"
 
 #include <cuda_runtime.h>
@@ -404,11 +405,9 @@ template <int BM, int BN, int CL, bool T> int prepare(int *max_ctas)
     if (!ctas) {
         cudaError_t e = cudaFuncSetAttribute(gemm_fused_kernel<BM, BN, CL, T>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg<BM, BN, T>::SMEM);
-        int dev = 0, sms = 0;
-        if (e == cudaSuccess)
-            e = cudaGetDevice(&dev);
-        if (e == cudaSuccess)
-            e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        const int sms = cuda_sm_count();
+        if (e == cudaSuccess && sms < 1)
+            e = cudaErrorNoDevice;
         int n = sms / CL;
         if (e == cudaSuccess && CL > 1) {
             cudaLaunchAttribute at;

@@ -50,6 +50,7 @@
 #include "kernels/head_fused_cuda.h"
 #include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
+#include "kernels/sm_count_cuda.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -585,11 +586,8 @@ extern "C" int head_fused_prepare(void)
             if (e != cudaSuccess)
                 return (int)e;
         }
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e == cudaSuccess)
-            e = cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev);
-        return (int)e;
+        g_sms = cuda_sm_count();
+        return g_sms > 0 ? 0 : (int)cudaErrorNoDevice;
     }();
     return rc;
 }
