@@ -511,38 +511,44 @@ static void test_ln_mul_parts(void)
     printf("    worst error %.3g\n", worst);
 }
 
+/* With a device count (cnt 1): 20 of 33 rows gathered, the rest zeros,
+ * and rows[] past the count holds indices no x has (it must not be read). */
 static void test_gather_l2norm(void)
 {
-    for (int x16 = 0; x16 < 2; x16++)
-        for (int wi = 0; wi < N_WIDTHS; wi++) {
-            int w = widths[wi], ldx = w + 5, ldy = pad8(w), src_rows = 50, n = 33;
-            float *x = x16 ? rand_bf((size_t)src_rows * ldx, -1, 1) : rand_f32((size_t)src_rows * ldx, -1, 1);
-            for (int c = 0; c < w; c++)
-                x[(size_t)7 * ldx + c] = 0.0f; /* one zero row: the 1e-6 clamp */
-            int *rows = t_xmalloc(sizeof(int) * n);
-            for (int i = 0; i < n; i++)
-                rows[i] = i == 0 ? 7 : (int)rng_below(&g_rng, src_rows);
-            void *d_x = x16 ? (void *)up_bf16(x, (size_t)src_rows * ldx) : (void *)up_f32(x, (size_t)src_rows * ldx);
-            int *d_rows = up_int(rows, n);
-            uint16_t *d_y = t_dpoison((size_t)n * ldy * 2);
-            if (x16)
-                T_CHECK(gather_l2norm_bf16_cuda(n, w, d_x, ldx, d_rows, d_y, ldy, NULL) == 0, "launch");
-            else
-                T_CHECK(gather_l2norm_cuda(n, w, d_x, ldx, d_rows, d_y, ldy, NULL) == 0, "launch");
-            if (sync_ok("gather_l2norm")) {
-                float *y = t_xmalloc(sizeof(float) * n * ldy), *ref = t_xmalloc(sizeof(float) * n * w);
-                down_bf16(y, d_y, (size_t)n * ldy);
+    for (int cnt = 0; cnt < 2; cnt++)
+        for (int x16 = 0; x16 < 2; x16++)
+            for (int wi = 0; wi < N_WIDTHS; wi++) {
+                int w = widths[wi], ldx = w + 5, ldy = pad8(w), src_rows = 50, n = 33, m = cnt ? 20 : n;
+                float *x = x16 ? rand_bf((size_t)src_rows * ldx, -1, 1) : rand_f32((size_t)src_rows * ldx, -1, 1);
+                for (int c = 0; c < w; c++)
+                    x[(size_t)7 * ldx + c] = 0.0f; /* one zero row: the 1e-6 clamp */
+                int *rows = t_xmalloc(sizeof(int) * n);
                 for (int i = 0; i < n; i++)
-                    memcpy(ref + (size_t)i * w, x + (size_t)rows[i] * ldx, sizeof(float) * w);
-                l2norm_ref(n, w, ref, w);
-                char what[64];
-                snprintf(what, sizeof what, "gather_l2norm width %d x %s", w, x16 ? "bf16" : "f32");
-                check_rows_bf16(what, y, ref, n, w, ldy);
-                free(y), free(ref);
+                    rows[i] = i >= m ? 1 << 30 : i == 0 ? 7 : (int)rng_below(&g_rng, src_rows);
+                size_t nx = (size_t)src_rows * ldx;
+                void *d_x = x16 ? (void *)up_bf16(x, nx) : (void *)up_f32(x, nx);
+                int *d_rows = up_int(rows, n), *d_m = cnt ? up_int(&m, 1) : NULL;
+                uint16_t *d_y = t_dpoison((size_t)n * ldy * 2);
+                if (x16)
+                    T_CHECK(gather_l2norm_bf16_cuda(n, w, d_x, ldx, d_rows, d_y, ldy, d_m, NULL) == 0, "launch");
+                else
+                    T_CHECK(gather_l2norm_cuda(n, w, d_x, ldx, d_rows, d_y, ldy, d_m, NULL) == 0, "launch");
+                if (sync_ok("gather_l2norm")) {
+                    float *y = t_xmalloc(sizeof(float) * n * ldy), *ref = t_xmalloc(sizeof(float) * n * w);
+                    memset(ref, 0, sizeof(float) * n * w);
+                    down_bf16(y, d_y, (size_t)n * ldy);
+                    for (int i = 0; i < m; i++)
+                        memcpy(ref + (size_t)i * w, x + (size_t)rows[i] * ldx, sizeof(float) * w);
+                    l2norm_ref(m, w, ref, w);
+                    char what[80];
+                    snprintf(what, sizeof what, "gather_l2norm width %d x %s rows %d of %d", w, x16 ? "bf16" : "f32",
+                             m, n);
+                    check_rows_bf16(what, y, ref, n, w, ldy);
+                    free(y), free(ref);
+                }
+                cudaFree(d_x), cudaFree(d_rows), cudaFree(d_y), cudaFree(d_m);
+                free(x), free(rows);
             }
-            cudaFree(d_x), cudaFree(d_rows), cudaFree(d_y);
-            free(x), free(rows);
-        }
 }
 
 static void test_scores_out(void)
@@ -553,33 +559,47 @@ static void test_scores_out(void)
     float *d_x = up_f32(x, (size_t)rows * ldx), *h = NULL, *d_y = t_dpoison((size_t)rows * n * 4);
     float *y = t_xmalloc(sizeof(float) * rows * n);
     T_CHECK(cudaMallocHost((void **)&h, sizeof(float) * rows * n) == cudaSuccess, "cudaMallocHost");
-    for (int host = 0; host < 2 && h; host++)
-        for (int sig = 0; sig < 2; sig++) {
-            float *dst = d_y;
-            if (host) {
-                memset(h, 0xff, sizeof(float) * rows * n); /* NaN bits: every value must be written */
-                T_CHECK(cudaHostGetDevicePointer((void **)&dst, h, 0) == cudaSuccess, "mapping");
-            }
-            T_CHECK(scores_out_cuda(rows, n, d_x, ldx, sig, dst, NULL) == 0, "launch");
-            if (!sync_ok("scores_out"))
-                continue;
-            if (host)
-                memcpy(y, h, sizeof(float) * rows * n);
-            else
-                down_f32(y, d_y, (size_t)rows * n);
-            double worst = 0;
-            for (int i = 0; i < rows; i++)
-                for (int t = 0; t < n; t++) {
-                    double z = x[(size_t)i * ldx + t], want = sig ? 1.0 / (1.0 + exp(-z)) : z;
-                    double got = y[(size_t)i * n + t], e = fabs(got - want);
-                    T_CHECK(isfinite(got), "score %d,%d is not finite", i, t);
-                    worst = e > worst ? e : worst;
+    /* counts: none, 123 rows of 300 (only those written), more than rows (clamped) */
+    const int counts[3] = {-1, 123, 400};
+    int *d_cnt[3] = {NULL, up_int(&counts[1], 1), up_int(&counts[2], 1)};
+    for (int ci = 0; ci < 3; ci++)
+        for (int host = 0; host < 2 && h; host++)
+            for (int sig = 0; sig < 2; sig++) {
+                float *dst = d_y;
+                const int m = ci == 1 ? counts[1] : rows;
+                if (host) {
+                    memset(h, 0xff, sizeof(float) * rows * n); /* NaN bits: every value must be written */
+                    T_CHECK(cudaHostGetDevicePointer((void **)&dst, h, 0) == cudaSuccess, "mapping");
+                } else {
+                    cudaMemset(d_y, 0xff, sizeof(float) * rows * n);
                 }
-            T_CHECK(worst <= 1e-6, "%s %s: worst error %.3g", host ? "host" : "device", sig ? "sigmoid" : "logits",
-                    worst);
-        }
+                T_CHECK(scores_out_cuda(rows, n, d_x, ldx, sig, dst, d_cnt[ci], NULL) == 0, "launch");
+                if (!sync_ok("scores_out"))
+                    continue;
+                if (host)
+                    memcpy(y, h, sizeof(float) * rows * n);
+                else
+                    down_f32(y, d_y, (size_t)rows * n);
+                double worst = 0;
+                int unwritten = 0;
+                for (int i = 0; i < rows; i++)
+                    for (int t = 0; t < n; t++) {
+                        double z = x[(size_t)i * ldx + t], want = sig ? 1.0 / (1.0 + exp(-z)) : z;
+                        double got = y[(size_t)i * n + t], e = fabs(got - want);
+                        if (i >= m) {
+                            unwritten += isnan(got);
+                            continue;
+                        }
+                        T_CHECK(isfinite(got), "score %d,%d is not finite", i, t);
+                        worst = e > worst ? e : worst;
+                    }
+                T_CHECK(unwritten == (rows - m) * n, "count %d: %d of %d entries past it were written", counts[ci],
+                        (rows - m) * n - unwritten, (rows - m) * n);
+                T_CHECK(worst <= 1e-6, "%s %s count %d: worst error %.3g", host ? "host" : "device",
+                        sig ? "sigmoid" : "logits", counts[ci], worst);
+            }
     cudaFreeHost(h);
-    cudaFree(d_x), cudaFree(d_y);
+    cudaFree(d_x), cudaFree(d_y), cudaFree(d_cnt[1]), cudaFree(d_cnt[2]);
     free(x), free(y);
 }
 

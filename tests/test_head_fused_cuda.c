@@ -582,8 +582,8 @@ static int unfused_run(unfused *u, const hhead *h, int M, float *out, int sigmoi
 {
     const hshape *sh = &h->s;
     char why[256];
-    int rc = h->x_f32 ? gather_l2norm_cuda(M, sh->width, h->d_x, sh->ldx, h->d_rows, u->d_y, sh->in8, s)
-                      : gather_l2norm_bf16_cuda(M, sh->width, h->d_x, sh->ldx, h->d_rows, u->d_y, sh->in8, s);
+    int rc = h->x_f32 ? gather_l2norm_cuda(M, sh->width, h->d_x, sh->ldx, h->d_rows, u->d_y, sh->in8, NULL, s)
+                      : gather_l2norm_bf16_cuda(M, sh->width, h->d_x, sh->ldx, h->d_rows, u->d_y, sh->in8, NULL, s);
     if (!rc)
         rc = gemm_cuda_run(u->g, M, sh->h8, sh->in8, u->d_y, sh->in8, h->d_w1, sh->h8, 0, 0.0f, u->d_hid, 0, sh->h8,
                            GEMM_EPI_RELU_BIAS, h->d_b1, s, why, sizeof why);
@@ -591,7 +591,7 @@ static int unfused_run(unfused *u, const hhead *h, int M, float *out, int sigmoi
         rc = gemm_cuda_run(u->g, M, sh->n_tasks8, sh->h8, u->d_hid, sh->h8, h->d_w2, sh->n_tasks8, 0, 0.0f,
                            u->d_logits, 1, sh->n_tasks8, GEMM_EPI_BIAS, h->d_b2, s, why, sizeof why);
     if (!rc)
-        rc = scores_out_cuda(M, sh->n_tasks, u->d_logits, sh->n_tasks8, sigmoid, out, s);
+        rc = scores_out_cuda(M, sh->n_tasks, u->d_logits, sh->n_tasks8, sigmoid, out, NULL, s);
     return rc;
 }
 

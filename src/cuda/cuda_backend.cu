@@ -68,6 +68,7 @@ extern "C" {
 #define UPLOAD_CHUNK ((size_t)4 << 20)    /* elements converted per upload step at create */
 #define UPLOAD_MAX_CTAS 264                /* metadata upload: 2 per SM of an H100 at most */
 #define FUSED_HEAD_ROWS 384                /* the fused head's default bound (rows of a bucket) */
+#define HEAD_GRAPH_ROWS 1024               /* the four-launch head in the stack's graph up to this bucket */
 
 typedef struct layer_dev {
     float *ln_in_w, *ln_in_b;   /* [d8] (NULL without ln_affine) */
@@ -1175,11 +1176,14 @@ static hstu_status sync_forward(cuda_backend *cb, hstu_error *err)
     return st != HSTU_OK ? st : ck(cudaStreamSynchronize(cb->stream), "the forward pass", err);
 }
 
-/* Whether the whole stack's graph of a bucket of T rows ends with the head
- * (ranking, fused head). */
+/* Whether the whole stack's graph of a bucket of T rows ends with the
+ * ranking head: the fused head (up to fused_head_rows), else the four
+ * launches run for the bucket's T rows with the candidates' count read on the
+ * device, up to HEAD_GRAPH_ROWS rows (past it the padded rows' GEMM work
+ * outweighs the 4-5 us of launch gaps a graph saves). */
 static bool head_in_graph(const cuda_backend *cb, bool layered, int T)
 {
-    return !layered && T <= cb->fused_head_rows;
+    return !layered && (T <= cb->fused_head_rows || T <= HEAD_GRAPH_ROWS);
 }
 
 /* The ranking head in one kernel (head_fused_cuda.h) for up to max_rows
@@ -1200,18 +1204,22 @@ static hstu_status head_fused_launch(cuda_backend *cb, int max_rows, const stage
 
 /* The ranking head as four launches: the candidates' gather and L2 norm,
  * one cuBLASLt GEMM per MLP layer (bias and ReLU in their epilogues), the
- * scores into mapped host memory. Any number of hidden layers. */
-static hstu_status head_ranking_gemms(cuda_backend *cb, int M, const staged *sg, bool logits, hstu_error *err)
+ * scores into mapped host memory. Any number of hidden layers. In a graph
+ * (on_device) it runs for M = the bucket's rows, and the gather and the
+ * scores read the candidates' count from the staging (rows past it are
+ * zeros through the GEMMs, and no score of theirs is written). */
+static hstu_status head_ranking_gemms(cuda_backend *cb, int M, const staged *sg, bool logits, bool on_device,
+                                      hstu_error *err)
 {
     const hstu_model *m = cb->model;
     const hstu_config *cfg = &m->cfg;
     cudaStream_t s = cb->stream;
     hstu_status st;
-    const int *rows = (const int *)DEV(cb, sg->rows);
+    const int *rows = (const int *)DEV(cb, sg->rows), *count = on_device ? (const int *)DEV(cb, sg->n_rows) : NULL;
     if ((st = ck(cb->x_f32 ? gather_l2norm_cuda(M, cb->d, (const float *)cb->d_x, cb->d8, rows, cb->d_mlp_a,
-                                                cb->head_in8[0], s)
+                                                cb->head_in8[0], count, s)
                            : gather_l2norm_bf16_cuda(M, cb->d, (const bf16_t *)cb->d_x, cb->d8, rows, cb->d_mlp_a,
-                                                     cb->head_in8[0], s),
+                                                     cb->head_in8[0], count, s),
                  "candidate gather + L2 norm", err)) != HSTU_OK)
         return st;
     bf16_t *in = cb->d_mlp_a, *out = cb->d_mlp_b;
@@ -1233,8 +1241,8 @@ static hstu_status head_ranking_gemms(cuda_backend *cb, int M, const staged *sg,
     }
     /* The scores go straight into pinned host memory (a copy after the
      * GEMM would start 6 us after it), sigmoid on the GPU. */
-    return ck(scores_out_cuda(M, cfg->n_tasks, cb->d_logits, cb->n_tasks8, !logits, cb->dh_logits, s), "scores",
-              err);
+    return ck(scores_out_cuda(M, cfg->n_tasks, cb->d_logits, cb->n_tasks8, !logits, cb->dh_logits, count, s),
+              "scores", err);
 }
 
 /* The ranking head (unless the whole stack's graph ran it: in_graph), then
@@ -1246,7 +1254,7 @@ static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M
     hstu_status st = HSTU_OK;
     if (!in_graph)
         st = M <= cb->fused_head_rows ? head_fused_launch(cb, M, sg, logits, err)
-                                      : head_ranking_gemms(cb, M, sg, logits, err);
+                                      : head_ranking_gemms(cb, M, sg, logits, false, err);
     if (st != HSTU_OK || (st = sync_forward(cb, err)) != HSTU_OK)
         return st;
     const float *z = cb->h_logits;
@@ -1268,8 +1276,9 @@ static hstu_status head_retrieval(cuda_backend *cb, user_plan *plans, int B, con
     hstu_status st;
     int d8 = cb->d8;
     const int *rows = (const int *)DEV(cb, sg->rows);
-    if ((st = ck(cb->x_f32 ? gather_l2norm_cuda(B, cb->d, (const float *)cb->d_x, d8, rows, cb->d_users, d8, s)
-                           : gather_l2norm_bf16_cuda(B, cb->d, (const bf16_t *)cb->d_x, d8, rows, cb->d_users, d8, s),
+    if ((st = ck(cb->x_f32 ? gather_l2norm_cuda(B, cb->d, (const float *)cb->d_x, d8, rows, cb->d_users, d8, NULL, s)
+                           : gather_l2norm_bf16_cuda(B, cb->d, (const bf16_t *)cb->d_x, d8, rows, cb->d_users, d8,
+                                                     NULL, s),
                  "user gather + L2 norm", err)) != HSTU_OK)
         return st;
     for (int g0 = 0; g0 < B;) {
@@ -1445,7 +1454,8 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
         if (st == HSTU_OK && !layered && i == g->n_exec - 1)
             st = stack_mark(cb, 1, true, &cap_err);
         if (st == HSTU_OK && head && i == g->n_exec - 1) /* then the head, for any M up to the bucket's rows */
-            st = head_fused_launch(cb, Tg, sg, logits, &cap_err);
+            st = Tg <= cb->fused_head_rows ? head_fused_launch(cb, Tg, sg, logits, &cap_err)
+                                           : head_ranking_gemms(cb, Tg, sg, logits, true, &cap_err);
         if (st == HSTU_OK && !layered) /* (each part of the whole stack's graph has a mark) */
             st = stack_mark_join(cb, &cap_err);
         if (ok)

@@ -998,9 +998,11 @@ extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const 
 
 /* ---- gather + L2 normalisation ---------------------------------------- */
 
-/* Few rows (candidates, users): the scalar form is plenty. */
+/* Few rows (candidates, users): the scalar form is plenty. Rows at and
+ * past *count (when count is set) are zeros. */
 template <typename X>
-__global__ void gather_l2norm_kernel(int n, int width, const X *x, int ldx, const int *rows, bf16_t *y, int ldy)
+__global__ void gather_l2norm_kernel(int n, int width, const X *x, int ldx, const int *rows, bf16_t *y, int ldy,
+                                     const int *count)
 {
     pdl_wait();
     pdl_trigger();
@@ -1008,8 +1010,13 @@ __global__ void gather_l2norm_kernel(int n, int width, const X *x, int ldx, cons
     int i = blockIdx.x * (blockDim.x / 32) + warp;
     if (i >= n)
         return;
-    const X *xr = x + (size_t)rows[i] * ldx;
     bf16_t *yr = y + (size_t)i * ldy;
+    if (count && i >= *count) {
+        for (int c = lane; c < ldy; c += 32)
+            yr[c] = f2bf(0.0f);
+        return;
+    }
+    const X *xr = x + (size_t)rows[i] * ldx;
     float ss = 0.0f;
     for (int c = lane; c < width; c += 32) {
         float v = load_x1(xr + c);
@@ -1022,27 +1029,31 @@ __global__ void gather_l2norm_kernel(int n, int width, const X *x, int ldx, cons
 }
 
 extern "C" int gather_l2norm_cuda(int n, int width, const float *x, int ldx, const int *rows, bf16_t *y, int ldy,
-                                  void *stream)
+                                  const int *count, void *stream)
 {
     if (n <= 0)
         return 0;
     return (int)pdl_launch(gather_l2norm_kernel<float>, row_grid(n), row_block(n), 0, (cudaStream_t)stream, n, width,
-                           x, ldx, rows, y, ldy);
+                           x, ldx, rows, y, ldy, count);
 }
 
 extern "C" int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ldx, const int *rows, bf16_t *y,
-                                       int ldy, void *stream)
+                                       int ldy, const int *count, void *stream)
 {
     if (n <= 0)
         return 0;
     return (int)pdl_launch(gather_l2norm_kernel<bf16_t>, row_grid(n), row_block(n), 0, (cudaStream_t)stream, n, width,
-                           x, ldx, rows, y, ldy);
+                           x, ldx, rows, y, ldy, count);
 }
 
-__global__ void scores_out_kernel(int total, int n, const float *x, int ldx, int sigmoid, float *y)
+__global__ void scores_out_kernel(int total, int n, const float *x, int ldx, int sigmoid, float *y, const int *count)
 {
     pdl_wait();
     pdl_trigger();
+    if (count) {
+        int c = *count; /* rows, at most total / n */
+        total = c < 0 ? 0 : c < total / n ? c * n : total;
+    }
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
         int i = k / n, t = k - i * n;
         float z = x[(size_t)i * ldx + t];
@@ -1050,12 +1061,13 @@ __global__ void scores_out_kernel(int total, int n, const float *x, int ldx, int
     }
 }
 
-extern "C" int scores_out_cuda(int rows, int n, const float *x, int ldx, int sigmoid, float *y, void *stream)
+extern "C" int scores_out_cuda(int rows, int n, const float *x, int ldx, int sigmoid, float *y, const int *count,
+                               void *stream)
 {
     if (rows <= 0 || n <= 0)
         return 0;
     int total = rows * n, block = 256, grid = (total + block - 1) / block;
     grid = grid < 264 ? grid : 264; /* two per SM: the stride loop takes the rest */
     return (int)pdl_launch(scores_out_kernel, dim3(grid), dim3(block), 0, (cudaStream_t)stream, total, n, x, ldx,
-                           sigmoid, y);
+                           sigmoid, y, count);
 }

@@ -123,17 +123,23 @@ void ln_mul_parts_force_form(int form);
 
 /* y[i] = x[rows[i]] / max(||x[rows[i]]||, 1e-6), x fp32 (width columns,
  * stride ldx), y bf16 [n, ldy] with columns [width, ldy) set to 0. The
- * heads' gather of candidate rows (ranking) or newest rows (retrieval). */
+ * heads' gather of candidate rows (ranking) or newest rows (retrieval).
+ * count (device memory, may be NULL): when set, only rows i < *count are
+ * gathered (rows[] is not read past it) and rows [*count, n) of y are set
+ * to 0, so a CUDA graph can hold the launch for n rows while the count
+ * changes between replays. */
 int gather_l2norm_cuda(int n, int width, const float *x, int ldx, const int *rows, bf16_t *y, int ldy,
-                       void *stream);
+                       const int *count, void *stream);
 /* The same with a bf16 x. */
 int gather_l2norm_bf16_cuda(int n, int width, const bf16_t *x, int ldx, const int *rows, bf16_t *y, int ldy,
-                            void *stream);
+                            const int *count, void *stream);
 
 /* y[i * n + t] = sigmoid(x[i * ldx + t]) (or x itself, sigmoid 0) for i <
  * rows, t < n; x fp32, y fp32 packed. y may be pinned host memory (the
- * ranking head's scores go straight to the host: no copy, no host pass). */
-int scores_out_cuda(int rows, int n, const float *x, int ldx, int sigmoid, float *y, void *stream);
+ * ranking head's scores go straight to the host: no copy, no host pass).
+ * count (device memory, may be NULL): when set, only rows i < min(*count,
+ * rows) are written (as gather_l2norm_cuda's count). */
+int scores_out_cuda(int rows, int n, const float *x, int ldx, int sigmoid, float *y, const int *count, void *stream);
 
 #ifdef __cplusplus
 }
