@@ -660,6 +660,21 @@ __device__ __forceinline__ void staged_rows_out(T *dst, size_t ld, const T *stag
     }
 }
 
+/* The same for rows of exactly COLS values (the head's width is the padded
+ * one, as at every model width that is a multiple of 64): the row and
+ * column of a piece are a shift and a mask, not a division by a run-time
+ * count, on the path every CTA ends with. */
+template <int SR, int COLS, typename T>
+__device__ __forceinline__ void staged_rows_out_n(T *dst, size_t ld, const T *stage, int nr, int tid)
+{
+    static_assert(sizeof(T) == 2 && COLS % 8 == 0, "8 values a piece");
+    constexpr int cpr = COLS / 8;
+    for (int i = tid; i < nr * cpr; i += 256) {
+        const int row = i / cpr, c = 8 * (i % cpr);
+        *reinterpret_cast<uint4 *>(dst + (size_t)row * ld + c) = *reinterpret_cast<const uint4 *>(stage + row * SR + c);
+    }
+}
+
 /* ---- split-KV through global memory: planes of parts -------------------- */
 
 /* With attn_cuda_params.parts: this CTA's part, straight from the computing
@@ -707,8 +722,11 @@ __device__ __forceinline__ void parts_write(const float *o, const attn_cuda_para
     }
     bar_sync(3, 256);
     const size_t at = (size_t)(k.s.q0 + k.r0) * p.ld_parts + (size_t)k.h * p.Dv;
-    staged_rows_out<SR>(static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at, p.ld_parts, stage, k.nr,
-                        p.Dv, tid);
+    __half *dst = static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at;
+    if (p.Dv == D)
+        staged_rows_out_n<SR, D>(dst, p.ld_parts, stage, k.nr, tid);
+    else
+        staged_rows_out<SR>(dst, p.ld_parts, stage, k.nr, p.Dv, tid);
     const int cpr = p.Dv / 8, all = blk_tiles(k);
     for (int y = z - 1; y >= 0 && split_tiles(all, y, (int)gridDim.z) == 0; y--) {
         __half *zd = static_cast<__half *>(p.parts) + (size_t)y * p.parts_plane + at;
@@ -1189,7 +1207,7 @@ __device__ __forceinline__ void tma_load_kv(const attn_cuda_params &p, const Blk
  * their products (named barriers 1 and 2), so that one's SiLU runs while
  * the other's products keep the tensor cores busy. Registers move from the
  * loader to the computing warpgroups with setmaxnreg. */
-template <int D, bool RAB, bool TMA>
+template <int D, bool RAB, bool TMA, bool PARTS>
 __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs *a)
 {
     constexpr int KS = WS_KS, VS = WS_VS;
@@ -1240,10 +1258,12 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
         rab_init(rb, p, k, s_thr);
     __syncthreads();
     /* (parts: p.parts is set only when the call splits; read from the
-     * parameters at each use, so that no register holds it over the loop) */
-    const bool split = gridDim.z > 1;
+     * parameters at each use, so that no register holds it over the loop.
+     * PARTS: the caller splits and sets p.parts, and the kernel holds that
+     * epilogue alone: the code a CTA runs is smaller and in one piece.) */
+    const bool split = PARTS || gridDim.z > 1;
     if (k.nt == 0) { /* a split with no tile: it only keeps the cluster's count (see split_reduce) */
-        if (p.parts) /* (the next split with tiles zeroes this one's plane: parts_write) */
+        if (PARTS || p.parts) /* (the next split with tiles zeroes this one's plane: parts_write) */
             return;
         cluster_sync();
         cluster_sync();
@@ -1273,7 +1293,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
                 mbar_arrive_cp_async(wb.vfull(vb));
             }
         }
-        if (split && !p.parts) { /* the loading warps (few registers left) only keep the cluster's count */
+        if (split && !(PARTS || p.parts)) { /* the loading warps (few registers left) only keep the cluster's count */
             cluster_sync();
             cluster_sync();
         }
@@ -1376,7 +1396,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
     uint8_t *free_smem = smem_raw + (sQ - smem_u32(smem_raw)); /* Q, K, V: idle after the barrier */
     if (split) {
         bar_sync(3, 256); /* both computing warpgroups are done reading Q, K and V */
-        if (p.parts) {
+        if (PARTS || p.parts) {
             parts_write<D>(o, p, k, lr, t4, reinterpret_cast<__half *>(free_smem), threadIdx.x - 128);
         } else {
             split_store<D>(o, reinterpret_cast<float *>(free_smem), lr, t4);
@@ -1396,14 +1416,15 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
 template <int D, bool RAB>
 __global__ void __launch_bounds__(WS_THREADS, 1) attn_ws_kernel(const attn_cuda_params p)
 {
-    ws_body<D, RAB, false>(p, nullptr);
+    ws_body<D, RAB, false, false>(p, nullptr);
 }
 
-/* The same with K and V through TMA (above). */
-template <int D, bool RAB>
+/* The same with K and V through TMA (above); PARTS: the form for a split
+ * whose parts go to global memory (p.parts set), with no other epilogue. */
+template <int D, bool RAB, bool PARTS>
 __global__ void __launch_bounds__(WS_THREADS, 1) attn_tma_kernel(const __grid_constant__ TmaArgs a)
 {
-    ws_body<D, RAB, true>(a.p, &a);
+    ws_body<D, RAB, true, PARTS>(a.p, &a);
 }
 
 } /* namespace */
@@ -1529,9 +1550,14 @@ static int tma_launch(const attn_cuda_params *p, int d, bool rab, int S, cudaStr
     }
     if (e != 0)
         return e;
-    tma_kernel_fn fn = d == 64    ? (rab ? attn_tma_kernel<64, true> : attn_tma_kernel<64, false>)
-                       : d == 128 ? (rab ? attn_tma_kernel<128, true> : attn_tma_kernel<128, false>)
-                                  : (rab ? attn_tma_kernel<256, true> : attn_tma_kernel<256, false>);
+    const bool parts = p->parts != NULL;
+    tma_kernel_fn fn =
+        parts ? (d == 64    ? (rab ? attn_tma_kernel<64, true, true> : attn_tma_kernel<64, false, true>)
+                 : d == 128 ? (rab ? attn_tma_kernel<128, true, true> : attn_tma_kernel<128, false, true>)
+                            : (rab ? attn_tma_kernel<256, true, true> : attn_tma_kernel<256, false, true>))
+              : (d == 64    ? (rab ? attn_tma_kernel<64, true, false> : attn_tma_kernel<64, false, false>)
+                 : d == 128 ? (rab ? attn_tma_kernel<128, true, false> : attn_tma_kernel<128, false, false>)
+                            : (rab ? attn_tma_kernel<256, true, false> : attn_tma_kernel<256, false, false>));
     const int smem = d == 64 ? ws_smem_bytes<64>() : d == 128 ? ws_smem_bytes<128>() : ws_smem_bytes<256>();
     cudaError_t ce = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (ce != cudaSuccess)
