@@ -34,7 +34,9 @@
  *     Where Dqk == Dv is 64, 128 or 256 (and, over pages, the pool's
  *     layout allows: tma_pages_ok), it runs as attn_tma_kernel: K and V
  *     loaded by TMA instead of cp.async, from the dense rows and from the
- *     pages alike, split or not; 1.1-1.35x faster.
+ *     pages alike, split or not; 1.1-1.35x faster. A split whose parts
+ *     go to global memory runs its own form of it, with that epilogue
+ *     only (a smaller path through cold code: docs/attention_cuda.md).
  * Each is launched with programmatic dependent launch when it is on
  * (pdl.cuh) and waits for the kernel before it ahead of everything else.
  * All keep tiles in shared memory in the 128-byte-swizzled layout that
