@@ -651,28 +651,16 @@ __device__ __forceinline__ void split_reduce(const attn_cuda_params &p, const Bl
 /* Rows 0..nr-1 of a tile staged in shared memory (row stride SR elements)
  * to dst (row stride ld) in 16-byte pieces, cols (a multiple of 8) 2-byte
  * values a row, threads tid = 0..255: the staged stores' second half. */
-template <int SR, typename T>
+template <int SR, int COLS = 0, typename T>
 __device__ __forceinline__ void staged_rows_out(T *dst, size_t ld, const T *stage, int nr, int cols, int tid)
 {
-    static_assert(sizeof(T) == 2, "8 values a piece");
-    const int cpr = cols / 8;
+    static_assert(sizeof(T) == 2 && COLS % 8 == 0, "8 values a piece");
+    /* COLS (when set) = cols, known at compile time: the row and column of
+     * a piece are then a shift and a mask, not a division by a run-time
+     * count, on the path every CTA ends with */
+    const int cpr = COLS ? COLS / 8 : cols / 8;
     for (int i = tid; i < nr * cpr; i += 256) {
         const int row = i / cpr, c = 8 * (i - row * cpr);
-        *reinterpret_cast<uint4 *>(dst + (size_t)row * ld + c) = *reinterpret_cast<const uint4 *>(stage + row * SR + c);
-    }
-}
-
-/* The same for rows of exactly COLS values (the head's width is the padded
- * one, as at every model width that is a multiple of 64): the row and
- * column of a piece are a shift and a mask, not a division by a run-time
- * count, on the path every CTA ends with. */
-template <int SR, int COLS, typename T>
-__device__ __forceinline__ void staged_rows_out_n(T *dst, size_t ld, const T *stage, int nr, int tid)
-{
-    static_assert(sizeof(T) == 2 && COLS % 8 == 0, "8 values a piece");
-    constexpr int cpr = COLS / 8;
-    for (int i = tid; i < nr * cpr; i += 256) {
-        const int row = i / cpr, c = 8 * (i % cpr);
         *reinterpret_cast<uint4 *>(dst + (size_t)row * ld + c) = *reinterpret_cast<const uint4 *>(stage + row * SR + c);
     }
 }
@@ -725,8 +713,8 @@ __device__ __forceinline__ void parts_write(const float *o, const attn_cuda_para
     bar_sync(3, 256);
     const size_t at = (size_t)(k.s.q0 + k.r0) * p.ld_parts + (size_t)k.h * p.Dv;
     __half *dst = static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at;
-    if (p.Dv == D)
-        staged_rows_out_n<SR, D>(dst, p.ld_parts, stage, k.nr, tid);
+    if (p.Dv == D) /* (the head's width is the padded one, as at every model width that is a multiple of 64) */
+        staged_rows_out<SR, D>(dst, p.ld_parts, stage, k.nr, D, tid);
     else
         staged_rows_out<SR>(dst, p.ld_parts, stage, k.nr, p.Dv, tid);
     const int cpr = p.Dv / 8, all = blk_tiles(k);
