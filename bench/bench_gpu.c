@@ -20,14 +20,13 @@
  * Every timed buffer holds random data (never zeros or constants).
  *
  * Build: scripts/gpu_pack.sh (links against build/libhstu.a).
- * Usage: bench_gpu [--iters N] [--warmup N] [--quick] [--gemm M[,M...]] [--proj M[,M...]]
+ * Usage: bench_gpu [--iters N] [--warmup N] [--quick] [--gemm M[,M...]]
  */
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
-#include "kernels/gemm_splitk_cuda.h"
 #include "kernels/pdl_cuda.h"
 #include "trace_print.h"
 
@@ -487,94 +486,11 @@ static void fused_vs_cublas(int M, int N, int K, cudaStream_t s, int iters)
     cudaFree(a.A), cudaFree(a.W), cudaFree(a.C), cudaFree(a.bias);
 }
 
-/* The proj GEMM (C += A @ W + bias, beta = 1): cuBLASLt (tuned as the
- * backend tunes it) against the split-K kernel at its own split and at each
- * forced one. Each timed as 20 calls in a CUDA graph; the split-K kernel's
- * calls then overlap their launches with programmatic dependent launch, as
- * in a forward, where cuBLASLt's cannot. */
-typedef struct splitk_arg {
-    gemm_cuda *g;
-    int M, N, K, c_f32;
-    bf16_t *A, *W;
-    void *C, *bias;
-    cudaStream_t s;
-} splitk_arg;
-
-static void run_cublas_proj(void *p)
-{
-    splitk_arg *a = p;
-    char why[256];
-    if (gemm_cuda_run(a->g, a->M, a->N, a->K, a->A, a->K, a->W, a->N, 0, 1.0f, a->C, a->c_f32, a->N, GEMM_EPI_BIAS,
-                      a->bias, a->s, why, sizeof why))
-        die("gemm", why);
-}
-
-static void run_splitk(void *p)
-{
-    splitk_arg *a = p;
-    cuda_ok((cudaError_t)gemm_splitk_cuda(a->M, a->N, a->K, a->A, a->K, a->W, a->N, a->C, a->c_f32, a->N, a->bias,
-                                          a->s),
-            "gemm_splitk");
-}
-
-static void splitk_vs_cublas(int M, int N, int K, int c_f32, cudaStream_t s, int iters)
-{
-    char why[256];
-    splitk_arg a = {NULL, M, N, K, c_f32, dev_rand((size_t)M * K, 0), dev_rand((size_t)K * N, 0),
-                    dev_rand((size_t)M * N, c_f32), dev_rand(N, c_f32), s};
-    if (gemm_cuda_create((size_t)32 << 20, &a.g, why, sizeof why) ||
-        gemm_cuda_tune(a.g, M, N, K, a.A, K, a.W, N, 0, 1.0f, a.C, c_f32, N, GEMM_EPI_BIAS, a.bias, s, why,
-                       sizeof why))
-        die("gemm_cuda", why);
-    cuda_ok((cudaError_t)gemm_splitk_prepare(), "gemm_splitk_prepare");
-    const double fl = 2.0 * M * (double)N * K;
-    const float t0 = time_graph20(run_cublas_proj, &a, s, iters);
-    printf("proj, %s residual %6d %5d %5d: cuBLASLt %.4f ms (%.0f TFLOP/s); split-K:", c_f32 ? "f32" : "bf16", M, N,
-           K, t0, fl / (t0 * 1e-3) / 1e12);
-    for (int ks = 0; ks <= 8; ks = ks ? 2 * ks : 2) {
-        int pick = 0, tiles = 0;
-        gemm_splitk_force(ks);
-        gemm_splitk_shape(M, N, K, &tiles, &pick);
-        if (pick) {
-            const float t = time_graph20(run_splitk, &a, s, iters);
-            printf(" %s%d x %d CTAs %.4f ms (%.0f, %.2fx);", ks ? "" : "its pick: ", tiles, pick, t,
-                   fl / (t * 1e-3) / 1e12, t0 / t);
-        }
-        gemm_splitk_force(0);
-    }
-    printf("\n");
-    /* one traced call of its pick right behind an untraced one, as in a forward */
-    int tiles = 0, pick = 0;
-    gemm_splitk_shape(M, N, K, &tiles, &pick);
-    if (pick) {
-        const size_t n = (size_t)tiles * pick * GEMM_SPLITK_TRACE_POINTS;
-        unsigned long long *d = NULL, *h = calloc(n, sizeof *h);
-        cuda_ok(cudaMalloc((void **)&d, n * sizeof *d), "cudaMalloc");
-        cudaMemset(d, 0, n * sizeof *d);
-        run_splitk(&a);
-        gemm_splitk_set_trace(d);
-        run_splitk(&a);
-        gemm_splitk_set_trace(NULL);
-        cuda_ok(cudaStreamSynchronize(s), "traced gemm_splitk");
-        cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
-        static const char *names[GEMM_SPLITK_TRACE_POINTS] = {"start", "waited", "first slice", "loop done",
-                                                              "partials met", "end"};
-        char label[64];
-        snprintf(label, sizeof label, "split-K, %d tiles x %d", tiles, pick);
-        print_trace(label, h, (size_t)tiles * pick, GEMM_SPLITK_TRACE_POINTS, names);
-        cudaFree(d);
-        free(h);
-    }
-    gemm_cuda_destroy(a.g);
-    cudaFree(a.A), cudaFree(a.W), cudaFree(a.C), cudaFree(a.bias);
-}
-
 int main(int argc, char **argv)
 {
     int iters = 20, warmup = 3;
     bool quick = false;
     const char *gemm_ms_list = NULL;
-    bool proj_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--iters") && i + 1 < argc)
             iters = atoi(argv[++i]);
@@ -584,14 +500,10 @@ int main(int argc, char **argv)
             quick = true;
         else if (!strcmp(argv[i], "--gemm") && i + 1 < argc)
             gemm_ms_list = argv[++i];
-        else if (!strcmp(argv[i], "--proj") && i + 1 < argc)
-            gemm_ms_list = argv[++i], proj_only = true;
         else {
-            fprintf(stderr, "usage: bench_gpu [--iters N] [--warmup N] [--quick] [--gemm M[,M...]] [--proj M[,M...]]\n"
+            fprintf(stderr, "usage: bench_gpu [--iters N] [--warmup N] [--quick] [--gemm M[,M...]]\n"
                             "  --gemm: only sweep cuBLASLt's algorithms (and their split-K variants)\n"
-                            "          for the layer GEMMs at these row counts, every candidate shown\n"
-                            "  --proj: only time the proj GEMM at these row counts, cuBLASLt against\n"
-                            "          the split-K kernel (gemm_splitk_cuda.h)\n");
+                            "          for the layer GEMMs at these row counts, every candidate shown\n");
             return 2;
         }
     }
@@ -614,14 +526,10 @@ int main(int argc, char **argv)
             int M = atoi(p);
             if (M < 1)
                 die("--gemm", "expected row counts such as 384,1024");
-            if (!proj_only) {
-                sweep("uvqk", M, W, d, 0, 0.0f, s, 5, 1);
-                fused_vs_cublas(M, W, d, s, 5);
-                sweep("proj, f32 residual", M, d, vw, 1, 1.0f, s, 5, 1);
-                sweep("proj, bf16 residual", M, d, vw, 0, 1.0f, s, 5, 1);
-            }
-            splitk_vs_cublas(M, d, vw, 0, s, 5);
-            splitk_vs_cublas(M, d, vw, 1, s, 5);
+            sweep("uvqk", M, W, d, 0, 0.0f, s, 5, 1);
+            fused_vs_cublas(M, W, d, s, 5);
+            sweep("proj, f32 residual", M, d, vw, 1, 1.0f, s, 5, 1);
+            sweep("proj, bf16 residual", M, d, vw, 0, 1.0f, s, 5, 1);
             p = strchr(p, ',');
             if (!p)
                 break;

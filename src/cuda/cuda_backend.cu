@@ -40,7 +40,6 @@
 #include "kernels/dense_cuda.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/gemm_fused_cuda.h"
-#include "kernels/gemm_splitk_cuda.h"
 #include "kernels/head_fused_cuda.h"
 #include "kernels/pdl_cuda.h"
 #include "kernels/sm_count_cuda.h"
@@ -89,7 +88,6 @@ struct cuda_backend {
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
-    bool splitk_proj;  /* the proj GEMM split along K in clusters where it fits (HSTU_CUDA_SPLITK=1) */
     int fused_head_rows; /* the ranking head in one kernel for at most this many candidate rows
                           * (one hidden layer; 0: never; HSTU_CUDA_FUSED_HEAD) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
@@ -643,13 +641,10 @@ static hstu_status tune_gemms(cuda_backend *cb, hstu_error *err)
         /* the uvqk GEMM goes to cuBLASLt unless the fused kernel takes it */
         bool fused = cb->fused_uvqk &&
                      gemm_fused_supported(M, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, NULL, NULL, 0);
-        /* and the proj GEMM unless the split-K kernel does (proj_gemm) */
-        bool splitk = cb->splitk_proj && gemm_splitk_supported(M, d8, vw, cb->d_y, vw, L->proj_w, d8, cb->d_x,
-                                                               cb->x_f32, d8, L->proj_b, NULL, 0);
         if ((!fused && gemm_cuda_tune(cb->gemm, M, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W,
                                       GEMM_EPI_NONE, NULL, s, why, sizeof why)) ||
-            (!splitk && gemm_cuda_tune(cb->gemm, M, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32,
-                                       d8, L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, s, why, sizeof why)))
+            gemm_cuda_tune(cb->gemm, M, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
+                           L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, s, why, sizeof why))
             st = hstu_fail(err, HSTU_ERR_DEVICE, "backend cuda: GEMM tuning: %s", why);
     }
     gemm_cuda_tune_cold(cb->gemm, NULL, 0);
@@ -869,11 +864,6 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
-        /* The proj GEMM of up to about a thousand rows split along K in
-         * clusters only with HSTU_CUDA_SPLITK=1: slower than cuBLASLt on an
-         * H100 (gemm_splitk_cuda.h). */
-        const char *sk = getenv("HSTU_CUDA_SPLITK");
-        cb->splitk_proj = sk && !strcmp(sk, "1");
         /* The attention's TMA form over pages (docs/attention_cuda.md, "Pages
          * by TMA"), unless HSTU_CUDA_ATTN_TMA_PAGES=0 (the cp.async loads). */
         const char *tp = getenv("HSTU_CUDA_ATTN_TMA_PAGES");
@@ -1013,8 +1003,6 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
     }
     if (cb->fused_uvqk && (st = ck(gemm_fused_prepare(), "the fused GEMM's launch attributes", err)) != HSTU_OK)
         goto fail;
-    if (cb->splitk_proj && (st = ck(gemm_splitk_prepare(), "the split-K GEMM's launch attributes", err)) != HSTU_OK)
-        goto fail;
     if ((st = upload_weights(cb, err)) != HSTU_OK)
         goto fail;
     /* The uploads and the memset ran on the legacy stream (a pageable
@@ -1099,21 +1087,6 @@ static hstu_status wait_onload_layer(cuda_backend *cb, int l, hstu_error *err)
     return st != HSTU_OK ? st : ck(cudaStreamWaitEvent(cb->stream, cb->ev_on[l], 0), "cudaStreamWaitEvent", err);
 }
 
-/* x += y @ W_proj + b: split along K in clusters where the rows are few
- * enough (gemm_splitk_cuda.h; it waits for the kernel ahead, so its edge in
- * a graph is programmatic), else cuBLASLt with beta = 1. */
-static hstu_status proj_gemm(cuda_backend *cb, int T, const layer_dev *L, hstu_error *err)
-{
-    int d8 = cb->d8, vw = cb->vw;
-    if (cb->splitk_proj &&
-        gemm_splitk_supported(T, d8, vw, cb->d_y, vw, L->proj_w, d8, cb->d_x, cb->x_f32, d8, L->proj_b, NULL, 0))
-        return ck(gemm_splitk_cuda(T, d8, vw, cb->d_y, vw, L->proj_w, d8, cb->d_x, cb->x_f32, d8, L->proj_b,
-                                   cb->stream),
-                  "proj GEMM (split-K)", err);
-    return ck_gemm(cb, T, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
-                   L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, "proj", err);
-}
-
 static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda_params *ap_base, const staged *sg,
                                  bool append, bool wait_onload, hstu_error *err)
 {
@@ -1187,7 +1160,8 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
                                            L->ln_out_b, cfg->ln_eps, cb->d_y, vw, s),
                  "u * LN(attn)", err)) != HSTU_OK)
         return st;
-    return proj_gemm(cb, T, L, err);
+    return ck_gemm(cb, T, d8, vw, cb->d_y, vw, L->proj_w, d8, 0, 1.0f, cb->d_x, cb->x_f32, d8,
+                   L->proj_b ? GEMM_EPI_BIAS : GEMM_EPI_NONE, L->proj_b, "proj", err);
 }
 
 /* The end of a forward's GPU work: waits for it and marks its span's end. */

@@ -571,6 +571,16 @@ template <int D> constexpr int smem_bytes() { return 2 * D * (BM + 4 * BN) + 102
 template <int D> __host__ __device__ constexpr int part_stride() { return D + 8; } /* floats; +8 spreads the rows over the banks */
 template <int D> __host__ __device__ constexpr int part_bytes() { return BM * part_stride<D>() * 4; }
 
+/* (No memory clobber: the loads of one row may all be in flight at once;
+ * the cluster barriers around them order them against the writes.) */
+__device__ __forceinline__ float4 cluster_ld4(uint32_t a)
+{
+    float4 v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(a));
+    return v;
+}
 __device__ __forceinline__ int cluster_ld_s32(uint32_t a)
 {
     int v;

@@ -60,6 +60,16 @@ template <int BM_, int BN, bool T> struct Cfg {
     static_assert(T ? BM == 96 && BN == 128 : BM % 64 == 0 && BN % 64 == 0, "a tile shape the kernel has");
 };
 
+__device__ __forceinline__ void wgmma_m64n128k16_ss_tb(float (&d)[64], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" SM90_ACC_REGS_64 "}, "
+        "%64, %65, p, 1, 1, 0, 1;\n}\n"
+        : SM90_ACC_64(d)
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
 __device__ __forceinline__ void wgmma_m64n256k16_ss_tb(float (&d)[128], uint64_t da, uint64_t db, int scale_d)
 {
     asm volatile(

@@ -113,19 +113,6 @@ template <int ROWS> __device__ __forceinline__ uint32_t tile_off(int r, int ch)
     "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
     "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 
-/* D (+)= A @ B over a 64 x 128 x 16 step, both operands in shared memory:
- * A K-major (64 rows), B MN-major (a [K, N] row-major box, transposed by the
- * instruction); scale_d 0 overwrites D. */
-__device__ __forceinline__ void wgmma_m64n128k16_ss_tb(float (&d)[64], uint64_t da, uint64_t db, int scale_d)
-{
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" SM90_ACC_REGS_64 "}, "
-        "%64, %65, p, 1, 1, 0, 1;\n}\n"
-        : SM90_ACC_64(d)
-        : "l"(da), "l"(db), "r"(scale_d));
-}
-
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait()
@@ -234,17 +221,6 @@ __device__ __forceinline__ uint32_t cluster_addr(uint32_t a, int rank)
     uint32_t r;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
     return r;
-}
-/* 16 bytes of fp32 from a shared-memory address of the cluster (cluster_addr).
- * No memory clobber: many such loads may be in flight at once; the cluster
- * barriers around them order them against the writes. */
-__device__ __forceinline__ float4 cluster_ld4(uint32_t a)
-{
-    float4 v;
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "r"(a));
-    return v;
 }
 /* This CTA's rank in its cluster. */
 __device__ __forceinline__ uint32_t cluster_ctarank()
