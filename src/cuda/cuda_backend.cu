@@ -1245,6 +1245,16 @@ static hstu_status head_ranking_gemms(cuda_backend *cb, int M, const staged *sg,
               "scores", err);
 }
 
+/* The ranking head's launches for M rows: the fused kernel up to
+ * fused_head_rows, else the four launches (on_device: inside a graph, with
+ * the candidates' count read from the staging). */
+static hstu_status head_ranking_launch(cuda_backend *cb, int M, const staged *sg, bool logits, bool on_device,
+                                       hstu_error *err)
+{
+    return M <= cb->fused_head_rows ? head_fused_launch(cb, M, sg, logits, err)
+                                    : head_ranking_gemms(cb, M, sg, logits, on_device, err);
+}
+
 /* The ranking head (unless the whole stack's graph ran it: in_graph), then
  * the wait for the GPU and the scores into each user's result. */
 static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M, const staged *sg, bool logits,
@@ -1253,8 +1263,7 @@ static hstu_status head_ranking(cuda_backend *cb, user_plan *plans, int B, int M
     const int nt = cb->model->cfg.n_tasks;
     hstu_status st = HSTU_OK;
     if (!in_graph)
-        st = M <= cb->fused_head_rows ? head_fused_launch(cb, M, sg, logits, err)
-                                      : head_ranking_gemms(cb, M, sg, logits, false, err);
+        st = head_ranking_launch(cb, M, sg, logits, false, err);
     if (st != HSTU_OK || (st = sync_forward(cb, err)) != HSTU_OK)
         return st;
     const float *z = cb->h_logits;
@@ -1454,8 +1463,7 @@ static hstu_status graph_get(cuda_backend *cb, int Bg, int Tg, const attn_cuda_p
         if (st == HSTU_OK && !layered && i == g->n_exec - 1)
             st = stack_mark(cb, 1, true, &cap_err);
         if (st == HSTU_OK && head && i == g->n_exec - 1) /* then the head, for any M up to the bucket's rows */
-            st = Tg <= cb->fused_head_rows ? head_fused_launch(cb, Tg, sg, logits, &cap_err)
-                                           : head_ranking_gemms(cb, Tg, sg, logits, true, &cap_err);
+            st = head_ranking_launch(cb, Tg, sg, logits, true, &cap_err);
         if (st == HSTU_OK && !layered) /* (each part of the whole stack's graph has a mark) */
             st = stack_mark_join(cb, &cap_err);
         if (ok)

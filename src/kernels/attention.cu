@@ -1498,6 +1498,16 @@ static bool aligned(const void *ptr, size_t a) { return ((uintptr_t)ptr & (a - 1
 
 typedef void (*tma_kernel_fn)(TmaArgs);
 
+/* attn_tma_kernel for head width d (64, 128 or 256), with or without rab. */
+template <bool PARTS> static tma_kernel_fn tma_kernel_for(int d, bool rab)
+{
+    if (d == 64)
+        return rab ? attn_tma_kernel<64, true, PARTS> : attn_tma_kernel<64, false, PARTS>;
+    if (d == 128)
+        return rab ? attn_tma_kernel<128, true, PARTS> : attn_tma_kernel<128, false, PARTS>;
+    return rab ? attn_tma_kernel<256, true, PARTS> : attn_tma_kernel<256, false, PARTS>;
+}
+
 /* The pool's layout in rows of H * Dqk values, as the TMA form reads it:
  * every block a whole number of rows, page sizes that tile 64 keys. */
 static bool tma_pages_ok(const attn_cuda_params *p)
@@ -1540,14 +1550,7 @@ static int tma_launch(const attn_cuda_params *p, int d, bool rab, int S, cudaStr
     }
     if (e != 0)
         return e;
-    const bool parts = p->parts != NULL;
-    tma_kernel_fn fn =
-        parts ? (d == 64    ? (rab ? attn_tma_kernel<64, true, true> : attn_tma_kernel<64, false, true>)
-                 : d == 128 ? (rab ? attn_tma_kernel<128, true, true> : attn_tma_kernel<128, false, true>)
-                            : (rab ? attn_tma_kernel<256, true, true> : attn_tma_kernel<256, false, true>))
-              : (d == 64    ? (rab ? attn_tma_kernel<64, true, false> : attn_tma_kernel<64, false, false>)
-                 : d == 128 ? (rab ? attn_tma_kernel<128, true, false> : attn_tma_kernel<128, false, false>)
-                            : (rab ? attn_tma_kernel<256, true, false> : attn_tma_kernel<256, false, false>));
+    tma_kernel_fn fn = p->parts ? tma_kernel_for<true>(d, rab) : tma_kernel_for<false>(d, rab);
     const int smem = d == 64 ? ws_smem_bytes<64>() : d == 128 ? ws_smem_bytes<128>() : ws_smem_bytes<256>();
     cudaError_t ce = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (ce != cudaSuccess)
