@@ -222,13 +222,13 @@ static void run_kernel(stage_arg *a, int kind)
         break;
     case K_SILU:
         /* v|k, the last half of the backend's u|q|v|k columns (q is activated in the attention) */
-        cuda_ok((cudaError_t)bias_silu_cuda(a->T, a->W / 2, a->uvqk + a->W / 2, a->W, a->bias, 1, NULL, a->s),
+        cuda_ok((cudaError_t)bias_silu_cuda(a->T, a->W / 2, a->uvqk + a->W / 2, a->W, a->bias, 1, NULL, NULL, a->s),
                 "bias_silu");
         break;
     case K_ATTN: cuda_ok((cudaError_t)attn_fwd_cuda(&a->ap, a->s), "attention"); break;
     case K_LNMUL:
-        cuda_ok((cudaError_t)ln_mul_cuda(a->T, a->vw, a->attn, a->vw, a->uvqk, a->W, a->bias, a->ln_w, a->ln_b, 1e-5f,
-                                         a->y, a->vw, a->s),
+        cuda_ok((cudaError_t)ln_mul_cuda(a->T, a->vw, a->attn, a->vw, a->uvqk, a->W, a->bias, NULL, a->ln_w, a->ln_b,
+                                         1e-5f, a->y, a->vw, a->s),
                 "ln_mul");
         break;
     case K_PROJ: /* into the bf16 residual (the default) */
@@ -420,7 +420,7 @@ static void run_cublas_silu(void *p)
     if (gemm_cuda_run(a->g, a->M, a->N, a->K, a->A, a->K, a->W, a->N, 0, 0.0f, a->C, 0, a->N, GEMM_EPI_NONE, NULL,
                       a->s, why, sizeof why))
         die("gemm", why);
-    cuda_ok((cudaError_t)bias_silu_cuda(a->M, a->N / 2, a->C + a->N / 2, a->N, a->bias + a->N / 2, 1, NULL, a->s),
+    cuda_ok((cudaError_t)bias_silu_cuda(a->M, a->N / 2, a->C + a->N / 2, a->N, a->bias + a->N / 2, 1, NULL, NULL, a->s),
             "bias_silu");
 }
 

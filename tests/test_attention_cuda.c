@@ -1027,6 +1027,121 @@ static void case_arguments(void)
     T_CHECK(attn_fwd_cuda(&bad, NULL) == 0, "B = 0 refused");
 }
 
+/* q activated in the kernel (attn_cuda_params.q_bias, q_fold_e,
+ * q_fold_stats: the LayerNorm folded into q's GEMM, dense_cuda.h's ln_fold)
+ * against the same activation done on the host and given to the kernel as
+ * its q, with no activation fields: every kernel's whole output bit for
+ * bit. Per dense row a mean k/16 (|k| <= 40) and an rstd of 1/4 to 2, per
+ * column e = i/64 (|i| <= 64) and a bias j/32 (|j| <= 32): mean x e and
+ * rstd x (q - mean x e) are exact in fp32, so the kernel's q = bf16(rstd *
+ * (q - mean * e) + bias) is the host's whatever FMA contraction does. With
+ * the bias and without (q_bias NULL); q_silu stays 0. */
+static void q_fold_problem(problem *pb, uint64_t seed)
+{
+    gpu_problem g;
+    if (!gpu_init(&g, pb))
+        return;
+    const attn_params *p = &pb->p;
+    const int qw = p->H * p->Dqk;
+    const size_t nq = pb->rows * p->ld_qkv, n = pb->rows * p->ld_out;
+    rng r = {seed};
+    float *stats = xcalloc(2 * pb->rows, sizeof(float)), *e = xcalloc(qw, sizeof(float));
+    float *bias = xcalloc(qw, sizeof(float));
+    for (size_t i = 0; i < pb->rows; i++) {
+        stats[2 * i] = (float)(rng_below(&r, 81) - 40) / 16.0f;
+        stats[2 * i + 1] = ldexpf(1.0f, (int)rng_below(&r, 4) - 2);
+    }
+    for (int c = 0; c < qw; c++) {
+        e[c] = (float)(rng_below(&r, 129) - 64) / 64.0f;
+        bias[c] = (float)(rng_below(&r, 65) - 32) / 32.0f;
+    }
+    size_t computed = 0; /* output values the kernels write */
+    for (int b = 0; b < p->B; b++)
+        computed += (size_t)(pb->seqs[b].hist - pb->seqs[b].c + pb->seqs[b].cand) * p->H * p->Dv;
+    float *d_stats = NULL, *d_e = NULL, *d_bias = NULL;
+    uint16_t *act = xcalloc(nq, sizeof(uint16_t)), *o_host = xcalloc(n, sizeof(uint16_t));
+    uint16_t *o_kernel = xcalloc(n, sizeof(uint16_t));
+    if (!CUDA_OK(cudaMalloc((void **)&d_stats, sizeof(float) * 2 * pb->rows)) ||
+        !CUDA_OK(cudaMalloc((void **)&d_e, sizeof(float) * qw)) ||
+        !CUDA_OK(cudaMalloc((void **)&d_bias, sizeof(float) * qw)) ||
+        !CUDA_OK(cudaMemcpy(d_stats, stats, sizeof(float) * 2 * pb->rows, cudaMemcpyHostToDevice)) ||
+        !CUDA_OK(cudaMemcpy(d_e, e, sizeof(float) * qw, cudaMemcpyHostToDevice)) ||
+        !CUDA_OK(cudaMemcpy(d_bias, bias, sizeof(float) * qw, cudaMemcpyHostToDevice)))
+        goto free_buffers;
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        /* q activated on the host, every dense row (gaps too: the kernels see only their own rows) */
+        memcpy(act, pb->qkv_bf, nq * sizeof(uint16_t));
+        for (size_t i = 0; i < pb->rows; i++)
+            for (int c = 0; c < qw; c++) {
+                uint16_t *q = act + i * p->ld_qkv + c;
+                const float b = with_bias ? bias[c] : 0.0f;
+                *q = t_f2bf(stats[2 * i + 1] * (t_bf2f(*q) - stats[2 * i] * e[c]) + b);
+            }
+        for (int k = 0; k < NKERNELS; k++) {
+            /* (a) the host's q, no activation in the kernel */
+            g.cp.q_bias = NULL;
+            g.cp.q_fold_e = g.cp.q_fold_stats = NULL;
+            if (!CUDA_OK(cudaMemcpy(g.d_qkv, act, nq * sizeof(uint16_t), cudaMemcpyHostToDevice)) ||
+                !gpu_run(&g, kKernels[k], o_host))
+                goto free_buffers;
+            /* (b) the raw q, activated by the kernel */
+            g.cp.q_bias = with_bias ? d_bias : NULL;
+            g.cp.q_fold_e = d_e;
+            g.cp.q_fold_stats = d_stats;
+            if (!CUDA_OK(cudaMemcpy(g.d_qkv, pb->qkv_bf, nq * sizeof(uint16_t), cudaMemcpyHostToDevice)) ||
+                !gpu_run(&g, kKernels[k], o_kernel))
+                goto free_buffers;
+            size_t diff = 0, written = 0;
+            for (size_t i = 0; i < n; i++) {
+                diff += o_host[i] != o_kernel[i];
+                written += o_kernel[i] != POISON;
+            }
+            T_CHECK(written == computed, "%s, bias %d: %zu of the %zu computed values written", kKernelNames[k],
+                    with_bias, written, computed);
+            T_CHECK(diff == 0, "%s, bias %d: %zu of %zu values differ between q activated before and in the kernel",
+                    kKernelNames[k], with_bias, diff, n);
+        }
+    }
+    printf("    Dqk %d, Dv %d, splits %s%s: %d kernels, with and without the bias, %zu values each\n", p->Dqk, p->Dv,
+           g_splits < 0 ? "the kernel's choice" : g_splits > 0 ? "forced" : "none", g_parts ? " (parts)" : "",
+           NKERNELS, computed);
+free_buffers:
+    cudaFree(d_stats);
+    cudaFree(d_e);
+    cudaFree(d_bias);
+    free(stats), free(e), free(bias), free(act), free(o_host), free(o_kernel);
+    gpu_free(&g);
+}
+
+/* The problems of q_fold_problem: one and two users at D 64 (no split),
+ * head widths 48 and 80 (zero-padded to the kernel's 64 and 128: columns
+ * past Dqk stay as loaded), and the batch-1 split-KV problem at D 256 with
+ * the kernel's split, in a cluster and through parts in global memory. */
+static bool g_quick; /* HSTU_TEST_QUICK */
+
+static void case_q_fold(void)
+{
+    static const case_spec heads = {.H = 2, .Dqk = 48, .Dv = 80, .P = 16, .rab = 1, .N = 200, .n_buckets = 128,
+                                    .nseq = 3, .seqs = {SEQ(20, 150, 10, 40), SEQ(0, 90, 3, 0), SEQ(0, 200, 70, 0)}};
+    const struct {
+        const case_spec *cs;
+        int splits;
+        bool parts;
+    } runs[] = {{&kSplitFew, 0, false}, {&heads, 0, false}, {&kSplitOne, -1, false}, {&kSplitOne, -1, true}};
+    /* (the quick subset, which the sanitizers run, only the first two: D 256 over 4096 keys is minutes there) */
+    const size_t n_runs = g_quick ? 2 : sizeof runs / sizeof runs[0];
+    for (size_t i = 0; i < n_runs && !t_case_failed(); i++) {
+        problem pb;
+        problem_init(&pb, runs[i].cs, 300 + i);
+        g_splits = runs[i].splits;
+        g_parts = runs[i].parts;
+        q_fold_problem(&pb, 310 + i);
+        g_splits = 0;
+        g_parts = false;
+        problem_free(&pb);
+    }
+}
+
 typedef struct test_case {
     const char *name;
     void (*fn)(void);
@@ -1053,6 +1168,8 @@ static const test_case kCases[] = {
     {"attention cuda: split-KV with fp16 parts in global memory (no cluster, S up to 16)", case_split_parts, 1, 1},
     {"attention cuda: split-KV parts added up = the cluster's output within a bf16 step", case_split_parts_vs_cluster, 0, 1},
     {"attention cuda: no pages: K and V loaded by TMA", case_tma, 0, 1},
+    {"attention cuda: q activated in the kernel, bias and folded LayerNorm = q activated before (bitwise)",
+     case_q_fold, 1, 1},
 };
 
 int main(void)
@@ -1062,6 +1179,7 @@ int main(void)
     select_kernels();
     const char *q = getenv("HSTU_TEST_QUICK");
     bool quick = q && *q && strcmp(q, "0") != 0;
+    g_quick = quick;
     for (size_t i = 0; i < sizeof kCases / sizeof kCases[0]; i++) {
         const test_case *tc = &kCases[i];
         if (quick && !tc->quick)
@@ -1095,6 +1213,7 @@ static const char *const kNames[] = {
     "attention cuda: split-KV with fp16 parts in global memory (no cluster, S up to 16)",
     "attention cuda: split-KV parts added up = the cluster's output within a bf16 step",
     "attention cuda: no pages: K and V loaded by TMA",
+    "attention cuda: q activated in the kernel, bias and folded LayerNorm = q activated before (bitwise)",
 };
 
 int main(void)

@@ -46,6 +46,7 @@
     X("cuda: bias + SiLU", test_bias_silu)                                                        \
     X("cuda: SiLU(u + b) * LN(a)", test_ln_mul)                                                   \
     X("cuda: SiLU(u + b) * LN(a) with a as split-KV parts", test_ln_mul_parts)                    \
+    X("cuda: the LayerNorm folded into the uvqk GEMM (ln_fold)", test_ln_fold)                    \
     X("cuda: gather + L2 norm", test_gather_l2norm)                                               \
     X("cuda: scores (sigmoid or logits) into pinned host or device memory", test_scores_out)      \
     X("cuda: bf16 GEMM (cuBLASLt)", test_gemm)                                                    \
@@ -77,6 +78,7 @@
 #include "kernels/topk_cuda.h"
 #include "kvcache/kv_cuda.h"
 
+#include <cblas.h>
 #include <cuda_runtime_api.h>
 
 static rng g_rng = {0xc0da5eedull};
@@ -93,21 +95,27 @@ static void round_bf16(float *x, size_t n)
         x[i] = rbf(x[i]);
 }
 
-static float *rand_f32(size_t n, float lo, float hi)
+/* Uniform values from r (the _r forms: a case's own stream, which leaves
+ * g_rng's, and so every later case's inputs, as they were). */
+static float *rand_f32_r(rng *r, size_t n, float lo, float hi)
 {
     float *p = t_xmalloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++)
-        p[i] = rng_range(&g_rng, lo, hi);
+        p[i] = rng_range(r, lo, hi);
     return p;
 }
 
+static float *rand_f32(size_t n, float lo, float hi) { return rand_f32_r(&g_rng, n, lo, hi); }
+
 /* Random values already representable in bf16 (inputs the GPU reads as bf16). */
-static float *rand_bf(size_t n, float lo, float hi)
+static float *rand_bf_r(rng *r, size_t n, float lo, float hi)
 {
-    float *p = rand_f32(n, lo, hi);
+    float *p = rand_f32_r(r, n, lo, hi);
     round_bf16(p, n);
     return p;
 }
+
+static float *rand_bf(size_t n, float lo, float hi) { return rand_bf_r(&g_rng, n, lo, hi); }
 
 static float *up_f32(const float *h, size_t n)
 {
@@ -353,7 +361,7 @@ static void test_bias_silu(void)
                 float *x = rand_bf((size_t)rows * ld, -6, 6), *b = rand_f32((size_t)w, -1, 1);
                 uint16_t *d_x = up_bf16(x, (size_t)rows * ld);
                 float *d_b = up_f32(b, w);
-                T_CHECK(bias_silu_cuda(rows, w, d_x, ld, bias ? d_b : NULL, silu_on, NULL, NULL) == 0, "launch");
+                T_CHECK(bias_silu_cuda(rows, w, d_x, ld, bias ? d_b : NULL, silu_on, NULL, NULL, NULL) == 0, "launch");
                 if (sync_ok("bias_silu")) {
                     float *y = t_xmalloc(sizeof(float) * rows * ld), *ref = t_xmalloc(sizeof(float) * rows * ld);
                     down_bf16(y, d_x, (size_t)rows * ld);
@@ -382,40 +390,82 @@ static void test_bias_silu(void)
     printf("    worst error %.3g\n", worst);
 }
 
+/* The correction a consumer of a folded LayerNorm applies (ln_fold):
+ * u[r][c] = rstd_r * (u[r][c] - mean_r * e[c]), stats [rows][2] holding
+ * each row's mean and rstd; in double, in place. */
+static void fold_ref(int rows, int width, float *u, int ldu, const float *e, const float *stats)
+{
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < width; c++) {
+            float *v = u + (size_t)r * ldu + c;
+            *v = (float)(stats[2 * r + 1] * ((double)*v - (double)stats[2 * r] * e[c]));
+        }
+}
+
+/* Random statistics of a folded LayerNorm's rows (ln_fold.stats): means in
+ * [-3, 3], rstd in [0.2, 2]. */
+static float *rand_stats(rng *r, int rows)
+{
+    float *st = t_xmalloc(sizeof(float) * 2 * rows);
+    for (int i = 0; i < rows; i++) {
+        st[2 * i] = rng_range(r, -3.0f, 3.0f);
+        st[2 * i + 1] = rng_range(r, 0.2f, 2.0f);
+    }
+    return st;
+}
+
+/* Variant 3: u through the folded LayerNorm (ufold: random e and row
+ * statistics, the reference corrects u first), also at 1100 rows (the
+ * plain forms; the other variants stop at 300). */
 static void test_ln_mul(void)
 {
-    double worst = 0;
-    for (int ri = 0; ri < 3; ri++)
+    double worst = 0, worst_fold = 0;
+    rng fr = {0xf01dull}; /* (variant 3's inputs: g_rng's stream, and so the other variants', as it was) */
+    for (int ri = 0; ri < 4; ri++)
         for (int wi = 0; wi < N_WIDTHS; wi++)
-            for (int variant = 0; variant < 3; variant++) {
+            for (int variant = 0; variant < 4; variant++) {
+                if (ri == 3 && variant != 3)
+                    continue;
                 int rows = row_counts[ri], w = widths[wi];
-                bool affine = variant != 1, ubias = variant != 2;
+                bool affine = variant != 1, ubias = variant != 2, fold = variant == 3;
                 int lda = variant == 2 ? w : pad8(w) + 8, ldu = pad8(w) * 4 + 8, ldy = pad8(w);
-                float *a = rand_bf((size_t)rows * lda, -2, 3), *u = rand_bf((size_t)rows * ldu, -4, 4);
-                float *ub = rand_f32(w, -1, 1), *gw = rand_f32(w, 0.5f, 1.5f), *gb = rand_f32(w, -0.5f, 0.5f);
+                rng *gen = fold ? &fr : &g_rng;
+                float *a = rand_bf_r(gen, (size_t)rows * lda, -2, 3), *u = rand_bf_r(gen, (size_t)rows * ldu, -4, 4);
+                float *ub = rand_f32_r(gen, w, -1, 1), *gw = rand_f32_r(gen, w, 0.5f, 1.5f);
+                float *gb = rand_f32_r(gen, w, -0.5f, 0.5f);
+                float *fe = fold ? rand_f32_r(&fr, w, -1, 1) : NULL, *st = fold ? rand_stats(&fr, rows) : NULL;
                 uint16_t *d_a = up_bf16(a, (size_t)rows * lda), *d_u = up_bf16(u, (size_t)rows * ldu);
                 float *d_ub = up_f32(ub, w), *d_w = up_f32(gw, w), *d_b = up_f32(gb, w);
+                float *d_fe = fold ? up_f32(fe, w) : NULL, *d_st = fold ? up_f32(st, (size_t)2 * rows) : NULL;
                 uint16_t *d_y = t_dpoison((size_t)rows * ldy * 2);
-                T_CHECK(ln_mul_cuda(rows, w, d_a, lda, d_u, ldu, ubias ? d_ub : NULL, affine ? d_w : NULL,
-                                    affine ? d_b : NULL, 1e-5f, d_y, ldy, NULL) == 0,
+                const ln_fold uf = {.e = d_fe, .stats = d_st};
+                T_CHECK(ln_mul_cuda(rows, w, d_a, lda, d_u, ldu, ubias ? d_ub : NULL, fold ? &uf : NULL,
+                                    affine ? d_w : NULL, affine ? d_b : NULL, 1e-5f, d_y, ldy, NULL) == 0,
                         "launch");
                 if (sync_ok("ln_mul")) {
                     float *y = t_xmalloc(sizeof(float) * rows * ldy), *ref = t_xmalloc(sizeof(float) * rows * w);
                     down_bf16(y, d_y, (size_t)rows * ldy);
                     /* the reference formulas: u' = SiLU(u + ub) (bias_silu_ref), then ln_mul_ref */
                     float *us = pack(u, rows, w, ldu);
+                    if (fold)
+                        fold_ref(rows, w, us, w, fe, st);
                     bias_silu_ref(rows, w, us, w, ubias ? ub : NULL, w);
                     ln_mul_ref(rows, w, a, lda, us, w, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
                     char what[96];
-                    snprintf(what, sizeof what, "ln_mul rows %d width %d affine %d ubias %d", rows, w, affine, ubias);
+                    snprintf(what, sizeof what, "ln_mul rows %d width %d affine %d ubias %d fold %d", rows, w, affine,
+                             ubias, fold);
                     bf16_check c = check_rows_bf16(what, y, ref, rows, w, ldy);
-                    worst = fmax(worst, c.err);
+                    if (fold)
+                        worst_fold = fmax(worst_fold, c.err);
+                    else
+                        worst = fmax(worst, c.err);
                     free(y), free(ref), free(us);
                 }
                 cudaFree(d_a), cudaFree(d_u), cudaFree(d_ub), cudaFree(d_w), cudaFree(d_b), cudaFree(d_y);
-                free(a), free(u), free(ub), free(gw), free(gb);
+                cudaFree(d_fe), cudaFree(d_st);
+                free(a), free(u), free(ub), free(gw), free(gb), free(fe), free(st);
             }
-    printf("    worst error %.3g\n", worst);
+    printf("    worst error %.3g; with the folded LayerNorm's correction %.3g\n", worst, worst_fold);
 }
 
 /* fp16 bits of k / 16 for an integer |k| <= 2047 (exact in fp16's 11
@@ -440,12 +490,14 @@ static float half_value(uint16_t h)
 /* ln_mul_parts_cuda: a = bf16(scale * sum over planes, in order, of fp16 x
  * its power-of-two scale per row and head), then ln_mul_ref. Both of its
  * forms: y's stride a multiple of 8 (and head widths of 8) takes the
- * 8-column one, with its registers sized for 4, 8 or 16 planes by S. */
+ * 8-column one, with its registers sized for 4, 8 or 16 planes by S. Each
+ * form without and with u through the folded LayerNorm (ufold: random e
+ * and row statistics, the reference corrects u first). */
 static void test_ln_mul_parts(void)
 {
     static const int pw[] = {4, 24, 512, 1024}, ph[] = {4, 8, 128, 256}, ps[] = {1, 3, 5, 8, 11, 16};
-    double worst = 0;
-    rng r = {77};
+    double worst = 0, worst_fold = 0;
+    rng r = {77}, fr = {78}; /* (fr: the fold's values, r's stream as it was without them) */
     for (int ri = 0; ri < 3; ri++)
         for (int wi = 0; wi < 4; wi++)
             for (int si = 0; si < 6; si++) {
@@ -467,9 +519,13 @@ static void test_ln_mul_parts(void)
                 float *d_sc = up_f32(sc, splane * S), *d_ub = up_f32(ub, w), *d_w = up_f32(gw, w),
                       *d_b = up_f32(gb, w);
                 uint16_t *d_u = up_bf16(u, (size_t)rows * ldu), *d_y = t_dpoison((size_t)rows * ldy * 2);
+                float *fe = rand_f32_r(&fr, w, -1, 1), *st = rand_stats(&fr, rows);
+                float *d_fe = up_f32(fe, w), *d_st = up_f32(st, (size_t)2 * rows);
+                const ln_fold uf = {.e = d_fe, .stats = d_st};
                 ln_mul_parts_src src = {d_hp, d_sc, plane, splane, ldp, hw, S, scale};
-                /* the reference, once for both forms */
+                /* the references (without the fold, with it), once for both forms */
                 float *ref = t_xmalloc(sizeof(float) * rows * w), *a = t_xmalloc(sizeof(float) * rows * w);
+                float *ref_fold = t_xmalloc(sizeof(float) * rows * w);
                 for (int q = 0; q < rows; q++)
                     for (int c = 0; c < w; c++) {
                         float acc = 0.0f;
@@ -479,36 +535,336 @@ static void test_ln_mul_parts(void)
                         a[(size_t)q * w + c] = acc * scale;
                     }
                 round_bf16(a, (size_t)rows * w);
-                float *us = pack(u, rows, w, ldu);
+                float *us = pack(u, rows, w, ldu), *usf = pack(u, rows, w, ldu);
                 bias_silu_ref(rows, w, us, w, ub, w);
                 ln_mul_ref(rows, w, a, w, us, w, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref, w);
-                for (int form = 1; form <= 2; form++) { /* (form 2 where the shapes allow it) */
-                    cudaMemset(d_y, 0xff, (size_t)rows * ldy * 2); /* NaN: what a form leaves shows */
-                    ln_mul_parts_force_form(form);
-                    T_CHECK(ln_mul_parts_cuda(rows, w, &src, d_u, ldu, d_ub, affine ? d_w : NULL, affine ? d_b : NULL,
-                                              1e-5f, d_y, ldy, NULL) == 0,
-                            "launch");
-                    ln_mul_parts_force_form(0);
-                    if (sync_ok("ln_mul_parts")) {
-                        float *y = t_xmalloc(sizeof(float) * rows * ldy);
-                        down_bf16(y, d_y, (size_t)rows * ldy);
-                        char what[96];
-                        snprintf(what, sizeof what, "ln_mul_parts form %d rows %d width %d S %d affine %d ldy %d", form,
-                                 rows, w, S, affine, ldy);
-                        bf16_check c = check_rows_bf16(what, y, ref, rows, w, ldy);
-                        worst = fmax(worst, c.err);
-                        free(y);
+                fold_ref(rows, w, usf, w, fe, st);
+                bias_silu_ref(rows, w, usf, w, ub, w);
+                ln_mul_ref(rows, w, a, w, usf, w, affine ? gw : NULL, affine ? gb : NULL, 1e-5f, ref_fold, w);
+                for (int form = 1; form <= 2; form++) /* (form 2 where the shapes allow it) */
+                    for (int fold = 0; fold < 2; fold++) {
+                        cudaMemset(d_y, 0xff, (size_t)rows * ldy * 2); /* NaN: what a form leaves shows */
+                        ln_mul_parts_force_form(form);
+                        T_CHECK(ln_mul_parts_cuda(rows, w, &src, d_u, ldu, d_ub, fold ? &uf : NULL,
+                                                  affine ? d_w : NULL, affine ? d_b : NULL, 1e-5f, d_y, ldy,
+                                                  NULL) == 0,
+                                "launch");
+                        ln_mul_parts_force_form(0);
+                        if (sync_ok("ln_mul_parts")) {
+                            float *y = t_xmalloc(sizeof(float) * rows * ldy);
+                            down_bf16(y, d_y, (size_t)rows * ldy);
+                            char what[112];
+                            snprintf(what, sizeof what,
+                                     "ln_mul_parts form %d rows %d width %d S %d affine %d ldy %d fold %d", form, rows,
+                                     w, S, affine, ldy, fold);
+                            bf16_check c = check_rows_bf16(what, y, fold ? ref_fold : ref, rows, w, ldy);
+                            if (fold)
+                                worst_fold = fmax(worst_fold, c.err);
+                            else
+                                worst = fmax(worst, c.err);
+                            free(y);
+                        }
                     }
-                }
-                free(ref), free(a), free(us);
+                free(ref), free(ref_fold), free(a), free(us), free(usf);
                 cudaFree(d_hp), cudaFree(d_sc), cudaFree(d_u), cudaFree(d_ub), cudaFree(d_w), cudaFree(d_b),
-                    cudaFree(d_y);
-                free(hp), free(sc), free(u), free(ub), free(gw), free(gb);
+                    cudaFree(d_y), cudaFree(d_fe), cudaFree(d_st);
+                free(hp), free(sc), free(u), free(ub), free(gw), free(gb), free(fe), free(st);
             }
     ln_mul_parts_src wide = {NULL, NULL, 0, 0, 1032, 4, 1, 1.0f};
-    T_CHECK(ln_mul_parts_cuda(1, 1028, &wide, NULL, 1028, NULL, NULL, NULL, 1e-5f, NULL, 1028, NULL) != 0,
+    T_CHECK(ln_mul_parts_cuda(1, 1028, &wide, NULL, 1028, NULL, NULL, NULL, NULL, 1e-5f, NULL, 1028, NULL) != 0,
             "width 1028 (over 1024) must be refused");
-    printf("    worst error %.3g\n", worst);
+    printf("    worst error %.3g; with the folded LayerNorm's correction %.3g\n", worst, worst_fold);
+}
+
+/* ---- the LayerNorm folded into the uvqk GEMM (ln_fold) ------------------- */
+
+#define FOLD_W 2304 /* the GEMM's columns: the pass's three 1024-column slices, the last partial */
+#define FOLD_UW 256 /* its first columns, u for ln_mul_cuda */
+
+static double silu_d(double v) { return v / (1.0 + exp(-v)); }
+
+/* One layer on the host: LN's gain g and shift s [d], W [d, FOLD_W] and b0
+ * [FOLD_W] (fp32), and what ln_fold makes of them, written here from its
+ * definition (not the backend's upload): G[i][c] = bf16(g[i] W[i][c] -
+ * m[c]) with m[c] the mean over i of g[i] W[i][c], e[c] the sum over i of
+ * G[i][c], bias[c] the sum over i of s[i] W[i][c], + b0[c] (sums in
+ * double). wd: W in double (the truth's weights); wb: bf16(W) (the unfolded
+ * path's). */
+typedef struct fold_layer {
+    int d;
+    float *g, *s, *w, *b0, *G, *e, *bias, *wb;
+    double *wd;
+} fold_layer;
+
+static void fold_layer_init(fold_layer *L, rng *r, int d)
+{
+    const int n = FOLD_W;
+    const float lim = 1.0f / sqrtf((float)d);
+    L->d = d;
+    L->g = rand_f32_r(r, d, 0.5f, 1.5f);
+    L->s = rand_f32_r(r, d, -0.5f, 0.5f);
+    L->w = rand_f32_r(r, (size_t)d * n, -lim, lim);
+    L->b0 = rand_f32_r(r, n, -1.0f, 1.0f);
+    L->G = t_xmalloc(sizeof(float) * d * n);
+    L->wb = t_xmalloc(sizeof(float) * d * n);
+    L->wd = t_xmalloc(sizeof(double) * d * n);
+    L->e = t_xmalloc(sizeof(float) * n);
+    L->bias = t_xmalloc(sizeof(float) * n);
+    double *m = t_xmalloc(sizeof(double) * 3 * n), *se = m + n, *sb = m + 2 * n;
+    memset(m, 0, sizeof(double) * 3 * n);
+    for (int i = 0; i < d; i++)
+        for (int c = 0; c < n; c++) {
+            const size_t k = (size_t)i * n + c;
+            m[c] += (double)L->g[i] * L->w[k];
+            sb[c] += (double)L->s[i] * L->w[k];
+            L->wd[k] = L->w[k];
+            L->wb[k] = rbf(L->w[k]);
+        }
+    for (int c = 0; c < n; c++)
+        m[c] /= d;
+    for (int i = 0; i < d; i++)
+        for (int c = 0; c < n; c++) {
+            const size_t k = (size_t)i * n + c;
+            L->G[k] = rbf((float)((double)L->g[i] * L->w[k] - m[c]));
+            se[c] += L->G[k];
+        }
+    for (int c = 0; c < n; c++) {
+        L->e[c] = (float)se[c];
+        L->bias[c] = (float)(sb[c] + L->b0[c]);
+    }
+    free(m);
+}
+
+static void fold_layer_free(fold_layer *L)
+{
+    free(L->g), free(L->s), free(L->w), free(L->b0), free(L->G), free(L->e), free(L->bias), free(L->wb), free(L->wd);
+}
+
+typedef struct fold_worst {
+    double stat;         /* the statistics' largest relative error */
+    double pass, pass_r; /* the pass's error against the truth, and its ratio to the bf16 math's */
+    double mul, mul_r;   /* the same for SiLU(u) * LN(a) */
+} fold_worst;
+
+/* One residual x of `rows` rows, offset + uniform[-2, 2] in bf16, through
+ * the folded layer L (G, e and bias on the device): x @ G (cuBLASLt, bf16
+ * out), then bias_silu_cuda with the fold (bias, SiLU), and ln_mul_cuda on
+ * the first FOLD_UW columns of x @ G as the pass found them, with the
+ * statistics the pass wrote. The checks of test_ln_fold. */
+static void fold_case(gemm_cuda *gm, const fold_layer *L, const uint16_t *d_G, const float *d_e, const float *d_bias,
+                      int rows, float offset, rng *r, fold_worst *worst)
+{
+    const int d = L->d, n = FOLD_W, uw = FOLD_UW, ldx = d + 8, ldc = n + 16, lda = uw + 8, ldy = uw + 8;
+    const float eps = 1e-5f;
+    float *x = rand_bf_r(r, (size_t)rows * ldx, offset - 2.0f, offset + 2.0f); /* (columns d.. never read) */
+    float *a = rand_bf_r(r, (size_t)rows * lda, -2.0f, 3.0f);
+    float *lw = rand_f32_r(r, uw, 0.5f, 1.5f), *lb = rand_f32_r(r, uw, -0.5f, 0.5f);
+    uint16_t *d_x = up_bf16(x, (size_t)rows * ldx), *d_a = up_bf16(a, (size_t)rows * lda);
+    float *d_lw = up_f32(lw, uw), *d_lb = up_f32(lb, uw), *d_st = t_dpoison(sizeof(float) * 2 * rows);
+    uint16_t *d_c = t_dpoison((size_t)rows * ldc * 2), *d_u = t_dpoison((size_t)rows * ldc * 2);
+    uint16_t *d_y = t_dpoison((size_t)rows * ldy * 2);
+    char why[256], what[112];
+    snprintf(what, sizeof what, "ln_fold rows %d d %d offset %g", rows, d, offset);
+    int rc = 0;
+    if (g_small) { /* (the sanitizer runs: racecheck reports hazards inside cuBLASLt's own kernel at these shapes) */
+        float *c = t_xmalloc(sizeof(float) * rows * ldc);
+        memset(c, 0, sizeof(float) * rows * ldc);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, n, d, 1.0f, x, ldx, L->G, n, 0.0f, c, ldc);
+        uint16_t *h = t_xmalloc(sizeof(uint16_t) * rows * ldc);
+        for (size_t i = 0; i < (size_t)rows * ldc; i++)
+            h[i] = t_f2bf(c[i]);
+        cudaMemcpy(d_c, h, sizeof(uint16_t) * rows * ldc, cudaMemcpyHostToDevice);
+        free(c), free(h);
+    } else {
+        rc = gemm_cuda_run(gm, rows, n, d, d_x, ldx, d_G, n, 0, 0.0f, d_c, 0, ldc, GEMM_EPI_NONE, NULL, NULL, why,
+                           sizeof why);
+        T_CHECK(rc == 0, "%s: GEMM: %s", what, why);
+    }
+    cudaMemcpy(d_u, d_c, (size_t)rows * ldc * 2, cudaMemcpyDeviceToDevice); /* (the pass works in place) */
+    const ln_fold fold = {.e = d_e, .stats = d_st, .x = d_x, .ldx = ldx, .d = d, .eps = eps};
+    const ln_fold ufold = {.e = d_e, .stats = d_st};
+    T_CHECK(bias_silu_cuda(rows, n, d_c, ldc, d_bias, 1, NULL, &fold, NULL) == 0, "%s: pass launch", what);
+    T_CHECK(ln_mul_cuda(rows, uw, d_a, lda, d_u, ldc, d_bias, &ufold, d_lw, d_lb, eps, d_y, ldy, NULL) == 0,
+            "%s: ln_mul launch", what);
+    if (rc == 0 && sync_ok(what)) {
+        float *v = t_xmalloc(sizeof(float) * rows * ldc), *out = t_xmalloc(sizeof(float) * rows * ldc);
+        float *y = t_xmalloc(sizeof(float) * rows * ldy), *st = t_xmalloc(sizeof(float) * 2 * rows);
+        down_bf16(v, d_u, (size_t)rows * ldc);
+        down_bf16(out, d_c, (size_t)rows * ldc);
+        down_bf16(y, d_y, (size_t)rows * ldy);
+        down_f32(st, d_st, (size_t)2 * rows);
+        /* (i) the statistics the pass wrote against the host's (double, biased variance) */
+        double *mean = t_xmalloc(sizeof(double) * rows), *rstd = t_xmalloc(sizeof(double) * rows);
+        int bad_stats = 0;
+        for (int i = 0; i < rows; i++) {
+            const float *xr = x + (size_t)i * ldx;
+            double s = 0, ss = 0;
+            for (int k = 0; k < d; k++)
+                s += xr[k];
+            mean[i] = s / d;
+            for (int k = 0; k < d; k++)
+                ss += (xr[k] - mean[i]) * (xr[k] - mean[i]);
+            rstd[i] = 1.0 / sqrt(ss / d + (double)eps);
+            const double em = fabs(st[2 * i] - mean[i]) / (fabs(mean[i]) + 1);
+            const double er = fabs(st[2 * i + 1] - rstd[i]) / rstd[i];
+            bad_stats += !(em <= 1e-5 && er <= 1e-5);
+            worst->stat = fmax(worst->stat, fmax(em, er));
+        }
+        T_CHECK(bad_stats == 0, "%s: %d of %d rows' statistics off by more than 1e-5 (worst %.3g)", what, bad_stats,
+                rows, worst->stat);
+        /* the truth z = LN(x) W (+ b0 below) in double, and the unfolded path in
+         * bf16: xn = bf16(LN(x) g + s), ve = xn @ bf16(W) (rounded below) */
+        double *xt = t_xmalloc(sizeof(double) * rows * d), *z = t_xmalloc(sizeof(double) * rows * n);
+        float *xn = t_xmalloc(sizeof(float) * rows * d), *ve = t_xmalloc(sizeof(float) * rows * n);
+        for (int i = 0; i < rows; i++)
+            for (int k = 0; k < d; k++) {
+                const double t = (x[(size_t)i * ldx + k] - mean[i]) * rstd[i] * L->g[k] + L->s[k];
+                xt[(size_t)i * d + k] = t;
+                xn[(size_t)i * d + k] = rbf((float)t);
+            }
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, n, d, 1.0, xt, d, L->wd, n, 0.0, z, n);
+        gemm_cpu(rows, n, d, xn, d, L->wb, n, 0.0f, ve, n);
+        /* (ii) the pass: against the truth SiLU(z + b0), the bf16 math being
+         * bf16(SiLU(bf16(ve) + b0)); and against its own inputs (the GEMM's
+         * output, the statistics it wrote, e and bias) merely rounded */
+        const size_t nn = (size_t)rows * n;
+        float *o = pack(out, rows, n, ldc), *tru = t_xmalloc(sizeof(float) * nn), *emu = t_xmalloc(sizeof(float) * nn);
+        float *own = t_xmalloc(sizeof(float) * nn), *own_e = t_xmalloc(sizeof(float) * nn);
+        for (int i = 0; i < rows; i++)
+            for (int c = 0; c < n; c++) {
+                const size_t k = (size_t)i * n + c;
+                const double u = st[2 * i + 1] * ((double)v[(size_t)i * ldc + c] - (double)st[2 * i] * L->e[c]);
+                tru[k] = (float)silu_d(z[k] + L->b0[c]);
+                emu[k] = rbf((float)silu_d((double)rbf(ve[k]) + L->b0[c]));
+                own[k] = (float)silu_d(u + L->bias[c]);
+                own_e[k] = rbf(own[k]);
+            }
+        char w2[160];
+        snprintf(w2, sizeof w2, "%s: SiLU(LN(x) W + b0) against the truth", what);
+        bf16_check cp = check_bf16(w2, o, tru, emu, nn);
+        snprintf(w2, sizeof w2, "%s: the pass against its own inputs", what);
+        check_bf16(w2, o, own, own_e, nn);
+        /* (iii) y = SiLU(u) * (LN(a) lw + lb) on u's columns, the same two ways */
+        const size_t nu = (size_t)rows * uw;
+        float *ytru = t_xmalloc(sizeof(float) * nu), *yemu = t_xmalloc(sizeof(float) * nu);
+        float *yown = t_xmalloc(sizeof(float) * nu), *yp = pack(y, rows, uw, ldy);
+        for (int i = 0; i < rows; i++) {
+            const float *ar = a + (size_t)i * lda;
+            double s = 0, ss = 0;
+            for (int c = 0; c < uw; c++)
+                s += ar[c];
+            const double ma = s / uw;
+            for (int c = 0; c < uw; c++)
+                ss += (ar[c] - ma) * (ar[c] - ma);
+            const double ra = 1.0 / sqrt(ss / uw + (double)eps);
+            for (int c = 0; c < uw; c++) {
+                const size_t k = (size_t)i * n + c, j = (size_t)i * uw + c;
+                const double oa = (ar[c] - ma) * ra * lw[c] + lb[c];
+                const double u = st[2 * i + 1] * ((double)v[(size_t)i * ldc + c] - (double)st[2 * i] * L->e[c]);
+                ytru[j] = (float)(silu_d(z[k] + L->b0[c]) * oa);
+                yemu[j] = rbf((float)(silu_d((double)rbf(ve[k]) + L->b0[c]) * oa));
+                yown[j] = (float)(silu_d(u + L->bias[c]) * oa);
+            }
+        }
+        snprintf(w2, sizeof w2, "%s: SiLU(u) * LN(a) against the truth", what);
+        bf16_check cm = check_bf16(w2, yp, ytru, yemu, nu);
+        snprintf(w2, sizeof w2, "%s: SiLU(u) * LN(a) against its own inputs", what);
+        check_rows_bf16(w2, y, yown, rows, uw, ldy);
+        worst->pass = fmax(worst->pass, cp.err);
+        worst->pass_r = fmax(worst->pass_r, cp.emu_err > 0 ? cp.err / cp.emu_err : 0.0);
+        worst->mul = fmax(worst->mul, cm.err);
+        worst->mul_r = fmax(worst->mul_r, cm.emu_err > 0 ? cm.err / cm.emu_err : 0.0);
+        free(v), free(out), free(y), free(st), free(mean), free(rstd), free(xt), free(z), free(xn), free(ve);
+        free(o), free(tru), free(emu), free(own), free(own_e), free(ytru), free(yemu), free(yown), free(yp);
+    }
+    cudaFree(d_x), cudaFree(d_a), cudaFree(d_lw), cudaFree(d_lb), cudaFree(d_st), cudaFree(d_c), cudaFree(d_u),
+        cudaFree(d_y);
+    free(x), free(a), free(lw), free(lb);
+}
+
+/* The fold's refusals, each beside the same call with a good fold (which
+ * must be taken, so that what is refused is the fold): bias_silu_cuda with
+ * d not a multiple of 8, d over 2048, no x; ln_mul_cuda and
+ * ln_mul_parts_cuda with a ufold without e. */
+static void fold_refusals(void)
+{
+    const int rows = 8, w = 64;
+    uint16_t *d_v = t_dpoison((size_t)rows * w * 2), *d_x = t_dpoison((size_t)rows * w * 2);
+    uint16_t *d_y = t_dpoison((size_t)rows * w * 2), *d_p = t_dpoison((size_t)rows * w * 2);
+    float *d_e = t_dpoison(sizeof(float) * w), *d_st = t_dpoison(sizeof(float) * 2 * rows);
+    float *d_sc = t_dpoison(sizeof(float) * rows);
+    const ln_fold good = {.e = d_e, .stats = d_st, .x = d_x, .ldx = w, .d = w, .eps = 1e-5f};
+    ln_fold bad = good;
+    T_CHECK(bias_silu_cuda(rows, w, d_v, w, NULL, 1, NULL, &good, NULL) == 0, "bias_silu_cuda refused a good fold");
+    bad.d = 60;
+    T_CHECK(bias_silu_cuda(rows, w, d_v, w, NULL, 1, NULL, &bad, NULL) != 0,
+            "a fold of d 60 (not a multiple of 8) must be refused");
+    bad = good;
+    bad.d = bad.ldx = 2056;
+    T_CHECK(bias_silu_cuda(rows, w, d_v, w, NULL, 1, NULL, &bad, NULL) != 0,
+            "a fold of d 2056 (over 2048) must be refused");
+    bad = good;
+    bad.x = NULL;
+    T_CHECK(bias_silu_cuda(rows, w, d_v, w, NULL, 1, NULL, &bad, NULL) != 0, "a fold without x must be refused");
+    const ln_fold ugood = {.e = d_e, .stats = d_st}, no_e = {.stats = d_st};
+    T_CHECK(ln_mul_cuda(rows, w, d_x, w, d_v, w, NULL, &ugood, NULL, NULL, 1e-5f, d_y, w, NULL) == 0,
+            "ln_mul_cuda refused a good ufold");
+    T_CHECK(ln_mul_cuda(rows, w, d_x, w, d_v, w, NULL, &no_e, NULL, NULL, 1e-5f, d_y, w, NULL) != 0,
+            "ln_mul_cuda: a ufold without e must be refused");
+    const ln_mul_parts_src src = {d_p, d_sc, (size_t)rows * w, (size_t)rows, w, w, 1, 1.0f};
+    T_CHECK(ln_mul_parts_cuda(rows, w, &src, d_v, w, NULL, &ugood, NULL, NULL, 1e-5f, d_y, w, NULL) == 0,
+            "ln_mul_parts_cuda refused a good ufold");
+    T_CHECK(ln_mul_parts_cuda(rows, w, &src, d_v, w, NULL, &no_e, NULL, NULL, 1e-5f, d_y, w, NULL) != 0,
+            "ln_mul_parts_cuda: a ufold without e must be refused");
+    sync_ok("the good folds beside the refusals");
+    cudaFree(d_v), cudaFree(d_x), cudaFree(d_y), cudaFree(d_p), cudaFree(d_e), cudaFree(d_st), cudaFree(d_sc);
+}
+
+/* The input LayerNorm folded into the uvqk GEMM (dense_cuda.h, ln_fold): a
+ * layer's G, e and bias made on the host (fold_layer_init), then per
+ * residual (fold_case) the GEMM x @ G on the bf16 x itself, the pass
+ * bias_silu_cuda with the fold and ln_mul_cuda with ufold, as the backend
+ * runs them. Rows 1 to 1100 (the passes' early and plain forms), d 64, 1024
+ * and 2048 (the residual's row in 4 or 8 chunks a lane), x = offset +
+ * uniform[-2, 2] with offset 0 and 8 (the mean far from the spread: what the
+ * fold's e must cancel). Checked: (i) the row statistics the pass writes
+ * against the host's in double, within 1e-5 (rstd relative, the mean
+ * relative to |mean| + 1); (ii) the pass's output against the truth
+ * SiLU(LN(x) W + b0) in double by the spec's rule, the same math in bf16
+ * being the unfolded path (xn = bf16(LN(x) g + s), bf16(xn @ bf16(W)) + b0,
+ * SiLU, rounded), and against its own inputs within 2x the rounding (as
+ * test_bias_silu); (iii) ln_mul_cuda's y = SiLU(u) * (LN(a) w + b) on the
+ * first FOLD_UW columns the same two ways (its own inputs: as test_ln_mul).
+ * Then the argument refusals. */
+static void test_ln_fold(void)
+{
+    static const int dims[] = {64, 1024, 2048};
+    rng r = {0x1f01dull}; /* (its own stream: g_rng's, and the later cases' inputs, as they were) */
+    gemm_cuda *gm = NULL;
+    char why[256];
+    T_REQUIRE(gemm_cuda_create((size_t)32 << 20, &gm, why, sizeof why) == 0, "%s", why);
+    for (int oi = 0; oi < 2 && !t_case_failed(); oi++) {
+        const float offset = oi ? 8.0f : 0.0f;
+        fold_worst w = {0};
+        for (int di = 0; di < 3; di++) {
+            if (g_small && dims[di] > 1024)
+                continue;
+            fold_layer L;
+            fold_layer_init(&L, &r, dims[di]);
+            uint16_t *d_G = up_bf16(L.G, (size_t)L.d * FOLD_W);
+            float *d_e = up_f32(L.e, FOLD_W), *d_bias = up_f32(L.bias, FOLD_W);
+            for (int ri = 0; ri < 4; ri++)
+                if (!g_small || row_counts[ri] <= 300)
+                    fold_case(gm, &L, d_G, d_e, d_bias, row_counts[ri], offset, &r, &w);
+            cudaFree(d_G), cudaFree(d_e), cudaFree(d_bias);
+            fold_layer_free(&L);
+        }
+        printf("    offset %g: statistics within %.2g; SiLU(LN(x) W + b0) error %.3g = %.2fx the bf16 math's, "
+               "SiLU(u) * LN(a) %.3g = %.2fx\n",
+               offset, w.stat, w.pass, w.pass_r, w.mul, w.mul_r);
+    }
+    fold_refusals();
+    gemm_cuda_destroy(gm);
 }
 
 /* With a device count (cnt 1): 20 of 33 rows gathered, the rest zeros,
@@ -1240,14 +1596,14 @@ static void test_kv_kernels(void)
         bias_silu_pages pg = pages;
         pg.kv0 = vw + kw - c0;
         T_CHECK(bias_silu_cuda(T, W - c0, d_act + c0, W, variant == 1 ? NULL : d_bias + c0, variant != 1, &pg,
-                               NULL) == 0,
+                               NULL, NULL) == 0,
                 "append launch");
         T_REQUIRE(sync_ok("append"), "append failed");
         down_bf16(pool, d_pool, (size_t)n_pages * page_elems);
         down_bf16(out, d_act, (size_t)T * W);
         if (variant == 2) {
             uint16_t *d_ref = up_bf16(act, (size_t)T * W);
-            T_CHECK(bias_silu_cuda(T, W - c0, d_ref + c0, W, d_bias + c0, 1, NULL, NULL) == 0, "pass launch");
+            T_CHECK(bias_silu_cuda(T, W - c0, d_ref + c0, W, d_bias + c0, 1, NULL, NULL, NULL) == 0, "pass launch");
             T_REQUIRE(sync_ok("pass"), "pass failed");
             float *ref = t_xmalloc((size_t)T * W * 4);
             down_bf16(ref, d_ref, (size_t)T * W);
@@ -1285,12 +1641,12 @@ static void test_kv_kernels(void)
         cudaFree(d_act);
     }
     /* a width other than kv0 + vw + kw is refused, and so is a negative kv0 */
-    T_CHECK(bias_silu_cuda(T, vw, d_pool, W, NULL, 1, &pages, NULL) != 0, "a bad width is refused");
+    T_CHECK(bias_silu_cuda(T, vw, d_pool, W, NULL, 1, &pages, NULL, NULL) != 0, "a bad width is refused");
     bias_silu_pages odd = pages;
     odd.kv0 = 8;
-    T_CHECK(bias_silu_cuda(T, vw + kw, d_pool, W, NULL, 1, &odd, NULL) != 0, "kv0 + vw + kw != width is refused");
+    T_CHECK(bias_silu_cuda(T, vw + kw, d_pool, W, NULL, 1, &odd, NULL, NULL) != 0, "kv0 + vw + kw != width is refused");
     odd.kv0 = -8;
-    T_CHECK(bias_silu_cuda(T, vw + kw - 8, d_pool, W, NULL, 1, &odd, NULL) != 0, "a negative kv0 is refused");
+    T_CHECK(bias_silu_cuda(T, vw + kw - 8, d_pool, W, NULL, 1, &odd, NULL, NULL) != 0, "a negative kv0 is refused");
     cudaGetLastError();
     int bad;
     /* block copy, with strides the kernel must honour: pages -> pinned host chunks laid out

@@ -73,7 +73,8 @@ extern "C" {
 typedef struct layer_dev {
     float *ln_in_w, *ln_in_b;   /* [d8] (NULL without ln_affine) */
     bf16_t *uvqk_w;             /* [d8, W] columns u|q|v|k (upload_uvqk; rows d..d8 zero) */
-    float *uvqk_b;              /* [W] u|q|v|k (NULL without uvqk_bias) */
+    float *uvqk_b;              /* [W] u|q|v|k (NULL without uvqk_bias and fold) */
+    float *fold_e;              /* [W] LN folded into uvqk_w (ln_fold, upload_folded): e; NULL: not folded */
     float *ln_out_w, *ln_out_b; /* [vw] (NULL without ln_affine) */
     bf16_t *proj_w;             /* [vw, d8] (columns d..d8 zero) */
     void *proj_b;               /* [d8], x's type (the GEMM's bias is C's type); NULL without proj_bias */
@@ -88,6 +89,7 @@ struct cuda_backend {
     int n_items8;      /* item_unit rows, padded (retrieval) */
     bool x_f32;        /* residual stream in fp32 (HSTU_CUDA_RESIDUAL=f32) instead of bf16 */
     bool fused_uvqk;   /* the uvqk GEMM with its v|k epilogue in one kernel (HSTU_CUDA_FUSED_GEMM=1) */
+    bool ln_fold;      /* layers 1.. fold their input LayerNorm into the uvqk GEMM (HSTU_CUDA_LN_FOLD=0: not) */
     int fused_head_rows; /* the ranking head in one kernel for at most this many candidate rows
                           * (one hidden layer; 0: never; HSTU_CUDA_FUSED_HEAD) */
     int score_rows;    /* users per top-k group: score rows that fit SCORE_FLOATS */
@@ -107,6 +109,7 @@ struct cuda_backend {
     bf16_t *d_item_unit;  /* [n_items8, d8] normalised items (retrieval) */
     void *d_x;            /* [T, d8] residual stream, bf16 or fp32 (x_f32) */
     bf16_t *d_xn;         /* [T, d8] LN(x) */
+    float *d_ln_stats;    /* [T][2] x's rows' mean and rstd, for a folded layer's consumers (ln_fold) */
     bf16_t *d_uvqk;       /* [T, W] u|q|v|k (upload_uvqk) */
     bf16_t *d_attn;       /* [T, vw] */
     bf16_t *d_y;          /* [T, vw] SiLU(u) * LN(attn) */
@@ -257,6 +260,14 @@ static uint16_t f2bf_host(float f)
     return (uint16_t)(u >> 16);
 }
 
+static float bf2f_host(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 /* Bump allocator over a base address: run once with base 0 to size, then
  * with the real base to point. 256-byte alignment (cuBLASLt's default). */
 typedef struct carver {
@@ -285,8 +296,10 @@ static void layout_device(cuda_backend *cb, carver *c)
         layer_dev *L = &cb->layers[l];
         L->ln_in_w = cfg->ln_affine ? (float *)carve(c, (size_t)d8 * 4) : NULL;
         L->ln_in_b = cfg->ln_affine ? (float *)carve(c, (size_t)d8 * 4) : NULL;
+        const bool fold = cb->ln_fold && l > 0; /* (layer 0's LayerNorm comes with the embedding) */
         L->uvqk_w = (bf16_t *)carve(c, (size_t)d8 * W * 2);
-        L->uvqk_b = cfg->uvqk_bias ? (float *)carve(c, (size_t)W * 4) : NULL;
+        L->uvqk_b = cfg->uvqk_bias || fold ? (float *)carve(c, (size_t)W * 4) : NULL;
+        L->fold_e = fold ? (float *)carve(c, (size_t)W * 4) : NULL;
         L->ln_out_w = cfg->ln_affine ? (float *)carve(c, (size_t)vw * 4) : NULL;
         L->ln_out_b = cfg->ln_affine ? (float *)carve(c, (size_t)vw * 4) : NULL;
         L->proj_w = (bf16_t *)carve(c, (size_t)vw * d8 * 2);
@@ -304,6 +317,7 @@ static void layout_device(cuda_backend *cb, carver *c)
     cb->d_item_unit = retr ? (bf16_t *)carve(c, (size_t)cb->n_items8 * d8 * 2) : NULL;
     cb->d_x = carve(c, T * d8 * (cb->x_f32 ? 4 : 2));
     cb->d_xn = (bf16_t *)carve(c, T * d8 * 2);
+    cb->d_ln_stats = cb->ln_fold ? (float *)carve(c, T * 2 * 4) : NULL;
     cb->d_uvqk = (bf16_t *)carve(c, T * W * 2);
     cb->d_attn = (bf16_t *)carve(c, T * vw * 2);
     cb->d_y = (bf16_t *)carve(c, T * vw * 2);
@@ -450,6 +464,61 @@ static hstu_status upload_uvqk(const cuda_backend *cb, bf16_t *dst, const float 
     return HSTU_OK;
 }
 
+/* A folded layer's uvqk weights, bias and e (ln_fold in dense_cuda.h;
+ * docs/cuda.md, "The LayerNorm folded into the uvqk GEMM"), from the
+ * checkpoint's W, LN's gain g and shift s (1 and 0 without ln_affine) and
+ * the projection's bias b0 (0 without): G[i][c] = bf16(g[i] W[i][c] - m[c])
+ * with m[c] the mean over i of g[i] W[i][c]; e[c] the sum over i of the
+ * stored G[i][c]; bias[c] = sum over i of s[i] W[i][c], + b0[c]. Sums in
+ * double, columns in the device's order (uvqk_src). */
+static hstu_status upload_folded(const cuda_backend *cb, layer_dev *L, const layer_weights *w, uint16_t *buf,
+                                 hstu_error *err)
+{
+    int d = cb->d, W = cb->W;
+    double *m = (double *)calloc((size_t)3 * W, sizeof(double)), *e = m + W, *bias = m + 2 * (size_t)W;
+    float *f = (float *)malloc((size_t)W * 4);
+    if (!m || !f) {
+        free(m);
+        free(f);
+        return hstu_fail(err, HSTU_ERR_NOMEM, "backend cuda: out of host memory for the weight upload");
+    }
+    for (int i = 0; i < d; i++) {
+        const double g = w->ln_in_w ? w->ln_in_w[i] : 1.0, sh = w->ln_in_b ? w->ln_in_b[i] : 0.0;
+        const float *row = w->uvqk_w + (size_t)i * W;
+        for (int c = 0; c < W; c++) {
+            const double x = row[uvqk_src(cb, c)];
+            m[c] += g * x;
+            bias[c] += sh * x;
+        }
+    }
+    for (int c = 0; c < W; c++) {
+        m[c] /= d;
+        bias[c] += w->uvqk_b ? w->uvqk_b[uvqk_src(cb, c)] : 0.0;
+    }
+    hstu_status st = HSTU_OK;
+    for (int i = 0; i < d && st == HSTU_OK; i++) { /* (d8 == d: ln_fold's condition) */
+        const double g = w->ln_in_w ? w->ln_in_w[i] : 1.0;
+        const float *row = w->uvqk_w + (size_t)i * W;
+        for (int c = 0; c < W; c++) {
+            buf[c] = f2bf_host((float)(g * row[uvqk_src(cb, c)] - m[c]));
+            e[c] += bf2f_host(buf[c]);
+        }
+        st = ck(cudaMemcpy(L->uvqk_w + (size_t)i * W, buf, (size_t)W * 2, cudaMemcpyHostToDevice),
+                "weight upload (cudaMemcpy)", err);
+    }
+    for (int c = 0; c < W && st == HSTU_OK; c++)
+        f[c] = (float)e[c];
+    if (st == HSTU_OK)
+        st = ck(cudaMemcpy(L->fold_e, f, (size_t)W * 4, cudaMemcpyHostToDevice), "weight upload (cudaMemcpy)", err);
+    for (int c = 0; c < W && st == HSTU_OK; c++)
+        f[c] = (float)bias[c];
+    if (st == HSTU_OK)
+        st = ck(cudaMemcpy(L->uvqk_b, f, (size_t)W * 4, cudaMemcpyHostToDevice), "weight upload (cudaMemcpy)", err);
+    free(m);
+    free(f);
+    return st;
+}
+
 static hstu_status upload_uvqk_bias(const cuda_backend *cb, float *dst, const float *src, hstu_error *err)
 {
     float *f = (float *)malloc((size_t)cb->W * 4);
@@ -488,14 +557,14 @@ static hstu_status upload_weights(cuda_backend *cb, hstu_error *err)
     for (int l = 0; l < cfg->n_layers && st == HSTU_OK; l++) {
         const layer_weights *w = &m->layers[l];
         layer_dev *L = &cb->layers[l];
-        st = upload_uvqk(cb, L->uvqk_w, w->uvqk_w, buf, err);
+        st = L->fold_e ? upload_folded(cb, L, w, buf, err) : upload_uvqk(cb, L->uvqk_w, w->uvqk_w, buf, err);
         if (st == HSTU_OK)
             st = upload_bf16(L->proj_w, vw, d, vw, d8, w->proj_w, d, buf, err);
         if (st == HSTU_OK && L->ln_in_w)
             st = upload_f32(L->ln_in_w, w->ln_in_w, d, d8, buf, err);
         if (st == HSTU_OK && L->ln_in_b)
             st = upload_f32(L->ln_in_b, w->ln_in_b, d, d8, buf, err);
-        if (st == HSTU_OK && L->uvqk_b)
+        if (st == HSTU_OK && L->uvqk_b && !L->fold_e)
             st = upload_uvqk_bias(cb, L->uvqk_b, w->uvqk_b, err);
         if (st == HSTU_OK && L->ln_out_w)
             st = upload_f32(L->ln_out_w, w->ln_out_w, vw, vw, buf, err);
@@ -864,6 +933,14 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * "The fused uvqk GEMM"). */
         const char *fg = getenv("HSTU_CUDA_FUSED_GEMM");
         cb->fused_uvqk = fg && !strcmp(fg, "1");
+        /* Layers 1.. fold their input LayerNorm into the uvqk GEMM (docs/cuda.md,
+         * "The LayerNorm folded into the uvqk GEMM"), unless HSTU_CUDA_LN_FOLD=0:
+         * it reads the bf16 residual itself, and its consumers take the rows'
+         * statistics from the v|k pass (which the fused GEMM's epilogue and the
+         * pass's vector shapes would not give them). */
+        const char *lf = getenv("HSTU_CUDA_LN_FOLD");
+        cb->ln_fold = !(lf && !strcmp(lf, "0")) && !cb->x_f32 && !cb->fused_uvqk && cb->d8 == cb->d &&
+                      cb->d <= 2048 && W % 8 == 0 && vw % 8 == 0 && cb->kw % 8 == 0;
         /* The attention's TMA form over pages (docs/attention_cuda.md, "Pages
          * by TMA"), unless HSTU_CUDA_ATTN_TMA_PAGES=0 (the cp.async loads). */
         const char *tp = getenv("HSTU_CUDA_ATTN_TMA_PAGES");
@@ -1095,8 +1172,11 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     int d = cb->d, d8 = cb->d8, W = cb->W, vw = cb->vw, kw = cb->kw;
     cudaStream_t s = cb->stream;
     hstu_status st;
-    /* layer 0's LN(x) came with the embedding */
-    if (l > 0 &&
+    /* layer 0's LN(x) came with the embedding; a folded layer's GEMM reads x
+     * itself, and the pass below takes the rows' statistics (ln_fold) */
+    const bool folded = L->fold_e != NULL;
+    const ln_fold fold = {L->fold_e, cb->d_ln_stats, (const bf16_t *)cb->d_x, d8, d, cfg->ln_eps};
+    if (l > 0 && !folded &&
         (st = ck(cb->x_f32 ? layernorm_cuda(T, d, (const float *)cb->d_x, d8, L->ln_in_w, L->ln_in_b, cfg->ln_eps,
                                             cb->d_xn, d8, s)
                            : layernorm_bf16_cuda(T, d, (const bf16_t *)cb->d_x, d8, L->ln_in_w, L->ln_in_b,
@@ -1121,14 +1201,18 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     bias_silu_pages pages = {(const int64_t *)DEV(cb, sg->row_slot), cb->d_pool, cb->cc.page_elems, k_off, v_off,
                              (int)P, kw, vw, vw + kw - act0};
     gemm_fused_epilogue fe = {L->uvqk_b, act0, silu_all, append ? &pages : NULL, vw + kw};
-    if (cb->fused_uvqk && gemm_fused_supported(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, NULL, 0)) {
+    ln_fold pass_fold = fold;
+    pass_fold.e = folded ? L->fold_e + act0 : NULL;
+    const bf16_t *gemm_a = folded ? (const bf16_t *)cb->d_x : cb->d_xn;
+    if (!folded && cb->fused_uvqk &&
+        gemm_fused_supported(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, NULL, 0)) {
         if ((st = ck(gemm_fused_cuda(T, W, d8, cb->d_xn, d8, L->uvqk_w, W, cb->d_uvqk, W, &fe, s),
                      "uvqk GEMM with bias+SiLU and KV append", err)) != HSTU_OK)
             return st;
-    } else if ((st = ck_gemm(cb, T, W, d8, cb->d_xn, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
+    } else if ((st = ck_gemm(cb, T, W, d8, gemm_a, d8, L->uvqk_w, W, 0, 0.0f, cb->d_uvqk, 0, W, GEMM_EPI_NONE,
                              NULL, "uvqk", err)) != HSTU_OK ||
                (st = ck(bias_silu_cuda(T, W - act0, cb->d_uvqk + act0, W, L->uvqk_b ? L->uvqk_b + act0 : NULL,
-                                       silu_all, append ? &pages : NULL, s),
+                                       silu_all, append ? &pages : NULL, folded ? &pass_fold : NULL, s),
                         "bias+SiLU and KV append", err)) != HSTU_OK)
         return st;
     if (wait_onload && (st = wait_onload_layer(cb, l, err)) != HSTU_OK)
@@ -1137,6 +1221,8 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     ap.q = cb->d_uvqk + vw;
     ap.q_bias = L->uvqk_b && !q_here ? L->uvqk_b + vw : NULL;
     ap.q_silu = silu_all && !q_here;
+    ap.q_fold_e = folded && !q_here ? L->fold_e + vw : NULL;
+    ap.q_fold_stats = folded && !q_here ? cb->d_ln_stats : NULL;
     ap.k = cb->d_uvqk + 2 * vw + kw;
     ap.v = cb->d_uvqk + vw + kw;
     ap.ld_qkv = W;
@@ -1154,9 +1240,10 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     /* A split's parts (planes 0..S-1) are added here instead of in a cluster */
     const ln_mul_parts_src src = {ap.parts, ap.parts_scale, ap.parts_plane, ap.scale_plane, ap.ld_parts, ap.Dv,
                                   attn_cuda_parts_used(&ap), 1.0f / (float)ap.N};
-    if ((st = ck(src.S > 0 ? ln_mul_parts_cuda(T, vw, &src, cb->d_uvqk, W, L->uvqk_b, L->ln_out_w, L->ln_out_b,
+    const ln_fold *uf = folded ? &fold : NULL; /* (u: the first columns) */
+    if ((st = ck(src.S > 0 ? ln_mul_parts_cuda(T, vw, &src, cb->d_uvqk, W, L->uvqk_b, uf, L->ln_out_w, L->ln_out_b,
                                                cfg->ln_eps, cb->d_y, vw, s)
-                             : ln_mul_cuda(T, vw, cb->d_attn, vw, cb->d_uvqk, W, L->uvqk_b, L->ln_out_w,
+                             : ln_mul_cuda(T, vw, cb->d_attn, vw, cb->d_uvqk, W, L->uvqk_b, uf, L->ln_out_w,
                                            L->ln_out_b, cfg->ln_eps, cb->d_y, vw, s),
                  "u * LN(attn)", err)) != HSTU_OK)
         return st;

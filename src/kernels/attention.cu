@@ -245,23 +245,46 @@ __device__ __forceinline__ void load_q(uint32_t sq, const attn_cuda_params &p, c
 
 /* q = phi(q + q_bias) on rows [r_lo, r_lo + n) of the Q tile in shared
  * memory (attn_cuda_params.q_bias, q_silu), threads tid = 0 .. nthreads-1;
- * rows past the block's and columns past Dqk stay as loaded. The caller
- * orders it after the tile's load and before the products (a barrier, and
- * a proxy fence where wgmma reads the tile). */
+ * rows past the block's and columns past Dqk stay as loaded. With the
+ * LayerNorm folded into q's GEMM (q_fold_e) the row's mean and rstd come
+ * first: a warp meets the same 32 * n / nthreads rows (16 at both call
+ * sites) whatever D, so each lane loads one row's pair at the start and the
+ * iterations take theirs by shuffle (a load a row inside the loop would be
+ * 16 round trips in a row). The caller orders it after the tile's load and
+ * before the products (a barrier, and a proxy fence where wgmma reads the
+ * tile). */
 template <int D>
 __device__ __forceinline__ void q_activate(uint32_t sq, int r_lo, int n, const attn_cuda_params &p, const Blk &k,
                                            int tid, int nthreads)
 {
-    constexpr int CPR = D / 8;
-    const int ch = tid % CPR;
-    if (ch * 8 >= p.Dqk)
-        return;
-    float b[8];
+    constexpr int CPR = D / 8, RPW = 32 / CPR; /* 16-byte chunks a row; rows a warp takes an iteration */
+    static_assert(32 % CPR == 0, "a warp holds whole rows"); /* (n <= nthreads at the call sites: 16 rows a warp) */
+    const int ch = tid % CPR, lane = tid % 32, rpi = nthreads / CPR;
+    const int w_r0 = r_lo + (tid - lane) / CPR; /* the warp's first row */
+    const bool col_on = ch * 8 < p.Dqk;
+    float b[8], e[8];
 #pragma unroll
-    for (int j = 0; j < 8; j++)
-        b[j] = p.q_bias ? p.q_bias[k.h * p.Dqk + ch * 8 + j] : 0.0f;
+    for (int j = 0; j < 8; j++) {
+        b[j] = p.q_bias && col_on ? p.q_bias[k.h * p.Dqk + ch * 8 + j] : 0.0f;
+        e[j] = p.q_fold_e && col_on ? p.q_fold_e[k.h * p.Dqk + ch * 8 + j] : 0.0f;
+    }
     const int r_hi = min(r_lo + n, k.nr);
-    for (int r = r_lo + tid / CPR; r < r_hi; r += nthreads / CPR) {
+    float2 mine = make_float2(0.0f, 1.0f); /* lane j: the pair of the warp's j-th row */
+    if (p.q_fold_e) {
+        const int rj = w_r0 + lane % RPW + lane / RPW * rpi;
+        if (rj < r_hi)
+            mine = *reinterpret_cast<const float2 *>(p.q_fold_stats + 2 * (size_t)(k.s.q0 + k.r0 + rj));
+    }
+    for (int it = 0; w_r0 + it * rpi < r_hi; it++) { /* (the same trips for the whole warp) */
+        const int r = w_r0 + it * rpi + lane / CPR;
+        float2 st = mine;
+        if (p.q_fold_e) {
+            const int src = (it * RPW + lane / CPR) & 31;
+            st.x = __shfl_sync(0xffffffffu, mine.x, src);
+            st.y = __shfl_sync(0xffffffffu, mine.y, src);
+        }
+        if (r >= r_hi || !col_on)
+            continue;
         const uint32_t a = sq + tile_off<BM>(r, ch);
         uint32_t w[4];
         asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
@@ -269,7 +292,9 @@ __device__ __forceinline__ void q_activate(uint32_t sq, int r_lo, int n, const a
                      : "r"(a));
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            float x0 = __uint_as_float(w[j] << 16) + b[2 * j], x1 = __uint_as_float(w[j] & 0xffff0000u) + b[2 * j + 1];
+            float x0 = __uint_as_float(w[j] << 16), x1 = __uint_as_float(w[j] & 0xffff0000u);
+            x0 = st.y * (x0 - st.x * e[2 * j]) + b[2 * j];
+            x1 = st.y * (x1 - st.x * e[2 * j + 1]) + b[2 * j + 1];
             if (p.q_silu) {
                 x0 = __fdividef(x0, 1.0f + __expf(-x0));
                 x1 = __fdividef(x1, 1.0f + __expf(-x1));
@@ -289,7 +314,7 @@ template <int D>
 __device__ __forceinline__ void load_q_whole(uint32_t sq, const attn_cuda_params &p, const Blk &k)
 {
     load_q<D, NTHREADS>(sq, p, k, threadIdx.x);
-    if (p.q_bias || p.q_silu) {
+    if (p.q_bias || p.q_silu || p.q_fold_e) {
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
@@ -1321,7 +1346,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
     const bool stamp = threadIdx.x == 128;
     if (stamp)
         trace_stamp(p, ATTN_TRACE_Q_LANDED);
-    if (p.q_bias || p.q_silu) { /* each computing warpgroup its own 64 rows */
+    if (p.q_bias || p.q_silu || p.q_fold_e) { /* each computing warpgroup its own 64 rows */
         q_activate<D>(sQ, 64 * cw, 64, p, k, threadIdx.x % 128, 128);
         fence_proxy_async();
         bar_sync(4 + cw, 128);
@@ -1736,6 +1761,8 @@ extern "C" int attn_fwd_cuda(const attn_cuda_params *p, void *stream)
         return (int)cudaErrorInvalidValue;
     const bool rab = p->pos_w != NULL;
     if (rab && (!p->ts_w || !p->ts || p->n_buckets < 0))
+        return (int)cudaErrorInvalidValue;
+    if (p->q_fold_e && (!p->q_fold_stats || !aligned(p->q_fold_stats, 8))) /* (read as pairs) */
         return (int)cudaErrorInvalidValue;
     const long long rb = ((long long)p->max_rows + BM - 1) / BM; /* row blocks: grid y */
     if (rb > 65535 || (long long)p->B * p->H > 0x7fffffffLL)

@@ -70,6 +70,11 @@ typedef struct attn_cuda_params {
      * no pass over q is needed before (k and v come activated). */
     const float *q_bias;
     int q_silu;
+    /* With q_fold_e set, q came from a GEMM with the LayerNorm folded in
+     * (dense_cuda.h, ln_fold), and the activation starts with q = rstd *
+     * (q - mean * q_fold_e) (q_fold_e device fp32 [H*Dqk]; q_fold_stats
+     * device fp32 [n_rows][2], each dense row's mean and rstd). */
+    const float *q_fold_e, *q_fold_stats;
     /* Page pool (bf16), page p at pages + p * page_elems; layer block K at
      * + k_off, V at + v_off; rows H*Dqk (K) and H*Dv (V) wide. */
     const void *pages;

@@ -15,7 +15,8 @@
  * to what earlier work in the stream wrote (row indices, the row itself) and
  * before the early return of rows past the end. Only the parameters (w, b,
  * biases: weights, which no kernel writes) may be read above the wait, and
- * the early forms below do so.
+ * the early forms below do so; and the folded LayerNorm's residual rows in
+ * the bias+SiLU pass, which the GEMM ahead of it reads too (ln_fold).
  *
  * Few rows: the early forms. With one warp per row and a warp or two per
  * block (row_warps(rows) <= 2, under 1056 rows: a batch of one or two users
@@ -568,6 +569,63 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
     return layernorm_launch<bf16_t>(rows, width, x, ldx, w, b, eps, y, ldy, (cudaStream_t)stream);
 }
 
+/* ---- the folded LayerNorm (dense_cuda.h, ln_fold) ----------------------- */
+
+__device__ __forceinline__ void unpack8(const uint4 q, float v[VEC])
+{
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+/* This lane's chunks of the residual's row (chunk i at column (lane + 32 i)
+ * * VEC, d columns), kept as bf16 bits: half the registers of floats. */
+template <int XC>
+__device__ __forceinline__ void fold_row_load(const bf16_t *xr, int d, int lane, uint4 (&xw)[XC])
+{
+#pragma unroll
+    for (int i = 0; i < XC; i++) {
+        const int c = (lane + 32 * i) * VEC;
+        xw[i] = c < d ? *reinterpret_cast<const uint4 *>(xr + c) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* The row's mean and rstd from fold_row_load's chunks: the same two passes
+ * in the same order as layernorm_cuda's (row_load, row_stats). */
+template <int XC>
+__device__ __forceinline__ float2 fold_stats(const uint4 (&xw)[XC], int d, int lane, float eps)
+{
+    float v[XC][VEC], s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < XC; i++) {
+        unpack8(xw[i], v[i]);
+        if ((lane + 32 * i) * VEC < d)
+#pragma unroll
+            for (int j = 0; j < VEC; j++)
+                s += v[i][j];
+    }
+    float mean, inv;
+    row_stats<XC>(v, s, d, lane, eps, &mean, &inv);
+    return make_float2(mean, inv);
+}
+
+/* v = rstd * (v - mean * e), one chunk. */
+__device__ __forceinline__ void fold_apply(float v[VEC], float2 st, const float e[VEC])
+{
+#pragma unroll
+    for (int j = 0; j < VEC; j++)
+        v[j] = st.y * (v[j] - st.x * e[j]);
+}
+
+/* The fold's fields a consumer reads (e and stats), set and aligned; or no fold. */
+static bool ufold_ok(const ln_fold *uf)
+{
+    return !uf || (uf->e && uf->stats && aligned16(uf->e) && ((uintptr_t)uf->stats & 7) == 0);
+}
+
 /* ---- bias + SiLU, in place on bf16 ------------------------------------ */
 
 /* One warp per row and 1024-column slice (grid y), four 16-byte chunks per
@@ -577,20 +635,33 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
 constexpr int BS_COLS = 4 * 32 * VEC;
 /* With APPEND, a row r with pg.row_slot[r] >= 0 also goes to its page slot:
  * the pass's columns [kv0, kv0 + vw) to V, [kv0 + vw, width) to K (each
- * 16-byte chunk lies in one of them or before kv0: all multiples of 8). */
-template <bool APPEND, bool EARLY>
+ * 16-byte chunk lies in one of them or before kv0: all multiples of 8).
+ * XC > 0: the folded LayerNorm (ln_fold), the residual's row in XC chunks
+ * a lane; every slice takes the row's statistics, the first stores them. */
+template <bool APPEND, bool EARLY, int XC>
 __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
-                                     bias_silu_pages pg)
+                                     bias_silu_pages pg, ln_fold fold)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
     const int c0 = blockIdx.y * BS_COLS + lane * VEC;
-    float bv[4][VEC];
+    float bv[4][VEC], ev[XC ? 4 : 1][VEC];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int c = c0 + i * 32 * VEC;
         if (EARLY && bias && c < width)
             load8(bias + c, bv[i]);
+        if (XC && EARLY && c < width)
+            load8(fold.e + c, ev[XC ? i : 0]);
+    }
+    /* The residual's row before the wait (dense_cuda.h: whatever wrote it
+     * has completed before the GEMM ahead of this pass started, since that
+     * GEMM reads it too), and its statistics: off the pass's path. */
+    float2 st = make_float2(0.0f, 1.0f);
+    if (XC && r < rows) {
+        uint4 xw[XC ? XC : 1];
+        fold_row_load<XC ? XC : 1>(fold.x + (size_t)r * fold.ldx, fold.d, lane, xw);
+        st = fold_stats<XC ? XC : 1>(xw, fold.d, lane, fold.eps);
     }
     pdl_wait();
     pdl_trigger();
@@ -612,10 +683,17 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
     for (int i = 0; i < 4; i++)
         if (c0 + i * 32 * VEC < width)
             load8(xr + c0 + i * 32 * VEC, v[i]);
+    if (XC && fold.stats && blockIdx.y == 0 && lane == 0)
+        *reinterpret_cast<float2 *>(fold.stats + 2 * (size_t)r) = st;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         int c = c0 + i * 32 * VEC;
         if (c < width) {
+            if (XC) {
+                if (!EARLY)
+                    load8(fold.e + c, ev[XC ? i : 0]);
+                fold_apply(v[i], st, ev[XC ? i : 0]);
+            }
             if (bias) {
                 if (!EARLY)
                     load8(bias + c, bv[i]);
@@ -628,7 +706,7 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
                 for (int j = 0; j < VEC; j++)
                     v[i][j] = silu(v[i][j]);
             }
-            if (bias || silu_on)
+            if (XC || bias || silu_on)
                 store8(xr + c, v[i]);
             if (APPEND && v_dst && c >= pg.kv0)
                 store8(c - pg.kv0 < pg.vw ? v_dst + (c - pg.kv0) : k_dst + (c - pg.kv0 - pg.vw), v[i]);
@@ -649,13 +727,27 @@ __global__ void bias_silu_any_kernel(int rows, int width, bf16_t *x, int ldx, co
     }
 }
 
-extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
-                              const bias_silu_pages *pages, void *stream)
+/* The pass's kernel: APPEND and EARLY as the call says, XC for a fold of
+ * d columns (0 without one). */
+template <bool APPEND, bool EARLY>
+static decltype(&bias_silu_vec_kernel<true, true, 0>) bias_silu_pick(const ln_fold *fold)
 {
-    if (rows <= 0 || width <= 0 || (!bias && !silu_on && !pages))
+    if (!fold)
+        return bias_silu_vec_kernel<APPEND, EARLY, 0>;
+    return fold->d <= 1024 ? bias_silu_vec_kernel<APPEND, EARLY, 4> : bias_silu_vec_kernel<APPEND, EARLY, 8>;
+}
+
+extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu_on,
+                              const bias_silu_pages *pages, const ln_fold *fold, void *stream)
+{
+    if (rows <= 0 || width <= 0 || (!bias && !silu_on && !pages && !fold))
         return 0;
     cudaStream_t s = (cudaStream_t)stream;
     bool vec = width % VEC == 0 && ldx % VEC == 0 && aligned16(x) && (!bias || aligned16(bias));
+    if (fold && (!vec || !fold->x || !fold->e || !aligned16(fold->x) || !aligned16(fold->e) || fold->d <= 0 ||
+                 fold->d % VEC || fold->d > 32 * VEC * 8 || fold->ldx % VEC || fold->ldx < fold->d ||
+                 ((uintptr_t)fold->stats & 7)))
+        return (int)cudaErrorInvalidValue;
     if (pages) {
         const bias_silu_pages *pg = pages;
         if (!vec || pg->kw % VEC || pg->vw % VEC || pg->kv0 < 0 || pg->kv0 % VEC ||
@@ -668,11 +760,13 @@ extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const flo
         dim3 g(row_grid(rows).x, (unsigned)((width + BS_COLS - 1) / BS_COLS));
         const bias_silu_pages none = {};
         const bias_silu_pages &pg = pages ? *pages : none;
+        const ln_fold no_fold = {};
         const bool early = early_form(rows, 4);
-        auto kernel = pages ? early ? bias_silu_vec_kernel<true, true> : bias_silu_vec_kernel<true, false>
-                      : early ? bias_silu_vec_kernel<false, true>
-                              : bias_silu_vec_kernel<false, false>;
-        e = pdl_launch(kernel, g, row_block(rows), 0, s, rows, width, x, ldx, bias, silu_on, pg);
+        auto kernel = pages ? early ? bias_silu_pick<true, true>(fold) : bias_silu_pick<true, false>(fold)
+                      : early ? bias_silu_pick<false, true>(fold)
+                              : bias_silu_pick<false, false>(fold);
+        e = pdl_launch(kernel, g, row_block(rows), 0, s, rows, width, x, ldx, bias, silu_on, pg,
+                       fold ? *fold : no_fold);
     } else {
         /* Enough blocks to fill the GPU several times over; the loop takes the rest. */
         size_t blocks = ((size_t)rows * width + 255) / 256;
@@ -691,18 +785,20 @@ extern "C" int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const flo
  * warps per SM (run 2 of docs/cuda.md: 66% of copy bandwidth that way).
  * EARLY, the early form (the file's header): w, b and ubias before the
  * wait, then the rows of a and u at once. */
-template <int NC, bool EARLY>
+template <int NC, bool EARLY, bool FOLD>
 __global__ void __launch_bounds__(EARLY ? 64 : 32 * ROWS_PER_BLOCK)
     ln_mul_vec_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
-                      const float *w, const float *b, float eps, bf16_t *y, int ldy)
+                      ln_fold uf, const float *w, const float *b, float eps, bf16_t *y, int ldy)
 {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + warp;
-    float wv[NC][VEC], bv[NC][VEC], ub[NC][VEC], uv[NC][VEC];
+    float wv[NC][VEC], bv[NC][VEC], ub[NC][VEC], uv[NC][VEC], ue[FOLD ? NC : 1][VEC];
     if (EARLY) {
         param_load<NC>(w, width, lane, wv);
         param_load<NC>(b, width, lane, bv);
         param_load<NC>(ubias, width, lane, ub);
+        if (FOLD)
+            param_load<FOLD ? NC : 1>(uf.e, width, lane, ue);
     }
     pdl_wait();
     pdl_trigger();
@@ -711,6 +807,9 @@ __global__ void __launch_bounds__(EARLY ? 64 : 32 * ROWS_PER_BLOCK)
     const bf16_t *ar = a + (size_t)r * lda;
     const bf16_t *ur = u + (size_t)r * ldu;
     bf16_t *yr = y + (size_t)r * ldy;
+    float2 st = make_float2(0.0f, 1.0f);
+    if (FOLD)
+        st = *reinterpret_cast<const float2 *>(uf.stats + 2 * (size_t)r);
     if (EARLY)
 #pragma unroll
         for (int i = 0; i < NC; i++) {
@@ -731,7 +830,11 @@ __global__ void __launch_bounds__(EARLY ? 64 : 32 * ROWS_PER_BLOCK)
                 load8(ur + c, uv[i]);
                 if (ubias)
                     load8(ubias + c, ub[i]);
+                if (FOLD)
+                    load8(uf.e + c, ue[FOLD ? i : 0]);
             }
+            if (FOLD)
+                fold_apply(uv[i], st, ue[FOLD ? i : 0]);
             if (ubias) {
 #pragma unroll
                 for (int j = 0; j < VEC; j++)
@@ -748,8 +851,8 @@ __global__ void __launch_bounds__(EARLY ? 64 : 32 * ROWS_PER_BLOCK)
 }
 
 __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu,
-                                  const float *ubias, const float *w, const float *b, float eps, bf16_t *y,
-                                  int ldy)
+                                  const float *ubias, ln_fold uf, const float *w, const float *b, float eps,
+                                  bf16_t *y, int ldy)
 {
     pdl_wait();
     pdl_trigger();
@@ -770,11 +873,15 @@ __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda,
         ss += d * d;
     }
     float inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
+    const float2 st = uf.e ? *reinterpret_cast<const float2 *>(uf.stats + 2 * (size_t)r) : make_float2(0.0f, 1.0f);
     for (int c = lane; c < width; c += 32) {
         float o = (bf2f(ar[c]) - mean) * inv;
         if (w)
             o = o * w[c] + b[c];
-        yr[c] = f2bf(o * silu(bf2f(ur[c]) + (ubias ? ubias[c] : 0.0f)));
+        float uc = bf2f(ur[c]);
+        if (uf.e)
+            uc = st.y * (uc - st.x * uf.e[c]);
+        yr[c] = f2bf(o * silu(uc + (ubias ? ubias[c] : 0.0f)));
     }
     zero_pad(yr, width, ldy, lane);
 }
@@ -824,10 +931,10 @@ template <int C> __device__ __forceinline__ void load_f32s(float (&d)[C], const 
  * Both add a row's planes the same way; only the order in which a row's
  * statistics add up differs (a thread's C columns, then the warps). */
 static_assert(LN_MUL_PARTS_MAX <= ATTN_PARTS_MAX, "parts_sum adds every plane");
-template <int C, int SMAX>
-__global__ void __launch_bounds__(256)
+template <int C, int SMAX, bool FOLD>
+__global__ void __launch_bounds__(256, FOLD && SMAX <= 8 ? 4 : FOLD && C == 4 ? 3 : 0) /* (FOLD: 64, 80 registers) */
     ln_mul_parts_kernel(int rows, int width, int tpr, const ln_mul_parts_src src, const bf16_t *u, int ldu,
-                        const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy)
+                        const float *ubias, ln_fold uf, const float *w, const float *b, float eps, bf16_t *y, int ldy)
 {
     constexpr bool early = C == 4; /* the parameters before the wait */
     typedef typename PartsPiece<C>::T Piece; /* (C bf16 of u or y: as many bytes as C fp16) */
@@ -835,7 +942,7 @@ __global__ void __launch_bounds__(256)
     const int r = (int)blockIdx.x * ((int)blockDim.x / tpr) + (int)threadIdx.x / tpr;
     const int c = C * ((int)threadIdx.x % tpr);
     const bool on = r < rows && c < width;
-    float v[C], wv[C], bv[C], ub[C];
+    float v[C], wv[C], bv[C], ub[C], ue[C];
 #pragma unroll
     for (int j = 0; j < C; j++)
         v[j] = 0.0f, wv[j] = 1.0f, bv[j] = 0.0f, ub[j] = 0.0f;
@@ -852,9 +959,12 @@ __global__ void __launch_bounds__(256)
     pdl_wait();
     pdl_trigger();
     Piece uu = {};
+    float2 st = make_float2(0.0f, 1.0f);
     if (on) {
         const int H = width / src.head_w;
         uu = *reinterpret_cast<const Piece *>(u + (size_t)r * ldu + c); /* (in flight with the planes) */
+        if (FOLD)
+            st = *reinterpret_cast<const float2 *>(uf.stats + 2 * (size_t)r);
         parts_sum<C, SMAX>(static_cast<const __half *>(src.parts) + (size_t)r * src.ld + c, src.plane,
                            src.scales + (size_t)r * H + c / src.head_w, src.scale_plane, src.S, v);
 #pragma unroll
@@ -862,6 +972,8 @@ __global__ void __launch_bounds__(256)
             v[j] = bf2f(f2bf(v[j] * src.scale));
         if (!early)
             params();
+        if (FOLD) /* (after the planes: beside their loads the registers would spill) */
+            load_f32s<C>(ue, uf.e + c);
     }
     float t = 0.0f;
 #pragma unroll
@@ -887,8 +999,10 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int j = 2 * k + h;
-                const float uf = __uint_as_float(h ? uw[k] & 0xffff0000u : uw[k] << 16) + ub[j];
-                e[h] = (w ? (v[j] - mean) * inv * wv[j] + bv[j] : (v[j] - mean) * inv) * silu(uf);
+                float uc = __uint_as_float(h ? uw[k] & 0xffff0000u : uw[k] << 16);
+                if (FOLD)
+                    uc = st.y * (uc - st.x * ue[j]);
+                e[h] = (w ? (v[j] - mean) * inv * wv[j] + bv[j] : (v[j] - mean) * inv) * silu(uc + ub[j]);
             }
             ow[k] = (uint32_t)f2bf(e[0]) | ((uint32_t)f2bf(e[1]) << 16);
         }
@@ -907,7 +1021,8 @@ static int ln_mul_parts_wave(void)
     static int wave = -1;
     if (wave < 0) {
         int per_sm = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ln_mul_parts_kernel<4, ATTN_PARTS_MAX>, 256, 0) !=
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ln_mul_parts_kernel<4, ATTN_PARTS_MAX, false>, 256,
+                                                          0) !=
             cudaSuccess)
             per_sm = 0;
         wave = cuda_sm_count() * per_sm;
@@ -936,9 +1051,19 @@ extern "C" bool ln_mul_parts_supported(int width, int head_w, int ld, int ldu, i
            ld % 8 == 0 && ld >= width && ldu % 4 == 0 && ldy % 4 == 0 && ldy >= width;
 }
 
+/* ln_mul_parts_cuda's kernel: 8 columns a thread sized for S planes, or
+ * the one-block-a-row form (c8 false); with or without the fold. */
+template <bool FOLD> static decltype(&ln_mul_parts_kernel<8, 4, false>) ln_mul_parts_pick(bool c8, int S)
+{
+    if (!c8)
+        return ln_mul_parts_kernel<4, ATTN_PARTS_MAX, FOLD>;
+    return S <= 4 ? ln_mul_parts_kernel<8, 4, FOLD> : S <= 8 ? ln_mul_parts_kernel<8, 8, FOLD>
+                                                            : ln_mul_parts_kernel<8, 16, FOLD>;
+}
+
 extern "C" int ln_mul_parts_cuda(int rows, int width, const ln_mul_parts_src *src, const bf16_t *u, int ldu,
-                                 const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy,
-                                 void *stream)
+                                 const float *ubias, const ln_fold *ufold, const float *w, const float *b, float eps,
+                                 bf16_t *y, int ldy, void *stream)
 {
     if (rows <= 0)
         return 0;
@@ -946,54 +1071,51 @@ extern "C" int ln_mul_parts_cuda(int rows, int width, const ln_mul_parts_src *sr
         src->S > LN_MUL_PARTS_MAX || src->plane % 8 || (src->S > 1 && src->plane < (size_t)rows * src->ld) ||
         (src->S > 1 && src->scale_plane < (size_t)rows * (width / src->head_w)) || !src->parts || !src->scales ||
         !u || !y || !aligned16(src->parts) || ((uintptr_t)u & 7) || ((uintptr_t)y & 7) ||
-        (ubias && !aligned16(ubias)) || (!w != !b) || (w && (!aligned16(w) || !aligned16(b))))
+        (ubias && !aligned16(ubias)) || (!w != !b) || (w && (!aligned16(w) || !aligned16(b))) || !ufold_ok(ufold))
         return (int)cudaErrorInvalidValue;
     cudaStream_t s = (cudaStream_t)stream;
-#define LN_MUL_PARTS_ARGS rows, width, tpr, *src, u, ldu, ubias, w, b, eps, y, ldy
-    if (ln_mul_parts8_ok(rows, width, src->head_w, ldu, ldy, u, y)) {
-        const int tpr = (width / 8 + 31) / 32 * 32, rpb = 256 / tpr;
-        const dim3 grid((unsigned)((rows + rpb - 1) / rpb)), block((unsigned)(rpb * tpr));
-        if (src->S <= 4)
-            return (int)pdl_launch(ln_mul_parts_kernel<8, 4>, grid, block, 0, s, LN_MUL_PARTS_ARGS);
-        if (src->S <= 8)
-            return (int)pdl_launch(ln_mul_parts_kernel<8, 8>, grid, block, 0, s, LN_MUL_PARTS_ARGS);
-        return (int)pdl_launch(ln_mul_parts_kernel<8, 16>, grid, block, 0, s, LN_MUL_PARTS_ARGS);
-    }
-    const int tpr = (width / 4 + 31) / 32 * 32; /* one row a block */
-    return (int)pdl_launch(ln_mul_parts_kernel<4, ATTN_PARTS_MAX>, dim3((unsigned)rows), dim3((unsigned)tpr), 0, s,
-                           LN_MUL_PARTS_ARGS);
-#undef LN_MUL_PARTS_ARGS
+    const ln_fold uf = ufold ? *ufold : ln_fold{};
+    const bool c8 = ln_mul_parts8_ok(rows, width, src->head_w, ldu, ldy, u, y);
+    const int tpr = c8 ? (width / 8 + 31) / 32 * 32 : (width / 4 + 31) / 32 * 32, rpb = c8 ? 256 / tpr : 1;
+    const dim3 grid((unsigned)((rows + rpb - 1) / rpb)), block((unsigned)(rpb * tpr));
+    return (int)pdl_launch(ufold ? ln_mul_parts_pick<true>(c8, src->S) : ln_mul_parts_pick<false>(c8, src->S), grid,
+                           block, 0, s, rows, width, tpr, *src, u, ldu, ubias, uf, w, b, eps, y, ldy);
+}
+
+/* ln_mul_cuda's register-path kernel for nc chunks a lane (1, 2, 4 or 8;
+ * early: 1, 2 or 4), with or without the fold. */
+template <bool FOLD> static decltype(&ln_mul_vec_kernel<1, true, false>) ln_mul_pick(int nc, bool early)
+{
+    if (early)
+        return nc == 1 ? ln_mul_vec_kernel<1, true, FOLD>
+               : nc == 2 ? ln_mul_vec_kernel<2, true, FOLD>
+                         : ln_mul_vec_kernel<4, true, FOLD>;
+    return nc == 1 ? ln_mul_vec_kernel<1, false, FOLD>
+           : nc == 2 ? ln_mul_vec_kernel<2, false, FOLD>
+           : nc == 4 ? ln_mul_vec_kernel<4, false, FOLD>
+                     : ln_mul_vec_kernel<8, false, FOLD>;
 }
 
 extern "C" int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu,
-                           const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy,
-                           void *stream)
+                           const float *ubias, const ln_fold *ufold, const float *w, const float *b, float eps,
+                           bf16_t *y, int ldy, void *stream)
 {
     if (rows <= 0)
         return 0;
+    if (!ufold_ok(ufold))
+        return (int)cudaErrorInvalidValue;
     cudaStream_t s = (cudaStream_t)stream;
     dim3 g = row_grid(rows), blk = row_block(rows);
     int nc = vec_chunks(width, lda, ldy, a, y);
     if (ldu % VEC || !aligned16(u) || (ubias && !aligned16(ubias)) || (w && (!aligned16(w) || !aligned16(b))))
         nc = 0;
-#define LN_MUL_ARGS rows, width, a, lda, u, ldu, ubias, w, b, eps, y, ldy
-    cudaError_t e;
-    if (early_form(rows, nc)) {
-        switch (nc) {
-        case 1: e = pdl_launch(ln_mul_vec_kernel<1, true>, g, blk, 0, s, LN_MUL_ARGS); break;
-        case 2: e = pdl_launch(ln_mul_vec_kernel<2, true>, g, blk, 0, s, LN_MUL_ARGS); break;
-        default: e = pdl_launch(ln_mul_vec_kernel<4, true>, g, blk, 0, s, LN_MUL_ARGS); break;
-        }
-    } else
-    switch (nc) {
-    case 1: e = pdl_launch(ln_mul_vec_kernel<1, false>, g, blk, 0, s, LN_MUL_ARGS); break;
-    case 2: e = pdl_launch(ln_mul_vec_kernel<2, false>, g, blk, 0, s, LN_MUL_ARGS); break;
-    case 4: e = pdl_launch(ln_mul_vec_kernel<4, false>, g, blk, 0, s, LN_MUL_ARGS); break;
-    case 8: e = pdl_launch(ln_mul_vec_kernel<8, false>, g, blk, 0, s, LN_MUL_ARGS); break;
-    default: e = pdl_launch(ln_mul_any_kernel, g, blk, 0, s, LN_MUL_ARGS); break;
-    }
-#undef LN_MUL_ARGS
-    return (int)e;
+    const ln_fold uf = ufold ? *ufold : ln_fold{};
+    if (nc == 0)
+        return (int)pdl_launch(ln_mul_any_kernel, g, blk, 0, s, rows, width, a, lda, u, ldu, ubias, uf, w, b, eps, y,
+                               ldy);
+    const bool early = early_form(rows, nc);
+    return (int)pdl_launch(ufold ? ln_mul_pick<true>(nc, early) : ln_mul_pick<false>(nc, early), g, blk, 0, s, rows,
+                           width, a, lda, u, ldu, ubias, uf, w, b, eps, y, ldy);
 }
 
 /* ---- gather + L2 normalisation ---------------------------------------- */

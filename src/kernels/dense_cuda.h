@@ -73,19 +73,44 @@ typedef struct bias_silu_pages {
     int kv0; /* the pass's first appended column (V's first) */
 } bias_silu_pages;
 
+/* The input LayerNorm folded into the GEMM after it (docs/cuda.md, "The
+ * LayerNorm folded into the uvqk GEMM"). The GEMM ran on the residual x
+ * itself, with weights G[i][c] = bf16(g[i] W[i][c] - m[c]), m[c] the mean
+ * over i of g[i] W[i][c] (g: LN's gain), so that column c of LN(x) W + b0
+ * is
+ *     rstd * (v[c] - mean * e[c]) + bias[c]
+ * where v is the GEMM's output, mean and rstd are x's row statistics (as
+ * layernorm_cuda takes them), e[c] = the sum over i of G[i][c] (what the
+ * rounding left of the centring) and bias = LN's shift times W plus b0. */
+typedef struct ln_fold {
+    const float *e;  /* [width] from the op's first column: fp32, 16-byte aligned */
+    float *stats;    /* [rows][2] each row's mean and rstd: bias_silu_cuda writes them, the others read */
+    const bf16_t *x; /* bias_silu_cuda: the residual [rows, ldx] whose rows' statistics it takes */
+    int ldx, d;      /* (d columns: a multiple of 8, at most 2048, ldx a multiple of 8, x 16-byte aligned) */
+    float eps;
+} ln_fold;
+
 /* In place on bf16 x, columns [0, width): x += bias (fp32 [width], or
  * NULL), then SiLU when `silu`; with `pages` (or NULL), the rows that have
  * a slot are also written to the KV pool (they are, with neither bias nor
  * SiLU). The uvqk epilogue for the v|k columns and the cache's append, in
- * one pass. */
+ * one pass. With `fold` (or NULL) each row's statistics of fold->x are
+ * taken, written to fold->stats (when set), and every column is first
+ * corrected as ln_fold says; the vector shapes only (width and ldx multiples
+ * of 8, x and bias 16-byte aligned: cudaErrorInvalidValue otherwise).
+ * fold->x is read before the kernel's programmatic wait (pdl_cuda.h): it
+ * must not be written by the kernel just ahead in the stream (in the
+ * forward that kernel is the uvqk GEMM, which reads fold->x itself). */
 int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu,
-                   const bias_silu_pages *pages, void *stream);
+                   const bias_silu_pages *pages, const ln_fold *fold, void *stream);
 
 /* y[r] = SiLU(u[r] + ubias) * (LN(a[r]) * w + b), LN over all `width`
  * columns; a, u, y bf16; ubias, w, b fp32 [width] or NULL (w and b
- * together). The HSTU layer's u * LN(attn), with u's bias and SiLU fused. */
+ * together). The HSTU layer's u * LN(attn), with u's bias and SiLU fused.
+ * With ufold (or NULL), u is first corrected as ln_fold says, from
+ * ufold->stats and ufold->e (ufold->x unused). */
 int ln_mul_cuda(int rows, int width, const bf16_t *a, int lda, const bf16_t *u, int ldu, const float *ubias,
-                const float *w, const float *b, float eps, bf16_t *y, int ldy, void *stream);
+                const ln_fold *ufold, const float *w, const float *b, float eps, bf16_t *y, int ldy, void *stream);
 
 /* Split-KV parts of the attention's output as attention_cuda.h's
  * attn_cuda_params.parts describes them: S planes of fp16 values, each row
@@ -110,12 +135,12 @@ typedef struct ln_mul_parts_src {
  * ld and plane multiples of 8, ldu and ldy multiples of 4, parts 16-byte
  * and u, y 8-byte aligned, ubias, w and b 16-byte aligned
  * (cudaErrorInvalidValue otherwise; ln_mul_parts_supported says whether a
- * shape qualifies). */
+ * shape qualifies). ufold: as ln_mul_cuda's. */
 #define LN_MUL_PARTS_MAX 16
 bool ln_mul_parts_supported(int width, int head_w, int ld, int ldu, int ldy);
 int ln_mul_parts_cuda(int rows, int width, const ln_mul_parts_src *src, const bf16_t *u, int ldu,
-                      const float *ubias, const float *w, const float *b, float eps, bf16_t *y, int ldy,
-                      void *stream);
+                      const float *ubias, const ln_fold *ufold, const float *w, const float *b, float eps, bf16_t *y,
+                      int ldy, void *stream);
 /* Tests: the form ln_mul_parts_cuda takes from now on: 1 one block a row,
  * 2 the 8-column one wherever the shapes allow it, 0 (default) the 8-column
  * one only for more rows than the other runs at once. */
