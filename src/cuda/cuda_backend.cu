@@ -476,7 +476,7 @@ static hstu_status upload_folded(const cuda_backend *cb, layer_dev *L, const lay
 {
     int d = cb->d, W = cb->W;
     double *m = (double *)calloc((size_t)3 * W, sizeof(double)), *e = m + W, *bias = m + 2 * (size_t)W;
-    float *f = (float *)malloc((size_t)W * 4);
+    float *f = (float *)malloc((size_t)2 * W * 4); /* e, then bias, as uploaded */
     if (!m || !f) {
         free(m);
         free(f);
@@ -506,14 +506,12 @@ static hstu_status upload_folded(const cuda_backend *cb, layer_dev *L, const lay
         st = ck(cudaMemcpy(L->uvqk_w + (size_t)i * W, buf, (size_t)W * 2, cudaMemcpyHostToDevice),
                 "weight upload (cudaMemcpy)", err);
     }
-    for (int c = 0; c < W && st == HSTU_OK; c++)
-        f[c] = (float)e[c];
+    for (int c = 0; c < W; c++)
+        f[c] = (float)e[c], f[W + c] = (float)bias[c];
     if (st == HSTU_OK)
-        st = ck(cudaMemcpy(L->fold_e, f, (size_t)W * 4, cudaMemcpyHostToDevice), "weight upload (cudaMemcpy)", err);
-    for (int c = 0; c < W && st == HSTU_OK; c++)
-        f[c] = (float)bias[c];
+        st = upload_f32(L->fold_e, f, W, W, buf, err);
     if (st == HSTU_OK)
-        st = ck(cudaMemcpy(L->uvqk_b, f, (size_t)W * 4, cudaMemcpyHostToDevice), "weight upload (cudaMemcpy)", err);
+        st = upload_f32(L->uvqk_b, f + W, W, W, buf, err);
     free(m);
     free(f);
     return st;
@@ -939,8 +937,7 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
          * statistics from the v|k pass (which the fused GEMM's epilogue and the
          * pass's vector shapes would not give them). */
         const char *lf = getenv("HSTU_CUDA_LN_FOLD");
-        cb->ln_fold = !(lf && !strcmp(lf, "0")) && !cb->x_f32 && !cb->fused_uvqk && cb->d8 == cb->d &&
-                      cb->d <= 2048 && W % 8 == 0 && vw % 8 == 0 && cb->kw % 8 == 0;
+        cb->ln_fold = !(lf && !strcmp(lf, "0")) && !cb->x_f32 && !cb->fused_uvqk && cb->d8 == cb->d && cb->d <= 2048;
         /* The attention's TMA form over pages (docs/attention_cuda.md, "Pages
          * by TMA"), unless HSTU_CUDA_ATTN_TMA_PAGES=0 (the cp.async loads). */
         const char *tp = getenv("HSTU_CUDA_ATTN_TMA_PAGES");

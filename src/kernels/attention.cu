@@ -307,6 +307,12 @@ __device__ __forceinline__ void q_activate(uint32_t sq, int r_lo, int n, const a
     }
 }
 
+/* Whether the kernel activates q itself (q_activate has something to do). */
+__device__ __forceinline__ bool q_activated_here(const attn_cuda_params &p)
+{
+    return p.q_bias || p.q_silu || p.q_fold_e;
+}
+
 /* The Q tile by all NTHREADS threads of the single-role kernels (mma.sync,
  * plain wgmma); with q_bias or q_silu it waits for the tile and activates
  * it in place, and the caller's next barrier orders that before any read. */
@@ -314,7 +320,7 @@ template <int D>
 __device__ __forceinline__ void load_q_whole(uint32_t sq, const attn_cuda_params &p, const Blk &k)
 {
     load_q<D, NTHREADS>(sq, p, k, threadIdx.x);
-    if (p.q_bias || p.q_silu || p.q_fold_e) {
+    if (q_activated_here(p)) {
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
@@ -1346,7 +1352,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
     const bool stamp = threadIdx.x == 128;
     if (stamp)
         trace_stamp(p, ATTN_TRACE_Q_LANDED);
-    if (p.q_bias || p.q_silu || p.q_fold_e) { /* each computing warpgroup its own 64 rows */
+    if (q_activated_here(p)) { /* each computing warpgroup its own 64 rows */
         q_activate<D>(sQ, 64 * cw, 64, p, k, threadIdx.x % 128, 128);
         fence_proxy_async();
         bar_sync(4 + cw, 128);

@@ -571,47 +571,6 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
 
 /* ---- the folded LayerNorm (dense_cuda.h, ln_fold) ----------------------- */
 
-__device__ __forceinline__ void unpack8(const uint4 q, float v[VEC])
-{
-    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        v[2 * i] = __uint_as_float(w[i] << 16);
-        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-
-/* This lane's chunks of the residual's row (chunk i at column (lane + 32 i)
- * * VEC, d columns), kept as bf16 bits: half the registers of floats. */
-template <int XC>
-__device__ __forceinline__ void fold_row_load(const bf16_t *xr, int d, int lane, uint4 (&xw)[XC])
-{
-#pragma unroll
-    for (int i = 0; i < XC; i++) {
-        const int c = (lane + 32 * i) * VEC;
-        xw[i] = c < d ? *reinterpret_cast<const uint4 *>(xr + c) : make_uint4(0, 0, 0, 0);
-    }
-}
-
-/* The row's mean and rstd from fold_row_load's chunks: the same two passes
- * in the same order as layernorm_cuda's (row_load, row_stats). */
-template <int XC>
-__device__ __forceinline__ float2 fold_stats(const uint4 (&xw)[XC], int d, int lane, float eps)
-{
-    float v[XC][VEC], s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < XC; i++) {
-        unpack8(xw[i], v[i]);
-        if ((lane + 32 * i) * VEC < d)
-#pragma unroll
-            for (int j = 0; j < VEC; j++)
-                s += v[i][j];
-    }
-    float mean, inv;
-    row_stats<XC>(v, s, d, lane, eps, &mean, &inv);
-    return make_float2(mean, inv);
-}
-
 /* v = rstd * (v - mean * e), one chunk. */
 __device__ __forceinline__ void fold_apply(float v[VEC], float2 st, const float e[VEC])
 {
@@ -658,10 +617,10 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
      * has completed before the GEMM ahead of this pass started, since that
      * GEMM reads it too), and its statistics: off the pass's path. */
     float2 st = make_float2(0.0f, 1.0f);
-    if (XC && r < rows) {
-        uint4 xw[XC ? XC : 1];
-        fold_row_load<XC ? XC : 1>(fold.x + (size_t)r * fold.ldx, fold.d, lane, xw);
-        st = fold_stats<XC ? XC : 1>(xw, fold.d, lane, fold.eps);
+    if (XC && r < rows) { /* (layernorm_cuda's loads and statistics) */
+        float xv[XC ? XC : 1][VEC];
+        const float sum = row_load<XC ? XC : 1>(fold.x + (size_t)r * fold.ldx, fold.d, lane, xv);
+        row_stats<XC ? XC : 1>(xv, sum, fold.d, lane, fold.eps, &st.x, &st.y);
     }
     pdl_wait();
     pdl_trigger();
@@ -1021,9 +980,8 @@ static int ln_mul_parts_wave(void)
     static int wave = -1;
     if (wave < 0) {
         int per_sm = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ln_mul_parts_kernel<4, ATTN_PARTS_MAX, false>, 256,
-                                                          0) !=
-            cudaSuccess)
+        const auto kernel = ln_mul_parts_kernel<4, ATTN_PARTS_MAX, false>;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, 0) != cudaSuccess)
             per_sm = 0;
         wave = cuda_sm_count() * per_sm;
     }
