@@ -155,12 +155,11 @@ __device__ __forceinline__ float row_load(const X *xr, int width, int lane, floa
     return s;
 }
 
-/* Two-pass statistics: v holds this lane's chunks of the row (chunk i at
- * column (lane + 32 i) * VEC), s their sum. Gives the mean and
- * 1 / sqrt(biased variance + eps) of the whole row. */
-template <int NC>
-__device__ __forceinline__ void row_stats(const float (&v)[NC][VEC], float s, int width, int lane, float eps,
-                                          float *mean, float *inv)
+/* Two-pass statistics: value(i, j) gives this lane's value j of chunk i of
+ * the row (chunk i at column (lane + 32 i) * VEC), s their sum. Gives the
+ * mean and 1 / sqrt(biased variance + eps) of the whole row. */
+template <int NC, typename V>
+__device__ __forceinline__ void row_stats_of(V value, float s, int width, int lane, float eps, float *mean, float *inv)
 {
     float m = warp_sum(s) / (float)width;
     float ss = 0.0f;
@@ -170,7 +169,7 @@ __device__ __forceinline__ void row_stats(const float (&v)[NC][VEC], float s, in
         if (c < width) {
 #pragma unroll
             for (int j = 0; j < VEC; j++) {
-                float d = v[i][j] - m;
+                float d = value(i, j) - m;
                 ss += d * d;
             }
         }
@@ -178,6 +177,49 @@ __device__ __forceinline__ void row_stats(const float (&v)[NC][VEC], float s, in
     *mean = m;
     *inv = 1.0f / sqrtf(warp_sum(ss) / (float)width + eps);
 }
+
+/* The same with the values in v (as row_load left them). */
+template <int NC>
+__device__ __forceinline__ void row_stats(const float (&v)[NC][VEC], float s, int width, int lane, float eps,
+                                          float *mean, float *inv)
+{
+    row_stats_of<NC>([&](int i, int j) { return v[i][j]; }, s, width, lane, eps, mean, inv);
+}
+
+/* A bf16 row's chunks as loaded (8 values in 16 bytes), for the statistics
+ * alone: a quarter of row_load's registers, so that a kernel can hold the
+ * row beside its own loads. value(i, j) is load8's j-th value of chunk i,
+ * and sum() adds them in row_load's order, so the statistics are its own. */
+template <int NC>
+struct raw_row {
+    uint32_t w[NC][4];
+
+    __device__ __forceinline__ void load(const bf16_t *xr, int width, int lane)
+    {
+#pragma unroll
+        for (int i = 0; i < NC; i++)
+            if ((lane + 32 * i) * VEC < width) {
+                uint4 q = *reinterpret_cast<const uint4 *>(xr + (lane + 32 * i) * VEC);
+                w[i][0] = q.x, w[i][1] = q.y, w[i][2] = q.z, w[i][3] = q.w;
+            }
+    }
+    __device__ __forceinline__ float value(int i, int j) const
+    {
+        return __uint_as_float(j % 2 ? w[i][j / 2] & 0xffff0000u : w[i][j / 2] << 16);
+    }
+    __device__ __forceinline__ float sum(int width, int lane) const
+    {
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < NC; i++)
+            if ((lane + 32 * i) * VEC < width) {
+#pragma unroll
+                for (int j = 0; j < VEC; j++)
+                    s += value(i, j);
+            }
+        return s;
+    }
+};
 
 /* o = (v - mean) * inv * w + b for the chunk at column c (w, b NULL: no affine). */
 __device__ __forceinline__ void ln_chunk(const float v[VEC], float mean, float inv, const float *w, const float *b,
@@ -613,19 +655,16 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
         if (XC && EARLY && c < width)
             load8(fold.e + c, ev[XC ? i : 0]);
     }
-    /* The residual's row before the wait (dense_cuda.h: whatever wrote it
-     * has completed before the GEMM ahead of this pass started, since that
-     * GEMM reads it too), and its statistics: off the pass's path. */
-    float2 st = make_float2(0.0f, 1.0f);
-    if (XC && r < rows) { /* (layernorm_cuda's loads and statistics) */
-        float xv[XC ? XC : 1][VEC];
-        const float sum = row_load<XC ? XC : 1>(fold.x + (size_t)r * fold.ldx, fold.d, lane, xv);
-        row_stats<XC ? XC : 1>(xv, sum, fold.d, lane, fold.eps, &st.x, &st.y);
-    }
     pdl_wait();
     pdl_trigger();
     if (r >= rows)
         return;
+    /* The residual's row as loaded (raw_row: a quarter of the registers),
+     * its loads in flight with the GEMM's row's below, so that the
+     * statistics cost no load latency of their own. */
+    raw_row<XC ? XC : 1> xq;
+    if (XC)
+        xq.load(fold.x + (size_t)r * fold.ldx, fold.d, lane);
     bf16_t *xr = x + (size_t)r * ldx;
     bf16_t *k_dst = NULL, *v_dst = NULL;
     if (APPEND) {
@@ -642,8 +681,13 @@ __global__ void bias_silu_vec_kernel(int rows, int width, bf16_t *x, int ldx, co
     for (int i = 0; i < 4; i++)
         if (c0 + i * 32 * VEC < width)
             load8(xr + c0 + i * 32 * VEC, v[i]);
-    if (XC && fold.stats && blockIdx.y == 0 && lane == 0)
-        *reinterpret_cast<float2 *>(fold.stats + 2 * (size_t)r) = st;
+    float2 st = make_float2(0.0f, 1.0f);
+    if (XC) { /* (layernorm_cuda's statistics, bit for bit) */
+        row_stats_of<XC ? XC : 1>([&](int i, int j) { return xq.value(i, j); }, xq.sum(fold.d, lane), fold.d, lane,
+                                  fold.eps, &st.x, &st.y);
+        if (fold.stats && blockIdx.y == 0 && lane == 0)
+            *reinterpret_cast<float2 *>(fold.stats + 2 * (size_t)r) = st;
+    }
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         int c = c0 + i * 32 * VEC;

@@ -97,10 +97,7 @@ typedef struct ln_fold {
  * one pass. With `fold` (or NULL) each row's statistics of fold->x are
  * taken, written to fold->stats (when set), and every column is first
  * corrected as ln_fold says; the vector shapes only (width and ldx multiples
- * of 8, x and bias 16-byte aligned: cudaErrorInvalidValue otherwise).
- * fold->x is read before the kernel's programmatic wait (pdl_cuda.h): it
- * must not be written by the kernel just ahead in the stream (in the
- * forward that kernel is the uvqk GEMM, which reads fold->x itself). */
+ * of 8, x and bias 16-byte aligned: cudaErrorInvalidValue otherwise). */
 int bias_silu_cuda(int rows, int width, bf16_t *x, int ldx, const float *bias, int silu,
                    const bias_silu_pages *pages, const ln_fold *fold, void *stream);
 
