@@ -48,6 +48,7 @@
 
 extern "C" {
 #include "core/clock.h"
+#include "core/safetensors.h"
 #include "core/status.h"
 #include "model/engine.h"
 #include "model/model.h"
@@ -258,14 +259,6 @@ static uint16_t f2bf_host(float f)
         return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
     u += 0x7fffu + ((u >> 16) & 1u);     /* round to nearest even */
     return (uint16_t)(u >> 16);
-}
-
-static float bf2f_host(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 /* Bump allocator over a base address: run once with base 0 to size, then
@@ -501,7 +494,7 @@ static hstu_status upload_folded(const cuda_backend *cb, layer_dev *L, const lay
         const float *row = w->uvqk_w + (size_t)i * W;
         for (int c = 0; c < W; c++) {
             buf[c] = f2bf_host((float)(g * row[uvqk_src(cb, c)] - m[c]));
-            e[c] += bf2f_host(buf[c]);
+            e[c] += st_bf16_to_f32(buf[c]);
         }
         st = ck(cudaMemcpy(L->uvqk_w + (size_t)i * W, buf, (size_t)W * 2, cudaMemcpyHostToDevice),
                 "weight upload (cudaMemcpy)", err);

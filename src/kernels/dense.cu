@@ -15,8 +15,7 @@
  * to what earlier work in the stream wrote (row indices, the row itself) and
  * before the early return of rows past the end. Only the parameters (w, b,
  * biases: weights, which no kernel writes) may be read above the wait, and
- * the early forms below do so; and the folded LayerNorm's residual rows in
- * the bias+SiLU pass, which the GEMM ahead of it reads too (ln_fold).
+ * the early forms below do so.
  *
  * Few rows: the early forms. With one warp per row and a warp or two per
  * block (row_warps(rows) <= 2, under 1056 rows: a batch of one or two users
@@ -69,14 +68,20 @@ __device__ __forceinline__ void load8(const float *p, float v[VEC])
     v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
+/* Value h (0: the low half) of two bf16 in a 32-bit word, as a float. */
+__device__ __forceinline__ float bf16_half(uint32_t w, int h)
+{
+    return __uint_as_float(h ? w & 0xffff0000u : w << 16);
+}
+
 __device__ __forceinline__ void load8(const bf16_t *p, float v[VEC])
 {
     uint4 q = *reinterpret_cast<const uint4 *>(p);
     uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        v[2 * i] = __uint_as_float(w[i] << 16);
-        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        v[2 * i] = bf16_half(w[i], 0);
+        v[2 * i + 1] = bf16_half(w[i], 1);
     }
 }
 
@@ -205,7 +210,7 @@ struct raw_row {
     }
     __device__ __forceinline__ float value(int i, int j) const
     {
-        return __uint_as_float(j % 2 ? w[i][j / 2] & 0xffff0000u : w[i][j / 2] << 16);
+        return bf16_half(w[i][j / 2], j % 2);
     }
     __device__ __forceinline__ float sum(int width, int lane) const
     {
@@ -1002,7 +1007,7 @@ __global__ void __launch_bounds__(256, FOLD && SMAX <= 8 ? 4 : FOLD && C == 4 ? 
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int j = 2 * k + h;
-                float uc = __uint_as_float(h ? uw[k] & 0xffff0000u : uw[k] << 16);
+                float uc = bf16_half(uw[k], h);
                 if (FOLD)
                     uc = st.y * (uc - st.x * ue[j]);
                 e[h] = (w ? (v[j] - mean) * inv * wv[j] + bv[j] : (v[j] - mean) * inv) * silu(uc + ub[j]);
