@@ -32,7 +32,9 @@
  * `ncu --profile-from-start off`, which then times each kernel of that one
  * forward (PROFILE in scripts/gpu_check.sh). With HSTU_CUDA_PDL=0 in the
  * environment it runs with programmatic dependent launch off, as any engine
- * would; the line it prints says which.
+ * would; the line it prints says which. With HSTU_CUDA_ATTN_TRACE=l it then
+ * prints the trace of layer l's attention in that forward (its CTAs'
+ * phases; docs/attention_cuda.md).
  *
  * Build: scripts/gpu_pack.sh.
  * --attention runs part 0 only (the attention alone, with its split-KV
@@ -232,6 +234,10 @@ static float time_attention(const attn_cuda_params *ap, int iters, float *t)
     return time_attention_l2(ap, iters, t, false);
 }
 
+static const char *const trace_names[ATTN_CUDA_TRACE_POINTS] = {
+    "start", "Q issued", "Q landed", "Q activated", "K0 landed", "first S", "loop done", "last PV done",
+    "part staged", "parts synced", "reduced", "stored"};
+
 /* One traced run of the attention (attn_cuda_params.trace), printed by
  * print_trace. */
 static void trace_attention(attn_cuda_params ap, const char *label)
@@ -245,11 +251,7 @@ static void trace_attention(attn_cuda_params ap, const char *label)
     if (attn_fwd_cuda(&ap, 0) || cudaDeviceSynchronize() != cudaSuccess)
         die("attention", "traced launch failed");
     cudaMemcpy(h, d, n * sizeof *d, cudaMemcpyDeviceToHost);
-    static const char *names[ATTN_CUDA_TRACE_POINTS] = {"start",       "Q landed",    "Q activated",
-                                                        "first S",     "loop done",   "last PV done",
-                                                        "part stored", "parts synced", "reduced",
-                                                        "stored"};
-    print_trace(label, h, max_ctas, ATTN_CUDA_TRACE_POINTS, names);
+    print_trace(label, h, max_ctas, ATTN_CUDA_TRACE_POINTS, trace_names);
     cudaFree(d);
     free(h);
 }
@@ -417,6 +419,7 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
     hstu_engine_cache_stats(e, &s1);
     for (int b = 0; b < B; b++)
         engine_cache_set(e, &q[b], c, 0);
+    cuda_backend_attn_trace_clear(e->cuda);
     cudaProfilerStart();
     float ms = timed_run(e, q, res, B);
     cudaProfilerStop();
@@ -425,6 +428,15 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
            median(t, 20));
     print_forward_means(&s0, &s1);
     printf("), %.3f ms profiled\n", ms);
+    /* HSTU_CUDA_ATTN_TRACE=l: that layer's attention in the profiled forward */
+    size_t n = cuda_backend_attn_trace(e->cuda, NULL, 0);
+    if (n > 0) { /* (stamps of CTAs past this forward's grid are an earlier forward's: zero them first) */
+        unsigned long long *h = calloc(n, sizeof *h);
+        if (h && cuda_backend_attn_trace(e->cuda, h, n) == n)
+            print_trace("the attention of layer $HSTU_CUDA_ATTN_TRACE, inside the forward", h,
+                        n / ATTN_CUDA_TRACE_POINTS, ATTN_CUDA_TRACE_POINTS, trace_names);
+        free(h);
+    }
     hstu_engine_destroy(e);
 }
 

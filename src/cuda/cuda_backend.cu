@@ -125,6 +125,12 @@ struct cuda_backend {
     size_t parts_halves, parts_scales;
     bool parts_always;   /* HSTU_CUDA_ATTN_PARTS=all: parts whenever the call splits (to measure the rule) */
     bool attn_tma_pages; /* the attention may load pages by TMA (off: HSTU_CUDA_ATTN_TMA_PAGES=0) */
+    /* HSTU_CUDA_ATTN_TRACE=l: layer l's attention stamps its CTAs' phases
+     * (attn_cuda_params.trace) into this buffer at every forward, graphs
+     * included (cuda_backend_attn_trace reads it); NULL otherwise. */
+    unsigned long long *d_attn_trace;
+    size_t attn_trace_n;
+    int attn_trace_layer;
     bf16_t *d_users;      /* [max_users, d8] retrieval user rows */
     float *d_scores;      /* [score_rows, n_items8] */
     int *d_topk_ids;      /* [topk_cap] */
@@ -796,6 +802,7 @@ void cuda_backend_destroy(cuda_backend *cb)
         free(cb->graphs[i].exec);
     }
     cudaFree(cb->d_pool);
+    cudaFree(cb->d_attn_trace);
     cudaFreeHost(cb->h_pool);
     cudaFreeHost(cb->h_off_desc);
     free(cb->layers);
@@ -1083,6 +1090,24 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         goto fail;
     if (cb->h_pool && (st = time_h2d(cb, err)) != HSTU_OK)
         goto fail;
+    {
+        /* A diagnostic (bench_cache_gpu --profile prints it): one layer's
+         * attention traced at every forward. Its grid is at most (users x
+         * heads) x row blocks x splits CTAs. */
+        const char *at = getenv("HSTU_CUDA_ATTN_TRACE");
+        if (at && *at) {
+            cb->attn_trace_layer = atoi(at);
+            size_t ctas = (size_t)max_users * (size_t)cfg->n_heads * (size_t)(max_tokens / 128 + max_users) *
+                          (size_t)(ATTN_CUDA_MAX_PART_SPLITS > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS
+                                                                                     : ATTN_CUDA_MAX_SPLITS);
+            cb->attn_trace_n = ctas * ATTN_CUDA_TRACE_POINTS;
+            if ((st = ck(cudaMalloc((void **)&cb->d_attn_trace, cb->attn_trace_n * 8), "the attention trace", err)) !=
+                    HSTU_OK ||
+                (st = ck(cudaMemset(cb->d_attn_trace, 0, cb->attn_trace_n * 8), "the attention trace", err)) !=
+                    HSTU_OK)
+                goto fail;
+        }
+    }
     *out = cb;
     return HSTU_OK;
 fail:
@@ -1221,6 +1246,8 @@ static hstu_status layer_forward(cuda_backend *cb, int T, int l, const attn_cuda
     ap.ts_w = L->rab_time;
     ap.out = cb->d_attn;
     ap.ld_out = vw;
+    if (cb->d_attn_trace && l == cb->attn_trace_layer)
+        ap.trace = cb->d_attn_trace;
     if (cb->d_pool) {
         ap.k_off = k_off;
         ap.v_off = v_off;
@@ -2052,4 +2079,20 @@ void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c)
     int probed, waits, edges;
     gemm_cuda_pdl_counts(cb->gemm, &probed, &waits, &edges);
     c->gemm_edges = (uint64_t)edges;
+}
+
+size_t cuda_backend_attn_trace(const cuda_backend *cb, unsigned long long *h, size_t n)
+{
+    if (!cb->d_attn_trace)
+        return 0;
+    n = n < cb->attn_trace_n ? n : cb->attn_trace_n;
+    if (h && cudaMemcpy(h, cb->d_attn_trace, n * 8, cudaMemcpyDeviceToHost) != cudaSuccess)
+        return 0;
+    return h ? n : cb->attn_trace_n;
+}
+
+void cuda_backend_attn_trace_clear(cuda_backend *cb)
+{
+    if (cb->d_attn_trace)
+        cudaMemset(cb->d_attn_trace, 0, cb->attn_trace_n * 8);
 }

@@ -127,6 +127,12 @@ void cuda_cache_get_counters(const cuda_backend *cb, cuda_cache_counters *c);
  * pinned host-to-device copy in GB/s, and the uvqk GEMM at max_tokens rows
  * in TFLOP/s. The priors of the engine's onload plan (hstu_onload). */
 void cuda_backend_rates(const cuda_backend *cb, double *h2d_gbs, double *gemm_tflops);
+/* The attention trace of HSTU_CUDA_ATTN_TRACE=l (layer l's CTAs' phase
+ * stamps at the last forward, attention_cuda.h's layout): with h NULL its
+ * length in values (0 when not tracing), else copies up to n into h and
+ * returns how many. A diagnostic for the benchmarks. */
+size_t cuda_backend_attn_trace(const cuda_backend *cb, unsigned long long *h, size_t n);
+void cuda_backend_attn_trace_clear(cuda_backend *cb);
 
 #ifdef __cplusplus
 }

@@ -55,4 +55,8 @@ void cuda_backend_rates(const cuda_backend *cb, double *h2d_gbs, double *gemm_tf
     *h2d_gbs = *gemm_tflops = 0;
 }
 
+size_t cuda_backend_attn_trace(const cuda_backend *cb, unsigned long long *h, size_t n) { return 0; }
+
+void cuda_backend_attn_trace_clear(cuda_backend *cb) {}
+
 #endif

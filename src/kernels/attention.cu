@@ -742,6 +742,8 @@ __device__ __forceinline__ void parts_write(const float *o, const attn_cuda_para
             p.parts_scale[(size_t)z * p.scale_plane + sat + (size_t)lr[r] * p.H] = 1.0f / mul;
     }
     bar_sync(3, 256);
+    if (tid == 0)
+        trace_stamp(p, ATTN_TRACE_PART_STORED);
     const size_t at = (size_t)(k.s.q0 + k.r0) * p.ld_parts + (size_t)k.h * p.Dv;
     __half *dst = static_cast<__half *>(p.parts) + (size_t)z * p.parts_plane + at;
     if (p.Dv == D) /* (the head's width is the padded one, as at every model width that is a multiple of 64) */
@@ -1084,6 +1086,7 @@ template <int D> __host__ __device__ constexpr int ws_smem_bytes() { return 2 * 
 /* The TMA form's maps and the pool's geometry in rows (tma_launch). */
 struct TmaArgs {
     CUtensorMap tk, tv; /* K and V: [n_rows, H*D] in 64 x 64 boxes */
+    CUtensorMap tq;     /* Q: [n_rows, H*D] in BM x 64 boxes */
     CUtensorMap tp;     /* the page pool (pages set): [n_pages * page_rows, H*D] in P x 64 boxes */
     int page_rows;      /* pool rows a page: page_elems / (H*D) */
     int k_row, v_row;   /* this layer's K and V blocks: rows past a page's first */
@@ -1164,8 +1167,8 @@ __device__ __forceinline__ void tma_form_mixed_tile(const attn_cuda_params &p, c
  * pages; the next paged tile's ids are read while it waits for a buffer.
  * Use u >= 1 of a buffer waits for the computing warps' release of use u - 1. */
 template <int D, int KS, int VS>
-__device__ __forceinline__ void tma_load_kv(const attn_cuda_params &p, const Blk &k, const TmaArgs &a, uint32_t sK,
-                                            uint32_t sV, WsBars<KS, VS> b, int tid)
+__device__ __forceinline__ void tma_load_kv(const attn_cuda_params &p, const Blk &k, const TmaArgs &a, uint32_t sQ,
+                                            uint32_t sK, uint32_t sV, WsBars<KS, VS> b, int tid)
 {
     constexpr uint32_t KV_BYTES = BN * D * 2;
     const int col = k.h * D, paged = k.s.paged;
@@ -1189,6 +1192,14 @@ __device__ __forceinline__ void tma_load_kv(const attn_cuda_params &p, const Blk
         }
     };
     fetch(0);
+    /* Q while the first page ids are on their way: the block's BM rows from
+     * its first, D/64 boxes (rows past the block's are another sequence's or
+     * past n_rows, zeros: their products are never stored). */
+    mbar_arrive_expect_tx(b.q(), (uint32_t)(BM * D * 2));
+#pragma unroll
+    for (int j = 0; j < D / 64; j++)
+        tma_load_2d(sQ + (uint32_t)(j * BM * 128), &a.tq, b.q(), col + 64 * j, k.s.q0 + k.r0);
+    trace_stamp(p, ATTN_TRACE_Q_ISSUED);
     for (int t = 0; t < k.nt; t++) {
         if (t == mixed) {
             tma_form_mixed_tile<D, KS, VS>(p, k, t, sK, sV, b, tid);
@@ -1249,6 +1260,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
     if (threadIdx.x == 0)
         trace_stamp(p, ATTN_TRACE_START);
     if (TMA && threadIdx.x == 0) { /* the maps are kernel parameters: nothing to wait for */
+        tma_prefetch_map(&a->tq);
         tma_prefetch_map(&a->tk);
         tma_prefetch_map(&a->tv);
         if (p.pages)
@@ -1263,7 +1275,7 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
     const WsBars<KS, VS> wb = {smem_u32(&bars[0])};
     const uint32_t qfull = wb.q();
     if (threadIdx.x == 0) {
-        mbar_init(qfull, 128);
+        mbar_init(qfull, TMA ? 1 : 128); /* Q by TMA (thread 0), or every loading thread's copies */
         for (int i = 0; i < KS; i++) {
             mbar_init(wb.kfull(i), TMA ? 1 : 128); /* the TMA issuer, or every loading thread's copies */
             mbar_init(wb.kempty(i), 8);            /* every computing warp */
@@ -1296,12 +1308,12 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
         /* Use u of a buffer waits for the release of use u-1 (phase u-1). */
         reg_dealloc<WS_PRODUCER_REGS>();
         const int tid = threadIdx.x;
-        load_q<D, 128>(sQ, p, k, tid);
-        mbar_arrive_cp_async(qfull);
         if constexpr (TMA) {
-            tma_load_kv<D, KS, VS>(p, k, *a, sK, sV, wb, tid);
+            tma_load_kv<D, KS, VS>(p, k, *a, sQ, sK, sV, wb, tid);
             __syncwarp(); /* thread 0 issued alone: warp 0 meets again before the aligned cluster barriers */
         } else {
+            load_q<D, 128>(sQ, p, k, tid);
+            mbar_arrive_cp_async(qfull);
             for (int t = 0; t < k.nt; t++) {
                 const int kb = t % KS, vb = t % VS;
                 if (t >= KS)
@@ -1360,6 +1372,8 @@ __device__ __forceinline__ void ws_body(const attn_cuda_params &p, const TmaArgs
     if (stamp)
         trace_stamp(p, ATTN_TRACE_Q_READY);
     mbar_wait(wb.kfull(0), 0);
+    if (stamp)
+        trace_stamp(p, ATTN_TRACE_K0_LANDED);
     fence_proxy_async();
     bar_sync(1 + cw, 256);
     wg_fence();
@@ -1570,6 +1584,8 @@ static int tma_launch(const attn_cuda_params *p, int d, bool rab, int S, cudaStr
     a.p = *p;
     const uint64_t w = (uint64_t)p->H * d;
     int e = tma::encode_matrix(&a.tk, p->k, (uint64_t)p->n_rows, w, (uint64_t)p->ld_qkv, BN);
+    if (e == 0)
+        e = tma::encode_matrix(&a.tq, p->q, (uint64_t)p->n_rows, w, (uint64_t)p->ld_qkv, BM);
     if (e == 0)
         e = tma::encode_matrix(&a.tv, p->v, (uint64_t)p->n_rows, w, (uint64_t)p->ld_qkv, BN);
     if (e == 0 && p->pages) {

@@ -134,12 +134,14 @@ typedef struct attn_cuda_params {
 
 enum attn_cuda_trace_point {
     ATTN_TRACE_START,     /* the CTA runs (its first instruction) */
+    ATTN_TRACE_Q_ISSUED,  /* the TMA form: Q's loads are issued (the loading thread) */
     ATTN_TRACE_Q_LANDED,  /* the Q tile is in shared memory (computing warpgroup 0) */
     ATTN_TRACE_Q_READY,   /* ... and activated */
+    ATTN_TRACE_K0_LANDED, /* the first K tile is in shared memory (computing warpgroup 0) */
     ATTN_TRACE_FIRST_S,   /* the first tile's scores are in registers */
     ATTN_TRACE_LOOP_DONE, /* every tile but the last P V issued and done */
     ATTN_TRACE_PV_DONE,   /* the last P V is done */
-    ATTN_TRACE_PART_STORED, /* split-KV in a cluster: this CTA's part is in its shared memory */
+    ATTN_TRACE_PART_STORED, /* split-KV: this CTA's part is in its shared memory (parts: staged) */
     ATTN_TRACE_SYNCED,    /* split-KV: ... and every CTA of the cluster's */
     ATTN_TRACE_REDUCED,   /* split-KV: this CTA's rows of the sum are stored */
     ATTN_TRACE_END,       /* the output is stored (after the split reduction, if any) */
