@@ -878,6 +878,29 @@ static hstu_status create_cache(cuda_backend *cb, hstu_error *err)
     return HSTU_OK;
 }
 
+/* HSTU_CUDA_ATTN_TRACE=l, a diagnostic (bench_cache_gpu --profile prints
+ * it): layer l's attention stamps its CTAs' phases at every forward. The
+ * buffer holds the largest grid: (users x heads) x row blocks x splits. */
+static hstu_status create_attn_trace(cuda_backend *cb, int max_tokens, int max_users, hstu_error *err)
+{
+    static_assert(ATTN_CUDA_MAX_PART_SPLITS >= ATTN_CUDA_MAX_SPLITS, "the parts' splits bound both");
+    const char *at = getenv("HSTU_CUDA_ATTN_TRACE");
+    if (!at || !*at)
+        return HSTU_OK;
+    const int L = cb->model->cfg.n_layers;
+    char *end = NULL;
+    long l = strtol(at, &end, 10);
+    if (*end || l < 0 || l >= L)
+        return hstu_fail(err, HSTU_ERR_ARG, "HSTU_CUDA_ATTN_TRACE=%s: give a layer index from 0 to %d, or unset it",
+                         at, L - 1);
+    cb->attn_trace_layer = (int)l;
+    const size_t ctas = (size_t)max_users * (size_t)cb->model->cfg.n_heads * (size_t)(max_tokens / 128 + 1) *
+                        ATTN_CUDA_MAX_PART_SPLITS;
+    cb->attn_trace_n = ctas * ATTN_CUDA_TRACE_POINTS;
+    hstu_status st = ck(cudaMalloc((void **)&cb->d_attn_trace, cb->attn_trace_n * 8), "the attention trace", err);
+    return st != HSTU_OK ? st : ck(cudaMemset(cb->d_attn_trace, 0, cb->attn_trace_n * 8), "the attention trace", err);
+}
+
 hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_users, int max_pages,
                                 const cuda_cache_desc *cache, cuda_backend **out, hstu_error *err)
 {
@@ -1090,24 +1113,8 @@ hstu_status cuda_backend_create(const hstu_model *m, int max_tokens, int max_use
         goto fail;
     if (cb->h_pool && (st = time_h2d(cb, err)) != HSTU_OK)
         goto fail;
-    {
-        /* A diagnostic (bench_cache_gpu --profile prints it): one layer's
-         * attention traced at every forward. Its grid is at most (users x
-         * heads) x row blocks x splits CTAs. */
-        const char *at = getenv("HSTU_CUDA_ATTN_TRACE");
-        if (at && *at) {
-            cb->attn_trace_layer = atoi(at);
-            size_t ctas = (size_t)max_users * (size_t)cfg->n_heads * (size_t)(max_tokens / 128 + max_users) *
-                          (size_t)(ATTN_CUDA_MAX_PART_SPLITS > ATTN_CUDA_MAX_SPLITS ? ATTN_CUDA_MAX_PART_SPLITS
-                                                                                     : ATTN_CUDA_MAX_SPLITS);
-            cb->attn_trace_n = ctas * ATTN_CUDA_TRACE_POINTS;
-            if ((st = ck(cudaMalloc((void **)&cb->d_attn_trace, cb->attn_trace_n * 8), "the attention trace", err)) !=
-                    HSTU_OK ||
-                (st = ck(cudaMemset(cb->d_attn_trace, 0, cb->attn_trace_n * 8), "the attention trace", err)) !=
-                    HSTU_OK)
-                goto fail;
-        }
-    }
+    if ((st = create_attn_trace(cb, max_tokens, max_users, err)) != HSTU_OK)
+        goto fail;
     *out = cb;
     return HSTU_OK;
 fail:

@@ -133,7 +133,7 @@ typedef struct attn_cuda_params {
 #define ATTN_CUDA_MAX_PART_SPLITS 16 /* through parts in global memory */
 
 enum attn_cuda_trace_point {
-    ATTN_TRACE_START,     /* the CTA runs (its first instruction) */
+    ATTN_TRACE_START,     /* the CTA has passed its wait for the kernel ahead (pdl_wait) */
     ATTN_TRACE_Q_ISSUED,  /* the TMA form: Q's loads are issued (the loading thread) */
     ATTN_TRACE_Q_LANDED,  /* the Q tile is in shared memory (computing warpgroup 0) */
     ATTN_TRACE_Q_READY,   /* ... and activated */

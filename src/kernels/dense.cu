@@ -618,12 +618,15 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
 
 /* ---- the folded LayerNorm (dense_cuda.h, ln_fold) ----------------------- */
 
-/* v = rstd * (v - mean * e), one chunk. */
+/* rstd * (v - mean * e): a folded column's value (st = mean, rstd). */
+__device__ __forceinline__ float fold_one(float v, float2 st, float e) { return st.y * (v - st.x * e); }
+
+/* The same on one chunk, in place. */
 __device__ __forceinline__ void fold_apply(float v[VEC], float2 st, const float e[VEC])
 {
 #pragma unroll
     for (int j = 0; j < VEC; j++)
-        v[j] = st.y * (v[j] - st.x * e[j]);
+        v[j] = fold_one(v[j], st, e[j]);
 }
 
 /* The fold's fields a consumer reads (e and stats), set and aligned; or no fold. */
@@ -888,7 +891,7 @@ __global__ void ln_mul_any_kernel(int rows, int width, const bf16_t *a, int lda,
             o = o * w[c] + b[c];
         float uc = bf2f(ur[c]);
         if (uf.e)
-            uc = st.y * (uc - st.x * uf.e[c]);
+            uc = fold_one(uc, st, uf.e[c]);
         yr[c] = f2bf(o * silu(uc + (ubias ? ubias[c] : 0.0f)));
     }
     zero_pad(yr, width, ldy, lane);
@@ -1009,7 +1012,7 @@ __global__ void __launch_bounds__(256, FOLD && SMAX <= 8 ? 4 : FOLD && C == 4 ? 
                 const int j = 2 * k + h;
                 float uc = bf16_half(uw[k], h);
                 if (FOLD)
-                    uc = st.y * (uc - st.x * ue[j]);
+                    uc = fold_one(uc, st, ue[j]);
                 e[h] = (w ? (v[j] - mean) * inv * wv[j] + bv[j] : (v[j] - mean) * inv) * silu(uc + ub[j]);
             }
             ow[k] = (uint32_t)f2bf(e[0]) | ((uint32_t)f2bf(e[1]) << 16);
