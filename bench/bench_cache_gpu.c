@@ -40,7 +40,11 @@
  * --attention runs part 0 only (the attention alone, with its split-KV
  * factors by hand); --tiers part 2 only; --e2e part 3 only.
  *
- * Usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers | --e2e] | --profile B L C [--no-graphs]
+ * --profile B L C --host puts the C cached rows in the host tier instead
+ * (a host hit that onloads every row, layer by layer).
+ *
+ * Usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers | --e2e] |
+ *        --profile B L C [--no-graphs] [--host]
  */
 #include "hstu.h"
 #include "kernels/attention_cuda.h"
@@ -400,32 +404,39 @@ static void print_forward_means(const hstu_cache_stats *s0, const hstu_cache_sta
 }
 
 /* --profile: one block case, warm, then once inside the profiler's range. */
-static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L, int c)
+static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L, int c, bool host)
 {
     static hstu_request q[MAX_B];
     static hstu_result res[MAX_B];
     size_t cache = (size_t)(B * (L + 64) / 32 + 16) * (size_t)(kv_row_bytes * 32);
-    hstu_engine *e = make_engine(m, 8 * (4096 + CANDS), cache, 0, 1024, true);
+    /* --host: the c rows in the host tier only (chunks of 128 rows, the
+     * layer-wise onload of every row, as part 2's "all") */
+    hstu_engine *e = make_engine(m, 8 * (4096 + CANDS), cache, host ? cache : 0, host ? 128 : 1024, true);
     make_batch(q, res, B, L, 0);
-    timed_run(e, q, res, B); /* the cache now holds every user's L rows */
+    if (host) /* prime: the prefix on the device and, after its offload, the host */
+        for (int b = 0; b < B; b++)
+            q[b].n_items = c / 2;
+    timed_run(e, q, res, B); /* the cache now holds every user's L (host: c) rows */
+    for (int b = 0; b < B; b++)
+        q[b].n_items = L / 2;
     float t[20];
     hstu_cache_stats s0, s1;
     hstu_engine_cache_stats(e, &s0);
     for (int it = 0; it < 20; it++) {
         for (int b = 0; b < B; b++)
-            engine_cache_set(e, &q[b], c, 0);
+            engine_cache_set(e, &q[b], host ? 0 : c, host ? c : 0);
         t[it] = timed_run(e, q, res, B);
     }
     hstu_engine_cache_stats(e, &s1);
     for (int b = 0; b < B; b++)
-        engine_cache_set(e, &q[b], c, 0);
+        engine_cache_set(e, &q[b], host ? 0 : c, host ? c : 0);
     cuda_backend_attn_trace_clear(e->cuda);
     cudaProfilerStart();
     float ms = timed_run(e, q, res, B);
     cudaProfilerStop();
-    printf("profile: batch %d, history %d, cached %d, graphs %s, PDL %s (%llu GEMM edges): median %.3f ms warm (",
-           B, L, c, g_graphs ? "on" : "off", cuda_pdl_on() ? "on" : "off", (unsigned long long)s1.graph_gemm_edges,
-           median(t, 20));
+    printf("profile: batch %d, history %d, cached %d%s, graphs %s, PDL %s (%llu GEMM edges): median %.3f ms warm (",
+           B, L, c, host ? " in the host tier" : "", g_graphs ? "on" : "off", cuda_pdl_on() ? "on" : "off",
+           (unsigned long long)s1.graph_gemm_edges, median(t, 20));
     print_forward_means(&s0, &s1);
     printf("), %.3f ms profiled\n", ms);
     /* HSTU_CUDA_ATTN_TRACE=l: that layer's attention in the profiled forward */
@@ -443,6 +454,7 @@ static void profile_case(const hstu_model *m, size_t kv_row_bytes, int B, int L,
 int main(int argc, char **argv)
 {
     int iters = 15, prof[3] = {0, 0, -1};
+    bool prof_host = false;
     bool quick = false, attention_only = false, tiers_only = false, e2e_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--iters") && i + 1 < argc)
@@ -457,6 +469,8 @@ int main(int argc, char **argv)
             e2e_only = true;
         else if (!strcmp(argv[i], "--no-graphs"))
             g_graphs = false;
+        else if (!strcmp(argv[i], "--host"))
+            prof_host = true;
         else if (!strcmp(argv[i], "--profile") && i + 3 < argc) {
             for (int k = 0; k < 3; k++)
                 prof[k] = atoi(argv[++i]);
@@ -467,12 +481,16 @@ int main(int argc, char **argv)
             }
         } else {
             fprintf(stderr, "usage: bench_cache_gpu [--iters N] [--quick] [--attention | --tiers | --e2e] | "
-                            "--profile B L C [--no-graphs]\n");
+                            "--profile B L C [--no-graphs] [--host]\n");
             return 2;
         }
     }
-    if (!g_graphs && prof[2] < 0) {
-        fprintf(stderr, "bench_cache_gpu: --no-graphs goes with --profile (the benchmark times both)\n");
+    if ((!g_graphs || prof_host) && prof[2] < 0) {
+        fprintf(stderr, "bench_cache_gpu: --no-graphs and --host go with --profile (parts 1 and 2 time both)\n");
+        return 2;
+    }
+    if (prof_host && prof[2] < 128) {
+        fprintf(stderr, "bench_cache_gpu: --profile B L C --host: C >= 128 (the host tier's chunk)\n");
         return 2;
     }
     if (iters < 3)
@@ -490,7 +508,7 @@ int main(int argc, char **argv)
         die("model", err.msg);
     make_histories(&cfg);
     if (prof[2] >= 0) {
-        profile_case(m, cfg.n_layers * 2 * (size_t)(kw + vw), prof[0], prof[1], prof[2]);
+        profile_case(m, cfg.n_layers * 2 * (size_t)(kw + vw), prof[0], prof[1], prof[2], prof_host);
         hstu_model_destroy(m);
         return 0;
     }

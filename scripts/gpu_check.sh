@@ -21,6 +21,7 @@
 # ncu from flushing the caches before each kernel (times as in the real
 # forward, where weights and activations may sit in L2); default: all.
 # TRACE="1 4096 3968" records those cases' kernels and copies as they run
+# ("1 4096 3968 host": the cached rows in the host tier, bench_cache_gpu --host)
 # (tools/kernel_trace.c, CUPTI; CUDA graphs and PDL included) and prints the
 # last forward kernel by kernel (tools/kernel_trace.py); TRACE_KINDS=api
 # records the host's CUDA calls instead (all: both); TRACE_FIRST=stage_upload
@@ -186,13 +187,13 @@ if [ -n "${TRACE:-}" ] && [ -x "$BIN/bench_cache_gpu" ]; then
     if gcc -O2 -shared -fPIC -I"$CT/include" -I/usr/local/cuda/include -DKREC="$(ver Kernel)" \
         -DMREC="$(ver Memcpy)" -DSREC="$(ver Memset)" tools/kernel_trace.c -L"$CT/lib" -lcupti \
         -Wl,-rpath,"$CT/lib" -o /tmp/kernel_trace.so 2>"$LOGS/kernel_trace_build.err"; then
-        echo "$TRACE" | tr ',' '\n' | while read -r tb tl tc; do
+        echo "$TRACE" | tr ',' '\n' | while read -r tb tl tc tx; do
             [ -n "$tb" ] || continue
-            name="trace_b${tb}_l${tl}_c${tc}"
+            name="trace_b${tb}_l${tl}_c${tc}${tx:+_$tx}"
             echo "== kernel trace: $name"
             CUDA_INJECTION64_PATH=/tmp/kernel_trace.so KERNEL_TRACE_OUT="/tmp/$name.csv" \
                 KERNEL_TRACE_KINDS="${TRACE_KINDS:-gpu}" \
-                "$BIN/bench_cache_gpu" --profile "$tb" "$tl" "$tc" 2>&1 | tail -n 1
+                "$BIN/bench_cache_gpu" --profile "$tb" "$tl" "$tc" ${tx:+"--$tx"} 2>&1 | tail -n 1
             python3 tools/kernel_trace.py "/tmp/$name.csv" ${TRACE_FIRST:+"$TRACE_FIRST"} | tee "$LOGS/$name.txt" |
                 tail -n 16
         done
