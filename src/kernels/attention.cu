@@ -57,6 +57,7 @@
  */
 #include "kernels/attention_cuda.h"
 #include "kernels/attn_parts.cuh"
+#include "kernels/ln_fold.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/sm90.cuh"
 #include "kernels/sm_count_cuda.h"
@@ -293,8 +294,8 @@ __device__ __forceinline__ void q_activate(uint32_t sq, int r_lo, int n, const a
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             float x0 = __uint_as_float(w[j] << 16), x1 = __uint_as_float(w[j] & 0xffff0000u);
-            x0 = st.y * (x0 - st.x * e[2 * j]) + b[2 * j];
-            x1 = st.y * (x1 - st.x * e[2 * j + 1]) + b[2 * j + 1];
+            x0 = fold_one(x0, st, e[2 * j]) + b[2 * j];
+            x1 = fold_one(x1, st, e[2 * j + 1]) + b[2 * j + 1];
             if (p.q_silu) {
                 x0 = __fdividef(x0, 1.0f + __expf(-x0));
                 x1 = __fdividef(x1, 1.0f + __expf(-x1));

@@ -33,6 +33,7 @@
  */
 #include "kernels/attn_parts.cuh"
 #include "kernels/dense_cuda.h"
+#include "kernels/ln_fold.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/sm_count_cuda.h"
 
@@ -618,10 +619,7 @@ extern "C" int layernorm_bf16_cuda(int rows, int width, const bf16_t *x, int ldx
 
 /* ---- the folded LayerNorm (dense_cuda.h, ln_fold) ----------------------- */
 
-/* rstd * (v - mean * e): a folded column's value (st = mean, rstd). */
-__device__ __forceinline__ float fold_one(float v, float2 st, float e) { return st.y * (v - st.x * e); }
-
-/* The same on one chunk, in place. */
+/* fold_one (ln_fold.cuh) on one chunk, in place. */
 __device__ __forceinline__ void fold_apply(float v[VEC], float2 st, const float e[VEC])
 {
 #pragma unroll
